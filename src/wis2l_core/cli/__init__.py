@@ -1,0 +1,1 @@
+"""The ``wis2l`` command line."""

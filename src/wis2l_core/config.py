@@ -1,0 +1,381 @@
+"""Settings: where the servers are and how the runtime behaves, read from the environment.
+
+``Settings.from_env()`` is the usual way in; ``Settings(...)`` and :func:`attrs.evolve`
+work too. Passwords never show in ``repr()``, ``str()`` or logs: URLs are redacted.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import attrs
+
+from wis2l_core.errors import ConfigError
+
+__all__ = ["AppEnvironment", "Settings", "redact_url"]
+
+_T = TypeVar("_T")
+
+
+class AppEnvironment(enum.StrEnum):
+    """How the runtime treats a service that is down at start (``WIS2L_ENV``)."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+SERVICES = ("database", "redis", "nats")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``.
+
+    >>> redact_url("postgresql://ada:s3cret@db:5432/wis2l")
+    'postgresql://ada:***@db:5432/wis2l'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _redact_one(url: str) -> str:
+    return repr(redact_url(url))
+
+
+def _redact_many(urls: tuple[str, ...]) -> str:
+    return repr(tuple(redact_url(u) for u in urls))
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+def _str_frozenset(values: Iterable[str]) -> frozenset[str]:
+    return frozenset((values,) if isinstance(values, str) else values)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Connection targets and tunables for :class:`wis2l_core.Wis2l`.
+
+    Every field has an environment variable; see :meth:`from_env` and the
+    configuration reference in the docs.
+    """
+
+    database_url: str = attrs.field(default="postgresql://localhost:5432/wis2l", repr=_redact_one)
+    """libpq URL of the PostgreSQL database (``DATABASE_URL``)."""
+    redis_url: str = attrs.field(default="redis://localhost:6379/0", repr=_redact_one)
+    """Redis URL: ``redis://``, ``rediss://`` (TLS) or ``unix://`` (``REDIS_URL``)."""
+    nats_urls: tuple[str, ...] = attrs.field(
+        default=("nats://localhost:4222",), converter=_str_tuple, repr=_redact_many
+    )
+    """NATS servers to try, in order (``NATS_URL``, comma-separated)."""
+    environment: AppEnvironment = attrs.field(
+        default=AppEnvironment.DEVELOPMENT, converter=AppEnvironment
+    )
+    """``development`` retries optional services in the background; ``production`` also
+    refuses to start without a critical one (``WIS2L_ENV``)."""
+
+    db_pool_min_size: int = 1
+    """Connections the pool keeps open (``WIS2L_DB_POOL_MIN_SIZE``)."""
+    db_pool_max_size: int = 10
+    """Most connections the pool opens (``WIS2L_DB_POOL_MAX_SIZE``)."""
+    db_pool_timeout: float = 10.0
+    """Seconds a call waits for a free connection (``WIS2L_DB_POOL_TIMEOUT``)."""
+    db_connect_timeout: float = 5.0
+    """Seconds to open one connection (``WIS2L_DB_CONNECT_TIMEOUT``)."""
+    db_statement_timeout: float = 30.0
+    """Seconds one statement may run before the server cancels it; 0 disables
+    (``WIS2L_DB_STATEMENT_TIMEOUT``)."""
+    migrate_lock_timeout: float = 60.0
+    """Seconds ``migrate()`` waits for another deploy's migration lock
+    (``WIS2L_MIGRATE_LOCK_TIMEOUT``)."""
+
+    redis_max_connections: int = 50
+    """Size of the Redis connection pool (``WIS2L_REDIS_MAX_CONNECTIONS``)."""
+    redis_socket_timeout: float = 1.0
+    """Seconds one Redis command may take before it counts as a miss
+    (``WIS2L_REDIS_SOCKET_TIMEOUT``)."""
+    redis_connect_timeout: float = 1.0
+    """Seconds to open a Redis connection (``WIS2L_REDIS_CONNECT_TIMEOUT``)."""
+
+    nats_connect_timeout: float = 2.0
+    """Seconds to connect to NATS (``WIS2L_NATS_CONNECT_TIMEOUT``)."""
+    stream_name: str = "WIS2L"
+    """JetStream stream that holds the events (``WIS2L_STREAM``)."""
+    stream_duplicate_window: float = 120.0
+    """Seconds JetStream remembers a ``Nats-Msg-Id`` (``WIS2L_STREAM_DUPLICATE_WINDOW``)."""
+
+    namespace: str = "wis2l"
+    """Prefix of Redis keys (``wis2l:<service>:...``) and NATS subjects (``wis2l.<entity>.
+    <action>``); tests and side-by-side apps give each their own (``WIS2L_NAMESPACE``)."""
+
+    health_timeout: float = 2.0
+    """Seconds each health check may take (``WIS2L_HEALTH_TIMEOUT``)."""
+    shutdown_timeout: float = 25.0
+    """Seconds ``stop()`` waits for in-flight handlers (``WIS2L_SHUTDOWN_TIMEOUT``)."""
+    critical_services: frozenset[str] = attrs.field(
+        default=frozenset({"database"}), converter=_str_frozenset
+    )
+    """Services whose failure makes health ``unhealthy`` and, in production, stops start
+    (``WIS2L_CRITICAL_SERVICES``, comma-separated)."""
+
+    def __attrs_post_init__(self) -> None:
+        _check_database_url(self.database_url, "database_url")
+        _check_redis_url(self.redis_url, "redis_url")
+        if not self.nats_urls:
+            raise ConfigError("nats_urls: at least one server is needed", variable="nats_urls")
+        for url in self.nats_urls:
+            _check_nats_url(url, "nats_urls")
+        if not 1 <= self.db_pool_min_size <= self.db_pool_max_size:
+            raise ConfigError(
+                "db_pool_min_size must be >= 1 and <= db_pool_max_size",
+                variable="db_pool_min_size",
+            )
+        unknown = self.critical_services - set(SERVICES)
+        if unknown:
+            raise ConfigError(
+                f"critical_services: unknown service(s) {sorted(unknown)}; "
+                f"choose from {', '.join(SERVICES)}",
+                variable="critical_services",
+            )
+        if not self.namespace or any(c in self.namespace for c in " .*>:"):
+            raise ConfigError(
+                "namespace must be non-empty without spaces, '.', '*', '>' or ':'",
+                variable="namespace",
+            )
+
+    @property
+    def is_production(self) -> bool:
+        """True when ``environment`` is production."""
+        return self.environment is AppEnvironment.PRODUCTION
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default: ``os.environ``).
+
+        Raises:
+            ConfigError: a variable is malformed; ``variable`` names it.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, object] = {
+            "database_url": _database_url(env),
+            "redis_url": _redis_url(env),
+            "nats_urls": _nats_urls(env),
+        }
+        if raw_env := _get(env, "WIS2L_ENV"):
+            try:
+                kwargs["environment"] = AppEnvironment(raw_env.lower())
+            except ValueError:
+                raise ConfigError(
+                    f"WIS2L_ENV must be 'development' or 'production', not {raw_env!r}",
+                    variable="WIS2L_ENV",
+                ) from None
+        for field, variable, parse in _TUNABLES:
+            raw = _get(env, variable)
+            if raw is not None:
+                kwargs[field] = _parse(variable, raw, parse)
+        if raw_critical := _get(env, "WIS2L_CRITICAL_SERVICES"):
+            kwargs["critical_services"] = frozenset(
+                s.strip() for s in raw_critical.split(",") if s.strip()
+            )
+        try:
+            return cls(**kwargs)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            variable = _VARIABLE_OF_FIELD.get(exc.variable or "", exc.variable or "?")
+            raise ConfigError(f"{variable}: {exc}", variable=variable) from None
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _parse(variable: str, raw: str, parse: Callable[[str], _T]) -> _T:
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{variable} must be a {_KIND[parse]}, not {raw!r}", variable=variable
+        ) from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _name(raw: str) -> str:
+    return raw
+
+
+_KIND: dict[object, str] = {
+    _positive_int: "positive integer",
+    _non_negative_float: "number of seconds >= 0",
+    _port: "port number (1-65535)",
+    _name: "name",
+    int: "integer",
+}
+
+_TUNABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
+    ("db_pool_min_size", "WIS2L_DB_POOL_MIN_SIZE", _positive_int),
+    ("db_pool_max_size", "WIS2L_DB_POOL_MAX_SIZE", _positive_int),
+    ("db_pool_timeout", "WIS2L_DB_POOL_TIMEOUT", _non_negative_float),
+    ("db_connect_timeout", "WIS2L_DB_CONNECT_TIMEOUT", _non_negative_float),
+    ("db_statement_timeout", "WIS2L_DB_STATEMENT_TIMEOUT", _non_negative_float),
+    ("migrate_lock_timeout", "WIS2L_MIGRATE_LOCK_TIMEOUT", _non_negative_float),
+    ("redis_max_connections", "WIS2L_REDIS_MAX_CONNECTIONS", _positive_int),
+    ("redis_socket_timeout", "WIS2L_REDIS_SOCKET_TIMEOUT", _non_negative_float),
+    ("redis_connect_timeout", "WIS2L_REDIS_CONNECT_TIMEOUT", _non_negative_float),
+    ("nats_connect_timeout", "WIS2L_NATS_CONNECT_TIMEOUT", _non_negative_float),
+    ("stream_name", "WIS2L_STREAM", _name),
+    ("stream_duplicate_window", "WIS2L_STREAM_DUPLICATE_WINDOW", _non_negative_float),
+    ("namespace", "WIS2L_NAMESPACE", _name),
+    ("health_timeout", "WIS2L_HEALTH_TIMEOUT", _non_negative_float),
+    ("shutdown_timeout", "WIS2L_SHUTDOWN_TIMEOUT", _non_negative_float),
+)
+
+_VARIABLE_OF_FIELD: dict[str, str] = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "nats_urls": "NATS_URL",
+    "critical_services": "WIS2L_CRITICAL_SERVICES",
+    **{field: variable for field, variable, _ in _TUNABLES},
+}
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    if url := _get(env, "DATABASE_URL"):
+        _check_database_url(url, "DATABASE_URL")
+        return url
+    user = _get(env, "DATABASE_USER")
+    password = _get(env, "DATABASE_PASSWORD")
+    host = _get(env, "DATABASE_HOST") or "localhost"
+    port = _parse("DATABASE_PORT", _get(env, "DATABASE_PORT") or "5432", _port)
+    name = _get(env, "DATABASE_NAME") or "wis2l"
+    if password is not None and user is None:
+        raise ConfigError(
+            "DATABASE_PASSWORD is set but DATABASE_USER is not", variable="DATABASE_USER"
+        )
+    auth = ""
+    if user is not None:
+        auth = quote(user, safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        auth += "@"
+    return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}"
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    if url := _get(env, "REDIS_URL"):
+        _check_redis_url(url, "REDIS_URL")
+        return url
+    host = _get(env, "REDIS_HOST") or "localhost"
+    port = _parse("REDIS_PORT", _get(env, "REDIS_PORT") or "6379", _port)
+    db = _get(env, "REDIS_DB") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"REDIS_DB must be an integer >= 0, not {db!r}", variable="REDIS_DB")
+    password = _get(env, "REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password is not None else ""
+    return f"redis://{auth}{_host(host)}:{port}/{int(db)}"
+
+
+def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    if raw := _get(env, "NATS_URL"):
+        urls = tuple(_nats_scheme(u.strip()) for u in raw.split(",") if u.strip())
+        if not urls:
+            raise ConfigError("NATS_URL names no server", variable="NATS_URL")
+        for url in urls:
+            _check_nats_url(url, "NATS_URL")
+        return urls
+    host = _get(env, "NATS_HOST") or "localhost"
+    port = _parse("NATS_PORT", _get(env, "NATS_PORT") or "4222", _port)
+    return (f"nats://{_host(host)}:{port}",)
+
+
+def _host(host: str) -> str:
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    if any(c in host for c in "/@?# "):
+        raise ConfigError(f"not a host name: {host!r}", variable="host")
+    return host
+
+
+def _nats_scheme(url: str) -> str:
+    return url if "://" in url else f"nats://{url}"
+
+
+def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(
+            f"{variable} is not a valid {what} URL ({exc}): {redact_url(url)!r}",
+            variable=variable,
+        ) from None
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            f"{variable} must start with {' or '.join(s + '://' for s in schemes)}, "
+            f"got {redact_url(url)!r}",
+            variable=variable,
+        )
+    if port == 0:
+        raise ConfigError(f"{variable} has port 0", variable=variable)
+
+
+def _check_database_url(url: str, variable: str) -> None:
+    _check_url(url, variable, ("postgresql", "postgres"), "PostgreSQL")
+
+
+def _check_redis_url(url: str, variable: str) -> None:
+    _check_url(url, variable, ("redis", "rediss", "unix"), "Redis")
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ConfigError(
+                f"{variable}: the database number must be an integer, got {db!r}",
+                variable=variable,
+            )
+
+
+def _check_nats_url(url: str, variable: str) -> None:
+    _check_url(url, variable, ("nats", "tls", "ws", "wss"), "NATS")

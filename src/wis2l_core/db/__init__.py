@@ -1,0 +1,1 @@
+"""PostgreSQL: pool, SQL files, migrations and one repository per table."""

@@ -1,0 +1,78 @@
+"""Turning psycopg exceptions into wis2l-core errors, cause kept."""
+
+from __future__ import annotations
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg
+
+from wis2l_core.errors import Conflict, NotFound, ServiceUnavailable, ValidationError, Wis2lError
+
+__all__ = ["translate"]
+
+# constraint name -> the field a caller passed
+_UNIQUE_FIELDS = {
+    "users_email_key": "email",
+    "users_subject_key": "subject",
+    "templates_slug_key": "slug",
+    "projects_slug_key": "slug",
+    "design_tokens_project_name_key": "name",
+}
+
+_FOREIGN_KEYS = {
+    "projects_owner_id_fkey": "owner_id",
+    "projects_template_id_fkey": "template_id",
+    "components_project_id_fkey": "project_id",
+    "design_tokens_project_id_fkey": "project_id",
+    "builds_project_id_fkey": "project_id",
+    "deployments_project_id_fkey": "project_id",
+    "deployments_build_id_fkey": "build_id",
+    "events_project_id_fkey": "project_id",
+}
+
+
+def _check_field(constraint: str | None, table: str | None) -> str | None:
+    # CHECK constraints are named <table>_<column>_check by PostgreSQL.
+    if not constraint or not table or not constraint.startswith(table + "_"):
+        return None
+    return constraint[len(table) + 1 :].removesuffix("_check") or None
+
+
+def translate(exc: BaseException) -> Wis2lError:
+    """The wis2l-core error for a psycopg (or pool) exception; the caller raises it ``from``.
+
+    Unique violation -> ``Conflict``; missing parent -> ``NotFound``; CHECK, NOT NULL or a
+    bad value -> ``ValidationError``; lost connection, pool timeout, shutdown or a
+    cancelled statement -> ``ServiceUnavailable``.
+    """
+    if isinstance(exc, Wis2lError):
+        return exc
+    if isinstance(exc, pg.UniqueViolation):
+        diag = exc.diag
+        field = _UNIQUE_FIELDS.get(diag.constraint_name or "")
+        what = field or diag.constraint_name or "a unique key"
+        return Conflict(f"{diag.table_name or 'row'}: {what} is already taken", field=field)
+    if isinstance(exc, pg.ForeignKeyViolation):
+        diag = exc.diag
+        field = _FOREIGN_KEYS.get(diag.constraint_name or "")
+        return NotFound(f"{field or diag.constraint_name}: the referenced row does not exist")
+    if isinstance(exc, pg.CheckViolation | pg.NotNullViolation):
+        diag = exc.diag
+        field = diag.column_name or _check_field(diag.constraint_name, diag.table_name)
+        return ValidationError(
+            f"{diag.table_name or 'row'}: {field or diag.constraint_name} is not valid",
+            field=field,
+        )
+    if isinstance(exc, psycopg.DataError | pg.InvalidTextRepresentation):
+        return ValidationError(f"a value was refused by the database: {exc}")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return ServiceUnavailable(
+            f"database: no free connection in time ({exc})", service="database"
+        )
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return ServiceUnavailable("database: the pool is closed", service="database")
+    if isinstance(exc, pg.QueryCanceled):
+        return ServiceUnavailable(f"database: statement cancelled ({exc})", service="database")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return ServiceUnavailable(f"database unavailable: {exc}", service="database")
+    return Wis2lError(f"database error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,159 @@
+"""What every repository shares: named queries, pages, and the one write path.
+
+Every write goes through :meth:`Repository._write`, which runs the statement and inserts
+its event into ``events`` (the audit log, which is also the outbox) in one transaction.
+When the event is known before the write (creates, whose ids the library makes), both
+statements and the transaction go to the server as one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from wis2l_core.db.cursor import decode_cursor, encode_cursor
+from wis2l_core.db.errors import translate
+from wis2l_core.db.pool import Connection, Database
+from wis2l_core.db.sql import Query, QueryFile, query_file
+from wis2l_core.db.validate import check_limit
+from wis2l_core.events.catalogue import DomainEvent
+from wis2l_core.models import Page
+from wis2l_core.sentinel import Unset
+from wis2l_core.serde import unstructure
+
+__all__ = ["EventFor", "Repository", "event_params", "set_field"]
+
+T = TypeVar("T")
+
+EventFor = DomainEvent | Callable[[DictRow], DomainEvent | None] | None
+"""The event of a write: known up front, made from the written row, or none."""
+
+_FIRST = UUID(int=0)
+
+
+def set_field(
+    params: dict[str, Any], field: str, value: object, check: Callable[[Any], Any]
+) -> None:
+    """Fill ``set_<field>``/``<field>`` for an ``update`` query's ``CASE WHEN`` pattern."""
+    if isinstance(value, Unset):
+        params[f"set_{field}"], params[field] = False, None
+    else:
+        params[f"set_{field}"], params[field] = True, check(value)
+
+
+def event_params(event: DomainEvent) -> dict[str, Any]:
+    """The ``events`` row for ``event``: its type, subsystem, subject and JSON payload."""
+    payload = unstructure(event)
+    payload["type"] = event.type
+    return {
+        "id": event.id,
+        "type": event.type,
+        "subsystem": event.subsystem.value,
+        "project_id": event.project_id,
+        "subject": event.type,
+        "payload": Jsonb(payload),
+    }
+
+
+class Repository:
+    """Base of the table repositories; bound to the pool, or to one transaction's connection.
+
+    Args:
+        db: the runtime's database.
+        conn: a connection inside an open transaction (``wis.transaction()``); when given,
+            every call runs on it and commits or rolls back with it.
+    """
+
+    table: ClassVar[str]
+
+    def __init__(self, db: Database, conn: Connection | None = None) -> None:
+        self._db = db
+        self._conn = conn
+        self._queries: QueryFile = query_file(self.table)
+
+    def _q(self, name: str) -> Query:
+        return self._queries[name]
+
+    async def _one(self, name: str, **params: Any) -> DictRow | None:
+        return await self._db.fetch_one(self._q(name), params, self._conn)
+
+    async def _all(self, name: str, **params: Any) -> list[DictRow]:
+        return await self._db.fetch_all(self._q(name), params, self._conn)
+
+    async def _page(
+        self,
+        name: str,
+        build: Callable[[DictRow], T],
+        *,
+        limit: int,
+        after: str | None,
+        **params: Any,
+    ) -> Page[T]:
+        """Run a keyset query (``id > %(after)s ORDER BY id LIMIT %(limit)s``) as a page.
+
+        One row more than ``limit`` is fetched to learn whether a next page exists.
+        """
+        scope = f"{self.table}.{name}"
+        limit = check_limit(limit)
+        start = decode_cursor(scope, after) or _FIRST
+        rows = await self._all(name, after=start, limit=limit + 1, **params)
+        items = tuple(build(r) for r in rows[:limit])
+        more = len(rows) > limit
+        cursor = encode_cursor(scope, rows[limit - 1]["id"]) if more else None
+        return Page(items=items, next_cursor=cursor)
+
+    def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
+        # Inside wis.transaction() the caller's transaction is the unit of work.
+        return nullcontext() if self._conn is not None else conn.transaction()
+
+    async def _write(
+        self, name: str, params: dict[str, Any], event: EventFor = None
+    ) -> DictRow | None:
+        """Run write ``name`` and record ``event`` with it, atomically.
+
+        Returns:
+            The statement's first row (``RETURNING``), or ``None`` if it touched no row;
+            with no row, no event is recorded.
+        """
+        rows = await self._write_many(name, [params], event)
+        return rows[0] if rows else None
+
+    async def _write_many(
+        self, name: str, params_seq: Sequence[dict[str, Any]], event: EventFor = None
+    ) -> list[DictRow]:
+        """Run write ``name`` once per parameter set plus one event, in one transaction."""
+        query = self._q(name)
+        record = query_file("events")["insert_outbox"]
+        async with self._db.connection(self._conn) as conn:
+            try:
+                async with conn.pipeline():
+                    async with self._transaction(conn):
+                        cursors = [
+                            await conn.execute(query.text, p, prepare=True) for p in params_seq
+                        ]
+                        if isinstance(event, DomainEvent):
+                            await conn.execute(record.text, event_params(event), prepare=True)
+                        elif event is not None:
+                            rows = await _fetch(cursors)
+                            made = event(rows[0]) if rows else None
+                            if made is not None:
+                                await conn.execute(record.text, event_params(made), prepare=True)
+                            return rows
+                    return await _fetch(cursors)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+
+
+async def _fetch(cursors: Sequence[psycopg.AsyncCursor[DictRow]]) -> list[DictRow]:
+    rows: list[DictRow] = []
+    for cur in cursors:
+        row = await cur.fetchone()
+        if row is not None:
+            rows.append(row)
+    return rows

@@ -1,0 +1,153 @@
+"""Loading the ``.sql`` files: migrations and named queries. No I/O beyond reading files.
+
+Queries live in ``sql/queries/<table>.sql``; each starts with a ``-- name: <name>`` line
+(aiosql's convention) and uses psycopg's ``%(param)s`` placeholders, each with an explicit
+cast (``%(id)s::uuid``) so ``wis2l db check`` can prepare it with no values at hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Migration", "Query", "QueryFile", "migrations", "query_file", "query_files", "sql_root"]
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
+_PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@attrs.frozen
+class Query:
+    """One named statement of a query file."""
+
+    name: str
+    text: str
+    file: str
+    line: int
+
+    @functools.cached_property
+    def params(self) -> tuple[str, ...]:
+        """Parameter names in first-use order."""
+        return tuple(dict.fromkeys(_PARAM.findall(self.text)))
+
+    def positional(self) -> str:
+        """The text with ``$1, $2 ...`` placeholders, for ``PREPARE``."""
+        index = {name: i for i, name in enumerate(self.params, 1)}
+        return _PARAM.sub(lambda m: f"${index[m.group(1)]}", self.text)
+
+
+@attrs.frozen
+class QueryFile:
+    """The named queries of one ``sql/queries/<table>.sql`` file."""
+
+    table: str
+    queries: Mapping[str, Query]
+
+    def __getitem__(self, name: str) -> Query:
+        try:
+            return self.queries[name]
+        except KeyError:
+            raise KeyError(f"no query {name!r} in sql/queries/{self.table}.sql") from None
+
+    def __iter__(self) -> Iterator[Query]:
+        return iter(self.queries.values())
+
+
+@attrs.frozen
+class Migration:
+    """One forward-only migration file."""
+
+    name: str
+    text: str
+
+    @functools.cached_property
+    def checksum(self) -> str:
+        """SHA-256 of the file's bytes, hex."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+@functools.cache
+def sql_root() -> Path:
+    """The ``sql`` directory: inside the installed wheel, else the source checkout's."""
+    packaged = Path(str(resources.files("wis2l_core"))) / "sql"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[3] / "sql"
+    if checkout.is_dir():
+        return checkout
+    raise FileNotFoundError("wis2l_core: the sql/ directory is missing from the installation")
+
+
+def parse_queries(table: str, text: str) -> QueryFile:
+    """Split a query file into named queries.
+
+    Raises:
+        ValueError: text before the first ``-- name:``, a name used twice, or an empty query.
+    """
+    found: dict[str, Query] = {}
+    name: str | None = None
+    start = 0
+    body: list[str] = []
+
+    def close() -> None:
+        if name is None:
+            return
+        sql = "\n".join(body).strip().rstrip(";").strip()
+        if not sql:
+            raise ValueError(f"sql/queries/{table}.sql:{start}: query {name!r} is empty")
+        found[name] = Query(name=name, text=sql, file=f"{table}.sql", line=start)
+
+    for lineno, line in enumerate(text.splitlines(), 1):
+        match = _NAME.match(line.strip())
+        if match:
+            close()
+            name, start, body = match.group(1), lineno, []
+            if name in found:
+                raise ValueError(f"sql/queries/{table}.sql:{lineno}: {name!r} is defined twice")
+        elif name is None:
+            if line.strip() and not line.strip().startswith("--"):
+                raise ValueError(f"sql/queries/{table}.sql:{lineno}: SQL before '-- name:'")
+        else:
+            body.append(line)
+    close()
+    return QueryFile(table=table, queries=found)
+
+
+@functools.cache
+def query_file(table: str) -> QueryFile:
+    """The parsed ``sql/queries/<table>.sql`` (read once per process)."""
+    path = sql_root() / "queries" / f"{table}.sql"
+    return parse_queries(table, path.read_text(encoding="utf-8"))
+
+
+def query_files() -> tuple[QueryFile, ...]:
+    """Every query file, sorted by table name."""
+    paths = sorted((sql_root() / "queries").glob("*.sql"))
+    return tuple(query_file(p.stem) for p in paths)
+
+
+def migrations(directory: Path | None = None) -> tuple[Migration, ...]:
+    """The migration files in order of their ``NNNN_`` prefix.
+
+    Raises:
+        ValueError: a file whose name is not ``NNNN_name.sql``, or two files with one number.
+    """
+    root = directory if directory is not None else sql_root() / "migrations"
+    seen: dict[str, str] = {}
+    found = []
+    for path in sorted(root.glob("*.sql")):
+        match = _MIGRATION.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name!r} is not named NNNN_name.sql")
+        if match.group(1) in seen:
+            raise ValueError(f"migrations {seen[match.group(1)]} and {path.name} share a number")
+        seen[match.group(1)] = path.name
+        found.append(Migration(name=path.stem, text=path.read_text(encoding="utf-8")))
+    return tuple(found)

@@ -1,0 +1,102 @@
+"""Users: nocturnaID.org identities mapped to platform users (``sql/queries/users.sql``)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import DictRow
+
+from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
+from wis2l_core.errors import NotFound
+from wis2l_core.ids import uuid7
+from wis2l_core.models import Role, User
+from wis2l_core.sentinel import UNSET, Unset
+
+__all__ = ["UserRepository"]
+
+
+def _user(row: DictRow) -> User:
+    return User(
+        id=row["id"],
+        email=row["email"],
+        name=row["name"],
+        subject=row["subject"],
+        role=Role(row["role"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class UserRepository(Repository):
+    """Users, found by id, e-mail (case-insensitive) or JWT subject."""
+
+    table = "users"
+
+    async def find_by_id(self, id: UUID | str) -> User | None:
+        """The user with this id, or ``None``."""
+        row = await self._one("find_by_id", id=check_uuid("id", id))
+        return None if row is None else _user(row)
+
+    async def find_by_email(self, email: str) -> User | None:
+        """The user with this e-mail, compared case-insensitively, or ``None``."""
+        row = await self._one("find_by_email", email=check_text("email", email, max_len=320))
+        return None if row is None else _user(row)
+
+    async def find_by_subject(self, subject: str) -> User | None:
+        """The user whose nocturnaID JWT ``sub`` is ``subject``, or ``None``."""
+        row = await self._one(
+            "find_by_subject", subject=check_text("subject", subject, max_len=255)
+        )
+        return None if row is None else _user(row)
+
+    async def create(
+        self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
+    ) -> User:
+        """Create a user.
+
+        Raises:
+            ValidationError: a field is malformed (``field`` names it).
+            Conflict: the e-mail (any case) or subject is taken.
+        """
+        params = {
+            "id": uuid7(),
+            "email": check_email("email", email),
+            "name": check_text("name", name, max_len=200),
+            "subject": check_text("subject", subject, max_len=255),
+            "role": check_enum("role", role, Role).value,
+        }
+        row = await self._write("create", params)
+        assert row is not None
+        return _user(row)
+
+    async def update(
+        self,
+        id: UUID | str,
+        *,
+        email: str | Unset = UNSET,
+        name: str | Unset = UNSET,
+        subject: str | Unset = UNSET,
+        role: Role | str | Unset = UNSET,
+    ) -> User:
+        """Change the given fields; the others keep their values.
+
+        Raises:
+            NotFound: no user has this id.
+            ValidationError: a field is malformed.
+            Conflict: the new e-mail or subject is taken.
+        """
+        params: dict[str, Any] = {"id": check_uuid("id", id)}
+        set_field(params, "email", email, lambda v: check_email("email", v))
+        set_field(params, "name", name, lambda v: check_text("name", v, max_len=200))
+        set_field(params, "subject", subject, lambda v: check_text("subject", v, max_len=255))
+        set_field(params, "role", role, lambda v: check_enum("role", v, Role).value)
+        row = await self._write("update", params)
+        if row is None:
+            raise NotFound(f"no user with id {params['id']}")
+        return _user(row)
+
+    async def delete(self, id: UUID | str) -> bool:
+        """Delete the user (and, by cascade, their projects); ``False`` if there was none."""
+        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

@@ -1,0 +1,1 @@
+"""Typed events over NATS JetStream, written through a transactional outbox."""

@@ -1,0 +1,76 @@
+"""The ``pytest11`` entry point: real servers and a fresh, migrated database per test.
+
+Fixtures (all names start with ``wis2l_`` except ``wis``):
+
+- ``wis2l_servers`` (session): the servers from ``WIS2L_TEST_*_URL``, else an embedded stack.
+- ``wis2l_template`` (session): a migrated template database, dropped at the end.
+- ``wis2l_database_url``: a fresh database cloned from the template, dropped after the test.
+- ``wis2l_settings``: :class:`~wis2l_core.Settings` for that database, with a namespace and
+  stream of the test's own, so Redis keys and NATS subjects never leak between tests.
+- ``wis``: a started :class:`~wis2l_core.Wis2l` on those settings (needs pytest-asyncio).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from wis2l_core.config import Settings
+from wis2l_core.testing.servers import Servers, TemplateDatabase, find_servers
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - apps without pytest-asyncio get the sync fixtures
+    pytest_asyncio = None  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="session")
+def wis2l_servers() -> Iterator[Servers]:
+    """The servers of this test session (environment or embedded)."""
+    with find_servers() as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def wis2l_template(wis2l_servers: Servers) -> Iterator[TemplateDatabase]:
+    """A template database with every migration applied."""
+    template = TemplateDatabase(wis2l_servers.database_url)
+    template.create()
+    yield template
+    template.drop()
+
+
+@pytest.fixture
+def wis2l_database_url(wis2l_template: TemplateDatabase) -> Iterator[str]:
+    """URL of a fresh, migrated, empty database for this test only."""
+    url = wis2l_template.clone()
+    yield url
+    wis2l_template.drop(url)
+
+
+@pytest.fixture
+def wis2l_settings(wis2l_servers: Servers, wis2l_database_url: str) -> Settings:
+    """Settings for this test's database, with its own Redis namespace and NATS stream."""
+    tag = secrets.token_hex(5)
+    return Settings(
+        database_url=wis2l_database_url,
+        redis_url=wis2l_servers.redis_url,
+        nats_urls=(wis2l_servers.nats_url,),
+        namespace=f"t{tag}",
+        stream_name=f"T{tag.upper()}",
+        db_pool_min_size=1,
+        db_pool_max_size=5,
+    )
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def wis(wis2l_settings: Settings) -> AsyncIterator[object]:
+        """A started :class:`~wis2l_core.Wis2l` on this test's database; stopped after."""
+        from wis2l_core.runtime import Wis2l
+
+        async with Wis2l(wis2l_settings) as runtime:
+            yield runtime
