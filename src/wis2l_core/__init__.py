@@ -5,6 +5,7 @@ from wis2l_core.errors import (
     ConfigError,
     Conflict,
     InvalidTransition,
+    MigrationError,
     NotFound,
     ServiceUnavailable,
     StartupError,
@@ -30,6 +31,7 @@ from wis2l_core.models import (
     TokenCategory,
     User,
 )
+from wis2l_core.runtime import Transaction, Wis2l
 
 __all__ = [
     "AppEnvironment",
@@ -46,6 +48,7 @@ __all__ = [
     "Event",
     "InvalidTransition",
     "Language",
+    "MigrationError",
     "NotFound",
     "Page",
     "Project",
@@ -56,7 +59,9 @@ __all__ = [
     "Subsystem",
     "Template",
     "TokenCategory",
+    "Transaction",
     "User",
     "ValidationError",
+    "Wis2l",
     "Wis2lError",
 ]

@@ -1,0 +1,119 @@
+"""The whole WIS2L flow in one script.
+
+A user signs in, starts a Godot project from a template, SPARK generates a component,
+IGNIS builds it (pending -> building -> completed), WAYPOINT deploys it to staging, and
+the audit log and health report show what happened.
+
+Run it with no set-up at all (an embedded PostgreSQL, Valkey and NATS are started and
+stopped for you)::
+
+    python examples/quickstart.py
+
+or against your own servers: set DATABASE_URL / REDIS_URL / NATS_URL first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from wis2l_core import BuildStatus, DeploymentStatus, Engine, Language, Settings, Wis2l
+
+
+@asynccontextmanager
+async def runtime() -> AsyncIterator[Wis2l]:
+    """Your servers when DATABASE_URL is set, else the embedded stack."""
+    if os.environ.get("DATABASE_URL"):
+        wis = Wis2l(Settings.from_env())
+        await wis.migrate()
+        async with wis:
+            yield wis
+    else:
+        started = time.perf_counter()
+        async with Wis2l.embedded() as wis:
+            print(f"embedded stack up and migrated in {time.perf_counter() - started:.1f} s")
+            yield wis
+
+
+async def main() -> None:
+    async with runtime() as wis:
+        # identity: a nocturnaID.org user (the JWT `sub` maps to the user row)
+        user = await wis.users.find_by_subject("nocturna|ada")
+        if user is None:
+            user = await wis.users.create(
+                email="ada@example.com", name="Ada", subject="nocturna|ada"
+            )
+        print(f"user       {user.name} <{user.email}> role={user.role}")
+
+        # IGNITION: a template, and a project started from it
+        template = await wis.templates.find_by_slug("godot-platformer")
+        if template is None:
+            template = await wis.templates.create(
+                slug="godot-platformer",
+                name="Godot 2D platformer",
+                engine=Engine.GODOT,
+                files={"project.godot": "[application]\nconfig/name=\"Platformer\"\n"},
+            )
+        slug = f"sky-jumper-{int(time.time())}"
+        project = await wis.projects.create(
+            owner_id=user.id,
+            name="Sky Jumper",
+            slug=slug,
+            engine=Engine.GODOT,
+            template_id=template.id,
+            metadata={"genre": "platformer"},
+        )
+        print(f"project    {project.name} ({project.slug}) on {project.engine}")
+
+        # SPARK: an AI-generated component (its ComponentCreated event is in the outbox)
+        component = await wis.components.create(
+            project_id=project.id,
+            name="PlayerController",
+            language=Language.GDSCRIPT,
+            code="extends CharacterBody2D\n\nfunc _physics_process(delta):\n\tpass\n",
+            prompt="a player controller with double jump",
+            model="spark-1",
+            experts=("movement", "physics"),
+        )
+        component = await wis.components.update(
+            component.id, code=component.code + "\n# double jump\n"
+        )
+        print(f"component  {component.name} v{component.version} ({component.language})")
+
+        # IGNIS: a build through its states
+        build = await wis.builds.create(project_id=project.id, target="html5")
+        build = await wis.builds.update(build.id, status=BuildStatus.BUILDING, log="compiling\n")
+        build = await wis.builds.update(build.id, progress=60, log="exporting\n")
+        build = await wis.builds.update(
+            build.id,
+            status=BuildStatus.COMPLETED,
+            artifacts={"html5": {"path": "builds/sky-jumper.zip", "bytes": 1_482_113}},
+        )
+        print(f"build      {build.target}: {build.status} {build.progress}%")
+
+        # WAYPOINT: deploy the build to staging
+        deployment = await wis.deployments.create(
+            project_id=project.id, environment="staging", version="0.1.0", build_id=build.id
+        )
+        deployment = await wis.deployments.update(
+            deployment.id, status=DeploymentStatus.IN_PROGRESS
+        )
+        deployment = await wis.deployments.update(
+            deployment.id,
+            status=DeploymentStatus.COMPLETED,
+            url=f"https://staging.wis2l.example/{project.slug}",
+        )
+        print(f"deployment {deployment.environment} v{deployment.version}: {deployment.url}")
+
+        # the audit log: every write above recorded its event in the same transaction
+        page = await wis.events.find_by_project_id(project.id)
+        print(f"events     {len(page.items)} recorded for the project:")
+        for event in page.items:
+            print(f"           - {event.type:<22} ({event.subsystem})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,39 @@
+"""Developer sessions: ``nox -s tests lint typecheck`` (``nox -l`` lists them)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+SERVICE_VARS = ("WIS2L_TEST_DATABASE_URL", "WIS2L_TEST_REDIS_URL", "WIS2L_TEST_NATS_URL")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: the servers in WIS2L_TEST_*_URL, else an embedded stack."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Run every example script against the embedded stack (or WIS2L_TEST_* servers)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/test_examples.py", *session.posargs)
