@@ -1,14 +1,41 @@
 """The suite's fixtures come from wis2l_core.testing (the pytest11 plugin apps use too)."""
 
 import os
+from collections.abc import AsyncIterator
+from uuid import uuid4
 
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
-settings.register_profile(
+from wis2l_core import Settings
+from wis2l_core.cache import RedisClient
+from wis2l_core.testing.servers import Servers
+
+hypothesis_settings.register_profile(
     "default",
     deadline=None,
     max_examples=40,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=60)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+hypothesis_settings.register_profile(
+    "ci", parent=hypothesis_settings.get_profile("default"), max_examples=60
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def settings(wis2l_servers: Servers) -> Settings:
+    """Settings on the session's Redis with a namespace of the test's own."""
+    return Settings(redis_url=wis2l_servers.redis_url, namespace=f"t{uuid4().hex[:12]}")
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[RedisClient]:
+    """An open RedisClient; the test's keys are deleted afterwards."""
+    client = RedisClient(settings)
+    await client.open()
+    yield client
+    async for key in client.redis.scan_iter(match=f"{settings.namespace}:*", count=500):
+        await client.redis.delete(key)
+    await client.aclose()

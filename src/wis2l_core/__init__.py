@@ -1,5 +1,6 @@
 """wis2l-core: the data layer of the WIS2L game-development platform."""
 
+from wis2l_core.asgi import health_app
 from wis2l_core.config import AppEnvironment, Settings
 from wis2l_core.errors import (
     ConfigError,
@@ -12,6 +13,7 @@ from wis2l_core.errors import (
     ValidationError,
     Wis2lError,
 )
+from wis2l_core.health import CheckResult, HealthReport, HealthStatus
 from wis2l_core.models import (
     Build,
     BuildStatus,
@@ -37,6 +39,7 @@ __all__ = [
     "AppEnvironment",
     "Build",
     "BuildStatus",
+    "CheckResult",
     "Component",
     "ConfigError",
     "Conflict",
@@ -46,6 +49,8 @@ __all__ = [
     "Engine",
     "Environment",
     "Event",
+    "HealthReport",
+    "HealthStatus",
     "InvalidTransition",
     "Language",
     "MigrationError",
@@ -64,4 +69,5 @@ __all__ = [
     "ValidationError",
     "Wis2l",
     "Wis2lError",
+    "health_app",
 ]

@@ -221,8 +221,15 @@ def _parse(variable: str, raw: str, parse: Callable[[str], _T]) -> _T:
         ) from None
 
 
+def _decimal(raw: str) -> int:
+    # int() also takes "+5", "5_0" and non-ASCII digits; a setting should not.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(raw)
+    return int(raw)
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _decimal(raw)
     if value < 1:
         raise ValueError(raw)
     return value
@@ -236,7 +243,7 @@ def _non_negative_float(raw: str) -> float:
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = _decimal(raw)
     if not 1 <= value <= 65535:
         raise ValueError(raw)
     return value

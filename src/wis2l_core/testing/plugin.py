@@ -12,6 +12,7 @@ Fixtures (all names start with ``wis2l_`` except ``wis``):
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -74,3 +75,24 @@ if pytest_asyncio is not None:
 
         async with Wis2l(wis2l_settings) as runtime:
             yield runtime
+        await drop_stream(wis2l_settings)
+
+
+async def drop_stream(settings: Settings) -> None:
+    """Delete the test's JetStream stream (and its DLQ stream, if any), if NATS answers."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    try:
+        nc = await nats.connect(
+            list(settings.nats_urls), connect_timeout=2, max_reconnect_attempts=0
+        )
+    except Exception:  # NATS down: nothing to clean
+        return
+    try:
+        js = nc.jetstream()
+        for name in (settings.stream_name, f"{settings.stream_name}_DLQ"):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()

@@ -1,0 +1,236 @@
+"""The Redis client the caches share: a bounded pool, retries, and a circuit breaker.
+
+:class:`RedisClient` owns one ``redis.asyncio.Redis`` over a ``BlockingConnectionPool``
+built from ``settings.redis_url`` (``redis://``, ``rediss://`` or ``unix://``). The cache
+services ask it for the Redis to use with :meth:`RedisClient.guard`, and report what
+happened with :meth:`~RedisClient.report_failure` / :meth:`~RedisClient.report_success`.
+That is how they fail open: after a connection failure or a timeout the breaker opens,
+calls skip Redis for ``breaker_seconds``, then one call probes it again. The outage is
+logged once when it starts and once when it ends, never per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wis2l_core.config import Settings, redact_url
+from wis2l_core.errors import ServiceUnavailable
+
+__all__ = ["REDIS_ERRORS", "LuaScript", "RedisClient"]
+
+logger = logging.getLogger("wis2l_core.cache")
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+"""What a Redis call can raise besides cancellation (``OSError`` covers socket errors and
+:class:`TimeoutError`)."""
+
+_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors that mean Redis is down or slow (they open the breaker); any other
+``RedisError`` is about one command or key (``WRONGTYPE``, ``OOM``) and does not."""
+
+_ERROR_LOG_INTERVAL = 10.0
+
+
+@attrs.frozen
+class LuaScript:
+    """A Lua script run with ``EVALSHA``, falling back to ``EVAL`` after a server restart.
+
+    Attributes:
+        text: the Lua source.
+        sha: its SHA-1, computed once.
+    """
+
+    text: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script; driver errors propagate (the caller decides how to fail)."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await redis.eval(self.text, len(keys), *keys, *args)
+
+
+def _seconds(value: float) -> float | None:
+    """redis-py reads a timeout of 0 as "none"; say so explicitly."""
+    return value if value > 0 else None
+
+
+@attrs.define(eq=False)
+class RedisClient:
+    """The connection to Redis that every cache service shares.
+
+    Create it with the settings, then ``await open()`` (no I/O happens before). ``open()``
+    does not connect: connections are made on first use, so a Redis that is down at start
+    does not fail the app; the caches fail open until it comes back.
+
+    Args:
+        settings: ``redis_url``, ``redis_max_connections``, ``redis_socket_timeout``,
+            ``redis_connect_timeout`` and ``namespace`` are read.
+        breaker_seconds: how long to skip Redis after a connection failure or timeout
+            before one call probes it again.
+        retries: retries of a command after a connection error, with exponential
+            backoff and jitter (a stale connection after a Redis restart reconnects).
+        health_check_interval: seconds a pooled connection may idle before it is checked
+            with a ``PING`` ahead of its next command.
+    """
+
+    _settings: Settings
+    breaker_seconds: float = attrs.field(default=1.0, kw_only=True)
+    retries: int = attrs.field(default=2, kw_only=True)
+    health_check_interval: float = attrs.field(default=30.0, kw_only=True)
+    _redis: Redis | None = attrs.field(default=None, init=False, repr=False)
+    _down_until: float = attrs.field(default=0.0, init=False, repr=False)
+    _outage_started: float | None = attrs.field(default=None, init=False, repr=False)
+    _last_error_log: float = attrs.field(default=-_ERROR_LOG_INTERVAL, init=False, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings this client was built from."""
+        return self._settings
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix: keys are ``<namespace>:<service>:<key>``."""
+        return self._settings.namespace
+
+    @property
+    def available(self) -> bool:
+        """True when the client is open and the breaker is closed (the last call worked)."""
+        return self._redis is not None and self._outage_started is None
+
+    @property
+    def degraded(self) -> bool:
+        """True during an outage: a call failed and none has succeeded since."""
+        return self._outage_started is not None
+
+    @property
+    def redis(self) -> Redis:
+        """The underlying ``redis.asyncio.Redis``, for commands the services do not cover.
+
+        Raises:
+            ServiceUnavailable: the client is not open.
+        """
+        if self._redis is None:
+            raise ServiceUnavailable("the Redis client is not open", service="redis")
+        return self._redis
+
+    def key(self, service: str, key: str) -> str:
+        """The full Redis key of ``key`` in ``service``: ``<namespace>:<service>:<key>``."""
+        return f"{self._settings.namespace}:{service}:{key}"
+
+    async def open(self) -> None:
+        """Build the connection pool. Idempotent; makes no connection yet."""
+        if self._redis is not None:
+            return
+        s = self._settings
+        socket_timeout = _seconds(s.redis_socket_timeout)
+        connect_timeout = _seconds(s.redis_connect_timeout)
+        waits = [t for t in (socket_timeout, connect_timeout) if t is not None]
+        pool = BlockingConnectionPool.from_url(
+            s.redis_url,
+            max_connections=s.redis_max_connections,
+            # Waiting for a free connection counts against the same budget as a slow
+            # server: past it the call is a miss, not a queue.
+            timeout=max(waits) if waits else None,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.01, cap=0.2),
+                self.retries,
+                # Only connection errors are retried: a timeout already cost the budget.
+                supported_errors=(RedisConnectionError,),
+            ),
+            health_check_interval=self.health_check_interval,
+            client_name=f"wis2l-core:{s.namespace}",
+        )
+        self._redis = Redis.from_pool(pool)
+        logger.debug("redis client open", extra={"redis_url": redact_url(s.redis_url)})
+
+    async def aclose(self) -> None:
+        """Close every pooled connection. Idempotent; the client can be opened again."""
+        redis, self._redis = self._redis, None
+        self._down_until = 0.0
+        self._outage_started = None
+        if redis is not None:
+            try:
+                await redis.aclose()
+            except REDIS_ERRORS as exc:  # closing a dead connection is not a failure
+                logger.debug("error while closing redis: %r", exc)
+
+    async def ping(self) -> None:
+        """Check Redis with a ``PING``, ignoring the breaker (health checks use this).
+
+        Raises:
+            ServiceUnavailable: the client is not open, or Redis did not answer in time.
+        """
+        redis = self.redis
+        try:
+            await redis.ping()
+        except REDIS_ERRORS as exc:
+            self.report_failure(exc, op="ping")
+            raise ServiceUnavailable(f"redis did not answer: {exc}", service="redis") from exc
+        if self._outage_started is not None:
+            self.report_success()
+
+    def guard(self) -> Redis | None:
+        """The Redis to send the next command to, or None to skip Redis.
+
+        None when the client is not open or the breaker is open. Once ``breaker_seconds``
+        have passed since the last failure, one caller gets through to probe and the rest
+        keep skipping until it reports back. Cheap: one attribute test when healthy.
+        """
+        if self._down_until:
+            now = time.monotonic()
+            if now < self._down_until:
+                return None
+            self._down_until = now + self.breaker_seconds
+        return self._redis
+
+    def report_failure(self, exc: BaseException, *, op: str) -> None:
+        """Record a failed call: open the breaker and log the outage once.
+
+        Errors about a single command (``ResponseError``, such as ``WRONGTYPE`` or
+        ``OOM``) do not open the breaker; they are logged at most every 10 s.
+        """
+        if not isinstance(exc, _OUTAGE_ERRORS):
+            now = time.monotonic()
+            if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
+                self._last_error_log = now
+                logger.warning("redis %s failed: %r", op, exc, extra={"op": op})
+            if self._outage_started is not None:  # Redis answered, so it is up
+                self.report_success()
+            return
+        now = time.monotonic()
+        self._down_until = now + self.breaker_seconds
+        if self._outage_started is None:
+            self._outage_started = now
+            logger.warning(
+                "redis unavailable, caches fail open until it answers again: %r",
+                exc,
+                extra={"op": op, "redis_url": redact_url(self._settings.redis_url)},
+            )
+
+    def report_success(self) -> None:
+        """Record a call that worked: close the breaker and log the end of an outage."""
+        self._down_until = 0.0
+        started, self._outage_started = self._outage_started, None
+        if started is not None:
+            outage = time.monotonic() - started
+            logger.info("redis available again after %.1f s", outage, extra={"outage_s": outage})

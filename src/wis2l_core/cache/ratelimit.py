@@ -1,0 +1,160 @@
+"""Rate limiting in Redis: ``RateLimiter.hit(key, limit=, per=)``.
+
+One Lua script runs the generic cell rate algorithm (GCRA): each key stores one number,
+its "theoretical arrival time", and a hit is allowed while it stays within ``per`` of
+now. That allows ``limit`` hits at once, then one every ``per / limit`` seconds, exactly,
+however many processes hit the same key at once (the script is atomic and reads Redis'
+clock, not the callers'). Keys are ``<namespace>:ratelimit:<key>`` and expire as soon as
+the limit has fully recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Literal
+
+import attrs
+
+from wis2l_core.cache.client import REDIS_ERRORS, LuaScript, RedisClient
+from wis2l_core.errors import ServiceUnavailable, ValidationError
+
+__all__ = ["FailMode", "RateLimit", "RateLimiter"]
+
+logger = logging.getLogger("wis2l_core.cache")
+
+SERVICE = "ratelimit"
+
+FailMode = Literal["open", "closed", "raise"]
+"""What :meth:`RateLimiter.hit` does when Redis cannot be asked: ``"open"`` allows the
+hit, ``"closed"`` refuses it, ``"raise"`` raises ``ServiceUnavailable``."""
+
+_GCRA = LuaScript("""
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local interval = period / limit
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then tat = math.max(tonumber(stored), now) end
+local new_tat = tat + interval * cost
+local wait = new_tat - period - now
+if wait > 1e-6 then
+  local remaining = math.floor((period - (tat - now)) / interval + 1e-9)
+  return {0, remaining, tostring(wait), tostring(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil(new_tat - now))
+local remaining = math.floor((period - (new_tat - now)) / interval + 1e-9)
+return {1, remaining, '0', tostring(new_tat - now)}
+""")
+"""KEYS: the limit's key. ARGV: limit, period ms, cost. Returns allowed, remaining,
+retry-after ms, reset-after ms (times as strings: Redis would truncate numbers)."""
+
+
+@attrs.frozen
+class RateLimit:
+    """The outcome of one :meth:`RateLimiter.hit`.
+
+    Attributes:
+        allowed: whether the hit may go ahead.
+        remaining: hits still allowed right now after this one.
+        retry_after: seconds until a refused hit would be allowed (0 when allowed);
+            suits a ``Retry-After`` header.
+        limit: the limit that was applied.
+        reset_after: seconds until the full ``limit`` is available again.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after: float
+    limit: int
+    reset_after: float
+
+
+def _period_ms(per: float | timedelta) -> float:
+    seconds = per.total_seconds() if isinstance(per, timedelta) else per
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValidationError("per must be a positive number of seconds", field="per")
+    return seconds * 1000
+
+
+@attrs.define(eq=False)
+class RateLimiter:
+    """Counts hits per key against a limit, atomically in Redis.
+
+    Args:
+        client: the shared :class:`RedisClient`.
+        fail_mode: what to do when Redis is unavailable: ``"open"`` (default) allows
+            the hit, ``"closed"`` refuses it, ``"raise"`` raises ``ServiceUnavailable``.
+    """
+
+    _client: RedisClient
+    fail_mode: FailMode = attrs.field(default="open", kw_only=True)
+
+    @fail_mode.validator
+    def _check_fail_mode(self, _: object, value: str) -> None:
+        if value not in ("open", "closed", "raise"):
+            raise ValidationError(
+                "fail_mode must be 'open', 'closed' or 'raise'", field="fail_mode"
+            )
+
+    async def hit(
+        self, key: str, *, limit: int, per: float | timedelta, cost: int = 1
+    ) -> RateLimit:
+        """Count one hit (or ``cost`` hits) on ``key``: at most ``limit`` per ``per``.
+
+        Args:
+            key: what is limited, e.g. ``f"login:{ip}"`` or ``f"spark:{user_id}"``.
+            limit: hits allowed in a burst, and per ``per`` on average.
+            per: the period, in seconds or as a ``timedelta``.
+            cost: how many hits this one counts as.
+
+        Returns:
+            Whether it is allowed, what remains and when to retry.
+
+        Raises:
+            ValidationError: ``limit`` < 1, ``per`` not positive, or ``cost`` not in
+                ``1..limit``.
+            ServiceUnavailable: Redis is unavailable and ``fail_mode`` is ``"raise"``.
+        """
+        if limit < 1:
+            raise ValidationError("limit must be at least 1", field="limit")
+        if not 1 <= cost <= limit:
+            raise ValidationError("cost must be between 1 and limit", field="cost")
+        period = _period_ms(per)
+        client = self._client
+        redis = client.guard()
+        if redis is None:
+            return self._unavailable(limit, None)
+        try:
+            allowed, remaining, wait, reset = await _GCRA(
+                redis, (client.key(SERVICE, key),), (limit, repr(period), cost)
+            )
+        except REDIS_ERRORS as exc:
+            client.report_failure(exc, op="ratelimit")
+            return self._unavailable(limit, exc)
+        if client.degraded:
+            client.report_success()
+        return RateLimit(
+            allowed=bool(allowed),
+            remaining=max(0, int(remaining)),
+            retry_after=float(wait) / 1000,
+            limit=limit,
+            reset_after=float(reset) / 1000,
+        )
+
+    def _unavailable(self, limit: int, exc: BaseException | None) -> RateLimit:
+        if self.fail_mode == "raise":
+            raise ServiceUnavailable(
+                "redis is unavailable, so the rate limit cannot be checked", service="redis"
+            ) from exc
+        if self.fail_mode == "closed":
+            retry = self._client.breaker_seconds
+            return RateLimit(
+                allowed=False, remaining=0, retry_after=retry, limit=limit, reset_after=retry
+            )
+        return RateLimit(
+            allowed=True, remaining=limit, retry_after=0.0, limit=limit, reset_after=0.0
+        )

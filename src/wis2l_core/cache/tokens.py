@@ -1,0 +1,318 @@
+"""A project's design tokens, cached for an hour: ``TokenCache``.
+
+``get_or_load(project_id, loader)`` returns the cached value or calls ``loader`` once,
+however many callers miss at the same time: callers in one process share one load (an
+in-process future), and processes share one load through a short Redis lock
+(``SET NX PX`` with a random owner token, renewed while the loader runs). A process that
+dies holding the lock stops renewing it, so it expires within ``lock_ttl`` and another
+caller takes over.
+
+``invalidate(project_id)`` deletes the value and bumps a generation counter; a load that
+started before the invalidation does not store its (possibly stale) result.
+
+Keys: ``<namespace>:tokens:<project_id>`` (the value), ``...:tokens:lock:<project_id>``
+and ``...:tokens:gen:<project_id>``. Like every cache it fails open: with Redis down the
+loader is called (still once per process for concurrent misses) and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+from uuid import UUID
+
+import attrs
+from redis.asyncio import Redis
+
+from wis2l_core import serde
+from wis2l_core.cache.client import REDIS_ERRORS, LuaScript, RedisClient
+from wis2l_core.cache.store import decode, ttl_ms
+from wis2l_core.errors import ValidationError
+
+__all__ = ["TokenCache"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("wis2l_core.cache")
+
+SERVICE = "tokens"
+_MISS: Any = object()
+
+_ACQUIRE = LuaScript("""
+local v = redis.call('GET', KEYS[1])
+if v then return {'hit', v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'lock', redis.call('GET', KEYS[3]) or ''}
+end
+return {'wait'}
+""")
+"""KEYS: value, lock, generation. ARGV: owner token, lock ttl ms."""
+
+_RENEW = LuaScript("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+""")
+"""KEYS: lock. ARGV: owner token, lock ttl ms."""
+
+_STORE = LuaScript("""
+local stored = 0
+if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  stored = 1
+end
+if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return stored
+""")
+"""KEYS: value, generation, lock. ARGV: payload, ttl ms, generation read at lock time,
+owner token. Stores only if no invalidation happened since; always releases the lock."""
+
+_RELEASE = LuaScript("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+"""KEYS: lock. ARGV: owner token."""
+
+_INVALIDATE = LuaScript("""
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+""")
+"""KEYS: value, generation. ARGV: generation ttl ms."""
+
+
+@attrs.frozen
+class _Loaded:
+    """One load's outcome, shared by the callers that waited on it."""
+
+    value: Any = _MISS
+    payload: bytes | None = None
+
+    def result(self, type: builtins.type[Any] | None) -> Any:
+        if type is not None and self.value is not _MISS:
+            return self.value
+        payload = serde.dumps(self.value) if self.payload is None else self.payload
+        data = serde.loads(payload)
+        return data if type is None else serde.structure(data, type)
+
+
+@attrs.define(eq=False)
+class TokenCache:
+    """Design tokens by project, loaded once per expiry however many callers miss.
+
+    Args:
+        client: the shared :class:`RedisClient`.
+        ttl: how long a loaded value is kept (default 1 h); each write draws its TTL
+            from ``[ttl * (1 - jitter), ttl]`` so projects do not expire together.
+        jitter: the fraction of ``ttl`` to spread expiries over (default 0.1).
+        lock_ttl: how long the cross-process lock outlives a loader that stopped renewing
+            it (a dead process), before another caller takes over (default 5 s).
+        wait_timeout: how long a caller waits for another process's load before it calls
+            its loader itself (default 10 s).
+    """
+
+    _client: RedisClient
+    ttl: timedelta = attrs.field(default=timedelta(hours=1), kw_only=True)
+    jitter: float = attrs.field(default=0.1, kw_only=True)
+    lock_ttl: timedelta = attrs.field(default=timedelta(seconds=5), kw_only=True)
+    wait_timeout: timedelta = attrs.field(default=timedelta(seconds=10), kw_only=True)
+    _inflight: dict[str, asyncio.Future[_Loaded]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        ttl_ms(self.ttl)
+        ttl_ms(self.lock_ttl, field="lock_ttl")
+        if not 0 <= self.jitter < 1:
+            raise ValidationError("jitter must be in [0, 1)", field="jitter")
+
+    def key(self, project_id: UUID) -> str:
+        """The full Redis key that holds ``project_id``'s cached value."""
+        return self._client.key(SERVICE, str(project_id))
+
+    @overload
+    async def get_or_load(
+        self,
+        project_id: UUID,
+        loader: Callable[[], Awaitable[T]],
+        *,
+        type: builtins.type[T],
+    ) -> T: ...
+    @overload
+    async def get_or_load(self, project_id: UUID, loader: Callable[[], Awaitable[Any]]) -> Any: ...
+
+    async def get_or_load(
+        self,
+        project_id: UUID,
+        loader: Callable[[], Awaitable[Any]],
+        *,
+        type: builtins.type[Any] | None = None,
+    ) -> Any:
+        """The cached value for ``project_id``, or ``loader()``'s result, cached.
+
+        Args:
+            project_id: the project whose tokens these are.
+            loader: an async function with no arguments that loads the value from the
+                database; it is called at most once for concurrent misses.
+            type: the loader's return type, e.g. ``list[DesignToken]``. With it, a hit is
+                built back into that type and a miss returns the loader's own result.
+                Without it, hits and misses alike return plain JSON data.
+
+        Returns:
+            The value (treat it as read-only: concurrent callers may share it).
+
+        Raises:
+            Whatever ``loader`` raises (nothing is cached then). Redis errors never
+            propagate: the cache fails open.
+        """
+        key = str(project_id)
+        vkey = self._client.key(SERVICE, key)
+        fut = self._inflight.get(key)
+        if fut is None:  # no load running here: try Redis first
+            client = self._client
+            redis = client.guard()
+            if redis is not None:
+                try:
+                    raw = await redis.get(vkey)
+                except REDIS_ERRORS as exc:
+                    client.report_failure(exc, op="get")
+                else:
+                    if client.degraded:
+                        client.report_success()
+                    if raw is not None:
+                        value = decode(raw, type, key=vkey, default=_MISS)
+                        if value is not _MISS:
+                            return value
+                        await self._discard(redis, vkey)
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = asyncio.ensure_future(self._load(key, loader))
+                self._inflight[key] = fut
+                fut.add_done_callback(functools.partial(self._forget, key))
+        loaded = await asyncio.shield(fut)
+        try:
+            return loaded.result(type)
+        except Exception as exc:  # another process stored what this one cannot read
+            logger.warning("unreadable cache value at %s: %r", vkey, exc, extra={"key": vkey})
+            return await loader()
+
+    async def invalidate(self, project_id: UUID) -> bool:
+        """Forget ``project_id``'s value, and keep loads already running from storing
+        theirs (they may have read the tokens before the change).
+
+        Returns:
+            True once Redis confirms, False if Redis was unavailable and it was skipped
+            (an event handler can raise then, to have the event delivered again).
+        """
+        key = str(project_id)
+        self._inflight.pop(key, None)
+        client = self._client
+        redis = client.guard()
+        if redis is None:
+            return False
+        try:
+            await _INVALIDATE(
+                redis,
+                (client.key(SERVICE, key), client.key(SERVICE, f"gen:{key}")),
+                (2 * ttl_ms(self.ttl),),
+            )
+        except REDIS_ERRORS as exc:
+            client.report_failure(exc, op="invalidate")
+            return False
+        if client.degraded:
+            client.report_success()
+        return True
+
+    def _forget(self, key: str, fut: asyncio.Future[_Loaded]) -> None:
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a failed load is the callers' error, not a warning
+
+    async def _load(self, key: str, loader: Callable[[], Awaitable[Any]]) -> _Loaded:
+        client = self._client
+        keys = (
+            client.key(SERVICE, key),
+            client.key(SERVICE, f"lock:{key}"),
+            client.key(SERVICE, f"gen:{key}"),
+        )
+        owner = secrets.token_hex(16)
+        lock_ms = ttl_ms(self.lock_ttl)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout.total_seconds()
+        delay = 0.005
+        while True:
+            redis = client.guard()
+            if redis is None:
+                return _Loaded(await loader())
+            try:
+                reply = await _ACQUIRE(redis, keys, (owner, lock_ms))
+            except REDIS_ERRORS as exc:
+                client.report_failure(exc, op="token lock")
+                return _Loaded(await loader())
+            if client.degraded:
+                client.report_success()
+            if reply[0] == b"hit":
+                return _Loaded(payload=reply[1])
+            if reply[0] == b"lock":
+                return await self._load_locked(redis, keys, owner, reply[1], loader)
+            if loop.time() >= deadline:
+                logger.warning(
+                    "waited %.1f s for another process to load %s; loading here",
+                    self.wait_timeout.total_seconds(),
+                    keys[0],
+                    extra={"key": keys[0]},
+                )
+                return _Loaded(await loader())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _load_locked(
+        self,
+        redis: Redis,
+        keys: tuple[str, str, str],
+        owner: str,
+        generation: bytes,
+        loader: Callable[[], Awaitable[Any]],
+    ) -> _Loaded:
+        value_key, lock_key, gen_key = keys
+        renewer = asyncio.create_task(self._renew(redis, lock_key, owner))
+        try:
+            value = await loader()
+            payload = serde.dumps(value)
+        except BaseException:
+            renewer.cancel()
+            with contextlib.suppress(*REDIS_ERRORS):
+                await _RELEASE(redis, (lock_key,), (owner,))
+            raise
+        finally:
+            renewer.cancel()
+        px = ttl_ms(self.ttl) * (1 - self.jitter * random.random())  # noqa: S311 - not crypto
+        try:
+            await _STORE(
+                redis, (value_key, gen_key, lock_key), (payload, int(px), generation, owner)
+            )
+        except REDIS_ERRORS as exc:
+            self._client.report_failure(exc, op="set")
+        return _Loaded(value, payload)
+
+    async def _renew(self, redis: Redis, lock_key: str, owner: str) -> None:
+        lock_ms = ttl_ms(self.lock_ttl)
+        while True:
+            await asyncio.sleep(lock_ms / 3000)
+            try:
+                await _RENEW(redis, (lock_key,), (owner, lock_ms))
+            except REDIS_ERRORS:
+                return  # the lock will lapse; the load still completes
+
+    async def _discard(self, redis: Redis, value_key: str) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await redis.delete(value_key)

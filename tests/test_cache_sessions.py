@@ -1,0 +1,173 @@
+"""SessionStore: create, get, sliding refresh, revoke, revoke_all; no raw token in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from wis2l_core import ServiceUnavailable, Settings, ValidationError
+from wis2l_core.cache import RedisClient, Session, SessionStore
+
+DAY_MS = 24 * 3600 * 1000
+
+
+async def namespace_dump(client: RedisClient) -> list[Any]:
+    """Every key and every value in the test's namespace, as raw bytes."""
+    out: list[Any] = []
+    async for key in client.redis.scan_iter(match=f"{client.namespace}:*"):
+        out.append(key)
+        out.append(await client.redis.dump(key) or b"")
+        kind = await client.redis.type(key)
+        if kind == b"hash":
+            for field, value in (await client.redis.hgetall(key)).items():
+                out += [field, value]
+        elif kind == b"set":
+            out += list(await client.redis.smembers(key))
+    return out
+
+
+async def test_create_and_get(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    user = uuid4()
+    before = datetime.now(UTC)
+    session = await sessions.create(user, {"role": "admin", "n": [1, 2]})
+    assert session.user_id == user
+    assert session.data == {"role": "admin", "n": [1, 2]}
+    assert before + timedelta(hours=24) - timedelta(seconds=5) < session.expires_at
+    assert session.expires_at <= datetime.now(UTC) + timedelta(hours=24)
+    assert len(session.token) >= 43  # 32 random bytes, base64url
+    got = await sessions.get(session.token)
+    assert got == session
+    assert await sessions.get(session.token + "x") is None
+    assert await sessions.get("") is None
+    assert session.token not in repr(session)
+
+
+async def test_tokens_are_unique_and_unguessable(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    user = uuid4()
+    made = await asyncio.gather(*(sessions.create(user) for _ in range(50)))
+    assert len({s.token for s in made}) == 50
+
+
+async def test_ttl_is_read_back_from_redis(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    user = uuid4()
+    await sessions.create(user)
+    keys = [k async for k in client.redis.scan_iter(match=f"{client.namespace}:session:*")]
+    assert len(keys) == 2  # the session and the user's set
+    for key in keys:
+        assert DAY_MS - 5_000 < await client.redis.pttl(key) <= DAY_MS
+
+
+async def test_no_raw_token_in_any_key_or_value(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    made = [await sessions.create(uuid4(), {"k": "v"}) for _ in range(5)]
+    await sessions.refresh(made[0].token)
+    dump = b"\n".join(await namespace_dump(client))
+    assert dump  # the namespace holds the sessions
+    for session in made:
+        assert session.token.encode() not in dump
+        assert session.token[:16].encode() not in dump
+
+
+async def test_refresh_slides_the_expiry(client: RedisClient) -> None:
+    sessions = SessionStore(client, ttl=timedelta(seconds=2))
+    session = await sessions.create(uuid4())
+    await asyncio.sleep(1.2)
+    refreshed = await sessions.refresh(session.token)
+    assert refreshed is not None
+    assert refreshed.expires_at > session.expires_at + timedelta(seconds=1)
+    keys = [k async for k in client.redis.scan_iter(match=f"{client.namespace}:session:*")]
+    for key in keys:
+        assert 1_500 < await client.redis.pttl(key) <= 2_000
+    await asyncio.sleep(1.2)  # past the first expiry, within the refreshed one
+    assert await sessions.get(session.token) == refreshed
+    assert await sessions.refresh("nope") is None
+
+
+async def test_session_expires(client: RedisClient) -> None:
+    sessions = SessionStore(client, ttl=timedelta(milliseconds=300))
+    session = await sessions.create(uuid4())
+    assert await sessions.get(session.token) is not None
+    await asyncio.sleep(0.45)
+    assert await sessions.get(session.token) is None
+    assert await sessions.refresh(session.token) is None
+
+
+async def test_revoke(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    user = uuid4()
+    one, two = await sessions.create(user), await sessions.create(user)
+    assert await sessions.revoke(one.token) is True
+    assert await sessions.revoke(one.token) is False
+    assert await sessions.get(one.token) is None
+    assert await sessions.refresh(one.token) is None
+    assert await sessions.get(two.token) == two
+    assert await sessions.revoke_all(user) == 1  # only two was left
+
+
+async def test_revoke_all(client: RedisClient) -> None:
+    sessions = SessionStore(client)
+    ada, bob = uuid4(), uuid4()
+    adas = [await sessions.create(ada) for _ in range(4)]
+    bobs = await sessions.create(bob)
+    assert await sessions.revoke_all(ada) == 4
+    for session in adas:
+        assert await sessions.get(session.token) is None
+    assert await sessions.get(bobs.token) == bobs
+    assert await sessions.revoke_all(ada) == 0
+    fresh = await sessions.create(ada)  # signing in again works after
+    assert await sessions.get(fresh.token) == fresh
+
+
+async def test_expired_sessions_leave_the_user_set(client: RedisClient) -> None:
+    short = SessionStore(client, ttl=timedelta(milliseconds=200))
+    user = uuid4()
+    for _ in range(3):
+        await short.create(user)
+    await asyncio.sleep(0.3)
+    await SessionStore(client).create(user)
+    members = await client.redis.smembers(f"{client.namespace}:session:user:{user}")
+    assert len(members) == 1
+
+
+async def test_data_must_be_json(client: RedisClient) -> None:
+    with pytest.raises(ValidationError):
+        await SessionStore(client).create(uuid4(), {"x": object()})
+
+
+async def test_redis_down_raises_service_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = RedisClient(Settings(redis_url=f"redis://127.0.0.1:{port}/0", namespace="tdead"))
+    await client.open()
+    sessions = SessionStore(client)
+    try:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: sessions.create(uuid4()),
+            lambda: sessions.get("token"),
+            lambda: sessions.refresh("token"),
+            lambda: sessions.revoke("token"),
+            lambda: sessions.revoke_all(uuid4()),
+            lambda: sessions.get("token"),  # now with the breaker open
+        ]
+        for call in calls:
+            with pytest.raises(ServiceUnavailable) as info:
+                await call()
+            assert info.value.service == "redis"
+    finally:
+        await client.aclose()
+
+
+def test_session_is_frozen() -> None:
+    session = Session("t", uuid4(), {}, datetime.now(UTC))
+    with pytest.raises(AttributeError):
+        session.token = "other"  # type: ignore[misc]
