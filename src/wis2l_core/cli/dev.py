@@ -1,0 +1,99 @@
+"""``wis2l dev``: run the embedded stack and print the environment that reaches it.
+
+Stdout carries only ``export NAME=value`` lines, so ``wis2l dev > .env.dev`` (or reading the
+first three lines from a script) works; the human message goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+from types import FrameType
+
+from wis2l_core.dev import EmbeddedStack
+from wis2l_core.errors import StartupError
+
+__all__ = ["add_parser", "run"]
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``dev`` subcommand.
+
+    Args:
+        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
+    """
+    parser = subparsers.add_parser(
+        "dev",
+        help="run embedded PostgreSQL, Valkey and NATS until Ctrl-C",
+        description=(
+            "Start PostgreSQL, a Redis-compatible server (Valkey) and NATS with JetStream on "
+            "free loopback ports, print the export lines that point wis2l at them, and run "
+            "until Ctrl-C or SIGTERM."
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        default=None,
+        help="keep the data in PATH between runs (default: a temporary directory)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the stack, print the exports, block until SIGINT/SIGTERM/SIGHUP, then stop.
+
+    Args:
+        args: parsed arguments; ``args.data_dir`` may be ``None``.
+
+    Returns:
+        0 after a clean stop, 1 when the stack could not start, 130 when interrupted
+        during start.
+    """
+    stack = EmbeddedStack(args.data_dir)
+    stop = threading.Event()
+    # A signal inherited as ignored (nohup, a script's background job) stays ignored.
+    previous = {
+        sig: handler
+        for sig in _STOP_SIGNALS
+        if (handler := signal.getsignal(sig)) is not signal.SIG_IGN
+    }
+    try:
+        # Until the stack is up, any stop signal interrupts start(), which cleans up.
+        for sig in previous:
+            signal.signal(sig, signal.default_int_handler)
+        try:
+            stack.start()
+        except StartupError as exc:
+            print(f"wis2l dev: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        for name, value in stack.environ().items():
+            print(f"export {name}={shlex.quote(value)}")
+        sys.stdout.flush()
+        where = f" in {stack.data_dir}" if args.data_dir else ""
+        print(
+            f"embedded stack ready{where} in {stack.startup_seconds:.1f} s; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+        print("stopping the embedded stack", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

