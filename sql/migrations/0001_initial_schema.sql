@@ -93,7 +93,8 @@ CREATE TABLE design_tokens (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX design_tokens_project_name_key ON design_tokens (project_id, name);
-CREATE INDEX design_tokens_category_idx ON design_tokens (project_id, category, name);
+CREATE INDEX design_tokens_project_idx ON design_tokens (project_id, id);
+CREATE INDEX design_tokens_category_idx ON design_tokens (project_id, category, id);
 
 -- builds: IGNIS builds; status pending -> building -> completed | failed.
 CREATE TABLE builds (

@@ -5,3 +5,24 @@
 INSERT INTO events (id, type, subsystem, project_id, subject, payload)
 VALUES (%(id)s::uuid, %(type)s::text, %(subsystem)s::text, %(project_id)s::uuid,
         %(subject)s::text, %(payload)s::jsonb);
+
+-- name: create
+-- An audit-only record: subject NULL, so the outbox relay never publishes it.
+INSERT INTO events (id, type, subsystem, project_id, payload)
+VALUES (%(id)s::uuid, %(type)s::text, %(subsystem)s::text, %(project_id)s::uuid,
+        %(payload)s::jsonb)
+RETURNING id, type, subsystem, project_id, payload, published_at, created_at, updated_at;
+
+-- name: find_by_subsystem
+SELECT id, type, subsystem, project_id, payload, published_at, created_at, updated_at
+FROM events
+WHERE subsystem = %(subsystem)s::text AND id > %(after)s::uuid
+ORDER BY id
+LIMIT %(limit)s::int;
+
+-- name: find_by_project_id
+SELECT id, type, subsystem, project_id, payload, published_at, created_at, updated_at
+FROM events
+WHERE project_id = %(project_id)s::uuid AND id > %(after)s::uuid
+ORDER BY id
+LIMIT %(limit)s::int;

@@ -1,13 +1,229 @@
-"""Build repository (`sql/queries/builds.sql`)."""
+"""Builds (IGNIS) and their state machine (``sql/queries/builds.sql``).
+
+A build's status moves only ``pending -> building -> completed | failed``, or straight
+``pending -> failed``. :meth:`BuildRepository.update` enforces that inside its one SQL
+statement (the row is locked and its status checked by the database), so two workers
+racing to finish one build cannot both win: the loser gets ``InvalidTransition``.
+"""
 
 from __future__ import annotations
 
-from wis2l_core.db.repository import Repository
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
 
-__all__ = ["BuildRepository"]
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.validate import (
+    check_enum,
+    check_int,
+    check_json_object,
+    check_optional_text,
+    check_text,
+    check_uuid,
+)
+from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
+from wis2l_core.events.catalogue import (
+    BuildCompleted,
+    BuildFailed,
+    BuildProgress,
+    BuildStarted,
+    DomainEvent,
+)
+from wis2l_core.ids import uuid7
+from wis2l_core.models import Build, BuildStatus, Page
+from wis2l_core.sentinel import UNSET, Unset
+
+__all__ = ["BUILD_TRANSITIONS", "BuildRepository"]
+
+S = BuildStatus
+
+BUILD_TRANSITIONS: Mapping[BuildStatus, frozenset[BuildStatus]] = {
+    S.PENDING: frozenset({S.BUILDING, S.FAILED}),
+    S.BUILDING: frozenset({S.COMPLETED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+}
+"""status -> the statuses it may move to. ``completed`` and ``failed`` are final."""
+
+# The statuses from which ``update(status=X)`` is accepted: the real moves into X, plus X
+# itself while X is not final (``building`` again is a no-op for the status).
+_ALLOWED_FROM: Mapping[BuildStatus, list[str]] = {
+    target: [
+        s.value
+        for s in BuildStatus
+        if target in BUILD_TRANSITIONS[s] or (s is target and BUILD_TRANSITIONS[s])
+    ]
+    for target in BuildStatus
+}
+_ANY = [s.value for s in BuildStatus]
+_MAX_LOG = 1_000_000
+
+
+def _build(row: DictRow) -> Build:
+    return Build(
+        id=row["id"],
+        project_id=row["project_id"],
+        target=row["target"],
+        status=BuildStatus(row["status"]),
+        progress=row["progress"],
+        artifacts=row["artifacts"],
+        logs=row["logs"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _event(row: DictRow) -> DomainEvent | None:
+    """The one event of an update: its status event, else ``BuildProgress``, else none."""
+    if row["id"] is None:  # refused: nothing was written
+        return None
+    common: dict[str, Any] = {"project_id": row["project_id"], "build_id": row["id"]}
+    status = row["status"]
+    if status != row["previous_status"]:
+        if status == S.BUILDING:
+            return BuildStarted(target=row["target"], **common)
+        if status == S.COMPLETED:
+            return BuildCompleted(target=row["target"], artifacts=row["artifacts"], **common)
+        return BuildFailed(target=row["target"], **common)
+    if row["progress"] != row["previous_progress"]:
+        return BuildProgress(progress=row["progress"], **common)
+    return None
 
 
 class BuildRepository(Repository):
-    """Build rows."""
+    """IGNIS builds of a project, one per target, with progress, artifacts and logs."""
 
     table = "builds"
+
+    async def find_by_id(self, id: UUID | str) -> Build | None:
+        """The build with this id, or ``None``."""
+        row = await self._one("find_by_id", id=check_uuid("id", id))
+        return None if row is None else _build(row)
+
+    async def find_all(
+        self,
+        *,
+        status: BuildStatus | str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> Page[Build]:
+        """Every build, oldest first, optionally only those with ``status``.
+
+        Raises:
+            ValidationError: a bad status, limit or cursor.
+        """
+        if status is None:
+            return await self._page("find_all", _build, limit=limit, after=after)
+        return await self._page(
+            "find_all_by_status",
+            _build,
+            limit=limit,
+            after=after,
+            status=check_enum("status", status, BuildStatus).value,
+        )
+
+    async def find_by_project_id(
+        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[Build]:
+        """The project's builds, oldest first."""
+        return await self._page(
+            "find_by_project_id",
+            _build,
+            limit=limit,
+            after=after,
+            project_id=check_uuid("project_id", project_id),
+        )
+
+    async def create(self, *, project_id: UUID | str, target: str) -> Build:
+        """Queue a build of the project for ``target`` (e.g. ``"webgl"``): pending, progress 0.
+
+        Raises:
+            ValidationError: a malformed field.
+            NotFound: no project has this id.
+        """
+        params = {
+            "id": uuid7(),
+            "project_id": check_uuid("project_id", project_id),
+            "target": check_text("target", target, max_len=100),
+        }
+        row = await self._write("create", params)
+        assert row is not None
+        return _build(row)
+
+    async def update(
+        self,
+        id: UUID | str,
+        *,
+        status: BuildStatus | str | Unset = UNSET,
+        progress: int | Unset = UNSET,
+        artifacts: Mapping[str, Any] | Unset = UNSET,
+        log: str | None = None,
+    ) -> Build:
+        """Move a build along its state machine and/or record progress, artifacts, logs.
+
+        Rules (checked atomically by the database):
+
+        - ``status`` moves ``pending -> building -> completed | failed`` or
+          ``pending -> failed``. Asking for the status the build already has is allowed
+          while it is not final (``building`` again: the status is unchanged, no
+          ``BuildStarted``); ``completed`` and ``failed`` are final.
+        - ``progress`` (0..100) may change only while the build is (or is being moved to)
+          ``building``; ``failed`` may carry the progress reached; ``completed`` sets 100
+          (another value with it is a ``ValidationError``, as is a progress with
+          ``status="pending"``). A progress change on a pending or finished build, without
+          a status that allows it, is an ``InvalidTransition``.
+        - ``artifacts`` replaces the manifest; ``log`` is appended verbatim to ``logs``
+          (bring your own newlines). Both are accepted in any status.
+        - ``started_at`` is set on entering ``building``, ``finished_at`` on ``completed``
+          or ``failed``.
+
+        One event is recorded with the write: ``BuildStarted``, ``BuildCompleted`` (with the
+        artifacts) or ``BuildFailed`` for a status change; ``BuildProgress`` when only the
+        progress changed; none otherwise.
+
+        Raises:
+            NotFound: no build has this id.
+            InvalidTransition: the move (or a progress change) is not allowed from the
+                build's current status; nothing was written. ``current``/``requested``
+                name the statuses.
+            ValidationError: a malformed field (refused before any SQL).
+        """
+        params: dict[str, Any] = {"id": check_uuid("id", id)}
+        set_field(params, "status", status, lambda v: check_enum("status", v, BuildStatus))
+        target: BuildStatus | None = params["status"]
+        set_field(params, "progress", progress, lambda v: check_int("progress", v, low=0, high=100))
+        if params["set_progress"]:
+            if target is S.COMPLETED and params["progress"] != 100:
+                raise ValidationError("a completed build has progress 100", field="progress")
+            if target is S.PENDING:
+                raise ValidationError("a pending build has no progress yet", field="progress")
+        set_field(
+            params, "artifacts", artifacts, lambda v: Jsonb(check_json_object("artifacts", v))
+        )
+        params["log"] = check_optional_text("log", log, max_len=_MAX_LOG) or ""
+        if target is not None:
+            params["status"] = target.value
+            params["allowed_from"] = _ALLOWED_FROM[target]
+        elif params["set_progress"]:
+            params["allowed_from"] = [S.BUILDING.value]
+        else:
+            params["allowed_from"] = _ANY
+
+        row = await self._write("update", params, _event)
+        if row is None:
+            raise NotFound(f"no build with id {params['id']}")
+        if row["id"] is None:
+            current = row["previous_status"]
+            requested = target.value if target is not None else current
+            what = f"move to {requested}" if target is not None else "change its progress"
+            raise InvalidTransition(
+                f"build {params['id']} is {current}: it cannot {what}",
+                current=current,
+                requested=requested,
+            )
+        return _build(row)

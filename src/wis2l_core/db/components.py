@@ -1,13 +1,228 @@
-"""Component repository (`sql/queries/components.sql`)."""
+"""SPARK components: AI-generated code of a project (``sql/queries/components.sql``).
+
+Every write records its event in the same transaction: ``ComponentCreated`` (known before
+the write, so the insert and the event go to the server in one pipelined round trip),
+``ComponentUpdated`` with the new ``version``, and ``ComponentDeleted``.
+"""
 
 from __future__ import annotations
 
-from wis2l_core.db.repository import Repository
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.validate import (
+    check_enum,
+    check_json_object,
+    check_optional_text,
+    check_text,
+    check_text_list,
+    check_uuid,
+)
+from wis2l_core.errors import NotFound
+from wis2l_core.events.catalogue import ComponentCreated, ComponentDeleted, ComponentUpdated
+from wis2l_core.ids import uuid7
+from wis2l_core.models import Component, Language, Page
+from wis2l_core.sentinel import UNSET, Unset
 
 __all__ = ["ComponentRepository"]
 
+MAX_NAME = 200
+MAX_CODE = 1_000_000
+MAX_PROMPT = 100_000
+MAX_MODEL = 200
+MAX_EXPERTS = 64
+MAX_EXPERT = 200
+
+
+def _component(row: DictRow) -> Component:
+    return Component(
+        id=row["id"],
+        project_id=row["project_id"],
+        name=row["name"],
+        language=Language(row["language"]),
+        code=row["code"],
+        prompt=row["prompt"],
+        model=row["model"],
+        experts=tuple(row["experts"]),
+        metadata=row["metadata"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _updated(row: DictRow) -> ComponentUpdated:
+    return ComponentUpdated(
+        project_id=row["project_id"],
+        component_id=row["id"],
+        name=row["name"],
+        language=Language(row["language"]),
+        version=row["version"],
+    )
+
+
+def _deleted(row: DictRow) -> ComponentDeleted:
+    return ComponentDeleted(project_id=row["project_id"], component_id=row["id"], name=row["name"])
+
+
+def _name(value: object) -> str:
+    return check_text("name", value, max_len=MAX_NAME)
+
+
+def _code(value: object) -> str:
+    # Empty code is allowed: a component may be stored before its code is generated.
+    return check_text("code", value, max_len=MAX_CODE, min_len=0)
+
+
+def _prompt(value: object) -> str | None:
+    return check_optional_text("prompt", value, max_len=MAX_PROMPT)
+
+
+def _model(value: object) -> str | None:
+    return check_optional_text("model", value, max_len=MAX_MODEL)
+
+
+def _experts(value: object) -> list[str]:
+    return check_text_list("experts", value, max_len=MAX_EXPERT, max_items=MAX_EXPERTS)
+
+
+def _metadata(value: object) -> Jsonb:
+    return Jsonb(check_json_object("metadata", {} if value is None else value))
+
 
 class ComponentRepository(Repository):
-    """Component rows."""
+    """Generated components, listed overall or per project; versioned on each update."""
 
     table = "components"
+
+    async def find_by_id(self, id: UUID | str) -> Component | None:
+        """The component with this id, or ``None``."""
+        row = await self._one("find_by_id", id=check_uuid("id", id))
+        return None if row is None else _component(row)
+
+    async def find_all(self, *, limit: int = 50, after: str | None = None) -> Page[Component]:
+        """Every component, in creation order.
+
+        Raises:
+            ValidationError: a bad limit or cursor.
+        """
+        return await self._page("find_all", _component, limit=limit, after=after)
+
+    async def find_by_project_id(
+        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[Component]:
+        """The project's components, in creation order.
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
+        return await self._page(
+            "find_by_project_id",
+            _component,
+            limit=limit,
+            after=after,
+            project_id=check_uuid("project_id", project_id),
+        )
+
+    async def create(
+        self,
+        *,
+        project_id: UUID | str,
+        name: str,
+        language: Language | str,
+        code: str,
+        prompt: str | None = None,
+        model: str | None = None,
+        experts: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Component:
+        """Store a generated component (version 1) and record ``ComponentCreated``.
+
+        Args:
+            project_id: the project it belongs to.
+            name: 1..200 characters.
+            language: the language of ``code``.
+            code: the source, at most 1,000,000 characters (may be empty).
+            prompt: the prompt it was generated from (at most 100,000 characters).
+            model: the model that generated it (at most 200 characters).
+            experts: names of the experts consulted (at most 64, each 1..200 characters).
+            metadata: generation details as a JSON object (``{}`` when omitted).
+
+        Raises:
+            ValidationError: a field is malformed (``field`` names it).
+            NotFound: no project has ``project_id``.
+        """
+        id_, pid, checked_name = uuid7(), check_uuid("project_id", project_id), _name(name)
+        lang = check_enum("language", language, Language)
+        params = {
+            "id": id_,
+            "project_id": pid,
+            "name": checked_name,
+            "language": lang.value,
+            "code": _code(code),
+            "prompt": _prompt(prompt),
+            "model": _model(model),
+            "experts": _experts(experts),
+            "metadata": _metadata(metadata),
+        }
+        event = ComponentCreated(
+            project_id=pid, component_id=id_, name=checked_name, language=lang, version=1
+        )
+        row = await self._write("create", params, event)
+        assert row is not None
+        return _component(row)
+
+    async def update(
+        self,
+        id: UUID | str,
+        *,
+        name: str | Unset = UNSET,
+        language: Language | str | Unset = UNSET,
+        code: str | Unset = UNSET,
+        prompt: str | Unset | None = UNSET,
+        model: str | Unset | None = UNSET,
+        experts: Sequence[str] | Unset = UNSET,
+        metadata: Mapping[str, Any] | Unset | None = UNSET,
+    ) -> Component:
+        """Change the given fields, add one to ``version`` and record ``ComponentUpdated``.
+
+        The version is bumped by the database (``version + 1``), so concurrent updates get
+        distinct versions. A call with no fields changes nothing: it returns the component
+        as it is, with no new version and no event.
+
+        Raises:
+            NotFound: no component has this id.
+            ValidationError: a field is malformed.
+        """
+        params: dict[str, Any] = {"id": check_uuid("id", id)}
+        set_field(params, "name", name, _name)
+        set_field(params, "language", language, lambda v: check_enum("language", v, Language))
+        set_field(params, "code", code, _code)
+        set_field(params, "prompt", prompt, _prompt)
+        set_field(params, "model", model, _model)
+        set_field(params, "experts", experts, _experts)
+        set_field(params, "metadata", metadata, _metadata)
+        if params["set_language"]:
+            params["language"] = params["language"].value
+        if not any(v for k, v in params.items() if k.startswith("set_")):
+            found = await self.find_by_id(params["id"])
+            if found is None:
+                raise NotFound(f"no component with id {params['id']}")
+            return found
+        row = await self._write("update", params, _updated)
+        if row is None:
+            raise NotFound(f"no component with id {params['id']}")
+        return _component(row)
+
+    async def delete(self, id: UUID | str) -> bool:
+        """Delete the component and record ``ComponentDeleted``.
+
+        Returns:
+            ``False`` (and no event) if there was no such component.
+        """
+        return await self._write("delete", {"id": check_uuid("id", id)}, _deleted) is not None

@@ -1,13 +1,103 @@
-"""Event repository (`sql/queries/events.sql`)."""
+"""The audit log (``sql/queries/events.sql``).
+
+The ``events`` table holds two kinds of rows: the domain events every repository write
+records (they have a ``subject`` and wait in the outbox until the relay publishes them),
+and audit-only records written with :meth:`EventRepository.create` (no ``subject``:
+never published). Both are listed by the ``find_by_*`` methods, oldest first.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
 from wis2l_core.db.repository import Repository
+from wis2l_core.db.validate import (
+    check_enum,
+    check_json_object,
+    check_optional_uuid,
+    check_text,
+    check_uuid,
+)
+from wis2l_core.ids import uuid7
+from wis2l_core.models import Event, Page, Subsystem
 
 __all__ = ["EventRepository"]
 
 
+def _event(row: DictRow) -> Event:
+    return Event(
+        id=row["id"],
+        type=row["type"],
+        subsystem=Subsystem(row["subsystem"]),
+        project_id=row["project_id"],
+        payload=row["payload"],
+        published_at=row["published_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
 class EventRepository(Repository):
-    """Event rows."""
+    """Audit records of the platform's subsystems, and the domain events in the outbox."""
 
     table = "events"
+
+    async def create(
+        self,
+        *,
+        type: str,
+        subsystem: Subsystem | str,
+        payload: Mapping[str, Any] | None = None,
+        project_id: UUID | str | None = None,
+    ) -> Event:
+        """Record an audit-only event (never published on the bus).
+
+        Args:
+            type: what happened, e.g. ``"template.viewed"`` (1..200 characters).
+            subsystem: the subsystem whose log it belongs to.
+            payload: a JSON object of details (``{}`` when omitted).
+            project_id: the project it is about, if any; the record outlives the project.
+
+        Raises:
+            ValidationError: a malformed field.
+            NotFound: no project has ``project_id``.
+        """
+        params = {
+            "id": uuid7(),
+            "type": check_text("type", type, max_len=200),
+            "subsystem": check_enum("subsystem", subsystem, Subsystem).value,
+            "project_id": check_optional_uuid("project_id", project_id),
+            "payload": Jsonb(check_json_object("payload", {} if payload is None else payload)),
+        }
+        row = await self._write("create", params)
+        assert row is not None
+        return _event(row)
+
+    async def find_by_subsystem(
+        self, subsystem: Subsystem | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[Event]:
+        """The subsystem's events, oldest first."""
+        return await self._page(
+            "find_by_subsystem",
+            _event,
+            limit=limit,
+            after=after,
+            subsystem=check_enum("subsystem", subsystem, Subsystem).value,
+        )
+
+    async def find_by_project_id(
+        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[Event]:
+        """The project's events (every subsystem), oldest first."""
+        return await self._page(
+            "find_by_project_id",
+            _event,
+            limit=limit,
+            after=after,
+            project_id=check_uuid("project_id", project_id),
+        )

@@ -1,13 +1,269 @@
-"""DesignToken repository (`sql/queries/design_tokens.sql`)."""
+"""SLATE design tokens of a project (``sql/queries/design_tokens.sql``).
+
+A token is unique per project by ``name``. :meth:`TokenRepository.upsert` creates or
+replaces one; its ``version`` goes up, and ``TokenUpdated`` is recorded, only when the
+token is new or its ``value`` changed (a category or group change alone is stored
+quietly). :meth:`TokenRepository.sync` upserts a whole set in one statement and records
+one ``TokensSynced``. Both are safe under concurrency: the "did the value change" test
+runs on the locked, latest row (see the SQL file for how).
+"""
 
 from __future__ import annotations
 
-from wis2l_core.db.repository import Repository
+from collections.abc import Iterable, Mapping
+from typing import Any
+from uuid import UUID
 
-__all__ = ["TokenRepository"]
+import attrs
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from wis2l_core.db.repository import Repository
+from wis2l_core.db.validate import check_enum, check_json, check_text, check_uuid
+from wis2l_core.errors import ValidationError, Wis2lError
+from wis2l_core.events.catalogue import TokensSynced, TokenUpdated
+from wis2l_core.ids import uuid7
+from wis2l_core.models import DesignToken, Page, TokenCategory
+
+__all__ = ["MAX_SYNC", "TokenInput", "TokenRepository"]
+
+MAX_NAME = 200
+MAX_SYNC = 10_000
+"""The most tokens one :meth:`TokenRepository.sync` call takes."""
+# A row another transaction inserted after our statement began is invisible to it; the
+# statement is then run again for that row. Each retry sees a newer snapshot.
+_ATTEMPTS = 3
+_MISSING = object()
+
+
+@attrs.frozen(kw_only=True)
+class TokenInput:
+    """One token for :meth:`TokenRepository.sync` (a mapping with these keys works too)."""
+
+    name: str
+    category: TokenCategory | str
+    value: Any
+    group: str | None = None
+
+
+def _token(row: DictRow) -> DesignToken:
+    return DesignToken(
+        id=row["id"],
+        project_id=row["project_id"],
+        name=row["name"],
+        category=TokenCategory(row["category"]),
+        group=row["group_name"],
+        value=row["value"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _token_updated(row: DictRow) -> TokenUpdated | None:
+    if not row["changed"]:
+        return None
+    return TokenUpdated(
+        project_id=row["project_id"],
+        token_id=row["id"],
+        name=row["name"],
+        category=TokenCategory(row["category"]),
+        version=row["version"],
+    )
+
+
+def _fields(
+    prefix: str, name: object, category: object, value: object, group: object
+) -> dict[str, Any]:
+    """The checked columns of one token (``prefix`` names the argument in errors)."""
+    if group is not None:
+        group = check_text(f"{prefix}group", group, max_len=MAX_NAME)
+    return {
+        "name": check_text(f"{prefix}name", name, max_len=MAX_NAME),
+        "category": check_enum(f"{prefix}category", category, TokenCategory).value,
+        "group": group,
+        "value": check_json(f"{prefix}value", value),
+    }
+
+
+def _sync_item(index: int, item: object) -> dict[str, Any]:
+    prefix = f"tokens[{index}]."
+    get: Any
+    if isinstance(item, Mapping):
+        get = item.get
+    else:
+
+        def get(key: str, default: object) -> object:
+            return getattr(item, key, default)
+
+    found = {key: get(key, _MISSING) for key in ("name", "category", "value")}
+    for key, value in found.items():
+        if value is _MISSING:
+            raise ValidationError(f"{prefix}{key} is missing", field=f"{prefix}{key}")
+    return _fields(prefix, **found, group=get("group", None))
+
+
+def _stored(row: DictRow) -> dict[str, DesignToken]:
+    """The tokens of a ``sync`` result row (per-column arrays), by name."""
+    columns = zip(
+        row["ids"],
+        row["names"],
+        row["categories"],
+        row["groups"],
+        row["values"],
+        row["versions"],
+        row["created"],
+        row["updated"],
+        strict=True,
+    )
+    return {
+        name: DesignToken(
+            id=id_,
+            project_id=row["project_id"],
+            name=name,
+            category=TokenCategory(category),
+            group=group,
+            value=value,
+            version=version,
+            created_at=created,
+            updated_at=updated,
+        )
+        for id_, name, category, group, value, version, created, updated in columns
+    }
 
 
 class TokenRepository(Repository):
-    """DesignToken rows."""
+    """A project's design tokens: listed, found by category, upserted one by one or synced."""
 
     table = "design_tokens"
+
+    async def find_by_id(self, id: UUID | str) -> DesignToken | None:
+        """The token with this id, or ``None``."""
+        row = await self._one("find_by_id", id=check_uuid("id", id))
+        return None if row is None else _token(row)
+
+    async def find_all(
+        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[DesignToken]:
+        """The project's tokens in creation order (``limit`` up to 1000).
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
+        return await self._page(
+            "find_all",
+            _token,
+            limit=limit,
+            after=after,
+            project_id=check_uuid("project_id", project_id),
+        )
+
+    async def find_by_category(
+        self,
+        project_id: UUID | str,
+        category: TokenCategory | str,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> Page[DesignToken]:
+        """The project's tokens of one category, in creation order.
+
+        Raises:
+            ValidationError: a bad project id, category, limit or cursor.
+        """
+        return await self._page(
+            "find_by_category",
+            _token,
+            limit=limit,
+            after=after,
+            project_id=check_uuid("project_id", project_id),
+            category=check_enum("category", category, TokenCategory).value,
+        )
+
+    async def upsert(
+        self,
+        *,
+        project_id: UUID | str,
+        name: str,
+        category: TokenCategory | str,
+        value: Any,
+        group: str | None = None,
+    ) -> DesignToken:
+        """Create the token ``name`` of the project, or replace its category, group and value.
+
+        ``version`` goes up by one, and ``TokenUpdated`` is recorded, only when the token
+        is new (version 1) or its value changed (compared as JSON: key order and ``1`` vs
+        ``1.0`` do not count). An unchanged value writes nothing unless category or group
+        changed.
+
+        Args:
+            project_id: the project.
+            name: 1..200 characters, unique in the project.
+            category: the token's kind.
+            value: any JSON value (e.g. ``"#ff8800"``, ``{"size": 16, "unit": "px"}``).
+            group: an optional group name (1..200 characters).
+
+        Raises:
+            ValidationError: a field is malformed (``field`` names it).
+            NotFound: no project has ``project_id``.
+        """
+        params: dict[str, Any] = {"project_id": check_uuid("project_id", project_id)}
+        params |= _fields("", name, category, value, group)
+        params["value"] = Jsonb(params["value"])
+        for _ in range(_ATTEMPTS):
+            row = await self._write("upsert", params | {"id": uuid7()}, _token_updated)
+            if row is not None:
+                return _token(row)
+        raise Wis2lError(f"design token {params['name']!r} kept changing; try again")
+
+    async def sync(
+        self, project_id: UUID | str, tokens: Iterable[Mapping[str, Any] | object]
+    ) -> list[DesignToken]:
+        """Upsert many tokens in one statement (one transaction) and record one ``TokensSynced``.
+
+        Each token follows :meth:`upsert`'s rules. Tokens of the project not named here
+        are left alone. ``TokensSynced`` is recorded on every call, also when nothing
+        changed (``changed == 0``): it is the audit record that the sync happened.
+
+        Args:
+            project_id: the project.
+            tokens: mappings with ``name``, ``category``, ``value`` and optionally
+                ``group``, or objects with those attributes (:class:`TokenInput`,
+                :class:`~wis2l_core.models.DesignToken`); at most 10,000, names distinct.
+
+        Returns:
+            The stored tokens, in the order given.
+
+        Raises:
+            ValidationError: a malformed token (``field`` is e.g. ``"tokens[3].value"``),
+                a name given twice, or more than 10,000 tokens.
+            NotFound: no project has ``project_id``.
+        """
+        pid = check_uuid("project_id", project_id)
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for index, item in enumerate(tokens):
+            if index >= MAX_SYNC:
+                raise ValidationError(f"sync takes at most {MAX_SYNC} tokens", field="tokens")
+            fields = _sync_item(index, item)
+            if fields["name"] in seen:
+                raise ValidationError(
+                    f"token {fields['name']!r} is given twice", field=f"tokens[{index}].name"
+                )
+            seen.add(fields["name"])
+            items.append(fields | {"id": str(uuid7())})
+
+        def synced(row: DictRow) -> TokensSynced:
+            return TokensSynced(project_id=pid, count=len(items), changed=row["changed"])
+
+        row = await self._write("sync", {"project_id": pid, "tokens": Jsonb(items)}, synced)
+        assert row is not None
+        stored = _stored(row)
+        for _ in range(_ATTEMPTS):
+            missing = [t for t in items if t["name"] not in stored]
+            if not missing:
+                return [stored[t["name"]] for t in items]
+            again = await self._write("sync", {"project_id": pid, "tokens": Jsonb(missing)})
+            assert again is not None
+            stored |= _stored(again)
+        raise Wis2lError("design tokens kept changing during sync; try again")

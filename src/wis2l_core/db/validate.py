@@ -6,6 +6,7 @@ Each check raises :class:`~wis2l_core.errors.ValidationError` naming the field.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -43,6 +44,13 @@ def check_text(field: str, value: object, *, max_len: int, min_len: int = 1) -> 
         raise ValidationError(f"{field} must be a string, not {type(value).__name__}", field=field)
     if "\x00" in value:
         raise ValidationError(f"{field} must not contain NUL bytes", field=field)
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(
+                f"{field} is not valid Unicode text (a lone surrogate)", field=field
+            ) from None
     if not min_len <= len(value) <= max_len:
         raise ValidationError(
             f"{field} must be {min_len} to {max_len} characters, got {len(value)}", field=field
@@ -124,7 +132,24 @@ def check_json(field: str, value: object) -> Any:
         raise ValidationError(f"{field} is larger than 16 MiB", field=field)
     if b"\\u0000" in data:
         raise ValidationError(f"{field} must not contain NUL characters", field=field)
+    if b"null" in data and _has_non_finite(value):
+        # orjson writes NaN and Infinity as null; JSON has no such numbers.
+        raise ValidationError(f"{field} holds NaN or Infinity, which JSON cannot", field=field)
     return orjson.loads(data)
+
+
+def _has_non_finite(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def check_json_object(field: str, value: object) -> dict[str, Any]:

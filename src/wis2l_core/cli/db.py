@@ -1,0 +1,231 @@
+"""``wis2l db migrate | status | seed | check``: the database commands.
+
+Each takes ``--database-url`` (default: ``Settings.from_env().database_url``, i.e.
+``DATABASE_URL`` or the ``DATABASE_*`` variables). Problems print one line on stderr,
+never a traceback; the exit codes are in :data:`EXIT_CODES` (and in ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from wis2l_core.config import Settings, redact_url
+from wis2l_core.db.check import check_queries
+from wis2l_core.db.migrate import apply_migrations, migration_status
+from wis2l_core.errors import ConfigError, MigrationError, ServiceUnavailable, Wis2lError
+
+__all__ = ["EXIT_CODES", "add_parser"]
+
+OK, PROBLEM, USAGE, UNAVAILABLE = 0, 1, 2, 3
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  the command found a problem: a drifted or failed migration (migrate, status),
+     pending migrations with --fail-on-pending (status), an unmigrated database or a
+     refused write (seed), a query the database refused (check)
+  2  usage or configuration error (bad option, malformed DATABASE_URL ...)
+  3  the database cannot be reached"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``wis2l db`` and its sub-commands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    db = subparsers.add_parser(
+        "db",
+        help="migrate, inspect, seed and check the PostgreSQL database",
+        description="Database commands: migrations, sample data and a check of every query.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    sub = db.add_subparsers(title="commands", required=True)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply pending migrations",
+        description="Apply pending migrations in order, each in its own transaction, under "
+        "an advisory lock (concurrent runs apply each file once). Stops on a drifted file.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(migrate)
+    migrate.add_argument("--migrations-dir", type=Path, help=argparse.SUPPRESS)
+    migrate.set_defaults(func=_migrate)
+
+    status = sub.add_parser(
+        "status",
+        help="list applied, pending and drifted migrations",
+        description="List applied, pending and drifted migrations. Exits 1 on drift; "
+        "pending migrations exit 0 unless --fail-on-pending is given.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(status)
+    status.add_argument(
+        "--fail-on-pending",
+        action="store_true",
+        help="exit 1 when migrations are pending too (e.g. a deploy's readiness gate)",
+    )
+    status.add_argument("--migrations-dir", type=Path, help=argparse.SUPPRESS)
+    status.set_defaults(func=_status)
+
+    seed = sub.add_parser(
+        "seed",
+        help="load idempotent sample data",
+        description="Load sample users, templates, projects, components, tokens, builds and "
+        "deployments. Running it again changes nothing. The database must be migrated.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(seed)
+    seed.set_defaults(func=_seed)
+
+    check = sub.add_parser(
+        "check",
+        help="prepare every query of sql/queries against the database",
+        description="PREPARE every named query in sql/queries (never executed, rolled back) "
+        "against a migrated database; report each failure as file:line.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(check)
+    check.add_argument(
+        "--queries-dir", type=Path, help="check these query files instead of the package's"
+    )
+    check.set_defaults(func=_check)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (default: DATABASE_URL or the DATABASE_* variables)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.database_url:
+        try:
+            settings = attrs.evolve(settings, database_url=args.database_url)
+        except ConfigError as exc:
+            raise ConfigError(f"--database-url: {exc}", variable="--database-url") from None
+    return settings
+
+
+def _error(command: str, message: str) -> None:
+    """One line on stderr: driver messages can span lines (libpq adds hints)."""
+    print(f"wis2l db {command}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _run(
+    command: str, action: Callable[[Settings], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    """Run ``action`` and turn our errors into one line on stderr and an exit code."""
+    try:
+        settings = _settings(args)
+        return asyncio.run(action(settings))
+    except ConfigError as exc:
+        code, exc_text = USAGE, str(exc)
+    except ServiceUnavailable as exc:
+        code, exc_text = UNAVAILABLE, str(exc)
+    except Wis2lError as exc:
+        code, exc_text = PROBLEM, str(exc)
+    _error(command, exc_text)
+    return code
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    async def action(settings: Settings) -> int:
+        try:
+            applied = await apply_migrations(
+                settings.database_url,
+                directory=args.migrations_dir,
+                lock_timeout=settings.migrate_lock_timeout,
+                connect_timeout=settings.db_connect_timeout,
+            )
+        except MigrationError as exc:
+            _error("migrate", str(exc))
+            return PROBLEM
+        for name in applied:
+            print(f"applied {name}")
+        if not applied:
+            print(f"nothing to apply: {redact_url(settings.database_url)} is up to date")
+        return OK
+
+    return _run("migrate", action, args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def action(settings: Settings) -> int:
+        status = await migration_status(
+            settings.database_url,
+            directory=args.migrations_dir,
+            connect_timeout=settings.db_connect_timeout,
+        )
+        for label, names in (
+            ("applied", status.applied),
+            ("pending", status.pending),
+            ("drifted", status.drifted),
+        ):
+            for name in names:
+                print(f"{label:8} {name}")
+        print(
+            f"{len(status.applied)} applied, {len(status.pending)} pending, "
+            f"{len(status.drifted)} drifted"
+        )
+        if status.drifted:
+            _error(
+                "status", "migrations changed after they were applied: " + ", ".join(status.drifted)
+            )
+            return PROBLEM
+        return PROBLEM if status.pending and args.fail_on_pending else OK
+
+    return _run("status", action, args)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    async def action(settings: Settings) -> int:
+        from wis2l_core.db.seed import seed_database
+
+        status = await migration_status(
+            settings.database_url, connect_timeout=settings.db_connect_timeout
+        )
+        if status.pending or status.drifted:
+            _error(
+                "seed",
+                f"the database is not migrated ({len(status.pending)} pending, "
+                f"{len(status.drifted)} drifted): run `wis2l db migrate` first",
+            )
+            return PROBLEM
+        report = await seed_database(settings)
+        for line in report.lines():
+            print(line)
+        return OK
+
+    return _run("seed", action, args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    async def action(settings: Settings) -> int:
+        report = await check_queries(
+            settings.database_url,
+            directory=args.queries_dir,
+            connect_timeout=settings.db_connect_timeout,
+        )
+        for failure in report.failures:
+            print(failure)
+        print(
+            f"checked {report.checked} queries in {report.files} files: "
+            f"{len(report.failures)} failed"
+        )
+        return OK if report.ok else PROBLEM
+
+    return _run("check", action, args)

@@ -1,0 +1,339 @@
+"""BuildRepository against a real PostgreSQL: the state machine, events, pages, races."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strategies import (
+    INJECTIONS,
+    bad_build_changes,
+    bad_build_fields,
+    build_fields,
+    build_logs,
+    json_objects,
+    progress_values,
+)
+from wis2l_core import Build, BuildStatus, InvalidTransition, NotFound, ValidationError
+from wis2l_core.db.builds import BUILD_TRANSITIONS
+from wis2l_core.ids import uuid7
+from wis2l_core.runtime import Wis2l
+
+S = BuildStatus
+
+
+async def make_project(wis: Wis2l) -> uuid.UUID:
+    """A user and a project to hang builds on."""
+    tag = uuid7().hex
+    user = await wis.users.create(email=f"u{tag}@example.com", name="U", subject=tag)
+    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="godot")
+    return project.id
+
+
+async def events(wis: Wis2l) -> list[dict[str, Any]]:
+    """Every event row, in insertion order."""
+    async with wis.database.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT type, subsystem, project_id, subject, payload FROM events ORDER BY seq"
+        )
+        return list(await cur.fetchall())
+
+
+async def build_in(wis: Wis2l, project_id: uuid.UUID, status: BuildStatus) -> Build:
+    """A build brought to ``status`` by allowed moves."""
+    build = await wis.builds.create(project_id=project_id, target="linux")
+    if status is S.FAILED:
+        return await wis.builds.update(build.id, status=S.FAILED)
+    if status is not S.PENDING:
+        build = await wis.builds.update(build.id, status=S.BUILDING)
+    if status is S.COMPLETED:
+        build = await wis.builds.update(build.id, status=S.COMPLETED)
+    return build
+
+
+def allowed(current: BuildStatus, requested: BuildStatus) -> bool:
+    """The contract: real moves, plus the same status while not final."""
+    final = not BUILD_TRANSITIONS[current]
+    return requested in BUILD_TRANSITIONS[current] or (requested is current and not final)
+
+
+async def test_create_and_find(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await wis.builds.create(project_id=project_id, target="webgl")
+    assert (build.status, build.progress, build.logs, dict(build.artifacts)) == (
+        S.PENDING,
+        0,
+        "",
+        {},
+    )
+    assert build.started_at is None
+    assert build.finished_at is None
+    assert build.id.version == 7
+    assert await wis.builds.find_by_id(build.id) == build
+    assert await wis.builds.find_by_id(str(build.id)) == build
+    assert await wis.builds.find_by_id(uuid.uuid4()) is None
+    assert await events(wis) == []  # creating a build records no event
+
+
+async def test_create_needs_a_project(wis: Wis2l) -> None:
+    with pytest.raises(NotFound, match="project_id"):
+        await wis.builds.create(project_id=uuid.uuid4(), target="webgl")
+    assert len(await wis.builds.find_all()) == 0
+
+
+async def test_lifecycle_records_one_event_per_call(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await wis.builds.create(project_id=project_id, target="webgl")
+
+    building = await wis.builds.update(build.id, status="building", log="compiling\n")
+    assert building.status is S.BUILDING
+    assert building.started_at is not None
+    assert building.updated_at > build.updated_at
+    progressed = await wis.builds.update(build.id, progress=40, log="linking\n")
+    assert progressed.progress == 40
+    assert progressed.logs == "compiling\nlinking\n"
+    assert progressed.started_at == building.started_at
+    done = await wis.builds.update(build.id, status=S.COMPLETED, artifacts={"game.wasm": 123})
+    assert (done.status, done.progress, dict(done.artifacts)) == (
+        S.COMPLETED,
+        100,
+        {"game.wasm": 123},
+    )
+    assert done.finished_at is not None
+    assert done.finished_at >= done.started_at
+    assert await wis.builds.find_by_id(build.id) == done
+
+    rows = await events(wis)
+    assert [r["type"] for r in rows] == ["build.started", "build.progress", "build.completed"]
+    assert all(r["subsystem"] == "ignis" and r["project_id"] == project_id for r in rows)
+    assert [r["subject"] for r in rows] == [r["type"] for r in rows]
+    started, progress, completed = (r["payload"] for r in rows)
+    assert started["build_id"] == str(build.id)
+    assert started["target"] == "webgl"
+    assert progress["progress"] == 40
+    assert completed["artifacts"] == {"game.wasm": 123}
+    assert completed["target"] == "webgl"
+    assert completed["project_id"] == str(project_id)
+
+
+@pytest.mark.parametrize(
+    ("current", "requested"), list(itertools.product(BuildStatus, BuildStatus))
+)
+async def test_every_transition_pair(
+    wis: Wis2l, current: BuildStatus, requested: BuildStatus
+) -> None:
+    build = await build_in(wis, await make_project(wis), current)
+    assert build.status is current
+    before = len(await events(wis))
+    if allowed(current, requested):
+        after = await wis.builds.update(build.id, status=requested)
+        assert after.status is requested
+        new = [r["type"] for r in (await events(wis))[before:]]
+        assert new == ([] if requested is current else [f"build.{_EVENT[requested]}"])
+        if requested is current:
+            assert after.started_at == build.started_at
+    else:
+        with pytest.raises(InvalidTransition) as info:
+            await wis.builds.update(build.id, status=requested, log="x", artifacts={"k": 1})
+        assert (info.value.current, info.value.requested) == (current.value, requested.value)
+        assert info.value.field == "status"
+        assert await wis.builds.find_by_id(build.id) == build  # nothing written
+        assert len(await events(wis)) == before
+
+
+_EVENT = {S.BUILDING: "started", S.COMPLETED: "completed", S.FAILED: "failed"}
+
+
+async def test_timestamps_follow_the_status(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    failed_early = await build_in(wis, project_id, S.FAILED)
+    assert failed_early.started_at is None
+    assert failed_early.finished_at is not None
+    building = await build_in(wis, project_id, S.BUILDING)
+    again = await wis.builds.update(building.id, status="building", progress=10)
+    assert again.started_at == building.started_at
+    assert again.finished_at is None
+    failed = await wis.builds.update(building.id, status="failed", progress=80)
+    assert failed.progress == 80
+    assert failed.finished_at is not None
+
+
+async def test_progress_rules(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    pending = await wis.builds.create(project_id=project_id, target="web")
+    with pytest.raises(InvalidTransition) as info:
+        await wis.builds.update(pending.id, progress=10)
+    assert (info.value.current, info.value.requested) == ("pending", "pending")
+    # pending -> building with a progress in one call is fine
+    building = await wis.builds.update(pending.id, status="building", progress=5)
+    assert building.progress == 5
+    for bad in (-1, 101, True, 5.5, "7"):
+        with pytest.raises(ValidationError) as err:
+            await wis.builds.update(pending.id, progress=bad)  # type: ignore[arg-type]
+        assert err.value.field == "progress"
+    with pytest.raises(ValidationError, match="progress 100") as err:
+        await wis.builds.update(pending.id, status="completed", progress=90)
+    with pytest.raises(ValidationError, match="pending") as err:
+        await wis.builds.update(pending.id, status="pending", progress=0)
+    assert err.value.field == "progress"
+    assert not isinstance(err.value, InvalidTransition)
+    assert await wis.builds.find_by_id(pending.id) == building
+    done = await wis.builds.update(pending.id, status="completed", progress=100)
+    with pytest.raises(InvalidTransition):
+        await wis.builds.update(done.id, progress=50)
+
+
+async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await build_in(wis, project_id, S.BUILDING)
+    await wis.builds.update(build.id, progress=30)
+    before = len(await events(wis))
+    same = await wis.builds.update(build.id, progress=30, log="a")
+    same = await wis.builds.update(build.id, status="building", log="b")
+    assert (same.progress, same.logs) == (30, "ab")
+    assert len(await events(wis)) == before
+    done = await wis.builds.update(build.id, status="completed")
+    late = await wis.builds.update(done.id, log="uploaded\n", artifacts={"zip": "a.zip"})
+    assert late.logs == "abuploaded\n"
+    assert late.status is S.COMPLETED
+    assert dict(late.artifacts) == {"zip": "a.zip"}
+    assert len(await events(wis)) == before + 1
+
+
+async def test_update_unknown_build(wis: Wis2l) -> None:
+    with pytest.raises(NotFound):
+        await wis.builds.update(uuid.uuid4(), status="building")
+    with pytest.raises(NotFound):
+        await wis.builds.update(uuid.uuid4(), log="x")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"status": "done"}, "status"),
+        ({"artifacts": ["not", "an", "object"]}, "artifacts"),
+        ({"artifacts": {"x": object()}}, "artifacts"),
+        ({"artifacts": {1: "non-string key"}}, "artifacts"),
+        ({"log": "nul\x00"}, "log"),
+        ({"log": 12}, "log"),
+    ],
+)
+async def test_bad_update_is_refused_before_sql(
+    wis: Wis2l, kwargs: dict[str, Any], field: str
+) -> None:
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.update(build.id, **kwargs)
+    assert info.value.field == field
+    assert await wis.builds.find_by_id(build.id) == build
+
+
+async def test_racing_finishers_exactly_one_wins(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    for _ in range(10):
+        build = await build_in(wis, project_id, S.BUILDING)
+        before = len(await events(wis))
+        results = await asyncio.gather(
+            wis.builds.update(build.id, status="completed", artifacts={"a": 1}),
+            wis.builds.update(build.id, status="failed", log="boom"),
+            return_exceptions=True,
+        )
+        winners = [r for r in results if isinstance(r, Build)]
+        losers = [r for r in results if isinstance(r, InvalidTransition)]
+        assert (len(winners), len(losers)) == (1, 1), results
+        assert losers[0].current == winners[0].status.value
+        assert await wis.builds.find_by_id(build.id) == winners[0]
+        assert len(await events(wis)) == before + 1
+
+
+async def test_concurrent_progress_and_logs_lose_nothing(wis: Wis2l) -> None:
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    await asyncio.gather(*(wis.builds.update(build.id, log=f"{i};") for i in range(20)))
+    final = await wis.builds.find_by_id(build.id)
+    assert final is not None
+    assert sorted(final.logs.rstrip(";").split(";"), key=int) == [str(i) for i in range(20)]
+
+
+async def test_pages(wis: Wis2l) -> None:
+    first, second = await make_project(wis), await make_project(wis)
+    made = [await wis.builds.create(project_id=first, target=f"t{i}") for i in range(5)]
+    other = await wis.builds.create(project_id=second, target="other")
+    await wis.builds.update(made[1].id, status="building")
+    await wis.builds.update(made[3].id, status="building")
+
+    page = await wis.builds.find_by_project_id(first, limit=2)
+    seen = list(page.items)
+    while page.next_cursor:
+        page = await wis.builds.find_by_project_id(first, limit=2, after=page.next_cursor)
+        seen.extend(page.items)
+    assert [b.id for b in seen] == [b.id for b in made]
+    everything = await wis.builds.find_all(limit=100)
+    assert [b.id for b in everything] == [*(b.id for b in made), other.id]
+    building = await wis.builds.find_all(status="building")
+    assert [b.id for b in building] == [made[1].id, made[3].id]
+    assert len(await wis.builds.find_all(status=S.COMPLETED)) == 0
+    with pytest.raises(ValidationError):
+        await wis.builds.find_all(status="sleeping")
+    cursor = (await wis.builds.find_by_project_id(first, limit=1)).next_cursor
+    assert cursor is not None
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.find_all(after=cursor)  # a cursor of another list
+    assert info.value.field == "after"
+    with pytest.raises(ValidationError):
+        await wis.builds.find_by_project_id(first, after=cursor[:-2] + "AA")
+
+
+@given(data=st.data())
+async def test_any_valid_build_round_trips(wis: Wis2l, data: st.DataObject) -> None:
+    fields = data.draw(build_fields(await make_project(wis)))
+    build = await wis.builds.create(**fields)
+    assert build.target == fields["target"]
+    assert await wis.builds.find_by_id(build.id) == build
+
+
+@given(data=st.data())
+async def test_any_invalid_build_is_refused(wis: Wis2l, data: st.DataObject) -> None:
+    project_id = await make_project(wis)
+    fields, field = data.draw(bad_build_fields(project_id))
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.create(**fields)
+    assert info.value.field == field
+    assert len(await wis.builds.find_by_project_id(project_id)) == 0
+
+
+@given(artifacts=json_objects, log=build_logs, progress=progress_values)
+async def test_any_valid_update_round_trips(
+    wis: Wis2l, artifacts: dict[str, Any], log: str, progress: int
+) -> None:
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    updated = await wis.builds.update(build.id, artifacts=artifacts, log=log, progress=progress)
+    assert (dict(updated.artifacts), updated.logs, updated.progress) == (artifacts, log, progress)
+    assert await wis.builds.find_by_id(build.id) == updated
+
+
+@given(change=bad_build_changes())
+async def test_any_invalid_update_is_refused(
+    wis: Wis2l, change: tuple[dict[str, Any], str]
+) -> None:
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    before = len(await events(wis))
+    kwargs, field = change
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.update(build.id, **kwargs)
+    assert info.value.field == field
+    assert await wis.builds.find_by_id(build.id) == build
+    assert len(await events(wis)) == before
+
+
+@pytest.mark.parametrize("evil", INJECTIONS)
+async def test_injection_strings_are_stored_verbatim(wis: Wis2l, evil: str) -> None:
+    build = await wis.builds.create(project_id=await make_project(wis), target=evil)
+    done = await wis.builds.update(build.id, log=evil, artifacts={evil: evil})
+    assert (done.target, done.logs, dict(done.artifacts)) == (evil, evil, {evil: evil})
+    assert (await wis.builds.find_all(status="pending")).items == (done,)

@@ -1,0 +1,187 @@
+"""``wis2l db ...``: exit codes, one-line errors, the default URL, and the idempotent seed."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from wis2l_core.cli import main
+from wis2l_core.db.seed import PROJECTS, TEMPLATES, USERS
+from wis2l_core.testing.servers import Servers, with_database
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+TABLES = ("users", "templates", "projects", "components", "design_tokens", "builds", "deployments")
+
+
+@pytest.fixture
+def empty_database_url(wis2l_servers: Servers) -> Iterator[str]:
+    """A brand-new database with no tables at all."""
+    name = f"wis2l_cli_{secrets.token_hex(5)}"
+    admin = with_database(wis2l_servers.database_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_database(wis2l_servers.database_url, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def snapshot(url: str) -> dict[str, object]:
+    """Row counts and the newest updated_at of every table, and the event count."""
+    found: dict[str, object] = {}
+    with psycopg.connect(url) as conn:
+        for table in (*TABLES, "events"):
+            query = sql.SQL("SELECT count(*), max(updated_at) FROM {}").format(
+                sql.Identifier(table)
+            )
+            found[table] = conn.execute(query).fetchone()
+    return found
+
+
+def column(url: str, query: str) -> list[object]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute(query.encode())]
+
+
+@pytest.mark.parametrize("argv", [["db", "--help"], ["db", "migrate", "--help"]])
+def test_help_documents_the_exit_codes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out
+    assert "3  the database cannot be reached" in out
+
+
+def test_db_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["db"])
+    assert info.value.code == 2
+    assert "migrate" in capsys.readouterr().err
+
+
+def test_migrate_when_up_to_date(
+    wis2l_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "migrate", "--database-url", wis2l_database_url]) == 0
+    assert "nothing to apply" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["migrate", "status", "seed", "check"])
+def test_unreachable_database_is_one_line_and_exit_3(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", command, "--database-url", UNREACHABLE]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"wis2l db {command}: error: database unavailable")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "status", "--database-url", "mysql://db/x"]) == 2
+    err = capsys.readouterr().err
+    assert "--database-url" in err
+    assert err.count("\n") == 1
+
+
+def test_malformed_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://db/x")
+    assert main(["db", "status"]) == 2
+    assert "DATABASE_URL" in capsys.readouterr().err
+
+
+def test_default_url_comes_from_the_environment(
+    wis2l_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", wis2l_database_url)
+    assert main(["db", "status", "--fail-on-pending"]) == 0
+    assert "1 applied, 0 pending, 0 drifted" in capsys.readouterr().out
+
+
+def test_seed_refuses_an_unmigrated_database(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "seed", "--database-url", empty_database_url]) == 1
+    assert "wis2l db migrate" in capsys.readouterr().err
+    assert column(empty_database_url, "SELECT to_regclass('users')") == [None]
+
+
+def test_seed_loads_sample_data_once(
+    wis2l_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = wis2l_database_url
+    assert main(["db", "seed", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert f"users: {len(USERS)} created, 0 already there" in out
+    assert f"projects: {len(PROJECTS)} created, 0 already there" in out
+
+    assert sorted(column(url, "SELECT role FROM users")) == ["admin", "developer", "viewer"]
+    engines = set(column(url, "SELECT engine FROM templates"))
+    assert {"unity", "godot", "pico8", "web"} <= engines
+    assert len(engines) == len(TEMPLATES)
+    assert set(column(url, "SELECT status FROM builds")) == {
+        "pending",
+        "building",
+        "completed",
+        "failed",
+    }
+    assert set(column(url, "SELECT status FROM deployments")) == {
+        "pending",
+        "in_progress",
+        "completed",
+        "failed",
+    }
+    assert column(url, "SELECT progress FROM builds WHERE status = 'completed' LIMIT 1") == [100]
+    assert all(
+        n > 0
+        for n in column(
+            url,
+            "SELECT count(*) FROM components UNION ALL SELECT count(*) FROM design_tokens "
+            "UNION ALL SELECT count(*) FROM projects WHERE template_id IS NOT NULL",
+        )
+    )
+    event_types = set(column(url, "SELECT type FROM events"))
+    assert {"build.started", "build.completed", "deployment.completed"} <= event_types
+    first = snapshot(url)
+
+    assert main(["db", "seed", "--database-url", url]) == 0
+    out = capsys.readouterr().out
+    assert f"users: 0 created, {len(USERS)} already there" in out
+    assert "builds: 0 created" in out
+    assert snapshot(url) == first  # nothing written, not even an event
+
+
+@pytest.mark.slow
+def test_concurrent_seeds_do_not_collide(wis2l_database_url: str) -> None:
+    argv = [sys.executable, "-m", "wis2l_core.cli", "db", "seed"]
+    procs = [
+        subprocess.Popen(
+            [*argv, "--database-url", wis2l_database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0], results
+    created = [
+        line for _, out, _ in results for line in out.splitlines() if line.startswith("users:")
+    ]
+    assert sorted(created) == [
+        f"users: 0 created, {len(USERS)} already there",
+        f"users: {len(USERS)} created, 0 already there",
+    ]
+    assert len(column(wis2l_database_url, "SELECT id FROM projects")) == len(PROJECTS)
