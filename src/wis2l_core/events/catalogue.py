@@ -9,15 +9,22 @@ fields plus ``type``; UUIDs and times are strings (RFC 9562 / ISO 8601).
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, overload
 from uuid import UUID
 
 import attrs
+import orjson
 
+from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Environment, Language, Subsystem, TokenCategory
+from wis2l_core.serde import converter
+
+E = TypeVar("E", bound="DomainEvent")
 
 __all__ = [
     "CATALOGUE",
@@ -34,7 +41,11 @@ __all__ = [
     "DomainEvent",
     "TokenUpdated",
     "TokensSynced",
+    "decode_event",
+    "encode_event",
     "event_class",
+    "event_payload",
+    "field_docs",
 ]
 
 
@@ -47,9 +58,12 @@ class DomainEvent:
     """The base of every catalogued event.
 
     Attributes:
-        project_id: the project the event is about.
-        id: unique per event; defaults to a new UUIDv7.
-        occurred_at: when it happened; defaults to now, UTC.
+        id: Unique per event, a UUID (v7 when made here); also the ``Nats-Msg-Id`` header,
+            so JetStream drops a repeat and consumers can de-duplicate.
+        type: ``<entity>.<action>``, e.g. ``"build.progress"``: the subject without its
+            namespace, and the key that says which event the object is.
+        occurred_at: When it happened: ISO 8601 with a UTC offset.
+        project_id: The project the event is about.
     """
 
     type: ClassVar[str]
@@ -68,7 +82,15 @@ class DomainEvent:
 
 @attrs.frozen(kw_only=True)
 class ComponentCreated(DomainEvent):
-    """A SPARK component was generated and stored."""
+    """A SPARK component was generated and stored.
+
+    Attributes:
+        component_id: The new component's id.
+        name: The component's name, unique within its project.
+        language: The language of its code: one of the ``Language`` values (``"csharp"``,
+            ``"rust"``, ...).
+        version: Its version: 1 for a new component.
+    """
 
     type: ClassVar[str] = "component.created"
     subsystem: ClassVar[Subsystem] = Subsystem.SPARK
@@ -80,7 +102,14 @@ class ComponentCreated(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class ComponentUpdated(DomainEvent):
-    """A component changed; ``version`` is its new version."""
+    """A component changed; ``version`` is its new version.
+
+    Attributes:
+        component_id: The component's id.
+        name: Its name after the change.
+        language: Its language after the change.
+        version: Its new version (one more than before the change).
+    """
 
     type: ClassVar[str] = "component.updated"
     subsystem: ClassVar[Subsystem] = Subsystem.SPARK
@@ -92,7 +121,12 @@ class ComponentUpdated(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class ComponentDeleted(DomainEvent):
-    """A component was deleted."""
+    """A component was deleted.
+
+    Attributes:
+        component_id: The deleted component's id.
+        name: The name it had.
+    """
 
     type: ClassVar[str] = "component.deleted"
     subsystem: ClassVar[Subsystem] = Subsystem.SPARK
@@ -102,7 +136,12 @@ class ComponentDeleted(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class BuildStarted(DomainEvent):
-    """A build moved from pending to building."""
+    """A build moved from pending to building.
+
+    Attributes:
+        build_id: The build's id.
+        target: What it builds for, e.g. ``"webgl"``.
+    """
 
     type: ClassVar[str] = "build.started"
     subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
@@ -112,7 +151,12 @@ class BuildStarted(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class BuildProgress(DomainEvent):
-    """A building build reported progress (0..100) without a status change."""
+    """A building build reported progress without a status change.
+
+    Attributes:
+        build_id: The build's id.
+        progress: Percent done, 0 to 100.
+    """
 
     type: ClassVar[str] = "build.progress"
     subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
@@ -122,7 +166,14 @@ class BuildProgress(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class BuildCompleted(DomainEvent):
-    """A build finished; ``artifacts`` is its manifest."""
+    """A build finished; ``artifacts`` is its manifest.
+
+    Attributes:
+        build_id: The build's id.
+        target: What it built for, e.g. ``"webgl"``.
+        artifacts: The artifact manifest: a JSON object whose shape the build tool decides
+            (``{}`` when there is none).
+    """
 
     type: ClassVar[str] = "build.completed"
     subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
@@ -133,7 +184,12 @@ class BuildCompleted(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class BuildFailed(DomainEvent):
-    """A build failed (from pending or building)."""
+    """A build failed (from pending or building).
+
+    Attributes:
+        build_id: The build's id.
+        target: What it was building for.
+    """
 
     type: ClassVar[str] = "build.failed"
     subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
@@ -143,7 +199,13 @@ class BuildFailed(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class DeploymentStarted(DomainEvent):
-    """A deployment moved from pending to in_progress."""
+    """A deployment moved from pending to in_progress.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it goes: ``"staging"`` or ``"production"``.
+        version: The version being deployed (free text, e.g. ``"1.4.2"``).
+    """
 
     type: ClassVar[str] = "deployment.started"
     subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
@@ -154,7 +216,14 @@ class DeploymentStarted(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class DeploymentCompleted(DomainEvent):
-    """A deployment is live at ``url``."""
+    """A deployment is live at ``url``.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it went: ``"staging"`` or ``"production"``.
+        version: The version deployed.
+        url: Where it is live, or ``null`` when the deployment has no URL.
+    """
 
     type: ClassVar[str] = "deployment.completed"
     subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
@@ -166,7 +235,13 @@ class DeploymentCompleted(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class DeploymentFailed(DomainEvent):
-    """A deployment failed."""
+    """A deployment failed.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it was going: ``"staging"`` or ``"production"``.
+        version: The version that failed to deploy.
+    """
 
     type: ClassVar[str] = "deployment.failed"
     subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
@@ -177,7 +252,15 @@ class DeploymentFailed(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class TokenUpdated(DomainEvent):
-    """A design token was created or its value changed (``version`` is the new one)."""
+    """A design token was created or its value changed.
+
+    Attributes:
+        token_id: The token's id.
+        name: The token's name, e.g. ``"color.primary"``.
+        category: Its kind: one of the ``TokenCategory`` values (``"color"``, ``"spacing"``,
+            ...).
+        version: Its new version: 1 when created, one more at each value change.
+    """
 
     type: ClassVar[str] = "token.updated"
     subsystem: ClassVar[Subsystem] = Subsystem.SLATE
@@ -189,7 +272,12 @@ class TokenUpdated(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class TokensSynced(DomainEvent):
-    """A token set was synced: ``count`` tokens sent, ``changed`` of them new or changed."""
+    """A token set was synced into a project.
+
+    Attributes:
+        count: How many tokens the sync sent.
+        changed: How many of them were new or had a new value (0 to ``count``).
+    """
 
     type: ClassVar[str] = "token.synced"
     subsystem: ClassVar[Subsystem] = Subsystem.SLATE
@@ -224,3 +312,112 @@ def event_class(type_: str) -> type[DomainEvent]:
         KeyError: the type is not in the catalogue.
     """
     return CATALOGUE[type_]
+
+
+def event_payload(event: DomainEvent) -> dict[str, Any]:
+    """The wire form of ``event`` as plain data: its fields plus ``type``.
+
+    This is what the outbox stores in ``events.payload`` and what goes on the wire.
+    """
+    payload: dict[str, Any] = converter.unstructure(event)
+    payload["type"] = event.type
+    return payload
+
+
+def encode_event(event: DomainEvent) -> bytes:
+    """``event`` as JSON bytes, exactly as it is published."""
+    return orjson.dumps(event_payload(event))
+
+
+@overload
+def decode_event(data: bytes | str | Mapping[str, Any], cls: type[E]) -> E: ...
+@overload
+def decode_event(data: bytes | str | Mapping[str, Any], cls: None = None) -> DomainEvent: ...
+def decode_event(
+    data: bytes | str | Mapping[str, Any], cls: type[DomainEvent] | None = None
+) -> DomainEvent:
+    """Build an event from its JSON (or already parsed) wire form.
+
+    Fields the class does not know are ignored, so a consumer on an older catalogue keeps
+    working when an event gains a field.
+
+    Args:
+        data: the message body, or the parsed object.
+        cls: the class expected; when omitted it is looked up by the ``type`` field.
+
+    Raises:
+        ValidationError: not JSON, not an object, the wrong or an unknown ``type``, or a
+            field missing or malformed (``field`` names the culprit when known).
+    """
+    try:
+        obj = orjson.loads(data) if isinstance(data, bytes | str) else data
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"event is not JSON: {exc}", field="payload") from exc
+    if not isinstance(obj, Mapping):
+        raise ValidationError("event is not a JSON object", field="payload")
+    type_ = obj.get("type")
+    if cls is None:
+        found = CATALOGUE.get(type_) if isinstance(type_, str) else None
+        if found is None:
+            raise ValidationError(f"unknown event type {type_!r}", field="type")
+        cls = found
+    elif type_ != cls.type:
+        raise ValidationError(f"expected a {cls.type!r} event, got {type_!r}", field="type")
+    try:
+        return converter.structure(obj, cls)
+    except Exception as exc:  # cattrs raises ClassValidationError and friends
+        raise ValidationError(
+            f"malformed {cls.type!r} event: {_describe(exc)}", field=_culprit(exc)
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return "; ".join(_describe(e) for e in inner)
+    notes = getattr(exc, "__notes__", None) or []
+    return f"{type(exc).__name__}: {exc}" + (f" ({notes[0]})" if notes else "")
+
+
+def _culprit(exc: BaseException) -> str | None:
+    for note in getattr(exc, "__notes__", None) or []:
+        match = re.search(r"attribute '?([a-z_]+)'?|field '?([a-z_]+)'?", str(note))
+        if match:
+            return match.group(1) or match.group(2)
+    inner = getattr(exc, "exceptions", None)
+    return _culprit(inner[0]) if inner else None
+
+
+_ATTRIBUTE = re.compile(r"^    ([a-z_][a-z0-9_]*): (.*)$")
+
+
+def field_docs(cls: type[DomainEvent]) -> dict[str, str]:
+    """Each wire field of ``cls`` and its description, common fields first.
+
+    Read from the ``Attributes:`` sections of the class docstrings (so the reference docs,
+    the AsyncAPI document and ``docs/events.md`` share one source).
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, DomainEvent)):
+            continue
+        lines = inspect.cleandoc(klass.__doc__ or "").splitlines()
+        current: str | None = None
+        inside = False
+        for line in lines:
+            if line.strip() == "Attributes:":
+                inside = True
+                continue
+            if not inside:
+                continue
+            match = _ATTRIBUTE.match(line)
+            if match:
+                current = match.group(1)
+                docs[current] = match.group(2).strip()
+            elif line.startswith("        ") and current is not None:
+                docs[current] += " " + line.strip()
+            elif line.strip():
+                inside = False
+    order = ["id", "type", "occurred_at", "project_id"]
+    order += [f.name for f in attrs.fields(cls) if f.name not in order]
+    return {name: docs.get(name, "") for name in order}

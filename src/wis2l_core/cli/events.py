@@ -1,0 +1,149 @@
+"""``wis2l events schema | tail``: the event catalogue, and the live event stream.
+
+``schema`` prints the AsyncAPI 3.0 document of the catalogue (JSON, or YAML with
+``--yaml``). ``tail [SUBJECT]`` follows the stream with an ephemeral ordered consumer and
+prints one event per line, as JSON, until Ctrl-C (or ``--count`` events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import attrs
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from wis2l_core.config import Settings, redact_url
+from wis2l_core.errors import ConfigError
+from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
+from wis2l_core.events.catalogue import decode_event, encode_event
+
+__all__ = ["add_parser"]
+
+OK, UNAVAILABLE = 0, 3
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``wis2l events`` and its sub-commands."""
+    events = subparsers.add_parser(
+        "events",
+        help="the event catalogue (AsyncAPI) and a live tail of the stream",
+        description="Event commands. NATS_URL, WIS2L_NAMESPACE and WIS2L_STREAM apply.",
+    )
+    sub = events.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the AsyncAPI 3.0 document of the event catalogue",
+        description="Print the AsyncAPI 3.0 document generated from the event classes.",
+    )
+    schema.add_argument("--yaml", action="store_true", help="YAML instead of JSON")
+    schema.add_argument("--namespace", help="subject prefix (default: WIS2L_NAMESPACE or wis2l)")
+    schema.set_defaults(func=_schema)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print events live, one JSON object per line",
+        description="Follow the stream with an ephemeral ordered consumer and print each "
+        "event decoded, one JSON object per line, until Ctrl-C. Messages that do not "
+        'decode (and dead letters) print as {"subject": ..., "error": ..., "raw": ...}.',
+    )
+    tail.add_argument(
+        "subject",
+        nargs="?",
+        help="event subject or pattern without the namespace, e.g. build.progress or "
+        "'build.*' (default: every event, no dead letters)",
+    )
+    tail.add_argument("--all", action="store_true", help="start at the stream's first message")
+    tail.add_argument("--count", type=int, help="stop after this many messages")
+    tail.add_argument("--namespace", help="subject prefix (default: WIS2L_NAMESPACE)")
+    tail.add_argument("--stream", help="stream name (default: WIS2L_STREAM)")
+    tail.add_argument("--nats-url", help="NATS server (default: NATS_URL)")
+    tail.set_defaults(func=_tail)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict[str, Any] = {}
+    if getattr(args, "namespace", None):
+        changes["namespace"] = args.namespace
+    if getattr(args, "stream", None):
+        changes["stream_name"] = args.stream
+    if getattr(args, "nats_url", None):
+        changes["nats_urls"] = (args.nats_url,)
+    try:
+        return attrs.evolve(settings, **changes)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # pragma: no cover - evolve wraps converter errors
+        raise ConfigError(str(exc)) from exc
+
+
+def _schema(args: argparse.Namespace) -> int:
+    doc = asyncapi_document(_settings(args))
+    sys.stdout.write(to_yaml(doc) if args.yaml else json.dumps(doc, indent=2) + "\n")
+    return OK
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ns = settings.namespace
+    subject = f"{ns}.*.*" if not args.subject else args.subject
+    if not subject.startswith(f"{ns}."):
+        subject = f"{ns}.{subject}"
+    try:
+        asyncio.run(_follow(settings, subject, deliver_all=args.all, count=args.count))
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        urls = ", ".join(redact_url(u) for u in settings.nats_urls)
+        print(f"wis2l: cannot follow {subject} on {urls}: {exc}", file=sys.stderr)
+        return UNAVAILABLE
+    return OK
+
+
+async def _follow(
+    settings: Settings, subject: str, *, deliver_all: bool, count: int | None
+) -> None:
+    nc = await nats.connect(
+        list(settings.nats_urls),
+        name="wis2l-events-tail",
+        connect_timeout=max(1, round(settings.nats_connect_timeout)),
+        allow_reconnect=False,
+    )
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            subject,
+            stream=settings.stream_name,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW,
+        )
+        seen = 0
+        while count is None or seen < count:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            sys.stdout.write(_line(msg, dlq=f"{settings.namespace}.dlq.") + "\n")
+            sys.stdout.flush()
+            seen += 1
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def _line(msg: Msg, *, dlq: str) -> str:
+    raw = msg.data.decode("utf-8", errors="replace")
+    if msg.subject.startswith(dlq):
+        headers = {k: v for k, v in (msg.headers or {}).items() if k.startswith("Wis2l-")}
+        return json.dumps({"subject": msg.subject, "headers": headers, "raw": raw})
+    try:
+        return encode_event(decode_event(msg.data)).decode()
+    except ValueError as exc:
+        return json.dumps({"subject": msg.subject, "error": str(exc), "raw": raw})

@@ -1,0 +1,550 @@
+"""``EventBus``: the NATS connection, the JetStream stream, publishing and subscribers.
+
+The bus connects in the background and never gives up: NATS may be down when the app
+starts, or restart later with an empty store. Each time the connection comes up the
+stream is ensured (created, or updated when its configuration drifted) before anything is
+published or consumed, and the subscribers re-create their consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, NamedTuple, TypeVar, overload
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+
+from wis2l_core.config import Settings
+from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.events.catalogue import DomainEvent, encode_event
+from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
+
+__all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]
+
+log = logging.getLogger("wis2l_core.events")
+
+E = TypeVar("E", bound=DomainEvent)
+
+API_TIMEOUT = 5.0
+"""Seconds a JetStream API call or publish acknowledgement may take."""
+_RECONNECT_WAIT = 1.0
+_BACKOFF_MAX = 5.0
+_CLOSE_TIMEOUT = 5.0
+
+
+class EncodedEvent(NamedTuple):
+    """An event already in its wire form, as the outbox stores it.
+
+    Attributes:
+        type: the event type, e.g. ``"build.progress"`` (the subject without namespace).
+        payload: the JSON body.
+        id: the event id, sent as ``Nats-Msg-Id``.
+    """
+
+    type: str
+    payload: bytes
+    id: str
+
+
+class PendingAcks:
+    """The JetStream acks of messages sent by :meth:`EventBus.send_encoded`."""
+
+    def __init__(
+        self, futures: list[asyncio.Future[PubAck]], total: int, failed: BaseException | None
+    ) -> None:
+        self._futures = futures
+        self._total = total
+        self._failed = failed
+
+    async def wait(self, timeout: float = API_TIMEOUT) -> list[BaseException | None]:
+        """Wait up to ``timeout`` seconds for every ack.
+
+        Returns:
+            One entry per message, in order: ``None`` if acknowledged, else the error (a
+            ``TimeoutError`` when no ack came in time).
+        """
+        if self._futures:
+            _, pending = await asyncio.wait(self._futures, timeout=timeout)
+            for late in pending:
+                late.cancel()
+        results: list[BaseException | None] = []
+        for done in self._futures:
+            if done.cancelled():
+                results.append(TimeoutError("no JetStream ack in time"))
+            else:
+                results.append(done.exception())
+        results.extend([self._failed] * (self._total - len(results)))
+        return results
+
+
+class EventBus:
+    """Typed domain events over NATS JetStream.
+
+    No I/O happens in the constructor; :meth:`open` connects (retrying in the background
+    when NATS is down) and :meth:`close` stops the subscribers and disconnects.
+
+    Args:
+        settings: ``nats_urls``, ``namespace``, ``stream_name``, ``stream_duplicate_window``,
+            ``nats_connect_timeout``, ``health_timeout`` and ``shutdown_timeout`` are used.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.namespace = settings.namespace
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._subscribers: list[Subscriber[DomainEvent]] = []
+        self._opened = False
+        self._closing = False
+        self._started = False
+        self._ready: asyncio.Event | None = None
+        self._generation = 0
+        self._connect_task: asyncio.Task[None] | None = None
+        self._setup_task: asyncio.Task[None] | None = None
+        self._outage_logged = False
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to NATS is up."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def ready(self) -> bool:
+        """True when connected and the stream is ensured for the current connection."""
+        return self.connected and self._ready is not None and self._ready.is_set()
+
+    @property
+    def generation(self) -> int:
+        """How many times the connection came up with the stream ensured (subscribers
+        re-create their consumers when it changes)."""
+        return self._generation
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The nats-py JetStream context, for advanced use (tools, benchmarks).
+
+        Raises:
+            ServiceUnavailable: not connected to NATS.
+        """
+        if self._js is None or not self.connected:
+            raise ServiceUnavailable("nats: not connected", service="nats")
+        return self._js
+
+    def subject(self, event_type: str | type[DomainEvent] | DomainEvent) -> str:
+        """The subject of an event type, class or event: ``<namespace>.<type>``."""
+        type_ = event_type if isinstance(event_type, str) else event_type.type
+        return f"{self.namespace}.{type_}"
+
+    def dlq_subject(self, subject: str) -> str:
+        """Where messages of ``subject`` go when they cannot be handled."""
+        return f"{self.namespace}.dlq.{subject}"
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until :attr:`ready` (at most ``timeout`` seconds); return whether it is."""
+        if self.ready:
+            return True
+        if self._ready is None:  # not open
+            return False
+        try:
+            await asyncio.wait_for(self._until_ready(self._ready), timeout)
+        except TimeoutError:
+            return False
+        return self.ready
+
+    async def _until_ready(self, event: asyncio.Event) -> None:
+        while not self.ready:
+            await event.wait()
+            if not self.ready:  # set, but the disconnect is not processed yet
+                await asyncio.sleep(0.05)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self, *, require: bool = False) -> None:
+        """Connect to NATS and ensure the stream. Calling it again does nothing.
+
+        The connection is retried forever in the background; ``open`` waits up to
+        ``nats_connect_timeout`` for the first one.
+
+        Args:
+            require: raise (and stop trying) if NATS cannot be reached in that time,
+                instead of logging and going on in the background (for production, when
+                NATS is a critical service).
+
+        Raises:
+            ServiceUnavailable: ``require`` is true and NATS is not reachable.
+        """
+        if self._opened:
+            return
+        self._opened, self._closing = True, False
+        self._ready = asyncio.Event()
+        self._nc = NatsClient()
+        self._connect_task = asyncio.create_task(self._connect(self._nc), name="wis2l-nats")
+        wait = self.settings.nats_connect_timeout + 0.5
+        done, _ = await asyncio.wait({self._connect_task}, timeout=wait)
+        if done and self.connected:
+            await self.wait_ready(self.settings.nats_connect_timeout)
+        if self.ready:
+            return
+        urls = ", ".join(self._redacted_urls())
+        if require:
+            await self.close(0)
+            raise ServiceUnavailable(f"nats: cannot reach {urls}", service="nats")
+        log.warning(
+            "NATS is not ready yet (%s unreachable, or JetStream unavailable); "
+            "retrying in the background",
+            urls,
+            extra={"service": "nats"},
+        )
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop the subscribers (their running handlers finish), then disconnect.
+
+        Idempotent.
+
+        Args:
+            timeout: seconds to wait for running handlers (``shutdown_timeout`` when
+                omitted); handlers still running then are cancelled.
+        """
+        if not self._opened:
+            return
+        self._opened, self._closing, self._started = False, True, False
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        await asyncio.gather(*(s.stop(limit) for s in self._subscribers))
+        for task in (self._connect_task, self._setup_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                if nc.is_connected:
+                    await nc.flush(timeout=1)
+            except Exception as exc:
+                log.debug("NATS flush at close failed: %s", exc)
+            try:
+                await asyncio.wait_for(nc.close(), _CLOSE_TIMEOUT)
+            except Exception as exc:
+                log.warning("NATS close failed or overran: %r", exc)
+                # A close cut short marks the client closed before it closes its socket.
+                transport = getattr(nc, "_transport", None)
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.close()
+        if self._ready is not None:
+            self._ready.clear()
+        log.info("event bus closed")
+
+    async def _connect(self, nc: NatsClient) -> None:
+        await nc.connect(
+            list(self.settings.nats_urls),
+            name="wis2l-core",
+            connect_timeout=max(1, round(self.settings.nats_connect_timeout)),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = nc.jetstream(timeout=API_TIMEOUT)
+        self._outage_logged = False
+        log.info("connected to NATS", extra={"service": "nats"})
+        await self._bring_up()
+
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
+        else:
+            log.debug("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
+
+    async def _on_disconnected(self) -> None:
+        if self._ready is not None:
+            self._ready.clear()
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting", extra={"service": "nats"})
+
+    async def _on_reconnected(self) -> None:
+        self._outage_logged = False
+        log.info("reconnected to NATS", extra={"service": "nats"})
+        # Not awaited here: the client calls this from its reconnect path, before the
+        # JetStream replies can be read.
+        if self._setup_task is None or self._setup_task.done():
+            self._setup_task = asyncio.create_task(self._bring_up(), name="wis2l-nats-setup")
+
+    async def _bring_up(self) -> None:
+        delay = 0.1
+        while not self._closing and self.connected:
+            try:
+                await self.ensure_stream()
+            except ServiceUnavailable as exc:
+                log.warning("cannot ensure the stream yet: %s", exc, extra={"service": "nats"})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            self._generation += 1
+            if self._ready is not None:
+                self._ready.set()
+            for sub in self._subscribers:
+                sub.interrupt()  # their pending fetches died with the old connection
+            return
+
+    # -- stream --------------------------------------------------------------------------
+
+    def stream_config(self) -> StreamConfig:
+        """The configuration the stream must have (name, subjects, storage, dedup window)."""
+        return StreamConfig(
+            name=self.settings.stream_name,
+            subjects=[f"{self.namespace}.>"],
+            storage=StorageType.FILE,
+            duplicate_window=self.settings.stream_duplicate_window,
+        )
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or update it (keeping its messages) if its config differs.
+
+        Only the fields wis2l-core owns are compared and set (subjects and duplicate
+        window); limits an operator set on the stream are kept. Storage cannot change in
+        place: a memory stream is logged, not replaced.
+
+        Raises:
+            ServiceUnavailable: NATS or JetStream does not answer, or refuses the config.
+        """
+        js = self.jetstream
+        want = self.stream_config()
+        name = self.settings.stream_name
+        try:
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(want)
+                    log.info("created stream %s", name, extra={"stream": name})
+                    return
+                except nats.js.errors.BadRequestError:
+                    info = await js.stream_info(name)  # another process created it first
+            have = info.config
+            if have.storage != StorageType.FILE:
+                log.warning("stream %s uses %s storage, not file", name, have.storage)
+            drift = (
+                sorted(have.subjects or []) != sorted(want.subjects or [])
+                or abs((have.duplicate_window or 0) - want.duplicate_window) > 1e-3
+            )
+            if drift:
+                await js.update_stream(
+                    have.evolve(subjects=want.subjects, duplicate_window=want.duplicate_window)
+                )
+                log.info("updated stream %s to the wanted config", name, extra={"stream": name})
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, event: DomainEvent) -> None:
+        """Publish one event that has no database write, and wait for JetStream's ack.
+
+        ``Nats-Msg-Id`` is the event id, so publishing the same event twice within the
+        stream's duplicate window stores it once.
+
+        Raises:
+            ServiceUnavailable: NATS is down, or did not acknowledge in time.
+        """
+        subject = self.subject(event)
+        data = encode_event(event)
+        headers = {"Nats-Msg-Id": str(event.id)}
+        js = self.jetstream
+        try:
+            try:
+                await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                await self.ensure_stream()  # NATS restarted empty; set-up still pending
+                await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"nats: publish to {subject}: {exc}", service="nats") from exc
+
+    async def publish_encoded(
+        self, messages: Sequence[EncodedEvent], *, timeout: float = API_TIMEOUT
+    ) -> list[BaseException | None]:
+        """Publish many encoded events asynchronously and wait for all their acks.
+
+        Returns:
+            One entry per message: ``None`` if JetStream acknowledged it, else the error.
+
+        Raises:
+            ServiceUnavailable: not connected (nothing was sent).
+        """
+        return await (await self.send_encoded(messages)).wait(timeout)
+
+    async def send_encoded(self, messages: Sequence[EncodedEvent]) -> PendingAcks:
+        """Write encoded events to JetStream without waiting for their acks.
+
+        The messages go out in order on the one connection, so JetStream stores them in
+        that order (and after any sent before). Keep at most a few thousand in flight: the
+        client's window is 4,000.
+
+        Raises:
+            ServiceUnavailable: not connected (nothing was sent).
+        """
+        js = self.jetstream
+        futures: list[asyncio.Future[PubAck]] = []
+        failed: BaseException | None = None
+        for msg in messages:
+            try:
+                # No wait_stall: with one, every call goes through wait_for, which yields
+                # to the loop, so each message would be flushed in its own write.
+                fut = await js.publish_async(
+                    self.subject(msg.type), msg.payload, headers={"Nats-Msg-Id": msg.id}
+                )
+            except (nats.errors.Error, OSError) as exc:
+                failed = exc
+                break
+            futures.append(fut)
+        return PendingAcks(futures, len(messages), failed)
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        event_type: type[E],
+        handler: Handler[E],
+        *,
+        durable: str | None = None,
+        max_deliver: int = 5,
+        concurrency: int = 16,
+        backoff: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
+        ack_wait: float = 30.0,
+        deliver: Literal["all", "new"] = "all",
+    ) -> Handler[E]: ...
+    @overload
+    def subscribe(
+        self,
+        event_type: type[E],
+        handler: None = None,
+        *,
+        durable: str | None = None,
+        max_deliver: int = 5,
+        concurrency: int = 16,
+        backoff: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
+        ack_wait: float = 30.0,
+        deliver: Literal["all", "new"] = "all",
+    ) -> Callable[[Handler[E]], Handler[E]]: ...
+    def subscribe(
+        self,
+        event_type: type[E],
+        handler: Handler[E] | None = None,
+        *,
+        durable: str | None = None,
+        max_deliver: int = 5,
+        concurrency: int = 16,
+        backoff: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
+        ack_wait: float = 30.0,
+        deliver: Literal["all", "new"] = "all",
+    ) -> Handler[E] | Callable[[Handler[E]], Handler[E]]:
+        """Run ``handler`` for every ``event_type`` event, on a durable consumer.
+
+        Usable directly or as a decorator (``@bus.subscribe(BuildProgress, durable="x")``).
+        The message is acked when the handler returns; when it raises, the message is
+        delivered again after ``backoff[attempt - 1]`` seconds (the last value repeats);
+        after ``max_deliver`` failed tries it is copied to ``<namespace>.dlq.<subject>``
+        with the error in its headers, and dropped from the consumer. A message that does
+        not decode goes to the dead-letter subject at once. Registered before
+        :meth:`start_subscribers` it starts then; after, it starts at once.
+
+        Args:
+            event_type: the catalogue class to receive.
+            handler: ``async def handler(event) -> None``.
+            durable: the consumer's name (processes sharing it share the work); the
+                JetStream consumer is ``<durable>-<entity>-<action>``. Defaults to the
+                handler's qualified name.
+            max_deliver: tries before the dead-letter subject (>= 1).
+            concurrency: handlers of this subscription running at once (>= 1; 1 handles
+                events one at a time in stream order, apart from redeliveries).
+            backoff: delays in seconds before each redelivery.
+            ack_wait: seconds before an unacknowledged message is delivered again if its
+                process died; running handlers extend it automatically.
+            deliver: for a consumer that does not exist yet: ``"all"`` starts at the
+                beginning of the stream, ``"new"`` with the next event.
+
+        Returns:
+            ``handler`` (or a decorator that registers and returns it).
+
+        Raises:
+            ValidationError: a bad option (``field`` names it).
+        """
+
+        def register(fn: Handler[E]) -> Handler[E]:
+            name = durable if durable is not None else _default_durable(fn)
+            options = SubscriptionOptions.make(
+                durable=name,
+                event_type=event_type,
+                max_deliver=max_deliver,
+                concurrency=concurrency,
+                backoff=backoff,
+                ack_wait=ack_wait,
+                deliver=deliver,
+            )
+            if any(s.options.consumer == options.consumer for s in self._subscribers):
+                raise ValidationError(
+                    f"durable {name!r} already subscribes to {event_type.type!r}",
+                    field="durable",
+                )
+            sub: Subscriber[E] = Subscriber(self, event_type, fn, options)
+            self._subscribers.append(sub)  # type: ignore[arg-type]
+            if self._started:
+                sub.start()
+            return fn
+
+        return register if handler is None else register(handler)
+
+    async def start_subscribers(self) -> None:
+        """Start every registered subscription (and any registered later). Idempotent.
+
+        Consumers are created once NATS is reachable; until then the subscriptions wait.
+
+        Raises:
+            ServiceUnavailable: the bus is not open.
+        """
+        if not self._opened:
+            raise ServiceUnavailable("nats: the event bus is not open", service="nats")
+        if self._started:
+            return
+        self._started = True
+        for sub in self._subscribers:
+            sub.start()
+
+    # -- health --------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check the connection and the stream (one JetStream API call).
+
+        Raises:
+            ServiceUnavailable: not connected, JetStream does not answer in
+                ``health_timeout``, or the stream is missing.
+        """
+        js = self.jetstream
+        name = self.settings.stream_name
+        try:
+            await asyncio.wait_for(js.stream_info(name), self.settings.health_timeout)
+        except nats.js.errors.NotFoundError as exc:
+            raise ServiceUnavailable(f"nats: stream {name} is missing", service="nats") from exc
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"nats: {exc}", service="nats") from exc
+
+    def _redacted_urls(self) -> list[str]:
+        from wis2l_core.config import redact_url
+
+        return [redact_url(u) for u in self.settings.nats_urls]
+
+
+def _default_durable(fn: Callable[..., Awaitable[object]]) -> str:
+    name = str(getattr(fn, "__qualname__", "") or getattr(fn, "__name__", "") or "handler")
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_") or "handler"

@@ -1,0 +1,300 @@
+"""The outbox relay: publishes committed ``events`` rows to JetStream, then marks them.
+
+Repository writes insert their event row in the write's own transaction (so an event
+exists exactly when its write committed); a statement trigger sends ``NOTIFY
+wis2l_outbox`` at commit. The relay wakes on that notification (and on a fallback poll),
+and in one transaction per batch:
+
+1. claims the oldest unpublished rows ``ORDER BY seq ... FOR UPDATE SKIP LOCKED``, gated
+   by a transaction-scoped advisory lock so that one relay at a time publishes;
+2. publishes them asynchronously (in order, on one connection) with ``Nats-Msg-Id`` =
+   the event id, and waits for every JetStream ack;
+3. marks the acknowledged rows published and commits.
+
+There is no "last id seen" cursor: every pass looks at all unpublished rows, so a row
+that commits late with a lower ``seq`` is still found. If the relay dies between 2 and 3
+the rows stay unpublished and are sent again; JetStream's duplicate window drops the
+repeats. See ``docs/events.md`` for the ordering argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+import attrs
+import nats.js.errors
+import orjson
+import psycopg
+from psycopg.rows import DictRow
+
+from wis2l_core.config import Settings
+from wis2l_core.db.errors import translate
+from wis2l_core.db.pool import Connection, Database, connect_kwargs
+from wis2l_core.db.sql import Query, query_file
+from wis2l_core.errors import ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.events.bus import EncodedEvent, EventBus, PendingAcks
+
+__all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay"]
+
+log = logging.getLogger("wis2l_core.events.outbox")
+
+CHANNEL = "wis2l_outbox"
+"""The ``LISTEN``/``NOTIFY`` channel the ``events`` insert trigger signals."""
+LOCK_KEY = int.from_bytes(b"wis2lobx", "big") & 0x7FFF_FFFF_FFFF_FFFF
+"""The advisory lock that lets one relay at a time publish (per database)."""
+_BACKOFF_MAX = 5.0
+_BATCHES_PER_TX = 8
+_MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
+
+
+async def _fetch(conn: Connection, query: Query, **params: Any) -> list[DictRow]:
+    cur = await conn.execute(query.text, params, prepare=True)
+    return await cur.fetchall()
+
+
+@attrs.frozen
+class OutboxBacklog:
+    """How far behind the relay is.
+
+    Attributes:
+        size: events committed but not yet published.
+        oldest_age_s: seconds since the oldest of them was written, or ``None`` if none.
+    """
+
+    size: int
+    oldest_age_s: float | None
+
+
+class OutboxRelay:
+    """Moves committed events from the ``events`` table to JetStream.
+
+    No I/O in the constructor. Stop it before closing the bus it publishes with.
+
+    Args:
+        settings: ``database_url`` (for the ``LISTEN`` connection) and ``shutdown_timeout``.
+        database: the runtime's pool; each batch runs in one of its connections.
+        bus: an open :class:`EventBus`.
+        batch_size: rows claimed per batch (1 to 2,000); two batches are in flight to
+            JetStream at once, and up to 8 are marked per transaction.
+        poll_interval: seconds between passes when no notification arrives (a fallback:
+            a notification can be missed while the ``LISTEN`` connection reconnects).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        bus: EventBus,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if not 1 <= batch_size <= _MAX_BATCH:
+            raise ValidationError(f"batch_size must be 1..{_MAX_BATCH}", field="batch_size")
+        if not poll_interval > 0:
+            raise ValidationError("poll_interval must be > 0", field="poll_interval")
+        self.settings = settings
+        self._db = database
+        self._bus = bus
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._queries = query_file("outbox")
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.published = 0
+        """Events this relay published (acknowledged by JetStream) since it started."""
+        # Test hook: awaited with the acknowledged ids between publishing and marking.
+        self._after_publish: Callable[[Sequence[UUID]], Awaitable[None]] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start listening and relaying in the background. Idempotent."""
+        if self.running:
+            return
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._wake.set()  # first pass at once: rows may be waiting from before
+        self._listener = asyncio.create_task(self._listen(), name="wis2l-outbox-listen")
+        self._task = asyncio.create_task(self._run(), name="wis2l-outbox-relay")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Finish the batch in hand (up to ``timeout``, default ``shutdown_timeout``), stop.
+
+        Idempotent. A batch cut short is rolled back and published again by the next
+        relay; JetStream drops the copies it already has.
+        """
+        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        task, self._task = self._task, None
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=limit)
+            if not done:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def backlog(self) -> OutboxBacklog:
+        """Count the unpublished events and the age of the oldest (for ``health()``).
+
+        Raises:
+            ServiceUnavailable: the database cannot be reached.
+        """
+        row = await self._db.fetch_one(self._queries["backlog"], {})
+        assert row is not None
+        return OutboxBacklog(size=int(row["size"]), oldest_age_s=row["oldest_age_s"])
+
+    async def relay_once(self) -> int:
+        """Run one pass now (one transaction, up to 8 batches); return how many events
+        were published and marked.
+
+        Raises:
+            ServiceUnavailable: PostgreSQL or NATS is down; nothing is marked that was
+                not acknowledged.
+        """
+        return (await self._pass())[0]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        delay = 0.1
+        while not self._stopping:
+            if not self._bus.ready:
+                # NATS down: claim nothing; go on as soon as it is back (or on stop).
+                await self._until(self._bus.wait_ready(), self.poll_interval)
+                continue
+            self._wake.clear()
+            try:
+                await self._drain()
+                delay = 0.1
+            except Exception as exc:  # the relay must outlive any one failure
+                expected = isinstance(exc, Wis2lError | OSError | TimeoutError)
+                log.warning(
+                    "outbox relay: %s; retrying in %.1fs", exc, delay, exc_info=not expected
+                )
+                await self._until(asyncio.sleep(delay), None)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            await self._until(self._wake.wait(), self.poll_interval)
+
+    async def _until(self, aw: Awaitable[object], timeout: float | None) -> None:
+        """Wait for ``aw``, at most ``timeout`` seconds, or until :meth:`stop`."""
+        assert self._stop is not None
+        waiters = {asyncio.ensure_future(aw), asyncio.ensure_future(self._stop.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while not self._stopping and self._bus.ready:
+            _, more, error = await self._pass()
+            if error is not None:
+                raise error
+            if not more:
+                return
+
+    async def _pass(self) -> tuple[int, bool, Wis2lError | None]:
+        """One transaction: claim, publish and mark up to ``_BATCHES_PER_TX`` batches.
+
+        The next batch is claimed and sent while the previous one's acks are awaited, so
+        the database and NATS work overlap. Returns (events marked, whether rows were
+        left, the error that stopped it).
+        """
+        size = self.batch_size
+        claim, claim_more = self._queries["claim"], self._queries["claim_more"]
+        marked, full, error = 0, False, None
+        async with self._db.connection() as conn:
+            try:
+                async with conn.pipeline(), conn.transaction():
+                    rows = await _fetch(conn, claim, lock_key=LOCK_KEY, limit=size)
+                    pending = await self._send(rows)
+                    claimed = len(rows)
+                    while pending is not None:
+                        current, acks = rows, pending
+                        rows, pending = [], None
+                        full = len(current) == size
+                        if full and error is None and claimed < size * _BATCHES_PER_TX:
+                            after = current[-1]["seq"]
+                            rows = await _fetch(conn, claim_more, after=after, limit=size)
+                            pending = await self._send(rows)
+                            claimed += len(rows)
+                        count, failed = await self._settle(conn, current, acks)
+                        marked += count
+                        error = error or failed
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+        self.published += marked
+        return marked, full, error
+
+    async def _settle(
+        self, conn: Connection, rows: list[DictRow], acks: PendingAcks
+    ) -> tuple[int, Wis2lError | None]:
+        """Wait for ``rows``' acks and mark the acknowledged ones (in the transaction)."""
+        results = await acks.wait()
+        acked = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
+        if self._after_publish is not None:
+            await self._after_publish(acked)
+        if acked:
+            mark = self._queries["mark_published"].text
+            await conn.execute(mark, {"ids": acked}, prepare=True)
+        failures = [res for res in results if res is not None]
+        return len(acked), (await self._failed(failures, len(rows)) if failures else None)
+
+    async def _send(self, rows: list[DictRow]) -> PendingAcks | None:
+        if not rows:
+            return None
+        batch = [EncodedEvent(r["subject"], orjson.dumps(r["payload"]), str(r["id"])) for r in rows]
+        return await self._bus.send_encoded(batch)
+
+    async def _failed(self, failures: list[BaseException], out_of: int) -> Wis2lError:
+        first = failures[0]
+        log.warning(
+            "outbox relay: %d of %d events not acknowledged (%s: %s)",
+            len(failures),
+            out_of,
+            type(first).__name__,
+            first,
+        )
+        if isinstance(first, nats.js.errors.NoStreamResponseError):
+            with contextlib.suppress(ServiceUnavailable):
+                await self._bus.ensure_stream()  # NATS lost the stream: make it again
+        return ServiceUnavailable(f"nats: publish failed: {first}", service="nats")
+
+    async def _listen(self) -> None:
+        assert self._wake is not None
+        delay = 0.2
+        kwargs = connect_kwargs(self.settings) | {"application_name": "wis2l-core-outbox"}
+        while not self._stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.settings.database_url, **kwargs)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._wake.set()  # catch up on anything committed while not listening
+                    delay = 0.2
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except Exception as exc:
+                log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
