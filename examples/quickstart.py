@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from wis2l_core import BuildStatus, DeploymentStatus, Engine, Language, Settings, Wis2l
+from wis2l_core.events import BuildCompleted, DeploymentCompleted, DomainEvent
 
 
 @asynccontextmanager
@@ -55,7 +56,7 @@ async def main() -> None:
                 slug="godot-platformer",
                 name="Godot 2D platformer",
                 engine=Engine.GODOT,
-                files={"project.godot": "[application]\nconfig/name=\"Platformer\"\n"},
+                files={"project.godot": '[application]\nconfig/name="Platformer"\n'},
             )
         slug = f"sky-jumper-{int(time.time())}"
         project = await wis.projects.create(
@@ -67,6 +68,17 @@ async def main() -> None:
             metadata={"genre": "platformer"},
         )
         print(f"project    {project.name} ({project.slug}) on {project.engine}")
+
+        # Events reach JetStream through the outbox relay once their transaction commits;
+        # a typed subscriber receives them (here: this project's completions).
+        received: asyncio.Queue[DomainEvent] = asyncio.Queue()
+
+        async def on_completed(event: BuildCompleted | DeploymentCompleted) -> None:
+            if event.project_id == project.id:
+                await received.put(event)
+
+        wis.bus.subscribe(BuildCompleted, on_completed, durable="quickstart")
+        wis.bus.subscribe(DeploymentCompleted, on_completed, durable="quickstart")
 
         # SPARK: an AI-generated component (its ComponentCreated event is in the outbox)
         component = await wis.components.create(
@@ -108,11 +120,23 @@ async def main() -> None:
         )
         print(f"deployment {deployment.environment} v{deployment.version}: {deployment.url}")
 
+        for _ in range(2):
+            event = await asyncio.wait_for(received.get(), timeout=15)
+            print(f"received   {event.subject(wis.settings.namespace)} (id {event.id})")
+
         # the audit log: every write above recorded its event in the same transaction
         page = await wis.events.find_by_project_id(project.id)
         print(f"events     {len(page.items)} recorded for the project:")
         for event in page.items:
             print(f"           - {event.type:<22} ({event.subsystem})")
+
+        # health: every service checked at once, each within its timeout
+        report = await wis.health()
+        checks = ", ".join(
+            f"{name} {'up' if check.healthy else 'DOWN'} {check.latency_ms:.1f} ms"
+            for name, check in report.checks.items()
+        )
+        print(f"health     {report.status} ({checks})")
 
 
 if __name__ == "__main__":

@@ -39,10 +39,18 @@ def run_example(name: str, servers: Servers, database_url: str, namespace: str) 
 def test_quickstart_runs_the_whole_flow(
     wis2l_servers: Servers, wis2l_database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    out = run_example("quickstart.py", wis2l_servers, wis2l_database_url, "qs" + os.urandom(4).hex())
+    out = run_example(
+        "quickstart.py", wis2l_servers, wis2l_database_url, "qs" + os.urandom(4).hex()
+    )
+    assert "health     ok (database up" in out
     for line in ("user ", "project ", "component ", "build ", "deployment ", "events "):
         assert any(row.startswith(line) for row in out.splitlines()), (line, out)
     assert "PlayerController v2" in out
     assert "html5: completed 100%" in out
     assert "component.created" in out
     assert "deployment.completed" in out
+    received = [row for row in out.splitlines() if row.startswith("received")]
+    assert sorted(r.split()[1].split(".", 1)[1] for r in received) == [
+        "build.completed",
+        "deployment.completed",
+    ]

@@ -8,8 +8,8 @@ statements and the transaction go to the server as one pipelined round trip.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
@@ -111,6 +111,30 @@ class Repository:
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
         return nullcontext() if self._conn is not None else conn.transaction()
+
+    @asynccontextmanager
+    async def _unit(self) -> AsyncIterator[Connection]:
+        """A connection in one transaction (the caller's, inside ``wis.transaction()``).
+
+        For writes that need several statements decided one after another; each statement
+        runs with :meth:`_exec` and the event is recorded with :meth:`_record`.
+        """
+        async with self._db.connection(self._conn) as conn:
+            try:
+                async with self._transaction(conn):
+                    yield conn
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+
+    async def _exec(self, conn: Connection, name: str, params: dict[str, Any]) -> DictRow | None:
+        """Run query ``name`` on ``conn`` (inside :meth:`_unit`); return its first row."""
+        cur = await conn.execute(self._q(name).text, params, prepare=True)
+        return await cur.fetchone()
+
+    async def _record(self, conn: Connection, event: DomainEvent) -> None:
+        """Record ``event`` in the outbox on ``conn`` (inside :meth:`_unit`)."""
+        record = query_file("events")["insert_outbox"]
+        await conn.execute(record.text, event_params(event), prepare=True)
 
     async def _write(
         self, name: str, params: dict[str, Any], event: EventFor = None

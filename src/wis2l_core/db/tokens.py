@@ -253,17 +253,24 @@ class TokenRepository(Repository):
             seen.add(fields["name"])
             items.append(fields | {"id": str(uuid7())})
 
-        def synced(row: DictRow) -> TokensSynced:
-            return TokensSynced(project_id=pid, count=len(items), changed=row["changed"])
-
-        row = await self._write("sync", {"project_id": pid, "tokens": Jsonb(items)}, synced)
-        assert row is not None
-        stored = _stored(row)
-        for _ in range(_ATTEMPTS):
-            missing = [t for t in items if t["name"] not in stored]
-            if not missing:
-                return [stored[t["name"]] for t in items]
-            again = await self._write("sync", {"project_id": pid, "tokens": Jsonb(missing)})
-            assert again is not None
-            stored |= _stored(again)
+        # A token another transaction inserted after this statement began (with the same
+        # value) comes back from neither branch of the upsert; a second statement in the
+        # same transaction sees it. Its changes count in the one TokensSynced.
+        async with self._unit() as conn:
+            row = await self._exec(conn, "sync", {"project_id": pid, "tokens": Jsonb(items)})
+            assert row is not None
+            stored, changed = _stored(row), row["changed"]
+            for _ in range(_ATTEMPTS):
+                missing = [t for t in items if t["name"] not in stored]
+                if not missing:
+                    await self._record(
+                        conn, TokensSynced(project_id=pid, count=len(items), changed=changed)
+                    )
+                    return [stored[t["name"]] for t in items]
+                again = await self._exec(
+                    conn, "sync", {"project_id": pid, "tokens": Jsonb(missing)}
+                )
+                assert again is not None
+                stored |= _stored(again)
+                changed += again["changed"]
         raise Wis2lError("design tokens kept changing during sync; try again")

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from wis2l_core._aio import cancel_and_wait
 from wis2l_core.config import Settings
 from wis2l_core.errors import ServiceUnavailable, ValidationError
 from wis2l_core.events.catalogue import DomainEvent, encode_event
@@ -218,10 +219,7 @@ class EventBus:
         self._opened, self._closing, self._started = False, True, False
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         await asyncio.gather(*(s.stop(limit) for s in self._subscribers))
-        for task in (self._connect_task, self._setup_task):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(*(t for t in (self._connect_task, self._setup_task) if t))
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             try:

@@ -32,6 +32,7 @@ import orjson
 import psycopg
 from psycopg.rows import DictRow
 
+from wis2l_core._aio import cancel_and_wait
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import translate
 from wis2l_core.db.pool import Connection, Database, connect_kwargs
@@ -142,14 +143,11 @@ class OutboxRelay:
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         task, self._task = self._task, None
         if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=limit)
-            if not done:
-                task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=limit)
+            await cancel_and_wait(task)
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            await cancel_and_wait(listener)
 
     async def backlog(self) -> OutboxBacklog:
         """Count the unpublished events and the age of the oldest (for ``health()``).

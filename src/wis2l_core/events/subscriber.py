@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from wis2l_core._aio import cancel_and_wait
 from wis2l_core.errors import ServiceUnavailable, ValidationError
 from wis2l_core.events.catalogue import DomainEvent, decode_event
 
@@ -140,20 +141,14 @@ class Subscriber(Generic[E]):
 
     async def stop(self, timeout: float) -> None:
         """Stop fetching, let running handlers finish (up to ``timeout``), cancel the rest."""
-        for task in (self._task, self._keepalive):
-            if task is not None and not task.done():
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._task, self._keepalive) if t is not None), return_exceptions=True
-        )
+        await cancel_and_wait(*(t for t in (self._task, self._keepalive) if t is not None))
         self._task = self._keepalive = None
         running = set(self._running)
         if running:
             _, late = await asyncio.wait(running, timeout=timeout)
-            for task in late:
-                log.warning("handler for %s cancelled at shutdown", self.subject)
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                log.warning("%d handler(s) for %s cancelled at shutdown", len(late), self.subject)
+            await cancel_and_wait(*late)
 
     def interrupt(self) -> None:
         """Abandon the pending fetch (its pull request died with the old connection)."""
@@ -190,19 +185,8 @@ class Subscriber(Generic[E]):
                 await self._wait_for_slot()
                 if _being_cancelled():  # see the top of the loop
                     raise asyncio.CancelledError
-                free = self.options.concurrency - len(self._running)
-                fetching = asyncio.ensure_future(psub.fetch(free, timeout=_FETCH_WAIT))
-                fetching.add_done_callback(_retrieve)
-                self._fetching = fetching
                 try:
-                    # Wait without handing our cancellation to the fetch: nats-py may
-                    # swallow it and hold stop() until the pull expires.
-                    try:
-                        await asyncio.wait({fetching})
-                    except asyncio.CancelledError:
-                        fetching.cancel()
-                        raise
-                    msgs = fetching.result()
+                    msgs = await self._fetch(psub)
                 except TimeoutError:  # nothing to do (nats' timeouts subclass it)
                     continue
                 except asyncio.CancelledError:
@@ -216,8 +200,6 @@ class Subscriber(Generic[E]):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _REBIND_MAX)
                     continue
-                finally:
-                    self._fetching = None
                 delay = 0.1
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
@@ -225,6 +207,26 @@ class Subscriber(Generic[E]):
                     task.add_done_callback(self._done)
         finally:
             await _unsubscribe(psub)
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Pull up to the free handler slots, without handing our cancellation to nats-py.
+
+        nats-py may swallow a cancellation of its fetch and hold ``stop()`` until the pull
+        expires, so the fetch runs as its own future that is abandoned on cancellation.
+        """
+        free = self.options.concurrency - len(self._running)
+        fetching = asyncio.ensure_future(psub.fetch(free, timeout=_FETCH_WAIT))
+        fetching.add_done_callback(_retrieve)
+        self._fetching = fetching
+        try:
+            try:
+                await asyncio.wait({fetching})
+            except asyncio.CancelledError:
+                fetching.cancel()
+                raise
+            return fetching.result()
+        finally:
+            self._fetching = None
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         js = self.bus.jetstream
