@@ -16,6 +16,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.states import allowed_from
 from wis2l_core.db.validate import (
     check_enum,
     check_int,
@@ -48,16 +49,7 @@ BUILD_TRANSITIONS: Mapping[BuildStatus, frozenset[BuildStatus]] = {
 }
 """status -> the statuses it may move to. ``completed`` and ``failed`` are final."""
 
-# The statuses from which ``update(status=X)`` is accepted: the real moves into X, plus X
-# itself while X is not final (``building`` again is a no-op for the status).
-_ALLOWED_FROM: Mapping[BuildStatus, list[str]] = {
-    target: [
-        s.value
-        for s in BuildStatus
-        if target in BUILD_TRANSITIONS[s] or (s is target and BUILD_TRANSITIONS[s])
-    ]
-    for target in BuildStatus
-}
+_ALLOWED_FROM = allowed_from(BUILD_TRANSITIONS)
 _ANY = [s.value for s in BuildStatus]
 _MAX_LOG = 1_000_000
 

@@ -15,6 +15,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 
 from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.states import allowed_from
 from wis2l_core.db.validate import check_enum, check_optional_uuid, check_text, check_uuid
 from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
 from wis2l_core.events.catalogue import (
@@ -39,15 +40,7 @@ DEPLOYMENT_TRANSITIONS: Mapping[DeploymentStatus, frozenset[DeploymentStatus]] =
 }
 """status -> the statuses it may move to. ``completed`` and ``failed`` are final."""
 
-# Moves into X, plus X itself while X is not final (a no-op for the status).
-_ALLOWED_FROM: Mapping[DeploymentStatus, list[str]] = {
-    target: [
-        s.value
-        for s in DeploymentStatus
-        if target in DEPLOYMENT_TRANSITIONS[s] or (s is target and DEPLOYMENT_TRANSITIONS[s])
-    ]
-    for target in DeploymentStatus
-}
+_ALLOWED_FROM = allowed_from(DEPLOYMENT_TRANSITIONS)
 _ANY = [s.value for s in DeploymentStatus]
 MAX_URL = 2048
 
