@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -64,3 +65,22 @@ async def test_injection_strings_are_stored_verbatim(wis: Wis2l) -> None:
     user = await wis.users.create(email="bobby@tables.io", name=evil, subject="' OR 1=1 --")
     assert (await wis.users.find_by_id(user.id)).name == evil  # type: ignore[union-attr]
     assert await wis.users.find_by_subject("' OR 1=1 --") == user
+
+
+async def test_development_logs_query_names_and_durations_never_values(
+    wis: Wis2l, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-subject-value"
+    with caplog.at_level(logging.DEBUG, logger="wis2l_core.db"):
+        user = await wis.users.create(email="log@example.com", name="Log", subject=secret)
+        await wis.users.find_by_id(user.id)
+        async with wis.transaction() as tx:
+            await tx.tokens.sync(
+                (await wis.projects.create(owner_id=user.id, name="P", slug="p", engine="web")).id,
+                [{"name": "c", "category": "color", "value": "#fff"}],
+            )
+    messages = [r.getMessage() for r in caplog.records if r.name == "wis2l_core.db"]
+    for name in ("users.create took", "users.find_by_id took", "design_tokens.sync took"):
+        assert any(m.startswith(name) and m.endswith(" ms") for m in messages), (name, messages)
+    assert secret not in caplog.text
+    assert "log@example.com" not in caplog.text

@@ -134,7 +134,7 @@ class Database:
                 row = await cur.fetchone()
             except psycopg.Error as exc:
                 raise translate(exc) from exc
-            self._log(query, start)
+            self.log_query(query, start)
             return row
 
     async def fetch_all(
@@ -148,7 +148,7 @@ class Database:
                 rows = await cur.fetchall()
             except psycopg.Error as exc:
                 raise translate(exc) from exc
-            self._log(query, start)
+            self.log_query(query, start)
             return rows
 
     async def execute_many(
@@ -167,10 +167,15 @@ class Database:
                             break
             except psycopg.Error as exc:
                 raise translate(exc) from exc
-            self._log(query, start, count=len(params_seq))
+            self.log_query(query, start, count=len(params_seq))
             return rows
 
-    def _log(self, query: Query, start: float, count: int = 1) -> None:
+    def log_query(self, query: Query, start: float, count: int = 1) -> None:
+        """In development, log ``query``'s name and the time since ``start`` at DEBUG.
+
+        Only the query's name and file are logged, never its parameters (they may hold
+        secrets or personal data).
+        """
         if self._debug and log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s.%s took %.2f ms",

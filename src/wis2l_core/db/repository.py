@@ -8,6 +8,7 @@ statements and the transaction go to the server as one pipelined round trip.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, ClassVar, TypeVar
@@ -128,8 +129,12 @@ class Repository:
 
     async def _exec(self, conn: Connection, name: str, params: dict[str, Any]) -> DictRow | None:
         """Run query ``name`` on ``conn`` (inside :meth:`_unit`); return its first row."""
-        cur = await conn.execute(self._q(name).text, params, prepare=True)
-        return await cur.fetchone()
+        query = self._q(name)
+        start = time.perf_counter()
+        cur = await conn.execute(query.text, params, prepare=True)
+        row = await cur.fetchone()
+        self._db.log_query(query, start)
+        return row
 
     async def _record(self, conn: Connection, event: DomainEvent) -> None:
         """Record ``event`` in the outbox on ``conn`` (inside :meth:`_unit`)."""
@@ -154,6 +159,7 @@ class Repository:
         """Run write ``name`` once per parameter set plus one event, in one transaction."""
         query = self._q(name)
         record = query_file("events")["insert_outbox"]
+        start = time.perf_counter()
         async with self._db.connection(self._conn) as conn:
             try:
                 async with conn.pipeline():
@@ -168,10 +174,12 @@ class Repository:
                             made = event(rows[0]) if rows else None
                             if made is not None:
                                 await conn.execute(record.text, event_params(made), prepare=True)
-                            return rows
-                    return await _fetch(cursors)
+                    if event is None or isinstance(event, DomainEvent):
+                        rows = await _fetch(cursors)
             except psycopg.Error as exc:
                 raise translate(exc) from exc
+        self._db.log_query(query, start, count=len(params_seq))
+        return rows
 
 
 async def _fetch(cursors: Sequence[psycopg.AsyncCursor[DictRow]]) -> list[DictRow]:
