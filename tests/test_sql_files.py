@@ -1,8 +1,8 @@
 """The query files: every query a repository names exists, every query is used, all prepare.
 
 Which queries the code uses is read from the source's syntax tree, not by running it: in a
-class with ``table = "<t>"``, the first argument of ``self._one/_all/_page/_write/
-_write_many/_q`` names a query of ``sql/queries/<t>.sql``; anywhere in the package, so
+class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_write/
+_write_many/_q/_exec`` names a query of ``sql/queries/<t>.sql``; anywhere in the package, so
 does ``query_file("<t>")["<name>"]`` (also through a variable or attribute assigned
 ``query_file("<t>")``). A name must be a string literal, or a local variable whose
 assignment holds only literal names (``name = {...: "find_all", ...}[key]``), so that
@@ -25,7 +25,16 @@ from wis2l_core.db.check import check_queries
 from wis2l_core.db.sql import query_files, sql_root
 
 PACKAGE = Path(wis2l_core.__file__).parent
-QUERY_METHODS = {"_one", "_all", "_page", "_write", "_write_many", "_q"}
+# method -> the position of its query-name argument
+QUERY_METHODS = {
+    "_one": 0,
+    "_all": 0,
+    "_page": 0,
+    "_write": 0,
+    "_write_many": 0,
+    "_q": 0,
+    "_exec": 1,
+}
 
 
 def _str(node: ast.AST) -> str | None:
@@ -112,7 +121,8 @@ def _scan(path: Path, used: set[tuple[str, str]], dynamic: list[str]) -> None:
                         and isinstance(call.func.value, ast.Name)
                         and call.func.value.id == "self"
                     ):
-                        names = _names_in(func, call.args[0]) if call.args else None
+                        at = QUERY_METHODS[call.func.attr]
+                        names = _names_in(func, call.args[at]) if len(call.args) > at else None
                         if names is None:
                             dynamic.append(f"{path.name}:{call.lineno}")
                         used.update((table, n) for n in names or ())
