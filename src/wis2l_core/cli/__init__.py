@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wis2l",
         description="wis2l-core: migrations, the embedded dev stack, events and health.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG to stderr (default: errors only)"
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for area in (db, dev, events, health):
         area.add_parser(sub)
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        # Commands print their own findings; the library's warnings would repeat them.
+        level=logging.DEBUG if args.verbose else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
