@@ -37,3 +37,20 @@ def examples(session: nox.Session) -> None:
     """Run every example script against the embedded stack (or WIS2L_TEST_* servers)."""
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/test_examples.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with ``mkdocs build --strict`` (into site/)."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "python",
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "site",
+        *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )

@@ -170,8 +170,8 @@ class TokenCache:
             The value (treat it as read-only: concurrent callers may share it).
 
         Raises:
-            Whatever ``loader`` raises (nothing is cached then). Redis errors never
-            propagate: the cache fails open.
+            Exception: whatever ``loader`` raises (nothing is cached then). Redis errors
+                never propagate: the cache fails open.
         """
         key = str(project_id)
         vkey = self._client.key(SERVICE, key)
