@@ -15,28 +15,12 @@ or against your own servers: set DATABASE_URL / REDIS_URL / NATS_URL first.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from wis2l_core import BuildStatus, DeploymentStatus, Engine, Language, Settings, Wis2l
+from _common import runtime
+
+from wis2l_core import BuildStatus, DeploymentStatus, Engine, Language
 from wis2l_core.events import BuildCompleted, DeploymentCompleted, DomainEvent
-
-
-@asynccontextmanager
-async def runtime() -> AsyncIterator[Wis2l]:
-    """Your servers when DATABASE_URL is set, else the embedded stack."""
-    if os.environ.get("DATABASE_URL"):
-        wis = Wis2l(Settings.from_env())
-        await wis.migrate()
-        async with wis:
-            yield wis
-    else:
-        started = time.perf_counter()
-        async with Wis2l.embedded() as wis:
-            print(f"embedded stack up and migrated in {time.perf_counter() - started:.1f} s")
-            yield wis
 
 
 async def main() -> None:
@@ -127,8 +111,8 @@ async def main() -> None:
         # the audit log: every write above recorded its event in the same transaction
         page = await wis.events.find_by_project_id(project.id)
         print(f"events     {len(page.items)} recorded for the project:")
-        for event in page.items:
-            print(f"           - {event.type:<22} ({event.subsystem})")
+        for row in page.items:
+            print(f"           - {row.type:<22} ({row.subsystem})")
 
         # health: every service checked at once, each within its timeout
         report = await wis.health()

@@ -33,6 +33,7 @@ from wis2l_core.models import (
     TokenCategory,
     User,
 )
+from wis2l_core.notebook import all_pages, to_record, to_records
 from wis2l_core.runtime import Transaction, Wis2l
 
 __all__ = [
@@ -69,5 +70,8 @@ __all__ = [
     "ValidationError",
     "Wis2l",
     "Wis2lError",
+    "all_pages",
     "health_app",
+    "to_record",
+    "to_records",
 ]
