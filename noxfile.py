@@ -21,8 +21,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "benchmarks")
 
 
 @nox.session
@@ -54,3 +54,15 @@ def docs(session: nox.Session) -> None:
         *session.posargs,
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: library vs raw drivers and SQLAlchemy (``-- --quick`` for a smoke run).
+
+    Uses the WIS2L_TEST_* servers when set, else an embedded stack. Writes
+    benchmarks/results/latest.json and docs/img/performance.png; targets are reported,
+    never enforced (exit 0).
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
