@@ -57,10 +57,23 @@ async def build_in(wis: Wis2l, project_id: uuid.UUID, status: BuildStatus) -> Bu
     return build
 
 
+B = BuildStatus
+# The contract, spelled out here rather than read from the code under test.
+MOVES = {
+    (B.PENDING, B.BUILDING),
+    (B.PENDING, B.FAILED),
+    (B.BUILDING, B.COMPLETED),
+    (B.BUILDING, B.FAILED),
+}
+
+
 def allowed(current: BuildStatus, requested: BuildStatus) -> bool:
-    """The contract: real moves, plus the same status while not final."""
-    final = not BUILD_TRANSITIONS[current]
-    return requested in BUILD_TRANSITIONS[current] or (requested is current and not final)
+    """Only the moves of DESIGN.md; the current status again is refused too."""
+    return (current, requested) in MOVES
+
+
+def test_the_transition_table_is_the_contract() -> None:
+    assert {(a, b) for a, targets in BUILD_TRANSITIONS.items() for b in targets} == MOVES
 
 
 async def test_create_and_find(wis: Wis2l) -> None:
@@ -156,7 +169,7 @@ async def test_timestamps_follow_the_status(wis: Wis2l) -> None:
     assert failed_early.started_at is None
     assert failed_early.finished_at is not None
     building = await build_in(wis, project_id, S.BUILDING)
-    again = await wis.builds.update(building.id, status="building", progress=10)
+    again = await wis.builds.update(building.id, progress=10)
     assert again.started_at == building.started_at
     assert again.finished_at is None
     failed = await wis.builds.update(building.id, status="failed", progress=80)
@@ -195,8 +208,10 @@ async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
     await wis.builds.update(build.id, progress=30)
     before = len(await events(wis))
     same = await wis.builds.update(build.id, progress=30, log="a")
-    same = await wis.builds.update(build.id, status="building", log="b")
+    same = await wis.builds.update(build.id, log="b")
     assert (same.progress, same.logs) == (30, "ab")
+    with pytest.raises(InvalidTransition):  # a second claim of a building build
+        await wis.builds.update(build.id, status="building", log="c")
     assert len(await events(wis)) == before
     done = await wis.builds.update(build.id, status="completed")
     late = await wis.builds.update(done.id, log="uploaded\n", artifacts={"zip": "a.zip"})
@@ -337,3 +352,17 @@ async def test_injection_strings_are_stored_verbatim(wis: Wis2l, evil: str) -> N
     done = await wis.builds.update(build.id, log=evil, artifacts={evil: evil})
     assert (done.target, done.logs, dict(done.artifacts)) == (evil, evil, {evil: evil})
     assert (await wis.builds.find_all(status="pending")).items == (done,)
+
+
+async def test_claiming_a_build_is_exclusive(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await wis.builds.create(project_id=project_id, target="web")
+    results = await asyncio.gather(
+        *(wis.builds.update(build.id, status="building") for _ in range(5)),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, InvalidTransition)]
+    assert (len(won), len(lost)) == (1, 4)
+    rows = await events(wis)
+    assert [r["type"] for r in rows].count("build.started") == 1

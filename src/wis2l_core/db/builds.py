@@ -161,9 +161,9 @@ class BuildRepository(Repository):
         Rules (checked atomically by the database):
 
         - ``status`` moves ``pending -> building -> completed | failed`` or
-          ``pending -> failed``. Asking for the status the build already has is allowed
-          while it is not final (``building`` again: the status is unchanged, no
-          ``BuildStarted``); ``completed`` and ``failed`` are final.
+          ``pending -> failed``; anything else, the status the build already has
+          included, is an ``InvalidTransition``. So of two workers that move one build
+          to ``building``, exactly one succeeds: the claim is exclusive.
         - ``progress`` (0..100) may change only while the build is (or is being moved to)
           ``building``; ``failed`` may carry the progress reached; ``completed`` sets 100
           (another value with it is a ``ValidationError``, as is a progress with

@@ -157,8 +157,8 @@ class DeploymentRepository(Repository):
         """Move a deployment along its state machine and/or set its URL.
 
         ``status`` moves ``pending -> in_progress -> completed | failed`` or
-        ``pending -> failed``; asking for the current status again is a no-op while it is
-        not final; ``completed`` and ``failed`` are final. ``url`` (http/https, or ``None``
+        ``pending -> failed``; anything else (the current status again included) is an
+        ``InvalidTransition``; ``completed`` and ``failed`` are final. ``url`` (http/https, or ``None``
         to clear it) may be set in any status. A status change records
         ``DeploymentStarted``, ``DeploymentCompleted`` (with the URL) or
         ``DeploymentFailed`` with the write; a URL-only change records no event.

@@ -14,15 +14,12 @@ S = TypeVar("S", bound=enum.StrEnum)
 def allowed_from(transitions: Mapping[S, frozenset[S]]) -> dict[S, list[str]]:
     """For each target status, the statuses ``update(status=target)`` is accepted from.
 
-    That is the real moves into the target, plus the target itself while it is not final
-    (asking for ``building`` again is a no-op for the status, not an error). The lists hold
-    the values, ready for an ``= ANY(%(allowed_from)s::text[])`` test in SQL.
+    Only real moves count: asking for the status an entity already has is an
+    ``InvalidTransition`` too, so moving a build to ``building`` tells exactly one worker
+    that the build is its own. The lists hold the values, ready for an
+    ``= ANY(%(allowed_from)s::text[])`` test in SQL.
     """
     return {
-        target: [
-            s.value
-            for s in transitions
-            if target in transitions[s] or (s is target and transitions[s])
-        ]
+        target: [s.value for s in transitions if target in transitions[s]]
         for target in transitions
     }
