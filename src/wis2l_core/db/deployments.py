@@ -158,8 +158,8 @@ class DeploymentRepository(Repository):
 
         ``status`` moves ``pending -> in_progress -> completed | failed`` or
         ``pending -> failed``; anything else (the current status again included) is an
-        ``InvalidTransition``; ``completed`` and ``failed`` are final. ``url`` (http/https, or ``None``
-        to clear it) may be set in any status. A status change records
+        ``InvalidTransition``; ``completed`` and ``failed`` are final. ``url`` (http/https,
+        or ``None`` to clear it) may be set in any status. A status change records
         ``DeploymentStarted``, ``DeploymentCompleted`` (with the URL) or
         ``DeploymentFailed`` with the write; a URL-only change records no event.
 

@@ -20,6 +20,5 @@ def allowed_from(transitions: Mapping[S, frozenset[S]]) -> dict[S, list[str]]:
     ``= ANY(%(allowed_from)s::text[])`` test in SQL.
     """
     return {
-        target: [s.value for s in transitions if target in transitions[s]]
-        for target in transitions
+        target: [s.value for s in transitions if target in transitions[s]] for target in transitions
     }
