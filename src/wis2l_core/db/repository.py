@@ -23,10 +23,9 @@ from wis2l_core.db.errors import translate
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.db.validate import check_limit
-from wis2l_core.events.catalogue import DomainEvent
+from wis2l_core.events.catalogue import DomainEvent, event_payload
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
-from wis2l_core.serde import unstructure
 
 __all__ = ["EventFor", "Repository", "event_params", "set_field"]
 
@@ -50,15 +49,13 @@ def set_field(
 
 def event_params(event: DomainEvent) -> dict[str, Any]:
     """The ``events`` row for ``event``: its type, subsystem, subject and JSON payload."""
-    payload = unstructure(event)
-    payload["type"] = event.type
     return {
         "id": event.id,
         "type": event.type,
         "subsystem": event.subsystem.value,
         "project_id": event.project_id,
         "subject": event.type,
-        "payload": Jsonb(payload),
+        "payload": Jsonb(event_payload(event)),
     }
 
 
