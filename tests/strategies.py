@@ -20,7 +20,7 @@ from uuid import UUID
 
 from hypothesis import strategies as st
 
-from wis2l_core.events.catalogue import (
+from wis2l_core.catalogue import (
     BuildCompleted,
     BuildFailed,
     BuildProgress,

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wis2l_core.catalogue import event_payload, field_docs
 from wis2l_core.cli import main
 from wis2l_core.db.repository import event_params
 from wis2l_core.errors import ValidationError
@@ -34,7 +35,6 @@ from wis2l_core.events import (
     event_class,
 )
 from wis2l_core.events.asyncapi import event_schema, to_yaml
-from wis2l_core.events.catalogue import event_payload, field_docs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"

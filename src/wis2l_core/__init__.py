@@ -1,6 +1,21 @@
 """wis2l-core: the data layer of the WIS2L game-development platform."""
 
 from wis2l_core.asgi import health_app
+from wis2l_core.catalogue import (
+    BuildCompleted,
+    BuildFailed,
+    BuildProgress,
+    BuildStarted,
+    ComponentCreated,
+    ComponentDeleted,
+    ComponentUpdated,
+    DeploymentCompleted,
+    DeploymentFailed,
+    DeploymentStarted,
+    DomainEvent,
+    TokensSynced,
+    TokenUpdated,
+)
 from wis2l_core.config import AppEnvironment, Settings
 from wis2l_core.errors import (
     ConfigError,
@@ -39,14 +54,25 @@ from wis2l_core.runtime import Transaction, Wis2l
 __all__ = [
     "AppEnvironment",
     "Build",
+    "BuildCompleted",
+    "BuildFailed",
+    "BuildProgress",
+    "BuildStarted",
     "BuildStatus",
     "CheckResult",
     "Component",
+    "ComponentCreated",
+    "ComponentDeleted",
+    "ComponentUpdated",
     "ConfigError",
     "Conflict",
     "Deployment",
+    "DeploymentCompleted",
+    "DeploymentFailed",
+    "DeploymentStarted",
     "DeploymentStatus",
     "DesignToken",
+    "DomainEvent",
     "Engine",
     "Environment",
     "Event",
@@ -65,6 +91,8 @@ __all__ = [
     "Subsystem",
     "Template",
     "TokenCategory",
+    "TokenUpdated",
+    "TokensSynced",
     "Transaction",
     "User",
     "ValidationError",

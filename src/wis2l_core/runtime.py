@@ -29,24 +29,17 @@ import psycopg
 
 from wis2l_core.cache import BuildCache, Cache, RateLimiter, RedisClient, SessionStore, TokenCache
 from wis2l_core.config import Settings
-from wis2l_core.db.builds import BuildRepository
-from wis2l_core.db.components import ComponentRepository
-from wis2l_core.db.deployments import DeploymentRepository
 from wis2l_core.db.errors import translate
-from wis2l_core.db.events import EventRepository
 from wis2l_core.db.migrate import apply_migrations
-from wis2l_core.db.pool import Connection, Database, connect_kwargs
-from wis2l_core.db.projects import ProjectRepository
-from wis2l_core.db.templates import TemplateRepository
-from wis2l_core.db.tokens import TokenRepository
-from wis2l_core.db.users import UserRepository
+from wis2l_core.db.pool import Database, connect_kwargs
+from wis2l_core.db.repositories import Repositories, Transaction
 from wis2l_core.errors import ServiceUnavailable, StartupError
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.events.outbox import OutboxRelay
 from wis2l_core.health import HealthChecker, HealthReport, describe_error, secrets_of
 
-__all__ = ["Repositories", "Transaction", "Wis2l"]
+__all__ = ["Repositories", "Transaction", "Wis2l"]  # the first two live in db.repositories
 
 log = logging.getLogger("wis2l_core.runtime")
 
@@ -57,36 +50,6 @@ STEP_MIN = 0.5
 """Seconds each later step still gets once that deadline has passed, so every step runs."""
 _PROBE_LIMIT = 3.0
 """At most this many seconds to find out why the pool could not connect."""
-
-
-class Repositories:
-    """The eight repositories, bound to the pool or to one transaction's connection."""
-
-    def __init__(self, db: Database, conn: Connection | None = None) -> None:
-        self.users = UserRepository(db, conn)
-        """Users (identity)."""
-        self.projects = ProjectRepository(db, conn)
-        """Projects."""
-        self.templates = TemplateRepository(db, conn)
-        """Project templates (IGNITION)."""
-        self.components = ComponentRepository(db, conn)
-        """Generated components (SPARK)."""
-        self.tokens = TokenRepository(db, conn)
-        """Design tokens (SLATE)."""
-        self.builds = BuildRepository(db, conn)
-        """Builds (IGNIS)."""
-        self.deployments = DeploymentRepository(db, conn)
-        """Deployments (WAYPOINT)."""
-        self.events = EventRepository(db, conn)
-        """The audit log."""
-
-
-class Transaction(Repositories):
-    """The repositories bound to one database transaction (``async with wis.transaction()``).
-
-    Everything done through it commits together or not at all; the events its writes
-    record reach JetStream only after it commits (the outbox relay publishes them).
-    """
 
 
 class Wis2l(Repositories):

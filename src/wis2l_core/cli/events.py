@@ -20,10 +20,10 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from wis2l_core.catalogue import decode_event, encode_event
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ConfigError
 from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
-from wis2l_core.events.catalogue import decode_event, encode_event
 
 __all__ = ["add_parser"]
 

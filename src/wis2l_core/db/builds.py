@@ -15,6 +15,13 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core.catalogue import (
+    BuildCompleted,
+    BuildFailed,
+    BuildProgress,
+    BuildStarted,
+    DomainEvent,
+)
 from wis2l_core.db.repository import Repository, set_field
 from wis2l_core.db.states import allowed_from
 from wis2l_core.db.validate import (
@@ -26,13 +33,6 @@ from wis2l_core.db.validate import (
     check_uuid,
 )
 from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
-from wis2l_core.events.catalogue import (
-    BuildCompleted,
-    BuildFailed,
-    BuildProgress,
-    BuildStarted,
-    DomainEvent,
-)
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Build, BuildStatus, Page
 from wis2l_core.sentinel import UNSET, Unset

@@ -14,6 +14,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core.catalogue import ComponentCreated, ComponentDeleted, ComponentUpdated
 from wis2l_core.db.repository import Repository, set_field
 from wis2l_core.db.validate import (
     check_enum,
@@ -24,7 +25,6 @@ from wis2l_core.db.validate import (
     check_uuid,
 )
 from wis2l_core.errors import NotFound
-from wis2l_core.events.catalogue import ComponentCreated, ComponentDeleted, ComponentUpdated
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Component, Language, Page
 from wis2l_core.sentinel import UNSET, Unset

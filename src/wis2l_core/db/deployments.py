@@ -14,16 +14,16 @@ from uuid import UUID
 
 from psycopg.rows import DictRow
 
-from wis2l_core.db.repository import Repository, set_field
-from wis2l_core.db.states import allowed_from
-from wis2l_core.db.validate import check_enum, check_optional_uuid, check_text, check_uuid
-from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
-from wis2l_core.events.catalogue import (
+from wis2l_core.catalogue import (
     DeploymentCompleted,
     DeploymentFailed,
     DeploymentStarted,
     DomainEvent,
 )
+from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.states import allowed_from
+from wis2l_core.db.validate import check_enum, check_optional_uuid, check_text, check_uuid
+from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Deployment, DeploymentStatus, Environment, Page
 from wis2l_core.sentinel import UNSET, Unset

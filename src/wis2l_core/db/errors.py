@@ -1,6 +1,13 @@
-"""Turning psycopg exceptions into wis2l-core errors, cause kept."""
+"""Turning psycopg exceptions into wis2l-core errors, cause kept: the one place it happens.
+
+Code that talks to PostgreSQL wraps the calls in :func:`map_errors` (as httpx's
+``map_httpcore_exceptions``); :func:`translate` is the table behind it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import psycopg_pool
@@ -8,7 +15,7 @@ from psycopg import errors as pg
 
 from wis2l_core.errors import Conflict, NotFound, ServiceUnavailable, ValidationError, Wis2lError
 
-__all__ = ["translate"]
+__all__ = ["map_errors", "translate"]
 
 # constraint name -> the field a caller passed
 _UNIQUE_FIELDS = {
@@ -63,6 +70,11 @@ def translate(exc: BaseException) -> Wis2lError:
             f"{diag.table_name or 'row'}: {field or diag.constraint_name} is not valid",
             field=field,
         )
+    if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.UndefinedColumn):
+        return Wis2lError(
+            f"the database schema is missing or out of date ({exc.diag.message_primary}):"
+            " run `wis2l db migrate` (or `await wis.migrate()`)"
+        )
     if isinstance(exc, psycopg.DataError | pg.InvalidTextRepresentation):
         return ValidationError(f"a value was refused by the database: {exc}")
     if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -76,3 +88,16 @@ def translate(exc: BaseException) -> Wis2lError:
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return ServiceUnavailable(f"database unavailable: {exc}", service="database")
     return Wis2lError(f"database error: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def map_errors() -> Iterator[None]:
+    """Raise psycopg and psycopg_pool exceptions from the block as wis2l-core errors.
+
+    Cancellation and our own errors pass through untouched; the driver's exception is
+    kept as ``__cause__``.
+    """
+    try:
+        yield
+    except psycopg.Error as exc:  # psycopg_pool's errors subclass it too
+        raise translate(exc) from exc

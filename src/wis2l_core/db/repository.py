@@ -18,12 +18,12 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, encode_cursor
 from wis2l_core.db.errors import translate
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.db.validate import check_limit
-from wis2l_core.events.catalogue import DomainEvent, event_payload
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 

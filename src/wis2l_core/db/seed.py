@@ -17,8 +17,8 @@ import attrs
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import translate
 from wis2l_core.db.pool import Database
+from wis2l_core.db.repositories import Repositories
 from wis2l_core.models import Build, BuildStatus, Deployment, DeploymentStatus, Project
-from wis2l_core.runtime import Repositories
 
 __all__ = ["SeedReport", "seed", "seed_database"]
 

@@ -18,10 +18,10 @@ import attrs
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core.catalogue import TokensSynced, TokenUpdated
 from wis2l_core.db.repository import Repository
 from wis2l_core.db.validate import check_enum, check_json, check_text, check_uuid
 from wis2l_core.errors import ValidationError, Wis2lError
-from wis2l_core.events.catalogue import TokensSynced, TokenUpdated
 from wis2l_core.ids import uuid7
 from wis2l_core.models import DesignToken, Page, TokenCategory
 

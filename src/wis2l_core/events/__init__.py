@@ -1,8 +1,6 @@
 """Typed events over NATS JetStream, written through a transactional outbox."""
 
-from wis2l_core.events.asyncapi import asyncapi_document
-from wis2l_core.events.bus import EncodedEvent, EventBus, Handler
-from wis2l_core.events.catalogue import (
+from wis2l_core.catalogue import (
     CATALOGUE,
     BuildCompleted,
     BuildFailed,
@@ -21,6 +19,8 @@ from wis2l_core.events.catalogue import (
     encode_event,
     event_class,
 )
+from wis2l_core.events.asyncapi import asyncapi_document
+from wis2l_core.events.bus import EncodedEvent, EventBus, Handler
 from wis2l_core.events.handlers import TokenInvalidator, register_seed_subscribers
 from wis2l_core.events.outbox import OutboxBacklog, OutboxRelay
 

@@ -2,7 +2,7 @@
 
 The JSON Schema of each event comes from its attrs fields and their types, and the field
 descriptions from the classes' ``Attributes:`` docstring sections (see
-:func:`~wis2l_core.events.catalogue.field_docs`), so the document cannot drift from the
+:func:`~wis2l_core.catalogue.field_docs`), so the document cannot drift from the
 code. ``wis2l events schema`` prints it.
 """
 
@@ -21,8 +21,8 @@ from uuid import UUID
 
 import attrs
 
+from wis2l_core.catalogue import CATALOGUE, DomainEvent, field_docs
 from wis2l_core.config import Settings
-from wis2l_core.events.catalogue import CATALOGUE, DomainEvent, field_docs
 from wis2l_core.events.subscriber import DLQ_HEADERS
 
 __all__ = ["asyncapi_document", "event_schema", "to_yaml"]

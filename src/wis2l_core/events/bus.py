@@ -21,9 +21,9 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
+from wis2l_core.catalogue import DomainEvent, encode_event
 from wis2l_core.config import Settings
 from wis2l_core.errors import ServiceUnavailable, ValidationError
-from wis2l_core.events.catalogue import DomainEvent, encode_event
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
 
 __all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]

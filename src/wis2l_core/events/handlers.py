@@ -12,8 +12,7 @@ from uuid import UUID
 
 import attrs
 
-from wis2l_core.events.bus import EventBus
-from wis2l_core.events.catalogue import (
+from wis2l_core.catalogue import (
     BuildCompleted,
     BuildFailed,
     BuildProgress,
@@ -28,6 +27,7 @@ from wis2l_core.events.catalogue import (
     TokensSynced,
     TokenUpdated,
 )
+from wis2l_core.events.bus import EventBus
 
 __all__ = ["SEED_DURABLES", "TokenInvalidator", "register_seed_subscribers"]
 

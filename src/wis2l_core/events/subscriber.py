@@ -22,8 +22,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
+from wis2l_core.catalogue import DomainEvent, decode_event
 from wis2l_core.errors import ServiceUnavailable, ValidationError
-from wis2l_core.events.catalogue import DomainEvent, decode_event
 
 if TYPE_CHECKING:
     from wis2l_core.events.bus import EventBus

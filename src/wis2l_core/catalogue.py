@@ -1,0 +1,423 @@
+"""The event catalogue: one frozen attrs class per event the platform publishes.
+
+Every event has a subject ``<namespace>.<entity>.<action>`` (``wis2l.build.progress`` with
+the default namespace), a ``type`` equal to ``<entity>.<action>``, and the common fields
+``id`` (a UUID, also the ``Nats-Msg-Id`` header, so JetStream drops a repeat),
+``occurred_at`` (UTC) and ``project_id``. On the wire an event is a JSON object of its
+fields plus ``type``; UUIDs and times are strings (RFC 9562 / ISO 8601).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar, overload
+from uuid import UUID
+
+import attrs
+import orjson
+
+from wis2l_core.errors import ValidationError
+from wis2l_core.ids import uuid7
+from wis2l_core.models import Environment, Language, Subsystem, TokenCategory
+from wis2l_core.serde import converter
+
+E = TypeVar("E", bound="DomainEvent")
+
+__all__ = [
+    "CATALOGUE",
+    "BuildCompleted",
+    "BuildFailed",
+    "BuildProgress",
+    "BuildStarted",
+    "ComponentCreated",
+    "ComponentDeleted",
+    "ComponentUpdated",
+    "DeploymentCompleted",
+    "DeploymentFailed",
+    "DeploymentStarted",
+    "DomainEvent",
+    "TokenUpdated",
+    "TokensSynced",
+    "decode_event",
+    "encode_event",
+    "event_class",
+    "event_payload",
+    "field_docs",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class DomainEvent:
+    """The base of every catalogued event.
+
+    Attributes:
+        id: Unique per event, a UUID (v7 when made here); also the ``Nats-Msg-Id`` header,
+            so JetStream drops a repeat and consumers can de-duplicate.
+        type: ``<entity>.<action>``, e.g. ``"build.progress"``: the subject without its
+            namespace, and the key that says which event the object is.
+        occurred_at: When it happened: ISO 8601 with a UTC offset.
+        project_id: The project the event is about.
+    """
+
+    type: ClassVar[str]
+    """``<entity>.<action>``: the subject without its namespace."""
+    subsystem: ClassVar[Subsystem]
+    """The subsystem whose audit log records it."""
+
+    project_id: UUID
+    id: UUID = attrs.field(factory=uuid7)
+    occurred_at: datetime = attrs.field(factory=_now)
+
+    def subject(self, namespace: str = "wis2l") -> str:
+        """The NATS subject, e.g. ``wis2l.build.progress``."""
+        return f"{namespace}.{self.type}"
+
+
+@attrs.frozen(kw_only=True)
+class ComponentCreated(DomainEvent):
+    """A SPARK component was generated and stored.
+
+    Attributes:
+        component_id: The new component's id.
+        name: The component's name, unique within its project.
+        language: The language of its code: one of the ``Language`` values (``"csharp"``,
+            ``"rust"``, ...).
+        version: Its version: 1 for a new component.
+    """
+
+    type: ClassVar[str] = "component.created"
+    subsystem: ClassVar[Subsystem] = Subsystem.SPARK
+    component_id: UUID
+    name: str
+    language: Language
+    version: int
+
+
+@attrs.frozen(kw_only=True)
+class ComponentUpdated(DomainEvent):
+    """A component changed; ``version`` is its new version.
+
+    Attributes:
+        component_id: The component's id.
+        name: Its name after the change.
+        language: Its language after the change.
+        version: Its new version (one more than before the change).
+    """
+
+    type: ClassVar[str] = "component.updated"
+    subsystem: ClassVar[Subsystem] = Subsystem.SPARK
+    component_id: UUID
+    name: str
+    language: Language
+    version: int
+
+
+@attrs.frozen(kw_only=True)
+class ComponentDeleted(DomainEvent):
+    """A component was deleted.
+
+    Attributes:
+        component_id: The deleted component's id.
+        name: The name it had.
+    """
+
+    type: ClassVar[str] = "component.deleted"
+    subsystem: ClassVar[Subsystem] = Subsystem.SPARK
+    component_id: UUID
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class BuildStarted(DomainEvent):
+    """A build moved from pending to building.
+
+    Attributes:
+        build_id: The build's id.
+        target: What it builds for, e.g. ``"webgl"``.
+    """
+
+    type: ClassVar[str] = "build.started"
+    subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
+    build_id: UUID
+    target: str
+
+
+@attrs.frozen(kw_only=True)
+class BuildProgress(DomainEvent):
+    """A building build reported progress without a status change.
+
+    Attributes:
+        build_id: The build's id.
+        progress: Percent done, 0 to 100.
+    """
+
+    type: ClassVar[str] = "build.progress"
+    subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
+    build_id: UUID
+    progress: int
+
+
+@attrs.frozen(kw_only=True)
+class BuildCompleted(DomainEvent):
+    """A build finished; ``artifacts`` is its manifest.
+
+    Attributes:
+        build_id: The build's id.
+        target: What it built for, e.g. ``"webgl"``.
+        artifacts: The artifact manifest: a JSON object whose shape the build tool decides
+            (``{}`` when there is none).
+    """
+
+    type: ClassVar[str] = "build.completed"
+    subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
+    build_id: UUID
+    target: str
+    artifacts: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class BuildFailed(DomainEvent):
+    """A build failed (from pending or building).
+
+    Attributes:
+        build_id: The build's id.
+        target: What it was building for.
+    """
+
+    type: ClassVar[str] = "build.failed"
+    subsystem: ClassVar[Subsystem] = Subsystem.IGNIS
+    build_id: UUID
+    target: str
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentStarted(DomainEvent):
+    """A deployment moved from pending to in_progress.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it goes: ``"staging"`` or ``"production"``.
+        version: The version being deployed (free text, e.g. ``"1.4.2"``).
+    """
+
+    type: ClassVar[str] = "deployment.started"
+    subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
+    deployment_id: UUID
+    environment: Environment
+    version: str
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentCompleted(DomainEvent):
+    """A deployment is live at ``url``.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it went: ``"staging"`` or ``"production"``.
+        version: The version deployed.
+        url: Where it is live, or ``null`` when the deployment has no URL.
+    """
+
+    type: ClassVar[str] = "deployment.completed"
+    subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
+    deployment_id: UUID
+    environment: Environment
+    version: str
+    url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentFailed(DomainEvent):
+    """A deployment failed.
+
+    Attributes:
+        deployment_id: The deployment's id.
+        environment: Where it was going: ``"staging"`` or ``"production"``.
+        version: The version that failed to deploy.
+    """
+
+    type: ClassVar[str] = "deployment.failed"
+    subsystem: ClassVar[Subsystem] = Subsystem.WAYPOINT
+    deployment_id: UUID
+    environment: Environment
+    version: str
+
+
+@attrs.frozen(kw_only=True)
+class TokenUpdated(DomainEvent):
+    """A design token was created or its value changed.
+
+    Attributes:
+        token_id: The token's id.
+        name: The token's name, e.g. ``"color.primary"``.
+        category: Its kind: one of the ``TokenCategory`` values (``"color"``, ``"spacing"``,
+            ...).
+        version: Its new version: 1 when created, one more at each value change.
+    """
+
+    type: ClassVar[str] = "token.updated"
+    subsystem: ClassVar[Subsystem] = Subsystem.SLATE
+    token_id: UUID
+    name: str
+    category: TokenCategory
+    version: int
+
+
+@attrs.frozen(kw_only=True)
+class TokensSynced(DomainEvent):
+    """A token set was synced into a project.
+
+    Attributes:
+        count: How many tokens the sync sent.
+        changed: How many of them were new or had a new value (0 to ``count``).
+    """
+
+    type: ClassVar[str] = "token.synced"
+    subsystem: ClassVar[Subsystem] = Subsystem.SLATE
+    count: int
+    changed: int
+
+
+CATALOGUE: Mapping[str, type[DomainEvent]] = {
+    cls.type: cls
+    for cls in (
+        ComponentCreated,
+        ComponentUpdated,
+        ComponentDeleted,
+        BuildStarted,
+        BuildProgress,
+        BuildCompleted,
+        BuildFailed,
+        DeploymentStarted,
+        DeploymentCompleted,
+        DeploymentFailed,
+        TokenUpdated,
+        TokensSynced,
+    )
+}
+"""``type`` -> event class, for every catalogued event."""
+
+
+def event_class(type_: str) -> type[DomainEvent]:
+    """The class for an event ``type`` such as ``"build.progress"``.
+
+    Raises:
+        KeyError: the type is not in the catalogue.
+    """
+    return CATALOGUE[type_]
+
+
+def event_payload(event: DomainEvent) -> dict[str, Any]:
+    """The wire form of ``event`` as plain data: its fields plus ``type``.
+
+    This is what the outbox stores in ``events.payload`` and what goes on the wire.
+    """
+    payload: dict[str, Any] = converter.unstructure(event)
+    payload["type"] = event.type
+    return payload
+
+
+def encode_event(event: DomainEvent) -> bytes:
+    """``event`` as JSON bytes, exactly as it is published."""
+    return orjson.dumps(event_payload(event))
+
+
+@overload
+def decode_event(data: bytes | str | Mapping[str, Any], cls: type[E]) -> E: ...
+@overload
+def decode_event(data: bytes | str | Mapping[str, Any], cls: None = None) -> DomainEvent: ...
+def decode_event(
+    data: bytes | str | Mapping[str, Any], cls: type[DomainEvent] | None = None
+) -> DomainEvent:
+    """Build an event from its JSON (or already parsed) wire form.
+
+    Fields the class does not know are ignored, so a consumer on an older catalogue keeps
+    working when an event gains a field.
+
+    Args:
+        data: the message body, or the parsed object.
+        cls: the class expected; when omitted it is looked up by the ``type`` field.
+
+    Raises:
+        ValidationError: not JSON, not an object, the wrong or an unknown ``type``, or a
+            field missing or malformed (``field`` names the culprit when known).
+    """
+    try:
+        obj = orjson.loads(data) if isinstance(data, bytes | str) else data
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"event is not JSON: {exc}", field="payload") from exc
+    if not isinstance(obj, Mapping):
+        raise ValidationError("event is not a JSON object", field="payload")
+    type_ = obj.get("type")
+    if cls is None:
+        found = CATALOGUE.get(type_) if isinstance(type_, str) else None
+        if found is None:
+            raise ValidationError(f"unknown event type {type_!r}", field="type")
+        cls = found
+    elif type_ != cls.type:
+        raise ValidationError(f"expected a {cls.type!r} event, got {type_!r}", field="type")
+    try:
+        return converter.structure(obj, cls)
+    except Exception as exc:  # cattrs raises ClassValidationError and friends
+        raise ValidationError(
+            f"malformed {cls.type!r} event: {_describe(exc)}", field=_culprit(exc)
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return "; ".join(_describe(e) for e in inner)
+    notes = getattr(exc, "__notes__", None) or []
+    return f"{type(exc).__name__}: {exc}" + (f" ({notes[0]})" if notes else "")
+
+
+def _culprit(exc: BaseException) -> str | None:
+    for note in getattr(exc, "__notes__", None) or []:
+        match = re.search(r"attribute '?([a-z_]+)'?|field '?([a-z_]+)'?", str(note))
+        if match:
+            return match.group(1) or match.group(2)
+    inner = getattr(exc, "exceptions", None)
+    return _culprit(inner[0]) if inner else None
+
+
+_ATTRIBUTE = re.compile(r"^    ([a-z_][a-z0-9_]*): (.*)$")
+
+
+def field_docs(cls: type[DomainEvent]) -> dict[str, str]:
+    """Each wire field of ``cls`` and its description, common fields first.
+
+    Read from the ``Attributes:`` sections of the class docstrings (so the reference docs,
+    the AsyncAPI document and ``docs/events.md`` share one source).
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, DomainEvent)):
+            continue
+        lines = inspect.cleandoc(klass.__doc__ or "").splitlines()
+        current: str | None = None
+        inside = False
+        for line in lines:
+            if line.strip() == "Attributes:":
+                inside = True
+                continue
+            if not inside:
+                continue
+            match = _ATTRIBUTE.match(line)
+            if match:
+                current = match.group(1)
+                docs[current] = match.group(2).strip()
+            elif line.startswith("        ") and current is not None:
+                docs[current] += " " + line.strip()
+            elif line.strip():
+                inside = False
+    order = ["id", "type", "occurred_at", "project_id"]
+    order += [f.name for f in attrs.fields(cls) if f.name not in order]
+    return {name: docs.get(name, "") for name in order}
