@@ -29,7 +29,8 @@ from benchmarks.env import Env
 from benchmarks.harness import Config, Result, Target, stats_of
 from wis2l_core.db.repository import event_params
 from wis2l_core.db.sql import query_file
-from wis2l_core.events import BuildProgress, ComponentCreated, OutboxRelay
+from wis2l_core.events import BuildProgress, ComponentCreated
+from wis2l_core.events.outbox import OutboxRelay
 
 __all__ = ["run"]
 

@@ -16,13 +16,8 @@ import pytest
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.tokens import TokenCache
 from wis2l_core.config import Settings
-from wis2l_core.events import (
-    ComponentCreated,
-    EventBus,
-    TokensSynced,
-    TokenUpdated,
-    register_seed_subscribers,
-)
+from wis2l_core.events import ComponentCreated, EventBus, TokensSynced, TokenUpdated
+from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.models import Language, TokenCategory
 
 

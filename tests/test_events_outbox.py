@@ -24,7 +24,9 @@ from wis2l_core.config import Settings
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.repository import event_params
 from wis2l_core.db.sql import query_file
-from wis2l_core.events import BuildProgress, BuildStarted, DomainEvent, EventBus, OutboxRelay
+from wis2l_core.events import BuildProgress, BuildStarted, DomainEvent, EventBus, PendingAcks
+from wis2l_core.events.bus import EncodedEvent
+from wis2l_core.events.outbox import OutboxRelay
 from wis2l_core.runtime import Repositories
 
 # -- helpers -----------------------------------------------------------------------------
@@ -248,22 +250,37 @@ async def test_two_relays_at_once_never_double_publish(env: Env) -> None:
         assert mine == sorted(mine)
 
 
-async def test_relay_killed_between_publish_and_mark_leaves_one_copy(env: Env) -> None:
+async def test_relay_killed_between_publish_and_mark_leaves_one_copy(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = await env.project()
     events = [progress(p, i) for i in range(20)]
     await env.write(*events)
-    relay = env.relay()
     reached = asyncio.Event()
+    send = env.bus.send_encoded
 
-    async def die_here(acked: Sequence[uuid.UUID]) -> None:
-        assert len(acked) == 20
-        reached.set()
-        await asyncio.Event().wait()  # hangs until the relay is cancelled ("killed")
+    class DieAfterAcks:
+        """The acks arrive, then the relay "dies" before it can mark the rows."""
 
-    relay._after_publish = die_here
+        def __init__(self, pending: PendingAcks) -> None:
+            self.pending = pending
+
+        async def wait(self, timeout: float = 5.0) -> list[BaseException | None]:
+            results = await self.pending.wait(timeout)
+            assert results == [None] * 20
+            reached.set()
+            await asyncio.Event().wait()  # hangs until the relay is cancelled ("killed")
+            raise AssertionError("unreachable")
+
+    async def stalling_send(messages: Sequence[EncodedEvent]) -> Any:
+        return DieAfterAcks(await send(messages))
+
+    monkeypatch.setattr(env.bus, "send_encoded", stalling_send)
+    relay = env.relay()
     await relay.start()
     await asyncio.wait_for(reached.wait(), 10)
     await relay.stop(timeout=0.1)
+    monkeypatch.undo()
     assert await stream_count(env.bus) == 20  # published ...
     assert await env.unpublished() == 20  # ... but not marked: the transaction rolled back
     again = env.relay()

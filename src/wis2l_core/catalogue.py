@@ -344,6 +344,9 @@ def decode_event(
     Args:
         data: the message body, or the parsed object.
         cls: the class expected; when omitted it is looked up by the ``type`` field.
+            When given, a body without ``type`` is accepted (the caller named the type,
+            as a NATS subject or a CloudEvents ``ce-type`` header does); a body whose
+            ``type`` names another event is refused.
 
     Raises:
         ValidationError: not JSON, not an object, the wrong or an unknown ``type``, or a
@@ -361,7 +364,7 @@ def decode_event(
         if found is None:
             raise ValidationError(f"unknown event type {type_!r}", field="type")
         cls = found
-    elif type_ != cls.type:
+    elif "type" in obj and type_ != cls.type:
         raise ValidationError(f"expected a {cls.type!r} event, got {type_!r}", field="type")
     try:
         return converter.structure(obj, cls)
@@ -388,36 +391,31 @@ def _culprit(exc: BaseException) -> str | None:
     return _culprit(inner[0]) if inner else None
 
 
-_ATTRIBUTE = re.compile(r"^    ([a-z_][a-z0-9_]*): (.*)$")
-
-
 def field_docs(cls: type[DomainEvent]) -> dict[str, str]:
     """Each wire field of ``cls`` and its description, common fields first.
 
-    Read from the ``Attributes:`` sections of the class docstrings (so the reference docs,
-    the AsyncAPI document and ``docs/events.md`` share one source).
+    Read from the Google-style ``Attributes:`` sections of the class docstrings with
+    griffe's parser (the one the API reference is built with), so the reference docs, the
+    AsyncAPI document and ``docs/events.md`` share one source. griffe is imported here, on
+    first use: only the schema needs it.
     """
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, DomainEvent)):
-            continue
-        lines = inspect.cleandoc(klass.__doc__ or "").splitlines()
-        current: str | None = None
-        inside = False
-        for line in lines:
-            if line.strip() == "Attributes:":
-                inside = True
-                continue
-            if not inside:
-                continue
-            match = _ATTRIBUTE.match(line)
-            if match:
-                current = match.group(1)
-                docs[current] = match.group(2).strip()
-            elif line.startswith("        ") and current is not None:
-                docs[current] += " " + line.strip()
-            elif line.strip():
-                inside = False
+        if isinstance(klass, type) and issubclass(klass, DomainEvent):
+            docs.update(_attribute_docs(klass))
     order = ["id", "type", "occurred_at", "project_id"]
     order += [f.name for f in attrs.fields(cls) if f.name not in order]
     return {name: docs.get(name, "") for name in order}
+
+
+def _attribute_docs(klass: type) -> dict[str, str]:
+    """The ``Attributes:`` entries of one class's own docstring (name -> one line)."""
+    from griffe import Docstring, DocstringSectionAttributes
+
+    text = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+    found: dict[str, str] = {}
+    for section in Docstring(text).parse("google"):
+        if isinstance(section, DocstringSectionAttributes):
+            for attribute in section.value:
+                found[attribute.name] = " ".join(attribute.description.split())
+    return found

@@ -1,4 +1,11 @@
-"""Typed events over NATS JetStream, written through a transactional outbox."""
+"""Typed events over NATS JetStream, written through a transactional outbox.
+
+The public surface: the event catalogue (also importable from :mod:`wis2l_core`), the
+:class:`EventBus` (``wis.bus``) with what its methods take and return, the CloudEvents
+wire helpers for code that publishes or reads events without a bus, and the AsyncAPI
+document. The plumbing the runtime wires up (``OutboxRelay``, ``EncodedEvent``,
+``register_seed_subscribers``, ``TokenInvalidator``) stays importable from its module.
+"""
 
 from wis2l_core.catalogue import (
     CATALOGUE,
@@ -20,9 +27,9 @@ from wis2l_core.catalogue import (
     event_class,
 )
 from wis2l_core.events.asyncapi import asyncapi_document
-from wis2l_core.events.bus import EncodedEvent, EventBus, Handler
-from wis2l_core.events.handlers import TokenInvalidator, register_seed_subscribers
-from wis2l_core.events.outbox import OutboxBacklog, OutboxRelay
+from wis2l_core.events.bus import EventBus, Handler, PendingAcks
+from wis2l_core.events.cloudevents import cloudevent_headers, decode_message
+from wis2l_core.events.outbox import OutboxBacklog
 
 __all__ = [
     "CATALOGUE",
@@ -37,17 +44,16 @@ __all__ = [
     "DeploymentFailed",
     "DeploymentStarted",
     "DomainEvent",
-    "EncodedEvent",
     "EventBus",
     "Handler",
     "OutboxBacklog",
-    "OutboxRelay",
-    "TokenInvalidator",
+    "PendingAcks",
     "TokenUpdated",
     "TokensSynced",
     "asyncapi_document",
+    "cloudevent_headers",
     "decode_event",
+    "decode_message",
     "encode_event",
     "event_class",
-    "register_seed_subscribers",
 ]

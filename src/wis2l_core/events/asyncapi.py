@@ -9,8 +9,6 @@ code. ``wis2l events schema`` prints it.
 from __future__ import annotations
 
 import enum
-import json
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ import attrs
 
 from wis2l_core.catalogue import CATALOGUE, DomainEvent, field_docs
 from wis2l_core.config import Settings
+from wis2l_core.events.cloudevents import CE_TYPE_PREFIX, CONTENT_TYPE, SPECVERSION
 from wis2l_core.events.subscriber import DLQ_HEADERS
 
 __all__ = ["asyncapi_document", "event_schema", "to_yaml"]
@@ -37,6 +36,27 @@ _DLQ_HEADER_DOCS = {
     "Wis2l-Dlq-Deliveries": "How many times it was delivered.",
     "Wis2l-Dlq-Stream-Seq": "Its sequence number in the stream.",
     "Wis2l-Event-Id": "The original `Nats-Msg-Id`, i.e. the event id.",
+}
+
+
+_CE_HEADERS: dict[str, dict[str, Any]] = {
+    "ce-specversion": {"const": SPECVERSION, "description": "The CloudEvents version."},
+    "ce-type": {
+        "description": f"`{CE_TYPE_PREFIX}<entity>.<action>`, e.g. "
+        f"`{CE_TYPE_PREFIX}build.progress`: the event's `type` with a fixed prefix (the "
+        "same whatever the namespace)."
+    },
+    "ce-source": {
+        "format": "uri-reference",
+        "description": "`/wis2l-core/<namespace>`: who published it.",
+    },
+    "ce-id": {"format": "uuid", "description": "The event id (as `Nats-Msg-Id`)."},
+    "ce-time": {
+        "format": "date-time",
+        "description": "When it happened (`occurred_at`), RFC 3339.",
+    },
+    "ce-datacontenttype": {"const": CONTENT_TYPE, "description": "The body is JSON."},
+    "content-type": {"const": CONTENT_TYPE, "description": "The body is JSON."},
 }
 
 
@@ -126,14 +146,19 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "EventHeaders": {
             "type": "object",
-            "required": ["Nats-Msg-Id"],
+            "description": "A CloudEvents 1.0 event in the NATS binding's binary content "
+            "mode: the context attributes are `ce-` headers and the body is the event's "
+            "JSON. Consumers also accept a body without `type` (the subject names it) and "
+            "take a missing `id`/`occurred_at` from `ce-id`/`ce-time`.",
+            "required": ["Nats-Msg-Id", *_CE_HEADERS],
             "properties": {
                 "Nats-Msg-Id": {
                     "type": "string",
                     "format": "uuid",
                     "description": "The event id: JetStream drops a second copy within the "
                     "stream's duplicate window; consumers can de-duplicate on it.",
-                }
+                },
+                **{h: {"type": "string", **spec} for h, spec in _CE_HEADERS.items()},
             },
         }
     }
@@ -206,49 +231,18 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
     }
 
 
-_PLAIN = re.compile(r"^[A-Za-z_$][A-Za-z0-9_.$-]*$")
-_RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+def to_yaml(data: Any) -> str:
+    """Render JSON-ready data (e.g. :func:`asyncapi_document`) as block-style YAML.
 
+    A thin wrapper over PyYAML's ``safe_dump`` that keeps the keys in order.
 
-def _key(key: str) -> str:
-    return key if _PLAIN.match(key) and key.lower() not in _RESERVED else json.dumps(key)
+    Args:
+        data: dicts, lists, strings, numbers, booleans and ``None``.
 
+    Returns:
+        The YAML text (UTF-8 characters kept as they are).
+    """
+    import yaml
 
-def _scalar(value: Any) -> str:
-    # JSON scalars are valid YAML 1.2 flow scalars (strings double-quoted).
-    return json.dumps(value, ensure_ascii=False)
-
-
-def to_yaml(data: Any, indent: int = 0) -> str:
-    """Render JSON-ready data as block-style YAML (no dependency; strings double-quoted)."""
-    pad = " " * indent
-    if isinstance(data, Mapping):
-        if not data:
-            return pad + "{}\n"
-        out = []
-        for k, v in data.items():
-            if isinstance(v, Mapping | list) and v:
-                out.append(f"{pad}{_key(str(k))}:\n{to_yaml(v, indent + 2)}")
-            else:
-                out.append(f"{pad}{_key(str(k))}: {_inline(v)}\n")
-        return "".join(out)
-    if isinstance(data, list):
-        if not data:
-            return pad + "[]\n"
-        out = []
-        for item in data:
-            if isinstance(item, Mapping | list) and item:
-                body = to_yaml(item, indent + 2)
-                out.append(f"{pad}- {body.lstrip()}")
-            else:
-                out.append(f"{pad}- {_inline(item)}\n")
-        return "".join(out)
-    return pad + _scalar(data) + "\n"
-
-
-def _inline(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "{}"
-    if isinstance(value, list):
-        return "[]"
-    return _scalar(value)
+    text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return text

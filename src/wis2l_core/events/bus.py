@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
-from wis2l_core.catalogue import DomainEvent, encode_event
-from wis2l_core.config import Settings
-from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core._backoff import Backoff
+from wis2l_core.catalogue import DomainEvent, decode_event, event_payload
+from wis2l_core.config import Settings, redact_url
+from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
 
 __all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]
@@ -35,8 +39,8 @@ E = TypeVar("E", bound=DomainEvent)
 API_TIMEOUT = 5.0
 """Seconds a JetStream API call or publish acknowledgement may take."""
 _RECONNECT_WAIT = 1.0
-_BACKOFF_MAX = 5.0
 _CLOSE_TIMEOUT = 5.0
+_TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
 class EncodedEvent(NamedTuple):
@@ -45,16 +49,21 @@ class EncodedEvent(NamedTuple):
     Attributes:
         type: the event type, e.g. ``"build.progress"`` (the subject without namespace).
         payload: the JSON body.
-        id: the event id, sent as ``Nats-Msg-Id``.
+        id: the event id, sent as ``Nats-Msg-Id`` and ``ce-id``.
+        time: ``occurred_at`` in RFC 3339 form, sent as ``ce-time`` (when known).
     """
 
     type: str
     payload: bytes
     id: str
+    time: str | None = None
 
 
 class PendingAcks:
-    """The JetStream acks of messages sent by :meth:`EventBus.send_encoded`."""
+    """The JetStream acks of messages sent by :meth:`EventBus.send_encoded`.
+
+    Made by the bus, not by callers; await :meth:`wait` for the outcome of each message.
+    """
 
     def __init__(
         self, futures: list[asyncio.Future[PubAck]], total: int, failed: BaseException | None
@@ -140,8 +149,15 @@ class EventBus:
         return self._js
 
     def subject(self, event_type: str | type[DomainEvent] | DomainEvent) -> str:
-        """The subject of an event type, class or event: ``<namespace>.<type>``."""
+        """The subject of an event type, class or event: ``<namespace>.<type>``.
+
+        Raises:
+            ValidationError: the type is not dot-separated letters, digits, ``-`` and
+                ``_`` (it would not be one literal NATS subject).
+        """
         type_ = event_type if isinstance(event_type, str) else event_type.type
+        if not isinstance(type_, str) or not _TYPE.match(type_):
+            raise ValidationError(f"not an event type: {type_!r}", field="type")
         return f"{self.namespace}.{type_}"
 
     def dlq_subject(self, subject: str) -> str:
@@ -279,14 +295,16 @@ class EventBus:
             self._setup_task = asyncio.create_task(self._bring_up(), name="wis2l-nats-setup")
 
     async def _bring_up(self) -> None:
-        delay = 0.1
+        backoff = Backoff.reconnect()
         while not self._closing and self.connected:
             try:
                 await self.ensure_stream()
+            except ConfigError as exc:  # retrying cannot help
+                log.error("cannot ensure the stream: %s", exc, extra={"service": "nats"})
+                return
             except ServiceUnavailable as exc:
                 log.warning("cannot ensure the stream yet: %s", exc, extra={"service": "nats"})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(backoff.next())
                 continue
             self._generation += 1
             if self._ready is not None:
@@ -315,6 +333,7 @@ class EventBus:
 
         Raises:
             ServiceUnavailable: NATS or JetStream does not answer, or refuses the config.
+            ConfigError: the stream name or namespace is one NATS refuses.
         """
         js = self.jetstream
         want = self.stream_config()
@@ -343,43 +362,57 @@ class EventBus:
                 log.info("updated stream %s to the wanted config", name, extra={"stream": name})
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
+        except ValueError as exc:  # nats-py checks names before sending
+            raise ConfigError(f"nats: stream {name}: {exc}", variable="WIS2L_STREAM") from exc
 
     # -- publishing ----------------------------------------------------------------------
 
     async def publish(self, event: DomainEvent) -> None:
         """Publish one event that has no database write, and wait for JetStream's ack.
 
-        ``Nats-Msg-Id`` is the event id, so publishing the same event twice within the
-        stream's duplicate window stores it once.
+        The message is a CloudEvent in binary mode (see
+        :mod:`wis2l_core.events.cloudevents`): the event's JSON as the body, ``ce-*``
+        headers, and ``Nats-Msg-Id`` = the event id, so publishing the same event twice
+        within the stream's duplicate window stores it once.
 
         Raises:
+            ValidationError: ``event`` is not a well-formed event (e.g. an id that is not a
+                UUID); nothing was sent.
+            ConfigError: NATS refuses the stream name or namespace.
             ServiceUnavailable: NATS is down, or did not acknowledge in time.
         """
-        subject = self.subject(event)
-        data = encode_event(event)
-        headers = {"Nats-Msg-Id": str(event.id)}
-        js = self.jetstream
+        subject, data, headers = self._message(event)
         try:
+            js = self.jetstream
             try:
                 await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
             except nats.js.errors.NoStreamResponseError:
                 await self.ensure_stream()  # NATS restarted empty; set-up still pending
                 await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
+        except Wis2lError:
+            raise
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"nats: publish to {subject}: {exc}", service="nats") from exc
+        except Exception as exc:  # nats-py raises ValueError and others of its own
+            raise ServiceUnavailable(
+                f"nats: publish to {subject} failed: {type(exc).__name__}: {exc}", service="nats"
+            ) from exc
 
-    async def publish_encoded(
-        self, messages: Sequence[EncodedEvent], *, timeout: float = API_TIMEOUT
-    ) -> list[BaseException | None]:
-        """Publish many encoded events asynchronously and wait for all their acks.
-
-        Returns:
-            One entry per message: ``None`` if JetStream acknowledged it, else the error.
-
-        Raises:
-            ServiceUnavailable: not connected (nothing was sent).
-        """
-        return await (await self.send_encoded(messages)).wait(timeout)
+    def _message(self, event: DomainEvent) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, body and headers of ``event``, checked to decode back."""
+        if not isinstance(event, DomainEvent):
+            raise ValidationError(f"not an event: {type(event).__name__}", field="event")
+        subject = self.subject(event)
+        try:
+            payload = event_payload(event)
+            data = orjson.dumps(payload)
+        except Exception as exc:  # a field of a type the converter cannot write
+            raise ValidationError(f"cannot encode {event.type!r}: {exc}", field="event") from exc
+        decode_event(data, type(event))  # a consumer must be able to read it back
+        headers = cloudevent_headers(
+            event.type, payload["id"], namespace=self.namespace, time=payload["occurred_at"]
+        )
+        return subject, data, headers
 
     async def send_encoded(self, messages: Sequence[EncodedEvent]) -> PendingAcks:
         """Write encoded events to JetStream without waiting for their acks.
@@ -398,10 +431,11 @@ class EventBus:
             try:
                 # No wait_stall: with one, every call goes through wait_for, which yields
                 # to the loop, so each message would be flushed in its own write.
-                fut = await js.publish_async(
-                    self.subject(msg.type), msg.payload, headers={"Nats-Msg-Id": msg.id}
+                headers = cloudevent_headers(
+                    msg.type, msg.id, namespace=self.namespace, time=msg.time
                 )
-            except (nats.errors.Error, OSError) as exc:
+                fut = await js.publish_async(self.subject(msg.type), msg.payload, headers=headers)
+            except (nats.errors.Error, OSError, ValueError) as exc:
                 failed = exc
                 break
             futures.append(fut)
@@ -538,8 +572,6 @@ class EventBus:
             raise ServiceUnavailable(f"nats: {exc}", service="nats") from exc
 
     def _redacted_urls(self) -> list[str]:
-        from wis2l_core.config import redact_url
-
         return [redact_url(u) for u in self.settings.nats_urls]
 
 

@@ -22,19 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from typing import Any
-from uuid import UUID
 
 import attrs
 import nats.js.errors
 import orjson
 import psycopg
+from psycopg import errors as pg
 from psycopg.rows import DictRow
 
 from wis2l_core._aio import cancel_and_wait
+from wis2l_core._backoff import Backoff
 from wis2l_core.config import Settings
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database, connect_kwargs
 from wis2l_core.db.sql import Query, query_file
 from wis2l_core.errors import ServiceUnavailable, ValidationError, Wis2lError
@@ -48,8 +49,8 @@ CHANNEL = "wis2l_outbox"
 """The ``LISTEN``/``NOTIFY`` channel the ``events`` insert trigger signals."""
 LOCK_KEY = int.from_bytes(b"wis2lobx", "big") & 0x7FFF_FFFF_FFFF_FFFF
 """The advisory lock that lets one relay at a time publish (per database)."""
-_BACKOFF_MAX = 5.0
 _BATCHES_PER_TX = 8
+_NO_SCHEMA = (pg.UndefinedTable, pg.UndefinedColumn, pg.UndefinedFunction)
 _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
 
 
@@ -112,8 +113,7 @@ class OutboxRelay:
         self._listener: asyncio.Task[None] | None = None
         self.published = 0
         """Events this relay published (acknowledged by JetStream) since it started."""
-        # Test hook: awaited with the acknowledged ids between publishing and marking.
-        self._after_publish: Callable[[Sequence[UUID]], Awaitable[None]] | None = None
+        self._last_error: str | None = None
 
     @property
     def running(self) -> bool:
@@ -173,7 +173,8 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        delay = 0.1
+        backoff = Backoff.reconnect()
+        no_schema = Backoff(initial=1.0, cap=30.0, jitter=0.2)
         while not self._stopping:
             if not self._bus.ready:
                 # NATS down: claim nothing; go on as soon as it is back (or on stop).
@@ -182,16 +183,42 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self._drain()
-                delay = 0.1
             except Exception as exc:  # the relay must outlive any one failure
-                expected = isinstance(exc, Wis2lError | OSError | TimeoutError)
-                log.warning(
-                    "outbox relay: %s; retrying in %.1fs", exc, delay, exc_info=not expected
-                )
+                missing = _schema_missing(exc)
+                delay = no_schema.next() if missing else backoff.next()
+                self._report(exc, delay, missing=missing)
                 await self._until(asyncio.sleep(delay), None)
-                delay = min(delay * 2, _BACKOFF_MAX)
                 continue
+            if self._last_error is not None:
+                log.info("outbox relay: working again")
+                self._last_error = None
+            backoff.reset()
+            no_schema.reset()
             await self._until(self._wake.wait(), self.poll_interval)
+
+    def _report(self, exc: Exception, delay: float, *, missing: bool) -> None:
+        """Log a failure once; the same failure again is logged at DEBUG only."""
+        text = str(exc)
+        again = text == self._last_error
+        self._last_error = text
+        if missing:
+            log.log(
+                logging.DEBUG if again else logging.ERROR,
+                "outbox relay: the events table is missing or out of date; run `wis2l db "
+                "migrate` (or `await wis.migrate()`). Events are kept until then; retrying "
+                "in %.0fs",
+                delay,
+                extra={"service": "database"},
+            )
+            return
+        expected = isinstance(exc, Wis2lError | OSError | TimeoutError)
+        log.log(
+            logging.DEBUG if again else logging.WARNING,
+            "outbox relay: %s; retrying in %.1fs",
+            exc,
+            delay,
+            exc_info=not (expected or again),
+        )
 
     async def _until(self, aw: Awaitable[object], timeout: float | None) -> None:
         """Wait for ``aw``, at most ``timeout`` seconds, or until :meth:`stop`."""
@@ -223,7 +250,7 @@ class OutboxRelay:
         claim, claim_more = self._queries["claim"], self._queries["claim_more"]
         marked, full, error = 0, False, None
         async with self._db.connection() as conn:
-            try:
+            with map_errors():
                 async with conn.pipeline(), conn.transaction():
                     rows = await _fetch(conn, claim, lock_key=LOCK_KEY, limit=size)
                     pending = await self._send(rows)
@@ -240,8 +267,6 @@ class OutboxRelay:
                         count, failed = await self._settle(conn, current, acks)
                         marked += count
                         error = error or failed
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
         self.published += marked
         return marked, full, error
 
@@ -251,8 +276,6 @@ class OutboxRelay:
         """Wait for ``rows``' acks and mark the acknowledged ones (in the transaction)."""
         results = await acks.wait()
         acked = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
-        if self._after_publish is not None:
-            await self._after_publish(acked)
         if acked:
             mark = self._queries["mark_published"].text
             await conn.execute(mark, {"ids": acked}, prepare=True)
@@ -262,7 +285,15 @@ class OutboxRelay:
     async def _send(self, rows: list[DictRow]) -> PendingAcks | None:
         if not rows:
             return None
-        batch = [EncodedEvent(r["subject"], orjson.dumps(r["payload"]), str(r["id"])) for r in rows]
+        batch = [
+            EncodedEvent(
+                r["subject"],
+                orjson.dumps(r["payload"]),
+                str(r["id"]),
+                r["payload"].get("occurred_at"),
+            )
+            for r in rows
+        ]
         return await self._bus.send_encoded(batch)
 
     async def _failed(self, failures: list[BaseException], out_of: int) -> Wis2lError:
@@ -281,7 +312,7 @@ class OutboxRelay:
 
     async def _listen(self) -> None:
         assert self._wake is not None
-        delay = 0.2
+        backoff = Backoff.reconnect()
         kwargs = connect_kwargs(self.settings) | {"application_name": "wis2l-core-outbox"}
         while not self._stopping:
             try:
@@ -289,10 +320,15 @@ class OutboxRelay:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # catch up on anything committed while not listening
-                    delay = 0.2
+                    backoff.reset()
                     async for _ in conn.notifies():
                         self._wake.set()
             except Exception as exc:
+                delay = backoff.next()
                 log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def _schema_missing(exc: BaseException) -> bool:
+    """True if ``exc`` (or its cause) says the outbox's table or columns do not exist."""
+    return isinstance(exc, _NO_SCHEMA) or isinstance(exc.__cause__, _NO_SCHEMA)

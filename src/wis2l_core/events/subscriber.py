@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 import attrs
 import nats.errors
@@ -22,13 +22,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
-from wis2l_core.catalogue import DomainEvent, decode_event
+from wis2l_core._backoff import Backoff
+from wis2l_core.catalogue import DomainEvent
+from wis2l_core.config import Settings
 from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.events.cloudevents import decode_message
 
-if TYPE_CHECKING:
-    from wis2l_core.events.bus import EventBus
-
-__all__ = ["DLQ_HEADERS", "Handler", "Subscriber", "SubscriptionOptions"]
+__all__ = ["DLQ_HEADERS", "Handler", "Subscriber", "SubscriberBus", "SubscriptionOptions"]
 
 log = logging.getLogger("wis2l_core.events")
 
@@ -50,8 +50,43 @@ DLQ_HEADERS = (
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _FETCH_WAIT = 5.0
-_REBIND_MAX = 5.0
 _STREAM_NOT_FOUND = 10059
+
+
+class SubscriberBus(Protocol):
+    """What a :class:`Subscriber` needs from the bus (:class:`~wis2l_core.events.EventBus`
+    provides it): the subscriber depends on this, not on the bus module."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings (``stream_name`` is used)."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Changes each time the connection comes back with the stream ensured."""
+        ...
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context (raises ``ServiceUnavailable`` when not connected)."""
+        ...
+
+    def subject(self, event_type: type[DomainEvent]) -> str:
+        """The subject of an event class."""
+        ...
+
+    def dlq_subject(self, subject: str) -> str:
+        """The dead-letter subject of ``subject``."""
+        ...
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until connected with the stream ensured."""
+        ...
+
+    async def ensure_stream(self) -> None:
+        """Create the stream again (it was deleted under us)."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +153,11 @@ class Subscriber(Generic[E]):
     """Runs one subscription's fetch loop and handlers; made by :meth:`EventBus.subscribe`."""
 
     def __init__(
-        self, bus: EventBus, event_type: type[E], handler: Handler[E], options: SubscriptionOptions
+        self,
+        bus: SubscriberBus,
+        event_type: type[E],
+        handler: Handler[E],
+        options: SubscriptionOptions,
     ) -> None:
         self.bus = bus
         self.event_type = event_type
@@ -160,7 +199,7 @@ class Subscriber(Generic[E]):
     async def _run(self) -> None:
         psub: JetStreamContext.PullSubscription | None = None
         generation = -1
-        delay = 0.1
+        backoff = Backoff.reconnect()
         try:
             while True:
                 # nats-py turns a cancellation inside its requests into a timeout, which
@@ -179,8 +218,7 @@ class Subscriber(Generic[E]):
                         if _stream_missing(exc):  # deleted under us: make it again
                             with contextlib.suppress(ServiceUnavailable):
                                 await self.bus.ensure_stream()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, _REBIND_MAX)
+                        await asyncio.sleep(backoff.next())
                         continue
                 await self._wait_for_slot()
                 if _being_cancelled():  # see the top of the loop
@@ -197,10 +235,9 @@ class Subscriber(Generic[E]):
                     log.warning("fetch from %s failed: %s", self.options.consumer, exc)
                     await _unsubscribe(psub)
                     psub = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _REBIND_MAX)
+                    await asyncio.sleep(backoff.next())
                     continue
-                delay = 0.1
+                backoff.reset()
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._running[task] = msg
@@ -284,7 +321,7 @@ class Subscriber(Generic[E]):
             log.error("unexpected message on %s: %s", msg.subject, exc)
             return
         try:
-            event = decode_event(msg.data, self.event_type)
+            event = decode_message(msg.data, msg.headers, cls=self.event_type)
         except ValidationError as exc:
             await self._dead_letter(msg, "decode", exc, attempt)
             return
