@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
+from urllib.parse import quote
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from wis2l_core import AppEnvironment, ConfigError, Settings
+from wis2l_core._secrets import secrets_in
+from wis2l_core.config import NAME_PATTERN, redact_url
+from wis2l_core.health import describe_error, secrets_of
 
 
 def test_defaults() -> None:
@@ -98,6 +103,23 @@ def test_tunables() -> None:
         ({"WIS2L_HEALTH_TIMEOUT": "nan"}, "WIS2L_HEALTH_TIMEOUT"),
         ({"WIS2L_CRITICAL_SERVICES": "database,kafka"}, "WIS2L_CRITICAL_SERVICES"),
         ({"WIS2L_NAMESPACE": "a.b"}, "WIS2L_NAMESPACE"),
+        ({"WIS2L_NAMESPACE": "a\tb"}, "WIS2L_NAMESPACE"),
+        ({"WIS2L_NAMESPACE": "a\nb"}, "WIS2L_NAMESPACE"),
+        ({"WIS2L_NAMESPACE": "a:b"}, "WIS2L_NAMESPACE"),
+        ({"WIS2L_NAMESPACE": "n" * 65}, "WIS2L_NAMESPACE"),
+        ({"WIS2L_STREAM": "A.B"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "A B"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "A*"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "A>"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "a/b"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "a\\b"}, "WIS2L_STREAM"),
+        ({"WIS2L_STREAM": "S" * 65}, "WIS2L_STREAM"),
+        ({"DATABASE_HOST": "db host"}, "DATABASE_HOST"),
+        ({"DATABASE_HOST": "db/x"}, "DATABASE_HOST"),
+        ({"REDIS_HOST": "cache@x"}, "REDIS_HOST"),
+        ({"REDIS_HOST": "cache\tx"}, "REDIS_HOST"),
+        ({"NATS_HOST": "n1?x"}, "NATS_HOST"),
+        ({"NATS_HOST": "::1 x"}, "NATS_HOST"),
     ],
 )
 def test_malformed_value_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -127,6 +149,44 @@ def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     assert secret not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("namespace", "a\tb"),
+        ("namespace", ""),
+        ("namespace", "a.b"),
+        ("namespace", 5),
+        ("stream_name", "A.B"),
+        ("stream_name", ""),
+        ("stream_name", "x" * 65),
+    ],
+)
+def test_settings_built_directly_check_names(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(**{field: value})  # type: ignore[arg-type]
+    assert info.value.variable == field
+    with pytest.raises(ConfigError):
+        attrs.evolve(Settings(), **{field: value})  # type: ignore[arg-type]
+
+
+@given(st.from_regex(NAME_PATTERN, fullmatch=True))
+def test_every_name_in_the_charset_is_accepted(name: str) -> None:
+    s = Settings.from_env({"WIS2L_NAMESPACE": name, "WIS2L_STREAM": name})
+    assert (s.namespace, s.stream_name) == (name, name)
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({"DATABASE_HOST": "::1"}, "postgresql://[::1]:5432/wis2l"),
+        ({"DATABASE_HOST": "[::1]"}, "postgresql://[::1]:5432/wis2l"),
+        ({"DATABASE_HOST": "db-1.internal"}, "postgresql://db-1.internal:5432/wis2l"),
+    ],
+)
+def test_good_hosts_are_kept(env: dict[str, str], url: str) -> None:
+    assert Settings.from_env(env).database_url == url
+
+
 def test_frozen_and_evolvable() -> None:
     s = Settings.from_env({})
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
@@ -149,3 +209,86 @@ def test_any_port_text_is_a_port_or_a_config_error(raw: str) -> None:
         return
     port = int(stripped) if stripped else 6379
     assert Settings.from_env({"REDIS_PORT": raw}).redis_url.endswith(f":{port}/0")
+
+
+# -- secrets: every form the drivers take a password or token in ---------------------------
+
+SETTINGS_FORMS = [
+    ("DATABASE_URL", "postgresql://ada:{q}@db:5432/wis2l"),
+    ("DATABASE_URL", "postgresql://ada@db:5432/wis2l?password={q}"),
+    ("DATABASE_URL", "postgresql://ada@db/wis2l?sslmode=require&sslpassword={q}"),
+    ("DATABASE_URL", "postgresql://ada@db/wis2l?pass%77ord={q}"),
+    ("REDIS_URL", "redis://:{q}@cache:6379/0"),
+    ("REDIS_URL", "redis://default:{q}@cache:6379/0"),
+    ("REDIS_URL", "rediss://cache:6380/0?password={q}"),
+    ("NATS_URL", "nats://{q}@n1:4222"),
+    ("NATS_URL", "nats://n0:4222,tls://{q}@n1:4222"),
+    ("NATS_URL", "nats://ada:{q}@n1:4222"),
+]
+"""(variable, URL with ``{q}`` where the percent-encoded secret goes)."""
+
+secret_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=3, max_size=24)
+
+
+def _libpq_quoted(secret: str) -> str:
+    return "'" + secret.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@given(secret=secret_text, form=st.sampled_from(SETTINGS_FORMS))
+def test_no_form_of_secret_shows(secret: str, form: tuple[str, str]) -> None:
+    variable, template = form
+    q = quote(secret, safe="")
+    skeleton = template.format(q="***")
+    background = skeleton + repr(Settings.from_env({variable: skeleton}))
+    assume(secret not in background and q not in background)  # e.g. "db_" of db_pool_...
+    url = template.format(q=q)
+    s = Settings.from_env({variable: url})
+    error = RuntimeError(f"cannot connect to {url}: authentication failed for {secret!r}")
+    outputs = {
+        "repr": repr(s),
+        "str": str(s),
+        "redact_url": redact_url(url),
+        "describe_error": describe_error(error, secrets_of(s)),
+    }
+    for name, text in outputs.items():
+        assert secret not in text, name
+        assert q not in text, name
+    assert "***" in redact_url(url)
+
+
+@given(secret=secret_text)
+def test_a_conninfo_password_never_shows(secret: str) -> None:
+    template = "host=db user=ada password={} dbname=wis2l sslmode=require"
+    assume(secret not in template.format("***"))
+    unquoted = re.sub(r"([ \t\n\v\f\r\\'])", r"\\\1", secret)
+    for written in (_libpq_quoted(secret), unquoted):
+        conninfo = template.format(written)
+        text = redact_url(conninfo)
+        assert secret not in text
+        assert text.startswith("host=db user=ada password=*** dbname=wis2l")
+        assert secret in secrets_in([conninfo])
+
+
+@given(password=secret_text)
+def test_password_parts_never_show(password: str) -> None:
+    background = repr(Settings.from_env({"DATABASE_USER": "ada"})) + "***"
+    assume(password.strip() == password and password not in background)
+    env = {"DATABASE_USER": "ada", "DATABASE_PASSWORD": password, "REDIS_PASSWORD": password}
+    s = Settings.from_env(env)
+    for text in (repr(s), str(s)):
+        assert password not in text
+        assert quote(password, safe="") not in text
+
+
+def test_redact_url_keeps_what_is_not_secret() -> None:
+    assert redact_url("postgresql://ada@db:5432/wis2l?sslmode=require") == (
+        "postgresql://ada@db:5432/wis2l?sslmode=require"
+    )
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert redact_url("nats://n1:4222,nats://t0k3n@n2:4222") == (
+        "nats://n1:4222,nats://***@n2:4222"
+    )
+    assert redact_url("postgresql://u:p%40ss@h1:5432,h2:5433/db") == (
+        "postgresql://u:***@h1:5432,h2:5433/db"
+    )
+    assert redact_url("unix://:pw@/run/redis.sock?db=0") == "unix://:***@/run/redis.sock?db=0"

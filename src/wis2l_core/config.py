@@ -1,19 +1,23 @@
 """Settings: where the servers are and how the runtime behaves, read from the environment.
 
 ``Settings.from_env()`` is the usual way in; ``Settings(...)`` and :func:`attrs.evolve`
-work too. Passwords never show in ``repr()``, ``str()`` or logs: URLs are redacted.
+work too, and check the same things. Passwords and tokens never show in ``repr()``,
+``str()``, logs or errors: URLs go through :func:`redact_url`, which knows every place
+libpq, redis-py and nats-py take a secret from.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 
+from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
 
 __all__ = ["AppEnvironment", "Settings", "redact_url"]
@@ -30,31 +34,25 @@ class AppEnvironment(enum.StrEnum):
 
 SERVICES = ("database", "redis", "nats")
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What ``namespace`` and ``stream_name`` may be: 1-64 letters, digits, ``_`` or ``-``.
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``.
+The namespace prefixes Redis keys (``<namespace>:<service>:...``) and NATS subjects
+(``<namespace>.<entity>.<action>``), so it must be one subject token without ``:``;
+the stream name must be one NATS accepts (no blanks, ``.``, ``*``, ``>`` or slashes).
+"""
 
-    >>> redact_url("postgresql://ada:s3cret@db:5432/wis2l")
-    'postgresql://ada:***@db:5432/wis2l'
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+def _name_validator(what: str) -> Callable[[object, attrs.Attribute[str], object], None]:
+    def check(_instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str) or NAME_PATTERN.fullmatch(value) is None:
+            raise ConfigError(
+                f"{attribute.name} must be 1-64 letters, digits, '_' or '-' ({what}), "
+                f"not {value!r}",
+                variable=attribute.name,
+            )
+
+    return check
 
 
 def _redact_one(url: str) -> str:
@@ -120,14 +118,20 @@ class Settings:
 
     nats_connect_timeout: float = 2.0
     """Seconds to connect to NATS (``WIS2L_NATS_CONNECT_TIMEOUT``)."""
-    stream_name: str = "WIS2L"
-    """JetStream stream that holds the events (``WIS2L_STREAM``)."""
+    stream_name: str = attrs.field(
+        default="WIS2L", validator=_name_validator("a JetStream stream name")
+    )
+    """JetStream stream that holds the events (``WIS2L_STREAM``): 1-64 letters, digits,
+    ``_`` or ``-``."""
     stream_duplicate_window: float = 120.0
     """Seconds JetStream remembers a ``Nats-Msg-Id`` (``WIS2L_STREAM_DUPLICATE_WINDOW``)."""
 
-    namespace: str = "wis2l"
+    namespace: str = attrs.field(
+        default="wis2l", validator=_name_validator("a Redis key and NATS subject prefix")
+    )
     """Prefix of Redis keys (``wis2l:<service>:...``) and NATS subjects (``wis2l.<entity>.
-    <action>``); tests and side-by-side apps give each their own (``WIS2L_NAMESPACE``)."""
+    <action>``); tests and side-by-side apps give each their own (``WIS2L_NAMESPACE``).
+    1-64 letters, digits, ``_`` or ``-``."""
 
     health_timeout: float = 2.0
     """Seconds each health check may take (``WIS2L_HEALTH_TIMEOUT``)."""
@@ -157,11 +161,6 @@ class Settings:
                 f"critical_services: unknown service(s) {sorted(unknown)}; "
                 f"choose from {', '.join(SERVICES)}",
                 variable="critical_services",
-            )
-        if not self.namespace or any(c in self.namespace for c in " .*>:"):
-            raise ConfigError(
-                "namespace must be non-empty without spaces, '.', '*', '>' or ':'",
-                variable="namespace",
             )
 
     @property
@@ -294,7 +293,7 @@ def _database_url(env: Mapping[str, str]) -> str:
         return url
     user = _get(env, "DATABASE_USER")
     password = _get(env, "DATABASE_PASSWORD")
-    host = _get(env, "DATABASE_HOST") or "localhost"
+    host = _host(_get(env, "DATABASE_HOST") or "localhost", "DATABASE_HOST")
     port = _parse("DATABASE_PORT", _get(env, "DATABASE_PORT") or "5432", _port)
     name = _get(env, "DATABASE_NAME") or "wis2l"
     if password is not None and user is None:
@@ -307,21 +306,21 @@ def _database_url(env: Mapping[str, str]) -> str:
         if password is not None:
             auth += ":" + quote(password, safe="")
         auth += "@"
-    return f"postgresql://{auth}{_host(host)}:{port}/{quote(name, safe='')}"
+    return f"postgresql://{auth}{host}:{port}/{quote(name, safe='')}"
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
     if url := _get(env, "REDIS_URL"):
         _check_redis_url(url, "REDIS_URL")
         return url
-    host = _get(env, "REDIS_HOST") or "localhost"
+    host = _host(_get(env, "REDIS_HOST") or "localhost", "REDIS_HOST")
     port = _parse("REDIS_PORT", _get(env, "REDIS_PORT") or "6379", _port)
     db = _get(env, "REDIS_DB") or "0"
     if not db.isdigit():
         raise ConfigError(f"REDIS_DB must be an integer >= 0, not {db!r}", variable="REDIS_DB")
     password = _get(env, "REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password is not None else ""
-    return f"redis://{auth}{_host(host)}:{port}/{int(db)}"
+    return f"redis://{auth}{host}:{port}/{int(db)}"
 
 
 def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -332,17 +331,25 @@ def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
         for url in urls:
             _check_nats_url(url, "NATS_URL")
         return urls
-    host = _get(env, "NATS_HOST") or "localhost"
+    host = _host(_get(env, "NATS_HOST") or "localhost", "NATS_HOST")
     port = _parse("NATS_PORT", _get(env, "NATS_PORT") or "4222", _port)
-    return (f"nats://{_host(host)}:{port}",)
+    return (f"nats://{host}:{port}",)
 
 
-def _host(host: str) -> str:
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    if any(c in host for c in "/@?# "):
-        raise ConfigError(f"not a host name: {host!r}", variable="host")
-    return host
+def _host(host: str, variable: str) -> str:
+    """``host`` ready for a URL's authority (IPv6 in brackets), or ``ConfigError``."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare or any(c in _NOT_IN_HOST or c.isspace() or not c.isprintable() for c in bare):
+        raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
+    if ":" in bare:
+        if any(c not in _IPV6 for c in bare):
+            raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
+        return f"[{bare}]"
+    return bare
+
+
+_NOT_IN_HOST = frozenset("/\\@?#[]'\"")
+_IPV6 = frozenset("0123456789abcdefABCDEF:.%")
 
 
 def _nats_scheme(url: str) -> str:
