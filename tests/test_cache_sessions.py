@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -151,13 +152,14 @@ async def test_redis_down_raises_service_unavailable() -> None:
     await client.open()
     sessions = SessionStore(client)
     try:
+        token = secrets.token_urlsafe(32)  # well formed, so Redis must be asked
         calls: list[Callable[[], Awaitable[object]]] = [
             lambda: sessions.create(uuid4()),
-            lambda: sessions.get("token"),
-            lambda: sessions.refresh("token"),
-            lambda: sessions.revoke("token"),
+            lambda: sessions.get(token),
+            lambda: sessions.refresh(token),
+            lambda: sessions.revoke(token),
             lambda: sessions.revoke_all(uuid4()),
-            lambda: sessions.get("token"),  # now with the breaker open
+            lambda: sessions.get(token),  # now with the breaker open
         ]
         for call in calls:
             with pytest.raises(ServiceUnavailable) as info:

@@ -1,12 +1,13 @@
 """The Redis client the caches share: a bounded pool, retries, and a circuit breaker.
 
-:class:`RedisClient` owns one ``redis.asyncio.Redis`` over a ``BlockingConnectionPool``
-built from ``settings.redis_url`` (``redis://``, ``rediss://`` or ``unix://``). The cache
-services ask it for the Redis to use with :meth:`RedisClient.guard`, and report what
-happened with :meth:`~RedisClient.report_failure` / :meth:`~RedisClient.report_success`.
-That is how they fail open: after a connection failure or a timeout the breaker opens,
-calls skip Redis for ``breaker_seconds``, then one call probes it again. The outage is
-logged once when it starts and once when it ends, never per call.
+:class:`RedisClient` owns one ``redis.asyncio.Redis`` over a bounded pool
+(:class:`~wis2l_core.cache._pool.BoundedPool`) built from ``settings.redis_url``
+(``redis://``, ``rediss://`` or ``unix://``). Every cache sends its commands through one
+guard, :meth:`RedisClient.call` (or :meth:`~RedisClient.call_strict` for the services
+that must not fail open): it checks the breaker, runs the command and reports what
+happened. That is how they fail open: after a connection failure or a timeout the
+breaker opens, calls skip Redis for ``breaker_seconds``, then one call probes it again.
+The outage is logged once when it starts and once when it ends, never per call.
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
 
 import attrs
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wis2l_core.cache._pool import BoundedPool
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ServiceUnavailable
 
 __all__ = ["REDIS_ERRORS", "LuaScript", "RedisClient"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+D = TypeVar("D")
 
 logger = logging.getLogger("wis2l_core.cache")
 
@@ -41,6 +47,13 @@ _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 ``RedisError`` is about one command or key (``WRONGTYPE``, ``OOM``) and does not."""
 
 _ERROR_LOG_INTERVAL = 10.0
+
+
+class _Strict:
+    """The ``default`` of :meth:`RedisClient.call` that raises instead of failing open."""
+
+
+_STRICT: Final = _Strict()
 
 
 @attrs.frozen
@@ -143,7 +156,7 @@ class RedisClient:
         socket_timeout = _seconds(s.redis_socket_timeout)
         connect_timeout = _seconds(s.redis_connect_timeout)
         waits = [t for t in (socket_timeout, connect_timeout) if t is not None]
-        pool = BlockingConnectionPool.from_url(
+        pool = BoundedPool.from_url(
             s.redis_url,
             max_connections=s.redis_max_connections,
             # Waiting for a free connection counts against the same budget as a slow
@@ -189,8 +202,70 @@ class RedisClient:
         if self._outage_started is not None:
             self.report_success()
 
+    async def call(
+        self,
+        op: str,
+        default: D,
+        command: Callable[Concatenate[Redis, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T | D:
+        """Run ``command(redis, *args, **kwargs)`` behind the breaker, failing open.
+
+        The one guard every cache calls: skip Redis while the breaker is open, run the
+        command, report a failure (which opens the breaker, logged once per outage) or a
+        success (which ends an outage). Cancellation is never caught.
+
+        Args:
+            op: what the call does, for the logs (``"get"``, ``"token lock"``).
+            default: what to return when Redis is skipped or the command fails.
+            command: an async callable taking the ``Redis`` first, e.g. ``Redis.get`` or
+                a :class:`LuaScript`.
+            *args: passed to ``command`` after the ``Redis``.
+            **kwargs: passed to ``command``.
+
+        Returns:
+            The command's result, or ``default``.
+        """
+        redis = self.guard()
+        if redis is None:
+            if default is _STRICT:
+                raise ServiceUnavailable(
+                    f"redis is unavailable, so {op} cannot run", service="redis"
+                )
+            return default
+        try:
+            result = await command(redis, *args, **kwargs)
+        except REDIS_ERRORS as exc:
+            self.report_failure(exc, op=op)
+            if default is _STRICT:
+                raise ServiceUnavailable(f"redis {op} failed: {exc}", service="redis") from exc
+            return default
+        if self._outage_started is not None:
+            self.report_success()
+        return result
+
+    async def call_strict(
+        self,
+        op: str,
+        command: Callable[Concatenate[Redis, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Like :meth:`call`, for services that must not fail open (sessions).
+
+        Raises:
+            ServiceUnavailable: the breaker is open, the client is not open, or the
+                command failed (the driver error is the cause).
+        """
+        result: T = await self.call(op, cast("T", _STRICT), command, *args, **kwargs)
+        return result
+
     def guard(self) -> Redis | None:
         """The Redis to send the next command to, or None to skip Redis.
+
+        Prefer :meth:`call`, which also reports the outcome; this is the breaker check
+        it makes.
 
         None when the client is not open or the breaker is open. Once ``breaker_seconds``
         have passed since the last failure, one caller gets through to probe and the rest

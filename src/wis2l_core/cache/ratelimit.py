@@ -4,26 +4,27 @@ One Lua script runs the generic cell rate algorithm (GCRA): each key stores one 
 its "theoretical arrival time", and a hit is allowed while it stays within ``per`` of
 now. That allows ``limit`` hits at once, then one every ``per / limit`` seconds, exactly,
 however many processes hit the same key at once (the script is atomic and reads Redis'
-clock, not the callers'). Keys are ``<namespace>:ratelimit:<key>`` and expire as soon as
-the limit has fully recovered.
+clock, not the callers'). Keys are ``<namespace>:ratelimit:<key>`` (the caller's key
+percent-encoded as in :meth:`~wis2l_core.cache.Cache.key`) and expire as soon as the
+limit has fully recovered.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Literal
 
 import attrs
 
-from wis2l_core.cache.client import REDIS_ERRORS, LuaScript, RedisClient
-from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.cache._input import key_text
+from wis2l_core.cache.client import LuaScript, RedisClient
+from wis2l_core.db.validate import check_int
+from wis2l_core.errors import ValidationError
 
 __all__ = ["FailMode", "RateLimit", "RateLimiter"]
 
-logger = logging.getLogger("wis2l_core.cache")
-
 SERVICE = "ratelimit"
+_MAX_LIMIT = 2**31 - 1
 
 FailMode = Literal["open", "closed", "raise"]
 """What :meth:`RateLimiter.hit` does when Redis cannot be asked: ``"open"`` allows the
@@ -106,7 +107,9 @@ class RateLimiter:
         """Count one hit (or ``cost`` hits) on ``key``: at most ``limit`` per ``per``.
 
         Args:
-            key: what is limited, e.g. ``f"login:{ip}"`` or ``f"spark:{user_id}"``.
+            key: what is limited, e.g. ``f"login:{ip}"`` or ``f"spark:{user_id}"``: any
+                text of 1 to 1024 characters (encoded as in :meth:`Cache.key`, so it
+                stays inside ``<namespace>:ratelimit:`` and holds no glob character).
             limit: hits allowed in a burst, and per ``per`` on average.
             per: the period, in seconds or as a ``timedelta``.
             cost: how many hits this one counts as.
@@ -115,28 +118,23 @@ class RateLimiter:
             Whether it is allowed, what remains and when to retry.
 
         Raises:
-            ValidationError: ``limit`` < 1, ``per`` not positive, or ``cost`` not in
-                ``1..limit``.
+            ValidationError: ``key`` not text of 1 to 1024 characters, ``limit`` < 1,
+                ``per`` not positive, or ``cost`` not in ``1..limit``.
             ServiceUnavailable: Redis is unavailable and ``fail_mode`` is ``"raise"``.
         """
-        if limit < 1:
-            raise ValidationError("limit must be at least 1", field="limit")
-        if not 1 <= cost <= limit:
-            raise ValidationError("cost must be between 1 and limit", field="cost")
+        check_int("limit", limit, low=1, high=_MAX_LIMIT)
+        check_int("cost", cost, low=1, high=limit)
         period = _period_ms(per)
         client = self._client
-        redis = client.guard()
-        if redis is None:
-            return self._unavailable(limit, None)
-        try:
-            allowed, remaining, wait, reset = await _GCRA(
-                redis, (client.key(SERVICE, key),), (limit, repr(period), cost)
-            )
-        except REDIS_ERRORS as exc:
-            client.report_failure(exc, op="ratelimit")
-            return self._unavailable(limit, exc)
-        if client.degraded:
-            client.report_success()
+        full = client.key(SERVICE, key_text("key", key))
+        args = (limit, repr(period), cost)
+        if self.fail_mode == "raise":
+            reply = await client.call_strict("ratelimit", _GCRA, (full,), args)
+        else:
+            reply = await client.call("ratelimit", None, _GCRA, (full,), args)
+            if reply is None:
+                return self._unavailable(limit)
+        allowed, remaining, wait, reset = reply
         return RateLimit(
             allowed=bool(allowed),
             remaining=max(0, int(remaining)),
@@ -145,11 +143,7 @@ class RateLimiter:
             reset_after=float(reset) / 1000,
         )
 
-    def _unavailable(self, limit: int, exc: BaseException | None) -> RateLimit:
-        if self.fail_mode == "raise":
-            raise ServiceUnavailable(
-                "redis is unavailable, so the rate limit cannot be checked", service="redis"
-            ) from exc
+    def _unavailable(self, limit: int) -> RateLimit:
         if self.fail_mode == "closed":
             retry = self._client.breaker_seconds
             return RateLimit(

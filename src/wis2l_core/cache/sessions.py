@@ -13,6 +13,8 @@ cannot be checked, so the call raises :class:`~wis2l_core.errors.ServiceUnavaila
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -21,16 +23,26 @@ from typing import Any
 from uuid import UUID
 
 import attrs
+import orjson
 from redis.asyncio import Redis
 
 from wis2l_core import serde
-from wis2l_core.cache.client import REDIS_ERRORS, LuaScript, RedisClient
+from wis2l_core.cache._input import encode_json, uuid_text
+from wis2l_core.cache.client import LuaScript, RedisClient
 from wis2l_core.cache.store import ttl_ms
-from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.errors import ValidationError
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["MAX_DATA_BYTES", "Session", "SessionStore"]
+
+logger = logging.getLogger("wis2l_core.cache")
 
 SERVICE = "session"
+
+MAX_DATA_BYTES = 64 * 1024
+"""The most session ``data`` may hold, as JSON: it is read on every request."""
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+"""What :func:`secrets.token_urlsafe` (32) returns."""
 
 _CREATE = LuaScript("""
 redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'data', ARGV[2], 'expires_at', ARGV[3])
@@ -120,97 +132,97 @@ class SessionStore:
         """Start a session for ``user_id``.
 
         Args:
-            user_id: the signed-in user.
-            data: JSON data to keep with the session (roles, a CSRF secret, ...).
+            user_id: the signed-in user (a ``UUID``, or a string that parses as one).
+            data: JSON data to keep with the session (roles, a CSRF secret, ...): a
+                mapping with string keys, at most 64 KiB as JSON, by the repositories'
+                JSON rules (finite numbers, no NUL characters, at most 255 levels deep).
 
         Returns:
             The session; its ``token`` is the only copy of the secret.
 
         Raises:
-            ValidationError: ``data`` is not a JSON-serializable mapping.
+            ValidationError: ``user_id`` is not a UUID, or ``data`` is not such a mapping
+                (``field`` names which); nothing is stored then.
             ServiceUnavailable: Redis cannot be reached.
         """
-        data = dict(data or {})
-        try:
-            payload = serde.dumps(data)
-        except TypeError as exc:
-            raise ValidationError(f"session data is not JSON: {exc}", field="data") from exc
+        uid = uuid_text("user_id", user_id)
+        if data is None:
+            data = {}
+        elif not isinstance(data, Mapping):
+            raise ValidationError(
+                f"data must be a JSON object (a mapping), not {type(data).__name__}",
+                field="data",
+            )
+        payload = encode_json("data", data, max_bytes=MAX_DATA_BYTES)
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         expires_ms = int(time.time() * 1000) + self._ttl_ms
         client = self._client
-        await self._run(
+        await client.call_strict(
+            "session create",
             _CREATE,
-            (client.key(SERVICE, digest), client.key(SERVICE, f"user:{user_id}")),
-            (
-                str(user_id),
-                payload,
-                expires_ms,
-                self._ttl_ms,
-                digest,
-                client.key(SERVICE, ""),
-            ),
-            op="session create",
+            (client.key(SERVICE, digest), client.key(SERVICE, f"user:{uid}")),
+            (uid, payload, expires_ms, self._ttl_ms, digest, client.key(SERVICE, "")),
         )
-        return Session(token, user_id, serde.loads(payload), _from_ms(expires_ms))
+        return Session(token, UUID(uid), serde.loads(payload), _from_ms(expires_ms))
 
     async def get(self, token: str) -> Session | None:
         """The session of ``token``, or None if it is unknown, expired or revoked.
 
+        A token that cannot be one of ours (not 43 URL-safe characters: a tampered
+        cookie, say) is None at once, without asking Redis.
+
         Raises:
             ServiceUnavailable: Redis cannot be reached (the session cannot be checked).
         """
-        if not token:
+        if not _well_formed(token):
             return None
         client = self._client
-        redis = self._redis()
-        try:
-            fields = await redis.hmget(
-                client.key(SERVICE, _digest(token)), ["user_id", "data", "expires_at"]
-            )
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc, "session get") from exc
-        if client.degraded:
-            client.report_success()
+        fields = await client.call_strict(
+            "session get",
+            Redis.hmget,
+            client.key(SERVICE, _digest(token)),
+            ["user_id", "data", "expires_at"],
+        )
         return _session(token, fields)
 
     async def refresh(self, token: str) -> Session | None:
         """Extend the session by ``ttl`` from now (sliding expiry).
 
         Returns:
-            The session with its new ``expires_at``, or None if it is unknown, expired
-            or revoked.
+            The session with its new ``expires_at``, or None if it is unknown, expired,
+            revoked or not a well-formed token.
 
         Raises:
             ServiceUnavailable: Redis cannot be reached.
         """
-        if not token:
+        if not _well_formed(token):
             return None
         client = self._client
         expires_ms = int(time.time() * 1000) + self._ttl_ms
-        fields = await self._run(
+        fields = await client.call_strict(
+            "session refresh",
             _REFRESH,
             (client.key(SERVICE, _digest(token)),),
             (expires_ms, self._ttl_ms, client.key(SERVICE, "user:")),
-            op="session refresh",
         )
         return _session(token, fields) if fields else None
 
     async def revoke(self, token: str) -> bool:
-        """End one session. Returns True if it existed.
+        """End one session. Returns True if it existed (False for a malformed token).
 
         Raises:
             ServiceUnavailable: Redis cannot be reached.
         """
-        if not token:
+        if not _well_formed(token):
             return False
         client = self._client
         digest = _digest(token)
-        revoked = await self._run(
+        revoked = await client.call_strict(
+            "session revoke",
             _REVOKE,
             (client.key(SERVICE, digest),),
             (client.key(SERVICE, "user:"), digest),
-            op="session revoke",
         )
         return bool(revoked)
 
@@ -218,40 +230,23 @@ class SessionStore:
         """End every session of ``user_id`` (sign out everywhere). Returns how many.
 
         Raises:
+            ValidationError: ``user_id`` is not a UUID.
             ServiceUnavailable: Redis cannot be reached.
         """
         client = self._client
-        count = await self._run(
+        uid = uuid_text("user_id", user_id)
+        count = await client.call_strict(
+            "session revoke_all",
             _REVOKE_ALL,
-            (client.key(SERVICE, f"user:{user_id}"),),
+            (client.key(SERVICE, f"user:{uid}"),),
             (client.key(SERVICE, ""),),
-            op="session revoke_all",
         )
         return int(count)
 
-    def _redis(self) -> Redis:
-        redis = self._client.guard()
-        if redis is None:
-            raise ServiceUnavailable(
-                "redis is unavailable, so sessions cannot be checked", service="redis"
-            )
-        return redis
 
-    def _failed(self, exc: BaseException, op: str) -> ServiceUnavailable:
-        self._client.report_failure(exc, op=op)
-        return ServiceUnavailable(f"redis {op} failed: {exc}", service="redis")
-
-    async def _run(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], *, op: str
-    ) -> Any:
-        redis = self._redis()
-        try:
-            result = await script(redis, keys, args)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc, op) from exc
-        if self._client.degraded:
-            self._client.report_success()
-        return result
+def _well_formed(token: object) -> bool:
+    """Could ``token`` be one :meth:`SessionStore.create` made? (Untrusted input.)"""
+    return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
 
 
 def _from_ms(ms: int) -> datetime:
@@ -262,6 +257,9 @@ def _session(token: str, fields: Sequence[bytes | str | None]) -> Session | None
     user_id, data, expires_at = fields
     if user_id is None or data is None or expires_at is None:
         return None
-    if isinstance(user_id, bytes):
-        user_id = user_id.decode()
-    return Session(token, UUID(user_id), serde.loads(data), _from_ms(int(expires_at)))
+    try:
+        uid = UUID(user_id.decode() if isinstance(user_id, bytes) else user_id)
+        return Session(token, uid, serde.loads(data), _from_ms(int(expires_at)))
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:  # not ours: not a session
+        logger.warning("unreadable session entry: %r", exc)
+        return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import functools
 import logging
 import random
@@ -33,7 +32,9 @@ import attrs
 from redis.asyncio import Redis
 
 from wis2l_core import serde
-from wis2l_core.cache.client import REDIS_ERRORS, LuaScript, RedisClient
+from wis2l_core._backoff import Backoff
+from wis2l_core.cache._input import encode_json, uuid_text
+from wis2l_core.cache.client import LuaScript, RedisClient
 from wis2l_core.cache.store import decode, ttl_ms
 from wis2l_core.errors import ValidationError
 
@@ -135,8 +136,12 @@ class TokenCache:
             raise ValidationError("jitter must be in [0, 1)", field="jitter")
 
     def key(self, project_id: UUID) -> str:
-        """The full Redis key that holds ``project_id``'s cached value."""
-        return self._client.key(SERVICE, str(project_id))
+        """The full Redis key that holds ``project_id``'s cached value.
+
+        Raises:
+            ValidationError: ``project_id`` is not a UUID.
+        """
+        return self._client.key(SERVICE, uuid_text("project_id", project_id))
 
     @overload
     async def get_or_load(
@@ -173,25 +178,17 @@ class TokenCache:
             Exception: whatever ``loader`` raises (nothing is cached then). Redis errors
                 never propagate: the cache fails open.
         """
-        key = str(project_id)
-        vkey = self._client.key(SERVICE, key)
+        key = uuid_text("project_id", project_id)
+        client = self._client
+        vkey = client.key(SERVICE, key)
         fut = self._inflight.get(key)
         if fut is None:  # no load running here: try Redis first
-            client = self._client
-            redis = client.guard()
-            if redis is not None:
-                try:
-                    raw = await redis.get(vkey)
-                except REDIS_ERRORS as exc:
-                    client.report_failure(exc, op="get")
-                else:
-                    if client.degraded:
-                        client.report_success()
-                    if raw is not None:
-                        value = decode(raw, type, key=vkey, default=_MISS)
-                        if value is not _MISS:
-                            return value
-                        await self._discard(redis, vkey)
+            raw = await client.call("get", None, Redis.get, vkey)
+            if raw is not None:
+                value = decode(raw, type, key=vkey, default=_MISS)
+                if value is not _MISS:
+                    return value
+                await client.call("delete", None, Redis.delete, vkey)
             fut = self._inflight.get(key)
             if fut is None:
                 fut = asyncio.ensure_future(self._load(key, loader))
@@ -212,24 +209,12 @@ class TokenCache:
             True once Redis confirms, False if Redis was unavailable and it was skipped
             (an event handler can raise then, to have the event delivered again).
         """
-        key = str(project_id)
+        key = uuid_text("project_id", project_id)
         self._inflight.pop(key, None)
         client = self._client
-        redis = client.guard()
-        if redis is None:
-            return False
-        try:
-            await _INVALIDATE(
-                redis,
-                (client.key(SERVICE, key), client.key(SERVICE, f"gen:{key}")),
-                (2 * ttl_ms(self.ttl),),
-            )
-        except REDIS_ERRORS as exc:
-            client.report_failure(exc, op="invalidate")
-            return False
-        if client.degraded:
-            client.report_success()
-        return True
+        keys = (client.key(SERVICE, key), client.key(SERVICE, f"gen:{key}"))
+        done = await client.call("invalidate", None, _INVALIDATE, keys, (2 * ttl_ms(self.ttl),))
+        return done is not None
 
     def _forget(self, key: str, fut: asyncio.Future[_Loaded]) -> None:
         if self._inflight.get(key) is fut:
@@ -248,22 +233,15 @@ class TokenCache:
         lock_ms = ttl_ms(self.lock_ttl)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_timeout.total_seconds()
-        delay = 0.005
+        backoff = Backoff.poll()
         while True:
-            redis = client.guard()
-            if redis is None:
+            reply = await client.call("token lock", None, _ACQUIRE, keys, (owner, lock_ms))
+            if reply is None:  # Redis unavailable: load here, store nothing
                 return _Loaded(await loader())
-            try:
-                reply = await _ACQUIRE(redis, keys, (owner, lock_ms))
-            except REDIS_ERRORS as exc:
-                client.report_failure(exc, op="token lock")
-                return _Loaded(await loader())
-            if client.degraded:
-                client.report_success()
             if reply[0] == b"hit":
                 return _Loaded(payload=reply[1])
             if reply[0] == b"lock":
-                return await self._load_locked(redis, keys, owner, reply[1], loader)
+                return await self._load_locked(keys, owner, reply[1], loader)
             if loop.time() >= deadline:
                 logger.warning(
                     "waited %.1f s for another process to load %s; loading here",
@@ -272,47 +250,44 @@ class TokenCache:
                     extra={"key": keys[0]},
                 )
                 return _Loaded(await loader())
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            await asyncio.sleep(backoff.next())
 
     async def _load_locked(
         self,
-        redis: Redis,
         keys: tuple[str, str, str],
         owner: str,
         generation: bytes,
         loader: Callable[[], Awaitable[Any]],
     ) -> _Loaded:
         value_key, lock_key, gen_key = keys
-        renewer = asyncio.create_task(self._renew(redis, lock_key, owner))
+        client = self._client
+        renewer = asyncio.create_task(self._renew(lock_key, owner))
         try:
             value = await loader()
-            payload = serde.dumps(value)
+            payload = encode_json("value", value)
         except BaseException:
             renewer.cancel()
-            with contextlib.suppress(*REDIS_ERRORS):
-                await _RELEASE(redis, (lock_key,), (owner,))
+            # Best effort: if this fails (or is cancelled) the lock lapses after lock_ttl.
+            await client.call("token unlock", None, _RELEASE, (lock_key,), (owner,))
             raise
         finally:
             renewer.cancel()
         px = ttl_ms(self.ttl) * (1 - self.jitter * random.random())  # noqa: S311 - not crypto
-        try:
-            await _STORE(
-                redis, (value_key, gen_key, lock_key), (payload, int(px), generation, owner)
-            )
-        except REDIS_ERRORS as exc:
-            self._client.report_failure(exc, op="set")
+        await client.call(
+            "set",
+            None,
+            _STORE,
+            (value_key, gen_key, lock_key),
+            (payload, int(px), generation, owner),
+        )
         return _Loaded(value, payload)
 
-    async def _renew(self, redis: Redis, lock_key: str, owner: str) -> None:
+    async def _renew(self, lock_key: str, owner: str) -> None:
         lock_ms = ttl_ms(self.lock_ttl)
         while True:
             await asyncio.sleep(lock_ms / 3000)
-            try:
-                await _RENEW(redis, (lock_key,), (owner, lock_ms))
-            except REDIS_ERRORS:
-                return  # the lock will lapse; the load still completes
-
-    async def _discard(self, redis: Redis, value_key: str) -> None:
-        with contextlib.suppress(*REDIS_ERRORS):
-            await redis.delete(value_key)
+            renewed = await self._client.call(
+                "token lock renew", None, _RENEW, (lock_key,), (owner, lock_ms)
+            )
+            if not renewed:
+                return  # lost or unreachable: the lock lapses; the load still completes
