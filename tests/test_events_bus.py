@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import socket
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -20,7 +24,7 @@ from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 
 from wis2l_core.cli import main
 from wis2l_core.config import Settings
-from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.errors import ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events import (
     CATALOGUE,
     BuildCompleted,
@@ -415,3 +419,269 @@ async def test_tail_prints_decoded_events_one_per_line(
     assert dead == 0
     line = json.loads(capsys.readouterr().out)
     assert line == {"subject": dlq, "headers": {"Wis2l-Dlq-Reason": "decode"}, "raw": "junk"}
+
+
+async def test_tail_with_nats_down_fails_fast_with_one_line() -> None:
+    """No retries for two minutes, no tracebacks: one line on stderr, exit 3."""
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://s3cr3t-token@127.0.0.1:{_free_port()}",
+        "WIS2L_NATS_CONNECT_TIMEOUT": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wis2l_core.cli",
+        "events",
+        "tail",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 3
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("wis2l: cannot reach NATS at nats://")
+    assert "s3cr3t-token" not in lines[0]
+
+
+@pytest.mark.timing
+def test_tail_with_nats_down_gives_up_within_the_connect_timeout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WIS2L_NATS_CONNECT_TIMEOUT", "1")
+    url = f"nats://127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    assert main(["events", "tail", "--nats-url", url]) == 3
+    assert time.monotonic() - start < 5  # the connect timeout and a margin, not minutes
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+async def test_tail_on_a_fresh_server_creates_the_stream_and_waits(
+    wis2l_settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NATS_URL", wis2l_settings.nats_urls[0])
+    monkeypatch.setenv("WIS2L_NAMESPACE", wis2l_settings.namespace)
+    monkeypatch.setenv("WIS2L_STREAM", wis2l_settings.stream_name)
+    nc = await nats.connect(list(wis2l_settings.nats_urls))
+    js = nc.jetstream()
+    try:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(wis2l_settings.stream_name)  # a fresh server: no stream
+        tail = asyncio.create_task(asyncio.to_thread(main, ["events", "tail", "--count", "1"]))
+        for _ in range(500):  # the tail made the stream, then subscribed
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await js.stream_info(wis2l_settings.stream_name)
+                if info.state.consumer_count:
+                    break
+            await asyncio.sleep(0.02)
+        event = progress(uuid.uuid4(), 5)
+        await js.publish(
+            f"{wis2l_settings.namespace}.build.progress",
+            encode_event(event),
+            headers={"Nats-Msg-Id": str(event.id)},
+        )
+        assert await asyncio.wait_for(tail, 20) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == json.loads(encode_event(event))
+        assert captured.err == ""
+    finally:
+        await nc.close()
+        await _delete_stream(wis2l_settings)
+
+
+# -- CloudEvents -------------------------------------------------------------------------
+
+
+async def test_published_messages_are_binary_mode_cloudevents(bus: EventBus) -> None:
+    event = progress(uuid.uuid4(), 42)
+    await bus.publish(event)
+    (msg,) = await read_all(bus, bus.subject(BuildProgress))
+    body = json.loads(msg.data)
+    assert msg.headers == {
+        "ce-specversion": "1.0",
+        "ce-type": "wis2l.build.progress",
+        "ce-source": f"/wis2l-core/{bus.namespace}",
+        "ce-id": str(event.id),
+        "ce-time": body["occurred_at"],
+        "ce-datacontenttype": "application/json",
+        "content-type": "application/json",
+        "Nats-Msg-Id": str(event.id),
+    }
+    assert datetime.fromisoformat(msg.headers["ce-time"]) == event.occurred_at
+    assert body["type"] == "build.progress"  # kept for consumers that read the body only
+
+
+async def test_the_outbox_relay_sends_the_same_headers(wis: Any) -> None:
+    p = await _project(wis)
+    build = await wis.builds.create(project_id=p, target="webgl")
+    await wis.builds.update(build.id, status="building")
+    subject = wis.bus.subject(BuildProgress).replace("progress", "started")
+    (msg,) = await _wait_for_messages(wis.bus, subject, 1)
+    body = json.loads(msg.data)
+    headers = msg.headers or {}
+    assert headers["ce-type"] == "wis2l.build.started"
+    assert headers["ce-id"] == headers["Nats-Msg-Id"] == body["id"]
+    assert headers["ce-time"] == body["occurred_at"]
+    assert headers["ce-source"] == f"/wis2l-core/{wis.bus.namespace}"
+    assert headers["ce-specversion"] == "1.0"
+
+
+async def _project(wis: Any) -> uuid.UUID:
+    tag = uuid.uuid4().hex[:8]
+    user = await wis.users.create(email=f"{tag}@x.io", name="U", subject=tag)
+    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="web")
+    return uuid.UUID(str(project.id))
+
+
+async def _wait_for_messages(bus: EventBus, subject: str, n: int) -> list[Msg]:
+    for _ in range(250):
+        msgs = await read_all(bus, subject, wait=0.1)
+        if len(msgs) >= n:
+            return msgs
+    raise AssertionError(f"fewer than {n} messages on {subject}")
+
+
+def _foreign_body(event: BuildProgress) -> dict[str, Any]:
+    """What another service sends: the documented fields, no ``type``."""
+    return {
+        "id": str(event.id),
+        "occurred_at": event.occurred_at.isoformat(),
+        "project_id": str(event.project_id),
+        "build_id": str(event.build_id),
+        "progress": event.progress,
+    }
+
+
+async def test_a_body_without_type_is_read_from_the_subject_or_ce_type(bus: EventBus) -> None:
+    seen: list[BuildProgress] = []
+
+    @bus.subscribe(BuildProgress, durable="foreign", backoff=FAST)
+    async def handle(event: BuildProgress) -> None:
+        seen.append(event)
+
+    await bus.start_subscribers()
+    subject = bus.subject(BuildProgress)
+    p = uuid.uuid4()
+    plain, with_ce, minimal = progress(p, 1), progress(p, 2), progress(p, 3)
+    # 1. the exact documented wire fields, no headers at all: the subject names the type
+    await bus.jetstream.publish(subject, json.dumps(_foreign_body(plain)).encode())
+    # 2. a CloudEvent whose ce-type names it, with a foreign ce-source
+    await bus.jetstream.publish(
+        subject,
+        json.dumps(_foreign_body(with_ce)).encode(),
+        headers={
+            "ce-specversion": "1.0",
+            "ce-type": "wis2l.build.progress",
+            "ce-source": "/other-service",
+            "ce-id": str(with_ce.id),
+        },
+    )
+    # 3. id and time only in the CloudEvents headers (as an SDK sends them)
+    body = _foreign_body(minimal)
+    del body["id"], body["occurred_at"]
+    await bus.jetstream.publish(
+        subject,
+        json.dumps(body).encode(),
+        headers={
+            "CE-SpecVersion": "1.0",  # header names are case-insensitive
+            "ce-type": "com.example.build.progress",  # a vendor's name does not contradict
+            "ce-source": "/other-service",
+            "ce-id": str(minimal.id),
+            "ce-time": minimal.occurred_at.isoformat().replace("+", "%2B"),
+        },
+    )
+    await eventually(lambda: len(seen) == 3)
+    assert sorted(seen, key=lambda e: e.progress) == [plain, with_ce, minimal]
+    assert await read_all(bus, bus.dlq_subject(subject)) == []
+
+
+async def test_a_type_that_contradicts_the_subject_is_dead_lettered(bus: EventBus) -> None:
+    seen: list[int] = []
+
+    @bus.subscribe(BuildProgress, durable="contra", concurrency=1, backoff=FAST)
+    async def handle(event: BuildProgress) -> None:
+        seen.append(event.progress)
+
+    await bus.start_subscribers()
+    subject = bus.subject(BuildProgress)
+    p = uuid.uuid4()
+    in_body = _foreign_body(progress(p, 1)) | {"type": "build.failed"}
+    await bus.jetstream.publish(subject, json.dumps(in_body).encode())
+    await bus.jetstream.publish(
+        subject,
+        json.dumps(_foreign_body(progress(p, 2))).encode(),
+        headers={"ce-type": "wis2l.deployment.failed"},
+    )
+    await bus.publish(progress(p, 3))
+    await eventually(lambda: seen == [3])
+    dead = await read_all(bus, bus.dlq_subject(subject))
+    assert [(d.headers or {})["Wis2l-Dlq-Reason"] for d in dead] == ["decode", "decode"]
+    errors = [(d.headers or {})["Wis2l-Dlq-Error"] for d in dead]
+    assert "'build.failed'" in errors[0]
+    assert "'deployment.failed'" in errors[1]
+
+
+# -- publish: validation and errors -------------------------------------------------------
+
+
+async def test_publish_refuses_a_malformed_event_before_sending(bus: EventBus) -> None:
+    bad_id = BuildProgress(project_id="*", build_id=uuid.uuid4(), progress=1)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as exc:
+        await bus.publish(bad_id)
+    assert exc.value.field == "project_id"
+    with pytest.raises(ValidationError):
+        await bus.publish("build.progress")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as exc:
+        bus.subject("build.*")
+    assert exc.value.field == "type"
+    assert await read_all(bus, f"{bus.namespace}.>") == []
+
+
+async def test_publish_lets_no_driver_exception_out(wis2l_settings: Settings) -> None:
+    settings = attrs.evolve(wis2l_settings)
+    # Settings refuse such a name now; force one in to reach nats-py's own check.
+    object.__setattr__(settings, "stream_name", "A.B")
+    bus = EventBus(settings)
+    await bus.open()
+    try:
+        with pytest.raises(Wis2lError) as exc:
+            await bus.publish(progress(uuid.uuid4(), 1))
+        assert exc.value.__cause__ is not None  # the driver's error is kept
+        assert not isinstance(exc.value, ValidationError)  # the event was fine
+    finally:
+        await bus.close(1)
+
+
+async def test_an_event_larger_than_the_servers_limit_is_a_validation_error(
+    bus: EventBus,
+) -> None:
+    huge = BuildCompleted(
+        project_id=uuid.uuid4(), build_id=uuid.uuid4(), target="webgl", artifacts={"x": "y" * 2**21}
+    )
+    with pytest.raises(ValidationError) as exc:
+        await bus.publish(huge)
+    assert isinstance(exc.value.__cause__, nats.errors.MaxPayloadError)
+    assert exc.value.field == "event"
+
+
+async def test_logs_never_show_a_nats_token(
+    wis2l_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="wis2l_core")
+    secret = "t0ps3cr3tt0k3n"
+    settings = attrs.evolve(
+        wis2l_settings,
+        nats_urls=(f"nats://{secret}@127.0.0.1:{_free_port()}",),
+        nats_connect_timeout=0.3,
+    )
+    bus = EventBus(settings)
+    await bus.open()
+    await bus.close(0)
+    assert any("not ready yet" in r.getMessage() for r in caplog.records)
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert secret not in caplog.text

@@ -2,7 +2,9 @@
 
 ``schema`` prints the AsyncAPI 3.0 document of the catalogue (JSON, or YAML with
 ``--yaml``). ``tail [SUBJECT]`` follows the stream with an ephemeral ordered consumer and
-prints one event per line, as JSON, until Ctrl-C (or ``--count`` events).
+prints one event per line, as JSON, until Ctrl-C (or ``--count`` events). It creates the
+stream when it is missing (a fresh server) and waits for events; with NATS unreachable it
+prints one line and exits 3 within the connect timeout (``WIS2L_NATS_CONNECT_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ import sys
 from typing import Any
 
 import attrs
-import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from wis2l_core.catalogue import decode_event, encode_event
+from wis2l_core.catalogue import encode_event
 from wis2l_core.config import Settings, redact_url
-from wis2l_core.errors import ConfigError
+from wis2l_core.errors import ConfigError, ServiceUnavailable, Wis2lError
 from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
+from wis2l_core.events.bus import EventBus
+from wis2l_core.events.cloudevents import decode_message
 
 __all__ = ["add_parser"]
 
-OK, UNAVAILABLE = 0, 3
+OK, UNAVAILABLE, INTERRUPTED = 0, 3, 130
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,8 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "tail",
         help="print events live, one JSON object per line",
         description="Follow the stream with an ephemeral ordered consumer and print each "
-        "event decoded, one JSON object per line, until Ctrl-C. Messages that do not "
-        'decode (and dead letters) print as {"subject": ..., "error": ..., "raw": ...}.',
+        "event decoded, one JSON object per line, until Ctrl-C. The stream is created if "
+        "it does not exist yet. Messages that do not decode (and dead letters) print as "
+        '{"subject": ..., "error": ..., "raw": ...}. Exits 3 if NATS cannot be reached '
+        "within WIS2L_NATS_CONNECT_TIMEOUT seconds.",
     )
     tail.add_argument(
         "subject",
@@ -98,52 +102,66 @@ def _tail(args: argparse.Namespace) -> int:
     subject = f"{ns}.*.*" if not args.subject else args.subject
     if not subject.startswith(f"{ns}."):
         subject = f"{ns}.{subject}"
+    urls = ", ".join(redact_url(u) for u in settings.nats_urls)
     try:
         asyncio.run(_follow(settings, subject, deliver_all=args.all, count=args.count))
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        urls = ", ".join(redact_url(u) for u in settings.nats_urls)
-        print(f"wis2l: cannot follow {subject} on {urls}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except ServiceUnavailable:
+        print(
+            f"wis2l: cannot reach NATS at {urls} within {settings.nats_connect_timeout:g}s "
+            "(is it running? `wis2l dev` starts one; NATS_URL names it)",
+            file=sys.stderr,
+        )
+        return UNAVAILABLE
+    except (Wis2lError, nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
+        print(f"wis2l: cannot follow {subject} on {urls}: {_one_line(exc)}", file=sys.stderr)
         return UNAVAILABLE
     return OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def _follow(
     settings: Settings, subject: str, *, deliver_all: bool, count: int | None
 ) -> None:
-    nc = await nats.connect(
-        list(settings.nats_urls),
-        name="wis2l-events-tail",
-        connect_timeout=max(1, round(settings.nats_connect_timeout)),
-        allow_reconnect=False,
-    )
+    """Print events of ``subject`` as they come (the stream is created if missing)."""
+    bus = EventBus(settings)
+    # Fails within the connect timeout; creates the stream on a fresh server, so a tail
+    # started before the app waits for its first event instead of failing.
+    await bus.open(require=True)
     try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
+        sub = await bus.jetstream.subscribe(
             subject,
             stream=settings.stream_name,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW,
         )
         seen = 0
+        dlq = f"{settings.namespace}.dlq."
         while count is None or seen < count:
             try:
                 msg = await sub.next_msg(timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
-            sys.stdout.write(_line(msg, dlq=f"{settings.namespace}.dlq.") + "\n")
+            sys.stdout.write(_line(msg, namespace=settings.namespace, dlq=dlq) + "\n")
             sys.stdout.flush()
             seen += 1
         await sub.unsubscribe()
     finally:
-        await nc.close()
+        await bus.close(0)
 
 
-def _line(msg: Msg, *, dlq: str) -> str:
+def _line(msg: Msg, *, namespace: str, dlq: str) -> str:
     raw = msg.data.decode("utf-8", errors="replace")
     if msg.subject.startswith(dlq):
         headers = {k: v for k, v in (msg.headers or {}).items() if k.startswith("Wis2l-")}
         return json.dumps({"subject": msg.subject, "headers": headers, "raw": raw})
+    subject_type = msg.subject.removeprefix(f"{namespace}.")
     try:
-        return encode_event(decode_event(msg.data)).decode()
+        event = decode_message(msg.data, msg.headers, subject_type=subject_type)
     except ValueError as exc:
         return json.dumps({"subject": msg.subject, "error": str(exc), "raw": raw})
+    return encode_event(event).decode()

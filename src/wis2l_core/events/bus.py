@@ -377,7 +377,7 @@ class EventBus:
 
         Raises:
             ValidationError: ``event`` is not a well-formed event (e.g. an id that is not a
-                UUID); nothing was sent.
+                UUID) or is larger than the server's payload limit; nothing was sent.
             ConfigError: NATS refuses the stream name or namespace.
             ServiceUnavailable: NATS is down, or did not acknowledge in time.
         """
@@ -391,6 +391,11 @@ class EventBus:
                 await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
         except Wis2lError:
             raise
+        except nats.errors.MaxPayloadError as exc:
+            raise ValidationError(
+                f"{event.type!r} event of {len(data)} bytes is larger than NATS accepts",
+                field="event",
+            ) from exc
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"nats: publish to {subject}: {exc}", service="nats") from exc
         except Exception as exc:  # nats-py raises ValueError and others of its own

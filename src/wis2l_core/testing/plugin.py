@@ -79,7 +79,7 @@ if pytest_asyncio is not None:
 
 
 async def drop_stream(settings: Settings) -> None:
-    """Delete the test's JetStream stream (and its DLQ stream, if any), if NATS answers."""
+    """Delete the test's JetStream stream (dead letters live in it too), if NATS answers."""
     import nats
     from nats.js.errors import NotFoundError
 
@@ -90,9 +90,7 @@ async def drop_stream(settings: Settings) -> None:
     except Exception:  # NATS down: nothing to clean
         return
     try:
-        js = nc.jetstream()
-        for name in (settings.stream_name, f"{settings.stream_name}_DLQ"):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(name)
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_stream(settings.stream_name)
     finally:
         await nc.close()
