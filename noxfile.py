@@ -7,7 +7,8 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
-SERVICE_VARS = ("WIS2L_TEST_DATABASE_URL", "WIS2L_TEST_REDIS_URL", "WIS2L_TEST_NATS_URL")
+LINTED = ("src", "tests", "examples", "benchmarks", "noxfile.py")
+"""What ruff checks and formats: the same paths as .ci/run."""
 
 
 @nox.session
@@ -19,10 +20,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and format check."""
+    """ruff: lint and format check over the same paths as .ci/run."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "benchmarks")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session

@@ -13,6 +13,7 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import redis
 import redis.asyncio
 
 from wis2l_core import Settings, StartupError
-from wis2l_core.dev import EmbeddedStack, _binaries, _stack
+from wis2l_core.dev import EmbeddedStack, _binaries, _process, _stack
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -193,7 +194,7 @@ def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        real = _stack._free_port
+        real = _process._free_port
         handed_out: list[int] = []
 
         def first_the_taken_port() -> int:
@@ -243,7 +244,7 @@ def test_ctrl_c_during_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPat
     bases: set[Path] = set()
     real_spawn = stack._spawn
 
-    def spawn_then_interrupt(*args: object, **kwargs: object) -> _stack._Child:
+    def spawn_then_interrupt(*args: object, **kwargs: object) -> _process._Child:
         child = real_spawn(*args, **kwargs)  # type: ignore[arg-type]
         spawned.append(child.popen.pid)
         bases.add(child.log.parents[1])
@@ -303,11 +304,31 @@ def test_wis2l_dev_prints_working_exports_and_exits_0_on_sigint(data_root: Path)
         text=True,
         env=_child_env(),
     ) as proc:
-        _run_dev_session(proc, data)
+        messages = _run_dev_session(proc, data, migrated=True)
     assert _procs_using(data) == []
+    (applied,) = [line for line in messages if line.startswith("applied ")]
+    assert "0001_" in applied
 
 
-def _run_dev_session(proc: subprocess.Popen[str], data: Path) -> None:
+@pytest.mark.slow
+def test_wis2l_dev_no_migrate_leaves_the_database_bare(data_root: Path) -> None:
+    data = data_root / "bare"
+    with subprocess.Popen(
+        [sys.executable, "-m", "wis2l_core.cli", "dev", "--no-migrate", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    ) as proc:
+        messages = _run_dev_session(proc, data, migrated=False)
+    assert any("--no-migrate" in line and "wis2l db migrate" in line for line in messages)
+    assert not any(line.startswith("applied ") for line in messages)
+
+
+def _run_dev_session(proc: subprocess.Popen[str], data: Path, *, migrated: bool) -> list[str]:
+    """Read the exports and the stderr lines up to "ready", check the servers, SIGINT."""
+    watchdog = threading.Timer(120, proc.kill)  # a hung child fails the test, not the run
+    watchdog.start()
     try:
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -317,11 +338,21 @@ def _run_dev_session(proc: subprocess.Popen[str], data: Path) -> None:
             assert word == "export"
             name, value = assignment.split("=", 1)
             exports[name] = value
-        assert "embedded stack ready" in proc.stderr.readline()
+        messages = [proc.stderr.readline().strip()]
+        while "embedded stack ready" not in messages[-1]:
+            assert messages[-1], f"stderr ended before 'ready': {messages}"
+            messages.append(proc.stderr.readline().strip())
         assert set(exports) == {"DATABASE_URL", "REDIS_URL", "NATS_URL"}
         settings = Settings.from_env(exports)
         with psycopg.connect(settings.database_url) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("wis2l",)
+            tables = ("users", "projects", "builds", "events")
+            found = conn.execute(
+                "SELECT count(*) FROM unnest(%s::text[]) AS t(name) "
+                "WHERE to_regclass('public.' || name) IS NOT NULL",
+                (list(tables),),
+            ).fetchone()
+            assert found == ((len(tables) if migrated else 0),)
         with redis.Redis.from_url(settings.redis_url) as client:
             assert client.ping() is True
         nats_port = int(settings.nats_urls[0].rsplit(":", 1)[1])
@@ -330,10 +361,12 @@ def _run_dev_session(proc: subprocess.Popen[str], data: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert not _port_open(nats_port)
+    return messages
 
 
 def test_a_data_dir_that_is_a_file_fails_cleanly(tmp_path: Path) -> None:

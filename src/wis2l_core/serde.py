@@ -14,7 +14,7 @@ from uuid import UUID
 import orjson
 from cattrs.preconf.orjson import OrjsonConverter, make_converter
 
-__all__ = ["converter", "dumps", "loads", "structure", "unstructure"]
+__all__ = ["converter", "dumps", "loads", "structure"]
 
 T = TypeVar("T")
 
@@ -40,13 +40,8 @@ converter: OrjsonConverter = _make()
 """The wis2l-core converter. Use it to turn models and events into plain data and back."""
 
 
-def unstructure(obj: Any) -> Any:
-    """Turn a model, event or container of them into JSON-ready data."""
-    return converter.unstructure(obj)
-
-
 def structure(data: Any, cls: type[T]) -> T:
-    """Build ``cls`` from plain data (the inverse of :func:`unstructure`)."""
+    """Build ``cls`` from plain data (the inverse of ``converter.unstructure``)."""
     return converter.structure(data, cls)
 
 

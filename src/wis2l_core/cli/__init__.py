@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from wis2l_core._version import package_version
 from wis2l_core.cli import db, dev, events, health
 from wis2l_core.errors import Wis2lError
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wis2l",
         description="wis2l-core: migrations, the embedded dev stack, events and health.",
     )
+    parser.add_argument("--version", action="version", version=f"wis2l-core {package_version()}")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at DEBUG to stderr (default: errors only)"
     )

@@ -1,20 +1,25 @@
-"""``wis2l dev``: run the embedded stack and print the environment that reaches it.
+"""``wis2l dev``: run the embedded stack, migrate it, and print the environment to reach it.
 
-Stdout carries only ``export NAME=value`` lines, so ``wis2l dev > .env.dev`` (or reading the
-first three lines from a script) works; the human message goes to stderr.
+The database is migrated before anything is printed (``--no-migrate`` leaves it bare), so the
+exports point at a schema an app can use at once. Stdout carries only ``export NAME=value``
+lines, so ``wis2l dev > .env.dev`` (or reading the first three lines from a script) works;
+the human messages (what was migrated, "ready") go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
 import signal
 import sys
 import threading
 from types import FrameType
 
+from wis2l_core._secrets import scrub, secrets_in
+from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.dev import EmbeddedStack
-from wis2l_core.errors import StartupError
+from wis2l_core.errors import StartupError, Wis2lError
 
 __all__ = ["add_parser", "run"]
 
@@ -32,9 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run embedded PostgreSQL, Valkey and NATS until Ctrl-C",
         description=(
             "Start PostgreSQL, a Redis-compatible server (Valkey) and NATS with JetStream on "
-            "free loopback ports, print the export lines that point wis2l at them, and run "
-            "until Ctrl-C or SIGTERM."
+            "free loopback ports, apply the migrations, print the export lines that point "
+            "wis2l at them, and run until Ctrl-C or SIGTERM."
         ),
+    )
+    parser.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="leave the database bare (default: apply the pending migrations at start)",
     )
     parser.add_argument(
         "--data-dir",
@@ -46,14 +57,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the stack, print the exports, block until SIGINT/SIGTERM/SIGHUP, then stop.
+    """Start the stack, migrate, print the exports, block until SIGINT/SIGTERM/SIGHUP, stop.
 
     Args:
-        args: parsed arguments; ``args.data_dir`` may be ``None``.
+        args: parsed arguments; ``args.data_dir`` may be ``None``, ``args.migrate`` is
+            false with ``--no-migrate``.
 
     Returns:
-        0 after a clean stop, 1 when the stack could not start, 130 when interrupted
-        during start.
+        0 after a clean stop, 1 when the stack could not start or the migrations failed,
+        130 when interrupted during start.
     """
     stack = EmbeddedStack(args.data_dir)
     stop = threading.Event()
@@ -64,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
         if (handler := signal.getsignal(sig)) is not signal.SIG_IGN
     }
     try:
-        # Until the stack is up, any stop signal interrupts start(), which cleans up.
+        # Until the stack is up and migrated, a stop signal interrupts start(), which cleans up.
         for sig in previous:
             signal.signal(sig, signal.default_int_handler)
         try:
             stack.start()
+            if not _migrate(stack.database_url, migrate=getattr(args, "migrate", True)):
+                return 1
         except StartupError as exc:
             print(f"wis2l dev: {exc}", file=sys.stderr)
             return 1
@@ -97,3 +111,31 @@ def run(args: argparse.Namespace) -> int:
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _migrate(database_url: str, *, migrate: bool) -> bool:
+    """Apply the pending migrations to ``database_url`` (unless told not to); say so on stderr.
+
+    Returns:
+        False when the migrations failed (the message is printed).
+
+    Raises:
+        KeyboardInterrupt: a stop signal came while migrating.
+    """
+    if not migrate:
+        print(
+            "not migrated (--no-migrate): `wis2l db migrate` creates the schema",
+            file=sys.stderr,
+        )
+        return True
+    try:
+        applied = asyncio.run(apply_migrations(database_url))
+    except Wis2lError as exc:
+        message = " ".join(scrub(str(exc), secrets_in([database_url])).split())
+        print(f"wis2l dev: the migrations failed: {message}", file=sys.stderr)
+        return False
+    if applied:
+        print(f"applied {len(applied)} migration(s): {', '.join(applied)}", file=sys.stderr)
+    else:
+        print("schema up to date: no migration to apply", file=sys.stderr)
+    return True
