@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import socket
 import subprocess
@@ -457,3 +458,29 @@ async def test_relay_options_are_checked(env: Env) -> None:
     await relay.stop()
     await relay.stop()
     assert not relay.running
+
+
+async def test_unmigrated_database_gives_one_clear_error_not_a_warning_per_poll(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with env.db.connection() as c:
+        await c.execute("DROP TABLE events CASCADE")  # as on a database never migrated
+    caplog.set_level(logging.DEBUG, logger="wis2l_core.events.outbox")
+    relay = env.relay(poll_interval=0.05)
+    await relay.start()
+
+    def records(level: int) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "wis2l_core.events.outbox" and r.levelno == level and "relay" in r.msg
+        ]
+
+    await eventually(_async(lambda: len(records(logging.DEBUG)) >= 1))  # it retried
+    await relay.stop(1)
+    errors = records(logging.ERROR)
+    assert len(errors) == 1
+    assert "wis2l db migrate" in errors[0].getMessage()
+    assert records(logging.WARNING) == []
+    # it backs off from a second (up to 30 s), not at the poll interval
+    assert errors[0].getMessage().endswith("retrying in 1s")
