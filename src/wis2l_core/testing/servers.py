@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 import psycopg
 from psycopg import sql
 
 from wis2l_core.db.migrate import apply_migrations
+from wis2l_core.errors import ValidationError
 
 __all__ = ["Servers", "TemplateDatabase", "find_servers", "with_database"]
 
@@ -62,9 +64,14 @@ def find_servers() -> Iterator[Servers]:
 
 
 def with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name`` instead."""
+    """``url`` pointing at database ``name`` instead (percent-encoded, so any name works)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    path = "/" + quote(name, safe="")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+_CLONE = re.compile(r"wis2l_t_[0-9a-f]{12}")
+"""The names :meth:`TemplateDatabase.clone` gives; ``drop()`` drops nothing else."""
 
 
 @attrs.define
@@ -89,7 +96,7 @@ class TemplateDatabase:
 
     def clone(self) -> str:
         """Create a fresh database from the template; return its URL."""
-        name = f"wis2l_t_{secrets.token_hex(6)}"
+        name = f"wis2l_t_{secrets.token_hex(6)}"  # matches _CLONE
         with self._admin() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -99,8 +106,15 @@ class TemplateDatabase:
         return with_database(self.server_url, name)
 
     def drop(self, url: str | None = None) -> None:
-        """Drop a clone (by URL), or the template itself when ``url`` is ``None``."""
-        name = self.name if url is None else urlsplit(url).path.lstrip("/")
+        """Drop a clone (by URL), or the template itself when ``url`` is ``None``.
+
+        Raises:
+            ValidationError: ``url`` names a database :meth:`clone` did not make (so a
+                wrong URL cannot drop the server's other databases).
+        """
+        name = self.name if url is None else unquote(urlsplit(url).path.lstrip("/"))
+        if url is not None and not _CLONE.fullmatch(name):
+            raise ValidationError(f"{name!r} is not a clone of the template; not dropping it")
         with self._admin() as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
