@@ -366,3 +366,142 @@ async def test_claiming_a_build_is_exclusive(wis: Wis2l) -> None:
     assert (len(won), len(lost)) == (1, 4)
     rows = await events(wis)
     assert [r["type"] for r in rows].count("build.started") == 1
+
+
+async def test_a_build_that_never_started_fails_at_progress_0(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    pending = await wis.builds.create(project_id=project_id, target="web")
+    for progress in (73, 100, 1):
+        with pytest.raises(ValidationError) as info:
+            await wis.builds.update(pending.id, status="failed", progress=progress, log="x")
+        assert info.value.field == "progress"
+        assert not isinstance(info.value, InvalidTransition)
+        assert "never started" in str(info.value)
+    assert await wis.builds.find_by_id(pending.id) == pending  # nothing written
+    assert await events(wis) == []
+    failed = await wis.builds.update(pending.id, status="failed", progress=0, log="refused\n")
+    assert (failed.status, failed.progress, failed.started_at) == (S.FAILED, 0, None)
+    assert failed.finished_at is not None
+    assert [r["type"] for r in await events(wis)] == ["build.failed"]
+    # From building, failing keeps the progress reached.
+    building = await build_in(wis, project_id, S.BUILDING)
+    assert (await wis.builds.update(building.id, status="failed", progress=73)).progress == 73
+
+
+async def test_a_progress_equal_to_the_stored_one_is_no_change(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    pending = await wis.builds.create(project_id=project_id, target="web")
+    assert await wis.builds.update(pending.id, progress=0) == pending
+    with pytest.raises(InvalidTransition):
+        await wis.builds.update(pending.id, progress=1)
+    done = await build_in(wis, project_id, S.COMPLETED)
+    assert await wis.builds.update(done.id, progress=100) == done
+    with pytest.raises(InvalidTransition):
+        await wis.builds.update(done.id, progress=99)
+    building = await build_in(wis, project_id, S.BUILDING)
+    failed = await wis.builds.update(building.id, status="failed", progress=40)
+    assert await wis.builds.update(failed.id, progress=40) == failed
+    before = [r["type"] for r in await events(wis)]
+    assert before.count("build.progress") == 0  # none of the equal values made an event
+
+
+async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await build_in(wis, project_id, S.BUILDING)
+    build = await wis.builds.update(build.id, progress=30, artifacts={"a": [1]}, log="l\n")
+    before = len(await events(wis))
+    assert await wis.builds.update(build.id) == build
+    assert await wis.builds.update(build.id, log="") == build
+    same = await wis.builds.update(build.id, progress=30, artifacts={"a": [1.0]}, log="")
+    assert same == build
+    assert await wis.builds.find_by_id(build.id) == build
+    assert len(await events(wis)) == before
+    logged = await wis.builds.update(build.id, log="more\n")
+    assert logged.updated_at > build.updated_at
+    assert len(await events(wis)) == before  # a log line is no event
+
+
+async def test_timestamps_never_predate_created_at(wis: Wis2l) -> None:
+    # Transactions that began before the build was created, then start and finish it:
+    # now() (the transaction's start) would stamp times before created_at.
+    project_id = await make_project(wis)
+    async with wis.transaction() as tx:
+        assert await tx.builds.find_by_id(uuid.uuid4()) is None  # the transaction has begun
+        await asyncio.sleep(0.01)
+        build = await wis.builds.create(project_id=project_id, target="web")
+        started = await tx.builds.update(build.id, status="building")
+        await asyncio.sleep(0.001)
+        done = await tx.builds.update(build.id, status="completed")
+    assert build.created_at == build.updated_at
+    assert started.started_at is not None
+    assert started.started_at > build.created_at
+    assert started.updated_at == started.started_at
+    assert done.started_at == started.started_at
+    assert done.finished_at is not None
+    assert done.finished_at > started.started_at
+    assert done.updated_at > started.updated_at
+    early = await wis.builds.create(project_id=project_id, target="web")
+    async with wis.transaction() as tx:
+        await tx.builds.find_by_id(early.id)
+        await asyncio.sleep(0.01)
+        late = await wis.builds.create(project_id=project_id, target="web")
+        failed = await tx.builds.update(late.id, status="failed")
+    assert late.created_at > early.created_at
+    assert failed.finished_at is not None
+    assert failed.finished_at > late.created_at
+
+
+async def test_logs_keep_their_last_lines(wis: Wis2l, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wis2l_core.db import builds as module
+
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    monkeypatch.setattr(module, "MAX_LOGS", 20)
+    kept = await wis.builds.update(build.id, log="line one\nline two\n")
+    assert kept.logs == "line one\nline two\n"  # 18 characters: all kept
+    trimmed = await wis.builds.update(build.id, log="three\n")
+    # The last 20 characters start inside "line one": that partial line goes too.
+    assert trimmed.logs == "line two\nthree\n"
+    cut = await wis.builds.update(build.id, log="four4\n")
+    assert cut.logs == "three\nfour4\n"
+    exact = await wis.builds.update(build.id, log="abcdefghijklm\n")
+    # The last 20 characters begin right after a newline: kept whole.
+    assert exact.logs == "four4\nabcdefghijklm\n"
+    long_line = await wis.builds.update(build.id, log="x" * 30)
+    assert long_line.logs == "x" * 20  # one line longer than the cap: its tail
+    one_line = await wis.builds.update(build.id, log="y" * 25 + "\n")
+    assert one_line.logs == "y" * 19 + "\n"  # never emptied by the line-start rule
+    assert await wis.builds.find_by_id(build.id) == one_line
+
+
+async def test_logs_are_capped_per_build(wis: Wis2l) -> None:
+    from wis2l_core.db.builds import MAX_LOG, MAX_LOGS
+
+    assert (MAX_LOG, MAX_LOGS) == (1_000_000, 1_000_000)
+    build = await build_in(wis, await make_project(wis), S.BUILDING)
+    chunk = "".join(f"{i:09d}\n" for i in range(MAX_LOG // 10))  # 100,000 lines
+    await wis.builds.update(build.id, log=chunk)
+    full = await wis.builds.update(build.id, log="the end\n")
+    assert len(full.logs) <= MAX_LOGS
+    assert full.logs.endswith("000099999\nthe end\n")
+    assert full.logs.startswith("000000001\n")  # line 0 dropped whole, not cut
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.update(build.id, log="z" * (MAX_LOG + 1))
+    assert info.value.field == "log"
+
+
+async def test_delete(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    build = await build_in(wis, project_id, S.BUILDING)
+    other = await wis.builds.create(project_id=project_id, target="web")
+    before = await events(wis)
+    assert await wis.builds.delete(build.id) is True
+    assert await wis.builds.find_by_id(build.id) is None
+    assert await wis.builds.delete(str(build.id)) is False
+    assert await wis.builds.delete(uuid.uuid4()) is False
+    assert [b.id for b in await wis.builds.find_by_project_id(project_id)] == [other.id]
+    assert await events(wis) == before  # its build.started stays; no new event
+    with pytest.raises(NotFound):  # a worker still holding the id
+        await wis.builds.update(build.id, progress=50)
+    with pytest.raises(ValidationError) as info:
+        await wis.builds.delete(42)  # type: ignore[arg-type]
+    assert info.value.field == "id"

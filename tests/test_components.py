@@ -123,6 +123,42 @@ async def test_update_bumps_version_and_records_event(wis: Wis2l) -> None:
     assert len(await events(wis)) == 3
 
 
+async def test_update_to_the_stored_values_changes_nothing(wis: Wis2l) -> None:
+    pid = await project(wis)
+    component = await wis.components.create(
+        project_id=pid, name="A", language="lua", code="x", experts=["e"], metadata={"k": 1}
+    )
+    same = await wis.components.update(
+        component.id,
+        name="A",
+        language=Language.LUA,
+        code="x",
+        prompt=None,
+        experts=("e",),
+        metadata={"k": 1.0},  # equal as JSON
+    )
+    assert same == component  # same version, same updated_at
+    assert await wis.components.find_by_id(component.id) == component
+    assert len(await events(wis)) == 1  # only component.created
+    changed = await wis.components.update(component.id, name="A", code="y")
+    assert (changed.version, changed.code) == (2, "y")
+    assert changed.updated_at > component.updated_at
+    assert [r["type"] for r in await events(wis)][-1] == "component.updated"
+
+
+async def test_concurrent_equal_updates_make_one_version(wis: Wis2l) -> None:
+    pid = await project(wis)
+    component = await wis.components.create(project_id=pid, name="A", language="lua", code="")
+    results = await asyncio.gather(
+        *(wis.components.update(component.id, code="same") for _ in range(10))
+    )
+    # The first writer makes version 2; the others find that value stored: no change.
+    assert {(c.version, c.code) for c in results} == {(2, "same")}
+    assert len({c.updated_at for c in results}) == 1
+    rows = await events(wis)
+    assert [r["type"] for r in rows].count("component.updated") == 1
+
+
 async def test_concurrent_updates_get_distinct_versions(wis: Wis2l) -> None:
     pid = await project(wis)
     component = await wis.components.create(project_id=pid, name="A", language="lua", code="")
@@ -322,10 +358,15 @@ async def test_any_valid_component_round_trips(wis: Wis2l, data: st.DataObject) 
     assert await wis.components.find_by_id(component.id) == component
     changes = data.draw(component_changes())
     updated = await wis.components.update(component.id, **changes)
-    assert updated.version == (2 if changes else 1)
+    wanted: dict[str, Any] = {}
     for key, value in changes.items():
         want = {} if key == "metadata" and value is None else value
-        assert getattr(updated, key) == (tuple(want) if key == "experts" else want), key
+        wanted[key] = tuple(want) if key == "experts" else want
+        assert getattr(updated, key) == wanted[key], key
+    # Only a real change makes a new version (values equal to the stored ones do not).
+    changed = any(getattr(component, key) != want for key, want in wanted.items())
+    assert updated.version == (2 if changed else 1)
+    assert (updated.updated_at == component.updated_at) is not changed
     assert await wis.components.find_by_id(component.id) == updated
 
 

@@ -114,11 +114,58 @@ async def test_deleting_the_build_keeps_the_deployment(wis: Wis2l) -> None:
     dep = await wis.deployments.create(
         project_id=project_id, environment="staging", version="1", build_id=build.id
     )
-    async with wis.database.pool.connection() as conn:
-        await conn.execute("DELETE FROM builds WHERE id = %s", (build.id,))
+    live = await wis.deployments.update(dep.id, status="in_progress")
+    assert await wis.builds.delete(build.id) is True
     found = await wis.deployments.find_by_id(dep.id)
     assert found is not None
     assert found.build_id is None
+    # The rest of the record, and its status machine, are untouched.
+    assert (found.id, found.status, found.version, found.environment) == (
+        live.id,
+        live.status,
+        live.version,
+        live.environment,
+    )
+    done = await wis.deployments.update(dep.id, status="completed", url="https://g.example")
+    assert (done.status, done.build_id) == (S.COMPLETED, None)
+    assert [r["type"] for r in await events(wis)] == [
+        "deployment.started",
+        "deployment.completed",
+    ]
+
+
+async def test_delete(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    dep = await deployment_in(wis, project_id, S.IN_PROGRESS)
+    other = await deployment_in(wis, project_id, S.PENDING)
+    before = await events(wis)
+    assert await wis.deployments.delete(dep.id) is True
+    assert await wis.deployments.find_by_id(dep.id) is None
+    assert await wis.deployments.delete(str(dep.id)) is False
+    assert await wis.deployments.delete(uuid.uuid4()) is False
+    assert [d.id for d in await wis.deployments.find_by_project_id(project_id)] == [other.id]
+    assert await events(wis) == before  # no event; the deployment's own events stay
+    with pytest.raises(NotFound):
+        await wis.deployments.update(dep.id, status="completed")
+    with pytest.raises(ValidationError) as info:
+        await wis.deployments.delete("nope")
+    assert info.value.field == "id"
+
+
+async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    dep = await deployment_in(wis, project_id, S.IN_PROGRESS)
+    dep = await wis.deployments.update(dep.id, url="https://a.example/x")
+    before = len(await events(wis))
+    assert await wis.deployments.update(dep.id) == dep
+    assert await wis.deployments.update(dep.id, url="https://a.example/x") == dep
+    assert await wis.deployments.find_by_id(dep.id) == dep
+    assert len(await events(wis)) == before
+    cleared = await wis.deployments.update(dep.id, url=None)
+    assert cleared.updated_at > dep.updated_at
+    # A status is a move, not a value: asking again for the current one is refused.
+    with pytest.raises(InvalidTransition):
+        await wis.deployments.update(dep.id, status="in_progress")
 
 
 @pytest.mark.parametrize(

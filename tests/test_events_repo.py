@@ -157,3 +157,27 @@ async def test_injection_strings_are_stored_verbatim(wis: Wis2l, evil: str) -> N
     event = await wis.events.create(type=evil, subsystem="spark", payload={evil: [evil]})
     assert (await wis.events.find_by_subsystem("spark")).items == (event,)
     assert (event.type, dict(event.payload)) == (evil, {evil: [evil]})
+
+
+async def test_find_by_id(wis: Wis2l) -> None:
+    project_id = await make_project(wis)
+    audit = await wis.events.create(type="template.viewed", subsystem="ignition")
+    component = await wis.components.create(
+        project_id=project_id, name="C", language="lua", code=""
+    )
+    assert await wis.events.find_by_id(audit.id) == audit
+    assert await wis.events.find_by_id(str(audit.id)) == audit
+    assert await wis.events.find_by_id(uuid.uuid4()) is None
+    [domain] = [
+        e for e in await wis.events.find_by_project_id(project_id) if e.type != "template.viewed"
+    ]
+    found = await wis.events.find_by_id(domain.id)
+    assert found == domain
+    assert (found.type, found.subsystem, found.payload["component_id"]) == (
+        "component.created",
+        Subsystem.SPARK,
+        str(component.id),
+    )
+    with pytest.raises(ValidationError) as info:
+        await wis.events.find_by_id("not-a-uuid")
+    assert info.value.field == "id"

@@ -330,3 +330,34 @@ async def test_any_invalid_project_is_refused(wis: Wis2l, data: st.DataObject) -
         await wis.projects.create(**kwargs)
     assert info.value.field == field
     assert await count(wis, "projects") == before
+
+
+async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
+    uid = await owner(wis)
+    template = await wis.templates.create(slug=unique("t"), name="T", engine="web")
+    project = await wis.projects.create(
+        owner_id=uid,
+        name="A",
+        slug=unique("same"),
+        engine="web",
+        template_id=template.id,
+        metadata={"k": [1, 2]},
+    )
+    assert project.created_at == project.updated_at
+    assert await wis.projects.update(project.id) == project
+    same = await wis.projects.update(
+        project.id,
+        name="A",
+        slug=project.slug,
+        engine=Engine.WEB,
+        template_id=str(template.id),
+        description=None,
+        metadata={"k": [1, 2]},
+    )
+    assert same == project
+    assert await wis.projects.find_by_id(project.id) == project
+    assert await count(wis, "events") == 0
+    moved = await wis.projects.update(project.id, description="now")
+    assert moved.updated_at > project.updated_at
+    with pytest.raises(NotFound):
+        await wis.projects.update(uuid.uuid4())

@@ -222,7 +222,7 @@ def test_db_check_fails_on_a_broken_query_file(
     builds = queries / "builds.sql"
     text = builds.read_text()
     # A renamed column deep inside the atomic update, and a parameter with no cast.
-    text = text.replace("logs = b.logs ||", "logs = b.logz ||", 1)
+    text = text.replace("log_tail(b.logs ||", "log_tail(b.logz ||", 1)
     text += "\n-- name: uncast\nSELECT id FROM builds\nWHERE target = %(target)s;\n"
     builds.write_text(text)
     (queries / "zz_garbage.sql").write_text("SELECT 1;\n-- name: late\nSELECT 2;\n")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from strategies import INJECTIONS, bad_template_fields, template_fields
-from wis2l_core import Conflict, Engine, Template, ValidationError
+from wis2l_core import Conflict, Engine, NotFound, Template, ValidationError
 from wis2l_core.runtime import Wis2l
 
 _serial = itertools.count()
@@ -139,3 +139,88 @@ async def test_any_invalid_template_is_refused(wis: Wis2l, data: st.DataObject) 
         await wis.templates.create(**kwargs)
     assert info.value.field == field
     assert await count(wis) == before
+
+
+async def test_update_changes_only_the_given_fields(wis: Wis2l) -> None:
+    template = await wis.templates.create(
+        slug="starter", name="Starter", engine="godot", description="d", files={"a": "1"}
+    )
+    renamed = await wis.templates.update(template.id, name="Starter 2", files={"b": "2"})
+    assert (renamed.slug, renamed.name, renamed.engine, renamed.description, renamed.files) == (
+        "starter",
+        "Starter 2",
+        Engine.GODOT,
+        "d",
+        {"b": "2"},
+    )
+    assert renamed.updated_at > template.updated_at
+    assert renamed.created_at == template.created_at
+    moved = await wis.templates.update(
+        str(template.id), slug="starter-v2", engine=Engine.WEB, description=None, files=None
+    )
+    assert (moved.slug, moved.engine, moved.description, moved.files) == (
+        "starter-v2",
+        Engine.WEB,
+        None,
+        {},
+    )
+    assert await wis.templates.find_by_slug("starter") is None
+    assert await wis.templates.find_by_slug("starter-v2") == moved
+
+
+async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
+    template = await wis.templates.create(slug="same", name="Same", engine="web", files={"n": 1})
+    assert await wis.templates.update(template.id) == template
+    same = await wis.templates.update(
+        template.id, slug="same", name="Same", engine="web", description=None, files={"n": 1.0}
+    )
+    assert same == template
+    assert await wis.templates.find_by_id(template.id) == template
+
+
+async def test_update_errors(wis: Wis2l) -> None:
+    await wis.templates.create(slug="taken", name="T", engine="web")
+    template = await wis.templates.create(slug="mine", name="M", engine="web")
+    with pytest.raises(NotFound):
+        await wis.templates.update(uuid.uuid4(), name="x")
+    with pytest.raises(NotFound):
+        await wis.templates.update(uuid.uuid4())
+    with pytest.raises(Conflict) as conflict:
+        await wis.templates.update(template.id, slug="taken")
+    assert conflict.value.field == "slug"
+    for kwargs, field in [
+        ({"slug": "Bad"}, "slug"),
+        ({"name": ""}, "name"),
+        ({"engine": "amiga"}, "engine"),
+        ({"files": ["x"]}, "files"),
+        ({"description": "d" * 10_001}, "description"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            await wis.templates.update(template.id, **kwargs)
+        assert info.value.field == field
+    with pytest.raises(ValidationError) as info:
+        await wis.templates.update("not-a-uuid", name="x")
+    assert info.value.field == "id"
+    assert await wis.templates.find_by_id(template.id) == template
+
+
+async def test_delete_keeps_projects_started_from_it(wis: Wis2l) -> None:
+    template = await wis.templates.create(slug="gone", name="Gone", engine="web")
+    user = await wis.users.create(email="t@example.com", name="T", subject="t")
+    project = await wis.projects.create(
+        owner_id=user.id, name="P", slug="p", engine="web", template_id=template.id
+    )
+    assert await wis.templates.delete(template.id) is True
+    assert await wis.templates.find_by_id(template.id) is None
+    assert await wis.templates.delete(template.id) is False
+    assert await wis.templates.delete(uuid.uuid4()) is False
+    kept = await wis.projects.find_by_id(project.id)
+    assert kept is not None
+    assert kept.template_id is None
+    with pytest.raises(ValidationError):
+        await wis.templates.delete("nope")
+    async with wis.database.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM events")
+        row = await cur.fetchone()
+    assert row is not None
+    assert row["n"] == 0  # no event for a template's deletion

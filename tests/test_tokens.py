@@ -448,3 +448,37 @@ async def test_any_invalid_token_is_refused(wis: Wis2l, data: st.DataObject) -> 
         await wis.tokens.sync(kwargs["project_id"], [item])
     assert info.value.field == (field if field == "project_id" else f"tokens[0].{field}")
     assert (await count(wis, "design_tokens"), await count(wis, "events")) == before
+
+
+# -- delete -------------------------------------------------------------------------------
+
+
+async def test_delete_by_name(wis: Wis2l) -> None:
+    pid, other = await project(wis), await project(wis)
+    token = await wis.tokens.upsert(project_id=pid, name="color.bg", category="color", value="#000")
+    kept = await wis.tokens.upsert(project_id=pid, name="color.fg", category="color", value="#fff")
+    twin = await wis.tokens.upsert(project_id=other, name="color.bg", category="color", value=1)
+    before = await events(wis)
+    assert await wis.tokens.delete(pid, "color.bg") is True
+    assert await wis.tokens.find_by_id(token.id) is None
+    assert await wis.tokens.delete(str(pid), "color.bg") is False
+    assert await wis.tokens.delete(pid, "nope") is False
+    assert await wis.tokens.delete(uuid.uuid4(), "color.fg") is False
+    assert [t.id for t in await walk(lambda c: wis.tokens.find_all(pid, after=c))] == [kept.id]
+    assert await wis.tokens.find_by_id(twin.id) == twin  # another project's token of that name
+    assert await events(wis) == before  # no event for a deletion
+    again = await wis.tokens.upsert(project_id=pid, name="color.bg", category="color", value="#000")
+    assert (again.version, again.id != token.id) == (1, True)  # a new token from version 1
+    for args, field in [(("nope", "a"), "project_id"), ((pid, ""), "name"), ((pid, 5), "name")]:
+        with pytest.raises(ValidationError) as info:
+            await wis.tokens.delete(*args)  # type: ignore[arg-type]
+        assert info.value.field == field
+
+
+@pytest.mark.parametrize("tokens", [None, 5, {"name": "a", "category": "color", "value": 1}])
+async def test_sync_needs_an_iterable_of_tokens(wis: Wis2l, tokens: Any) -> None:
+    pid = await project(wis)
+    with pytest.raises(ValidationError) as info:
+        await wis.tokens.sync(pid, tokens)
+    assert info.value.field == "tokens"
+    assert await count(wis, "events") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -84,3 +85,61 @@ async def test_development_logs_query_names_and_durations_never_values(
         assert any(m.startswith(name) and m.endswith(" ms") for m in messages), (name, messages)
     assert secret not in caplog.text
     assert "log@example.com" not in caplog.text
+
+
+async def test_find_all_pages_and_filters_by_role(wis: Wis2l) -> None:
+    roles = [Role.VIEWER, Role.ADMIN, Role.DEVELOPER, Role.ADMIN, Role.VIEWER]
+    made = [
+        await wis.users.create(email=f"u{i}@example.com", name=f"U{i}", subject=f"s{i}", role=r)
+        for i, r in enumerate(roles)
+    ]
+    seen = []
+    page = await wis.users.find_all(limit=2)
+    seen.extend(page)
+    while page.next_cursor is not None:
+        page = await wis.users.find_all(limit=2, after=page.next_cursor)
+        seen.extend(page)
+    assert seen == made  # creation order, each once
+    admins = await wis.users.find_all(Role.ADMIN)
+    assert list(admins) == [made[1], made[3]]
+    assert admins.next_cursor is None
+    viewers = await wis.users.find_all(role="viewer", limit=1)
+    assert list(viewers) == [made[0]]
+    assert viewers.next_cursor is not None
+    rest = await wis.users.find_all(role="viewer", after=viewers.next_cursor)
+    assert list(rest) == [made[4]]
+    with pytest.raises(ValidationError) as info:  # a cursor of the role list on the full list
+        await wis.users.find_all(after=viewers.next_cursor)
+    assert info.value.field == "after"
+    with pytest.raises(ValidationError) as info:
+        await wis.users.find_all(role="owner")
+    assert info.value.field == "role"
+    with pytest.raises(ValidationError) as info:
+        await wis.users.find_all(limit=0)
+    assert info.value.field == "limit"
+
+
+async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
+    user = await wis.users.create(email="a@b.io", name="A", subject="s", role="viewer")
+    assert user.created_at == user.updated_at
+    assert await wis.users.update(user.id) == user
+    same = await wis.users.update(user.id, email="a@b.io", name="A", subject="s", role="viewer")
+    assert same == user
+    assert await wis.users.find_by_id(user.id) == user
+    changed = await wis.users.update(user.id, name="A", role="admin")
+    assert changed.role is Role.ADMIN
+    assert changed.updated_at > user.updated_at
+    with pytest.raises(NotFound):
+        await wis.users.update(uuid.uuid4())
+
+
+async def test_updated_at_never_predates_created_at(wis: Wis2l) -> None:
+    # A transaction that began before the row was created, then updates it: updated_at
+    # must still be later than created_at (now() would give the transaction's start).
+    async with wis.transaction() as tx:
+        assert await tx.users.find_by_id(uuid.uuid4()) is None  # the transaction has begun
+        await asyncio.sleep(0.01)
+        user = await wis.users.create(email="late@b.io", name="Late", subject="late")
+        updated = await tx.users.update(user.id, name="Later")
+    assert updated.updated_at > user.created_at
+    assert await wis.users.find_by_id(user.id) == updated

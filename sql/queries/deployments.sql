@@ -49,3 +49,6 @@ WITH current AS (
 )
 SELECT c.status AS previous_status, u.*
 FROM current AS c LEFT JOIN changed AS u ON true;
+
+-- name: delete
+DELETE FROM deployments WHERE id = %(id)s::uuid RETURNING id;

@@ -121,3 +121,9 @@ SELECT %(project_id)s::uuid AS project_id,
        coalesce(array_agg(updated_at), '{}') AS updated,
        coalesce(array_agg(changed), '{}') AS changes
 FROM stored;
+
+-- name: delete
+-- design_tokens_project_name_key (project_id, name)
+DELETE FROM design_tokens
+WHERE project_id = %(project_id)s::uuid AND name = %(name)s::text
+RETURNING id;

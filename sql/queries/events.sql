@@ -13,6 +13,11 @@ VALUES (%(id)s::uuid, %(type)s::text, %(subsystem)s::text, %(project_id)s::uuid,
         %(payload)s::jsonb)
 RETURNING id, type, subsystem, project_id, payload, published_at, created_at, updated_at;
 
+-- name: find_by_id
+SELECT id, type, subsystem, project_id, payload, published_at, created_at, updated_at
+FROM events
+WHERE id = %(id)s::uuid;
+
 -- name: find_by_subsystem
 SELECT id, type, subsystem, project_id, payload, published_at, created_at, updated_at
 FROM events

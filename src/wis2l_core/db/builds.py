@@ -37,7 +37,7 @@ from wis2l_core.ids import uuid7
 from wis2l_core.models import Build, BuildStatus, Page
 from wis2l_core.sentinel import UNSET, Unset
 
-__all__ = ["BUILD_TRANSITIONS", "BuildRepository"]
+__all__ = ["BUILD_TRANSITIONS", "MAX_LOG", "MAX_LOGS", "BuildRepository"]
 
 S = BuildStatus
 
@@ -51,7 +51,19 @@ BUILD_TRANSITIONS: Mapping[BuildStatus, frozenset[BuildStatus]] = {
 
 _ALLOWED_FROM = allowed_from(BUILD_TRANSITIONS)
 _ANY = [s.value for s in BuildStatus]
-_MAX_LOG = 1_000_000
+# The statuses from which an update may change the progress (to a value other than the
+# stored one), per status asked for (None: no status).
+_PROGRESS_FROM: Mapping[BuildStatus | None, list[str]] = {
+    None: [S.BUILDING.value],
+    S.BUILDING: _ANY,  # only ever from pending: the start of the build
+    S.COMPLETED: _ANY,  # the progress is 100, from building only
+    S.FAILED: [S.BUILDING.value],  # a build that never started has no progress to keep
+    S.PENDING: [],
+}
+MAX_LOG = 1_000_000
+"""The most characters one :meth:`BuildRepository.update` call appends to ``logs``."""
+MAX_LOGS = 1_000_000
+"""The most characters a build keeps in ``logs``: older text is dropped from the front."""
 
 
 def _build(row: DictRow) -> Build:
@@ -158,32 +170,52 @@ class BuildRepository(Repository):
     ) -> Build:
         """Move a build along its state machine and/or record progress, artifacts, logs.
 
-        Rules (checked atomically by the database):
+        Rules (checked atomically by the database, in one statement):
 
         - ``status`` moves ``pending -> building -> completed | failed`` or
           ``pending -> failed``; anything else, the status the build already has
           included, is an ``InvalidTransition``. So of two workers that move one build
           to ``building``, exactly one succeeds: the claim is exclusive.
         - ``progress`` (0..100) may change only while the build is (or is being moved to)
-          ``building``; ``failed`` may carry the progress reached; ``completed`` sets 100
-          (another value with it is a ``ValidationError``, as is a progress with
-          ``status="pending"``). A progress change on a pending or finished build, without
-          a status that allows it, is an ``InvalidTransition``.
+          ``building``; ``building -> failed`` may carry the progress reached;
+          ``completed`` sets 100 (another value with it is a ``ValidationError``, as is a
+          progress with ``status="pending"``). A build that never started fails at its
+          progress 0: ``pending -> failed`` with another progress is a
+          ``ValidationError``. A progress change on a pending or finished build, without
+          a status that allows it, is an ``InvalidTransition``. A progress equal to the
+          stored one is no change, so it is accepted in any status.
         - ``artifacts`` replaces the manifest; ``log`` is appended verbatim to ``logs``
-          (bring your own newlines). Both are accepted in any status.
+          (bring your own newlines). Both are accepted in any status. A build keeps the
+          last :data:`MAX_LOGS` (1,000,000) characters of its log: when an append goes
+          past that, the oldest text is dropped, from a line start.
         - ``started_at`` is set on entering ``building``, ``finished_at`` on ``completed``
-          or ``failed``.
+          or ``failed``, to the time of the statement (never before ``created_at``, nor
+          ``finished_at`` before ``started_at``).
+        - A call that changes nothing (no keywords, or values equal to the stored ones)
+          writes nothing visible: ``updated_at`` stays, and no event is recorded.
 
         One event is recorded with the write: ``BuildStarted``, ``BuildCompleted`` (with the
         artifacts) or ``BuildFailed`` for a status change; ``BuildProgress`` when only the
         progress changed; none otherwise.
+
+        Args:
+            id: the build.
+            status: the status to move to.
+            progress: the percentage done, 0..100.
+            artifacts: the artifact manifest, a JSON object (replaces the stored one).
+            log: text to append to ``logs``, at most :data:`MAX_LOG` (1,000,000)
+                characters.
+
+        Returns:
+            The build as stored after the call.
 
         Raises:
             NotFound: no build has this id.
             InvalidTransition: the move (or a progress change) is not allowed from the
                 build's current status; nothing was written. ``current``/``requested``
                 name the statuses.
-            ValidationError: a malformed field (refused before any SQL).
+            ValidationError: a malformed field (refused before any SQL), or a progress
+                with ``pending -> failed`` (nothing was written).
         """
         params: dict[str, Any] = {"id": check_uuid("id", id)}
         set_field(params, "status", status, lambda v: check_enum("status", v, BuildStatus))
@@ -197,12 +229,12 @@ class BuildRepository(Repository):
         set_field(
             params, "artifacts", artifacts, lambda v: Jsonb(check_json_object("artifacts", v))
         )
-        params["log"] = check_optional_text("log", log, max_len=_MAX_LOG) or ""
+        params["log"] = check_optional_text("log", log, max_len=MAX_LOG) or ""
+        params["max_logs"] = MAX_LOGS
+        params["progress_from"] = _PROGRESS_FROM[target]
         if target is not None:
             params["status"] = target.value
             params["allowed_from"] = _ALLOWED_FROM[target]
-        elif params["set_progress"]:
-            params["allowed_from"] = [S.BUILDING.value]
         else:
             params["allowed_from"] = _ANY
 
@@ -210,12 +242,46 @@ class BuildRepository(Repository):
         if row is None:
             raise NotFound(f"no build with id {params['id']}")
         if row["id"] is None:
-            current = row["previous_status"]
-            requested = target.value if target is not None else current
-            what = f"move to {requested}" if target is not None else "change its progress"
-            raise InvalidTransition(
-                f"build {params['id']} is {current}: it cannot {what}",
-                current=current,
-                requested=requested,
-            )
+            raise _refused(params["id"], row["previous_status"], target, params["progress"])
         return _build(row)
+
+    async def delete(self, id: UUID | str) -> bool:
+        """Delete the build, in any status.
+
+        Deployments of the build stay (they are the record of what was deployed where):
+        their ``build_id`` becomes ``None``. No event is recorded; the build's own events
+        (``BuildStarted``, ...) stay in the audit log. A worker still updating a deleted
+        build gets ``NotFound``.
+
+        Args:
+            id: the build.
+
+        Returns:
+            ``False`` if there was no such build.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        return await self._write("delete", {"id": check_uuid("id", id)}) is not None
+
+
+def _refused(
+    id: UUID, current: str, target: BuildStatus | None, progress: int | None
+) -> ValidationError:
+    """The error of an update the database refused: a wrong move, or a progress change."""
+    if target is not None and current not in _ALLOWED_FROM[target]:
+        return InvalidTransition(
+            f"build {id} is {current}: it cannot move to {target.value}",
+            current=current,
+            requested=target.value,
+        )
+    if target is S.FAILED:  # from pending, with a progress
+        return ValidationError(
+            f"build {id} never started: it fails at progress 0, not {progress}",
+            field="progress",
+        )
+    return InvalidTransition(
+        f"build {id} is {current}: it cannot change its progress",
+        current=current,
+        requested=current,
+    )

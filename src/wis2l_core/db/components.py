@@ -56,7 +56,9 @@ def _component(row: DictRow) -> Component:
     )
 
 
-def _updated(row: DictRow) -> ComponentUpdated:
+def _updated(row: DictRow) -> ComponentUpdated | None:
+    if not row["changed"]:  # every value was the stored one: nothing written
+        return None
     return ComponentUpdated(
         project_id=row["project_id"],
         component_id=row["id"],
@@ -192,8 +194,22 @@ class ComponentRepository(Repository):
         """Change the given fields, add one to ``version`` and record ``ComponentUpdated``.
 
         The version is bumped by the database (``version + 1``), so concurrent updates get
-        distinct versions. A call with no fields changes nothing: it returns the component
-        as it is, with no new version and no event.
+        distinct versions. A call that changes nothing (no fields, or every value equal to
+        the stored one) returns the component as it is: no new version, the same
+        ``updated_at``, no event.
+
+        Args:
+            id: the component.
+            name: 1..200 characters.
+            language: the language of ``code``.
+            code: the source, at most 1,000,000 characters (may be empty).
+            prompt: the prompt, at most 100,000 characters; ``None`` clears it.
+            model: the model, at most 200 characters; ``None`` clears it.
+            experts: names of the experts consulted (replaces the list).
+            metadata: a JSON object (replaces the stored one; ``None`` means ``{}``).
+
+        Returns:
+            The component as stored after the call.
 
         Raises:
             NotFound: no component has this id.

@@ -189,3 +189,20 @@ class DeploymentRepository(Repository):
                 requested=requested,
             )
         return _deployment(row)
+
+    async def delete(self, id: UUID | str) -> bool:
+        """Delete the deployment record, in any status.
+
+        No event is recorded; the deployment's own events (``DeploymentStarted``, ...)
+        stay in the audit log.
+
+        Args:
+            id: the deployment.
+
+        Returns:
+            ``False`` if there was no such deployment.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

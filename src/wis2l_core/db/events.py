@@ -47,6 +47,24 @@ class EventRepository(Repository):
 
     table = "events"
 
+    async def find_by_id(self, id: UUID | str) -> Event | None:
+        """The event (a domain event or an audit-only record) with this id, or ``None``.
+
+        A domain event's id is the one it carried on the bus (its ``Nats-Msg-Id``), so a
+        consumer can look up the audit row of a message it received.
+
+        Args:
+            id: the event's id.
+
+        Returns:
+            The event, or ``None`` if there is none (or it was pruned).
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        row = await self._one("find_by_id", id=check_uuid("id", id))
+        return None if row is None else _event(row)
+
     async def create(
         self,
         *,

@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import Repository
+from wis2l_core.db.repository import Repository, set_field
 from wis2l_core.db.validate import (
     check_enum,
     check_json_object,
@@ -18,10 +18,15 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
+from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
+from wis2l_core.sentinel import UNSET, Unset
 
 __all__ = ["TemplateRepository"]
+
+MAX_NAME = 200
+MAX_DESCRIPTION = 10_000
 
 
 def _template(row: DictRow) -> Template:
@@ -37,8 +42,20 @@ def _template(row: DictRow) -> Template:
     )
 
 
+def _name(value: object) -> str:
+    return check_text("name", value, max_len=MAX_NAME)
+
+
+def _description(value: object) -> str | None:
+    return check_optional_text("description", value, max_len=MAX_DESCRIPTION)
+
+
+def _files(value: object) -> Jsonb:
+    return Jsonb(check_json_object("files", {} if value is None else value))
+
+
 class TemplateRepository(Repository):
-    """Project templates, found by id or slug, listed by engine."""
+    """Project templates, found by id or slug, listed by engine, updated and deleted."""
 
     table = "templates"
 
@@ -96,11 +113,72 @@ class TemplateRepository(Repository):
         params = {
             "id": uuid7(),
             "slug": check_slug("slug", slug),
-            "name": check_text("name", name, max_len=200),
+            "name": _name(name),
             "engine": check_enum("engine", engine, Engine).value,
-            "description": check_optional_text("description", description, max_len=10_000),
-            "files": Jsonb(check_json_object("files", {} if files is None else files)),
+            "description": _description(description),
+            "files": _files(files),
         }
         row = await self._write("create", params)
         assert row is not None
         return _template(row)
+
+    async def update(
+        self,
+        id: UUID | str,
+        *,
+        slug: str | Unset = UNSET,
+        name: str | Unset = UNSET,
+        engine: Engine | str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        files: Mapping[str, Any] | Unset | None = UNSET,
+    ) -> Template:
+        """Change the given fields; the others keep their values.
+
+        ``description=None`` clears it; ``files`` replaces the whole tree (``None`` means
+        ``{}``). Projects already started from the template keep what they were made
+        with. A call that changes nothing (no fields, or every value equal to the stored
+        one) keeps ``updated_at``. No event is recorded.
+
+        Args:
+            id: the template.
+            slug: unique: ``^[a-z0-9]+(-[a-z0-9]+)*$``, at most 64 characters.
+            name: 1..200 characters.
+            engine: the engine it is for.
+            description: free text, at most 10,000 characters.
+            files: the file tree as a JSON object.
+
+        Returns:
+            The template as stored after the call.
+
+        Raises:
+            NotFound: no template has this id.
+            ValidationError: a field is malformed (``field`` names it).
+            Conflict: the new slug is taken (``field == "slug"``).
+        """
+        params: dict[str, Any] = {"id": check_uuid("id", id)}
+        set_field(params, "slug", slug, lambda v: check_slug("slug", v))
+        set_field(params, "name", name, _name)
+        set_field(params, "engine", engine, lambda v: check_enum("engine", v, Engine).value)
+        set_field(params, "description", description, _description)
+        set_field(params, "files", files, _files)
+        row = await self._write("update", params)
+        if row is None:
+            raise NotFound(f"no template with id {params['id']}")
+        return _template(row)
+
+    async def delete(self, id: UUID | str) -> bool:
+        """Delete the template.
+
+        Projects started from it stay; their ``template_id`` becomes ``None``. No event is
+        recorded.
+
+        Args:
+            id: the template.
+
+        Returns:
+            ``False`` if there was no such template.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from wis2l_core.catalogue import TokensSynced, TokenUpdated
 from wis2l_core.db.repository import Repository
 from wis2l_core.db.validate import check_enum, check_json, check_text, check_uuid
-from wis2l_core.errors import ValidationError, Wis2lError
+from wis2l_core.errors import Conflict, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import DesignToken, Page, TokenCategory
 
@@ -203,9 +203,14 @@ class TokenRepository(Repository):
             value: any JSON value (e.g. ``"#ff8800"``, ``{"size": 16, "unit": "px"}``).
             group: an optional group name (1..200 characters).
 
+        Returns:
+            The token as stored after the call.
+
         Raises:
             ValidationError: a field is malformed (``field`` names it).
             NotFound: no project has ``project_id``.
+            Conflict: other transactions kept writing this token name while the call
+                retried (``field == "name"``); nothing was written, try again.
         """
         params: dict[str, Any] = {"project_id": check_uuid("project_id", project_id)}
         params |= _fields("", name, category, value, group)
@@ -214,7 +219,10 @@ class TokenRepository(Repository):
             row = await self._write("upsert", params | {"id": uuid7()}, _token_updated)
             if row is not None:
                 return _token(row)
-        raise Wis2lError(f"design token {params['name']!r} kept changing; try again")
+        raise Conflict(
+            f"design token {params['name']!r} kept changing under concurrent writes; try again",
+            field="name",
+        )
 
     async def sync(
         self, project_id: UUID | str, tokens: Iterable[Mapping[str, Any] | object]
@@ -235,11 +243,18 @@ class TokenRepository(Repository):
             The stored tokens, in the order given.
 
         Raises:
-            ValidationError: a malformed token (``field`` is e.g. ``"tokens[3].value"``),
-                a name given twice, or more than 10,000 tokens.
+            ValidationError: ``tokens`` is not an iterable of tokens, a malformed token
+                (``field`` is e.g. ``"tokens[3].value"``), a name given twice, or more
+                than 10,000 tokens.
             NotFound: no project has ``project_id``.
+            Conflict: other transactions kept writing these tokens while the call
+                retried (``field == "tokens"``); nothing was written, try again.
         """
         pid = check_uuid("project_id", project_id)
+        if isinstance(tokens, str | bytes | Mapping) or not isinstance(tokens, Iterable):
+            raise ValidationError(
+                "tokens must be a list (or other iterable) of tokens", field="tokens"
+            )
         items: list[dict[str, Any]] = []
         seen: set[str] = set()
         for index, item in enumerate(tokens):
@@ -273,4 +288,32 @@ class TokenRepository(Repository):
                 assert again is not None
                 stored |= _stored(again)
                 changed += again["changed"]
-        raise Wis2lError("design tokens kept changing during sync; try again")
+        raise Conflict(
+            "design tokens kept changing under concurrent writes during sync; try again",
+            field="tokens",
+        )
+
+    async def delete(self, project_id: UUID | str, name: str) -> bool:
+        """Delete the project's token ``name``.
+
+        Tokens are addressed by name, as :meth:`upsert` and :meth:`sync` write them (a
+        token you hold is ``delete(token.project_id, token.name)``). No event is
+        recorded: the catalogue has no token-deletion event yet, so the token cache is
+        not invalidated by the bus; call ``wis.token_cache.invalidate(project_id)`` after
+        deleting if you cache tokens.
+
+        Args:
+            project_id: the project.
+            name: the token's name.
+
+        Returns:
+            ``False`` if the project has no token of that name.
+
+        Raises:
+            ValidationError: a malformed project id or name.
+        """
+        params = {
+            "project_id": check_uuid("project_id", project_id),
+            "name": check_text("name", name, max_len=MAX_NAME),
+        }
+        return await self._write("delete", params) is not None

@@ -11,7 +11,7 @@ from wis2l_core.db.repository import Repository, set_field
 from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
-from wis2l_core.models import Role, User
+from wis2l_core.models import Page, Role, User
 from wis2l_core.sentinel import UNSET, Unset
 
 __all__ = ["UserRepository"]
@@ -51,6 +51,32 @@ class UserRepository(Repository):
         )
         return None if row is None else _user(row)
 
+    async def find_all(
+        self, role: Role | str | None = None, *, limit: int = 50, after: str | None = None
+    ) -> Page[User]:
+        """Users in creation order, optionally only those with one role.
+
+        Args:
+            role: only users with this role.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page (of the same list).
+
+        Returns:
+            One page of users; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad role, limit or cursor.
+        """
+        if role is None:
+            return await self._page("find_all", _user, limit=limit, after=after)
+        return await self._page(
+            "find_all_by_role",
+            _user,
+            limit=limit,
+            after=after,
+            role=check_enum("role", role, Role).value,
+        )
+
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
     ) -> User:
@@ -81,6 +107,19 @@ class UserRepository(Repository):
         role: Role | str | Unset = UNSET,
     ) -> User:
         """Change the given fields; the others keep their values.
+
+        A call that changes nothing (no fields, or every value equal to the stored one)
+        keeps ``updated_at``.
+
+        Args:
+            id: the user.
+            email: the new e-mail address (unique, compared case-insensitively).
+            name: 1..200 characters.
+            subject: the nocturnaID JWT ``sub`` (unique).
+            role: the new role.
+
+        Returns:
+            The user as stored after the call.
 
         Raises:
             NotFound: no user has this id.
