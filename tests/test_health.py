@@ -350,6 +350,25 @@ def test_secrets_of_finds_passwords_and_nats_tokens() -> None:
         nats_urls=("nats://tok3n@n1:4222", "nats://u:pw9@n2:4222"),
     )
     assert set(secrets_of(settings)) == {"p%40ss", "p@ss", "tok3n", "pw9"}
+    settings = Settings(
+        database_url="postgresql://ada@db/x?sslmode=require&password=q%2Bw+1&sslpassword=kp9",
+        redis_url="redis://127.0.0.1:6379/0?password=rq7",
+    )
+    assert {"q%2Bw+1", "q+w+1", "q+w 1", "kp9", "rq7"} <= set(secrets_of(settings))
+
+
+def test_describe_error_masks_every_form_without_being_told_the_secret() -> None:
+    message = (
+        "nats: no servers available: nats://Tk-n4ts@n1:4222, tls://u:Nt-pw1@n2:4222; "
+        "pg: postgresql://ada@db/x?sslmode=require&password=Pq-pw2&sslpassword=Sp-pw3; "
+        "redis: redis://cache:6379/0?password=Rq-pw4 and rediss://:Rd-pw5@cache/0; "
+        "conninfo: host=db password='Ci pw6' dbname=x"
+    )
+    text = describe_error(ConnectionError(message))
+    for secret in ("Tk-n4ts", "Nt-pw1", "Pq-pw2", "Sp-pw3", "Rq-pw4", "Rd-pw5", "Ci pw6", "pw6"):
+        assert secret not in text
+    assert "nats://***@n1:4222" in text
+    assert "sslmode=require&password=***&sslpassword=***" in text
 
 
 def test_describe_error_is_short_one_line_and_typed() -> None:

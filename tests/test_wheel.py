@@ -1,4 +1,4 @@
-"""The built wheel carries the SQL files, the type marker and the pytest plugin."""
+"""The built wheel carries every module, the SQL files, the type marker and the plugin."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def test_wheel_ships_sql_files(tmp_path: Path) -> None:
     assert expected_sql, "no .sql files in the checkout"
     assert expected_sql <= names, sorted(expected_sql - names)
     assert "wis2l_core/py.typed" in names
+    package = ROOT / "src" / "wis2l_core"
+    modules = {f"wis2l_core/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")}
+    assert "wis2l_core/health/__init__.py" in modules  # a package since the split
+    assert modules <= names, sorted(modules - names)
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(meta).decode()
     assert "pytest11" in entry_points
