@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from wis2l_core.catalogue import CATALOGUE, DomainEvent, decode_event, event_payload
+from wis2l_core.catalogue import CATALOGUE, DomainEvent, decode_event
 from wis2l_core.errors import ValidationError
 
 __all__ = [
@@ -119,12 +119,6 @@ def cloudevent_headers(
     if time:
         headers["ce-time"] = _encode(time)
     return headers
-
-
-def event_headers(event: DomainEvent, namespace: str) -> dict[str, str]:
-    """:func:`cloudevent_headers` for ``event`` (its type, id and ``occurred_at``)."""
-    time = event_payload(event)["occurred_at"]
-    return cloudevent_headers(event.type, str(event.id), namespace=namespace, time=time)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
