@@ -146,6 +146,7 @@ async def test_a_command_error_does_not_open_the_breaker(client: RedisClient) ->
     assert await cache.set("other", 1) is True
 
 
+@pytest.mark.timing
 async def test_cancelled_calls_leave_the_pool_consistent(settings: Settings) -> None:
     client = RedisClient(attrs.evolve(settings, redis_max_connections=8))
     await client.open()
