@@ -175,6 +175,16 @@ def test_every_name_in_the_charset_is_accepted(name: str) -> None:
     assert (s.namespace, s.stream_name) == (name, name)
 
 
+def test_libpq_multi_host_urls_are_accepted_and_checked() -> None:
+    url = "postgresql://ada:Mh-s3cret@h1:5432,h2:5433/db?target_session_attrs=read-write"
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+    assert "Mh-s3cret" not in repr(Settings(database_url=url))
+    for bad in ("postgresql://h1:5432,h2:99999/db", "postgresql://h1,h2:x/db"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"DATABASE_URL": bad})
+        assert info.value.variable == "DATABASE_URL"
+
+
 @pytest.mark.parametrize(
     ("env", "url"),
     [

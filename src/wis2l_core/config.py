@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
 
@@ -376,7 +376,21 @@ def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> 
 
 
 def _check_database_url(url: str, variable: str) -> None:
-    _check_url(url, variable, ("postgresql", "postgres"), "PostgreSQL")
+    schemes = ("postgresql", "postgres")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None:
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if "," in hosts:  # libpq's multi-host form: host1:port1,host2:port2
+            for host in hosts.split(","):
+                _check_url(
+                    urlunsplit((parts.scheme, host, "", "", "")), variable, schemes, "PostgreSQL"
+                )
+            first = f"{userinfo}{at}{hosts.split(',')[0]}"
+            url = urlunsplit((parts.scheme, first, parts.path, parts.query, parts.fragment))
+    _check_url(url, variable, schemes, "PostgreSQL")
 
 
 def _check_redis_url(url: str, variable: str) -> None:
