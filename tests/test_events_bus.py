@@ -21,6 +21,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from tests.helpers import eventually, make_project
 
 from wis2l_core.cli import main
 from wis2l_core.config import Settings
@@ -76,14 +77,6 @@ async def read_all(bus: EventBus, subject: str, wait: float = 0.5) -> list[Msg]:
         pass
     await sub.unsubscribe()
     return msgs
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def progress(p: uuid.UUID, value: int) -> BuildProgress:
@@ -517,7 +510,7 @@ async def test_published_messages_are_binary_mode_cloudevents(bus: EventBus) -> 
 
 
 async def test_the_outbox_relay_sends_the_same_headers(wis: Any) -> None:
-    p = await _project(wis)
+    p = await make_project(wis)
     build = await wis.builds.create(project_id=p, target="webgl")
     await wis.builds.update(build.id, status="building")
     subject = wis.bus.subject(BuildProgress).replace("progress", "started")
@@ -529,13 +522,6 @@ async def test_the_outbox_relay_sends_the_same_headers(wis: Any) -> None:
     assert headers["ce-time"] == body["occurred_at"]
     assert headers["ce-source"] == f"/wis2l-core/{wis.bus.namespace}"
     assert headers["ce-specversion"] == "1.0"
-
-
-async def _project(wis: Any) -> uuid.UUID:
-    tag = uuid.uuid4().hex[:8]
-    user = await wis.users.create(email=f"{tag}@x.io", name="U", subject=tag)
-    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="web")
-    return uuid.UUID(str(project.id))
 
 
 async def _wait_for_messages(bus: EventBus, subject: str, n: int) -> list[Msg]:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import nats
 import nats.js.errors
 import pytest
+from tests.helpers import eventually
 
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.tokens import TokenCache
@@ -31,14 +30,6 @@ async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await nc.jetstream().delete_stream(wis2l_settings.stream_name)
     await nc.close()
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def _consumer_exists(bus: EventBus, name: str) -> bool:

@@ -20,6 +20,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from tests.helpers import eventually
 
 from wis2l_core.config import Settings
 from wis2l_core.db.pool import Connection, Database
@@ -140,14 +141,6 @@ async def stream_count(bus: EventBus) -> int:
     return int(info.state.messages)
 
 
-async def eventually(check: Any, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def progress(p: uuid.UUID, value: int, build: uuid.UUID | None = None) -> BuildProgress:
     return BuildProgress(project_id=p, build_id=build or p, progress=value)
 
@@ -165,7 +158,7 @@ async def test_committed_write_is_published_as_stored_and_marked(env: Env) -> No
     relay = env.relay()
     await relay.start()
     updated = await env.repos.builds.update(build.id, status="building")
-    await eventually(lambda: _zero(env))
+    await eventually(lambda: _zero(env), timeout=15)
     msgs = await read_all(env.bus)
     assert len(msgs) == 1
     body = json.loads(msgs[0].data)
@@ -207,7 +200,7 @@ async def test_rolled_back_transaction_leaves_no_event_anywhere(env: Env) -> Non
         await write_then_fail()
     kept = BuildStarted(project_id=p, build_id=build.id, target="webgl")
     await env.write(kept)  # a later commit proves the relay was awake
-    await eventually(lambda: _zero(env))
+    await eventually(lambda: _zero(env), timeout=15)
     msgs = await read_all(env.bus)
     assert ids(msgs) == [str(kept.id)]
     assert len(await env.seqs()) == 1
@@ -238,7 +231,7 @@ async def test_two_relays_at_once_never_double_publish(env: Env) -> None:
             await env.write(*(progress(p, i + k) for k in range(5)))
 
     await asyncio.gather(*(writer(p) for p in projects))
-    await eventually(lambda: _zero(env))
+    await eventually(lambda: _zero(env), timeout=15)
     msgs = await read_all(env.bus)
     assert len(msgs) == 1000
     assert len(set(ids(msgs))) == 1000
@@ -286,7 +279,7 @@ async def test_relay_killed_between_publish_and_mark_leaves_one_copy(
     assert await env.unpublished() == 20  # ... but not marked: the transaction rolled back
     again = env.relay()
     await again.start()
-    await eventually(lambda: _zero(env))
+    await eventually(lambda: _zero(env), timeout=15)
     assert again.published == 20  # sent again, and JetStream dropped every copy
     msgs = await read_all(env.bus)
     assert ids(msgs) == [str(e.id) for e in events]
@@ -312,7 +305,7 @@ async def test_events_of_a_project_reach_the_stream_in_commit_order(env: Env) ->
     await asyncio.gather(
         *(one(p, build_p) for _ in range(60)), *(one(q, build_q) for _ in range(60))
     )
-    await eventually(lambda: _zero(env))
+    await eventually(lambda: _zero(env), timeout=15)
     msgs = await read_all(env.bus)
     for project in (p, q):
         values = [
