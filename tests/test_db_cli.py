@@ -6,6 +6,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from psycopg import sql
 
 from wis2l_core.cli import main
 from wis2l_core.db.seed import PROJECTS, TEMPLATES, USERS
+from wis2l_core.db.sql import migrations
 from wis2l_core.testing.servers import Servers, with_database
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -107,7 +109,7 @@ def test_default_url_comes_from_the_environment(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", wis2l_database_url)
     assert main(["db", "status", "--fail-on-pending"]) == 0
-    assert "1 applied, 0 pending, 0 drifted" in capsys.readouterr().out
+    assert f"{len(migrations())} applied, 0 pending, 0 drifted" in capsys.readouterr().out
 
 
 def test_seed_refuses_an_unmigrated_database(
@@ -185,3 +187,35 @@ def test_concurrent_seeds_do_not_collide(wis2l_database_url: str) -> None:
         f"users: {len(USERS)} created, 0 already there",
     ]
     assert len(column(wis2l_database_url, "SELECT id FROM projects")) == len(PROJECTS)
+
+
+def test_check_on_an_unmigrated_database_is_one_line_naming_migrate(
+    empty_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "check", "--database-url", empty_database_url]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not one failure per query
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("wis2l db check: error: the database schema is missing")
+    assert "`wis2l db migrate`" in captured.err
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "not-sql"])
+def test_check_refuses_a_queries_dir_with_nothing_to_check(
+    make: str,
+    wis2l_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    queries = tmp_path / "queries"
+    if make != "missing":
+        queries.mkdir()
+    if make == "not-sql":
+        (queries / "users.txt").write_text("-- name: x\nSELECT 1\n")
+    argv = ["db", "check", "--database-url", wis2l_database_url, "--queries-dir", str(queries)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "checked 0 queries" not in captured.out
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"wis2l db check: error: --queries-dir {queries}: ")
+    assert ("no such folder" if make == "missing" else "no .sql files") in captured.err

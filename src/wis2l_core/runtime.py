@@ -29,7 +29,7 @@ import psycopg
 
 from wis2l_core.cache import BuildCache, Cache, RateLimiter, RedisClient, SessionStore, TokenCache
 from wis2l_core.config import Settings
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.db.pool import Database, connect_kwargs
 from wis2l_core.db.repositories import Repositories, Transaction
@@ -95,7 +95,8 @@ class Wis2l(Repositories):
 
     @property
     def database(self) -> Database:
-        """The PostgreSQL pool wrapper (for advanced use: raw queries on the pool)."""
+        """The PostgreSQL pool: run your own SQL with ``fetch_one``, ``fetch_all``,
+        ``fetch_val`` and ``execute``, or borrow a connection with ``connection()``."""
         return self._db
 
     @property
@@ -354,9 +355,8 @@ class Wis2l(Repositories):
                 self._stopping = True
             await received.wait()
             log.info("%s received; stopping", caught[0].name, extra={"signal": caught[0].name})
-            await self.stop()
         finally:
-            try:
+            try:  # after the signal, and also when start() failed or this task was cancelled
                 await self.stop()
             finally:
                 remove()
@@ -394,15 +394,22 @@ class Wis2l(Repositories):
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Bind the repositories to one transaction: all or nothing.
 
+        The transaction also runs your own SQL (``tx.fetch_one``, ``tx.execute`` ...,
+        or ``tx.connection``). If the block raises, or its task is cancelled, everything
+        is rolled back and the connection goes back to the pool (a connection cut off
+        mid-statement is closed and replaced instead).
+
         Raises:
             ServiceUnavailable: the database cannot be reached.
         """
         async with self._db.connection() as conn:
+            tx = Transaction(self._db, conn)
             try:
-                async with conn.transaction():
-                    yield Transaction(self._db, conn)
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
+                with map_errors():
+                    async with conn.transaction():
+                        yield tx
+            finally:
+                tx._end()
 
     @classmethod
     @asynccontextmanager

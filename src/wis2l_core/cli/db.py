@@ -19,7 +19,13 @@ import attrs
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.db.check import check_queries
 from wis2l_core.db.migrate import apply_migrations, migration_status
-from wis2l_core.errors import ConfigError, MigrationError, ServiceUnavailable, Wis2lError
+from wis2l_core.errors import (
+    ConfigError,
+    MigrationError,
+    ServiceUnavailable,
+    ValidationError,
+    Wis2lError,
+)
 
 __all__ = ["EXIT_CODES", "add_parser"]
 
@@ -30,8 +36,10 @@ exit codes:
   0  success
   1  the command found a problem: a drifted or failed migration (migrate, status),
      pending migrations with --fail-on-pending (status), an unmigrated database or a
-     refused write (seed), a query the database refused (check)
-  2  usage or configuration error (bad option, malformed DATABASE_URL ...)
+     refused write (seed), a query the database refused or an unmigrated database
+     (check)
+  2  usage or configuration error (bad option, malformed DATABASE_URL, a
+     --queries-dir that is missing or has no .sql file ...)
   3  the database cannot be reached"""
 
 
@@ -91,7 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "check",
         help="prepare every query of sql/queries against the database",
         description="PREPARE every named query in sql/queries (never executed, rolled back) "
-        "against a migrated database; report each failure as file:line.",
+        "against a migrated database; report each failure as file:line. An unmigrated "
+        "database is one error naming `wis2l db migrate`.",
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
@@ -215,11 +224,15 @@ def _seed(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     async def action(settings: Settings) -> int:
-        report = await check_queries(
-            settings.database_url,
-            directory=args.queries_dir,
-            connect_timeout=settings.db_connect_timeout,
-        )
+        try:
+            report = await check_queries(
+                settings.database_url,
+                directory=args.queries_dir,
+                connect_timeout=settings.db_connect_timeout,
+            )
+        except ValidationError as exc:  # --queries-dir is missing or has no .sql file
+            _error("check", f"--queries-dir {exc}")
+            return USAGE
         for failure in report.failures:
             print(failure)
         print(

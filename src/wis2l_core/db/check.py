@@ -13,8 +13,9 @@ from pathlib import Path
 import attrs
 import psycopg
 
+from wis2l_core.db.errors import SchemaMissing, map_errors
 from wis2l_core.db.sql import Query, parse_queries, sql_root
-from wis2l_core.errors import ServiceUnavailable
+from wis2l_core.errors import ValidationError
 
 __all__ = ["CheckReport", "QueryFailure", "check_queries"]
 
@@ -92,34 +93,54 @@ async def check_queries(
         directory: the query files (default: the package's ``sql/queries``).
 
     Raises:
+        SchemaMissing: the database was never migrated (one error, not one per query).
+        ValidationError: ``directory`` is missing or holds no ``.sql`` file.
         ServiceUnavailable: the database cannot be reached.
     """
     sources = _read(directory if directory is not None else sql_root() / "queries")
     failures: list[QueryFailure] = []
     checked = 0
-    try:
+    with map_errors():
         conn = await psycopg.AsyncConnection.connect(
             database_url,
             connect_timeout=max(1, round(connect_timeout)),
             application_name="wis2l-core check",
         )
-    except psycopg.Error as exc:
-        raise ServiceUnavailable(f"database unavailable: {exc}", service="database") from exc
     async with conn:
-        try:
+        with map_errors():
+            await _require_schema(conn)
             # One transaction, always rolled back; each query gets a savepoint so that one
             # failure does not abort the rest.
             async with conn.transaction(force_rollback=True):
                 for file, text in sources:
                     checked += await _check_file(conn, file, text, failures)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"database unavailable: {exc}", service="database") from exc
     return CheckReport(checked=checked, files=len(sources), failures=tuple(failures))
 
 
+async def _require_schema(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    """Refuse an unmigrated database at once, rather than one failure per query."""
+    cur = await conn.execute("SELECT to_regclass('wis2l_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        raise SchemaMissing(
+            "the database schema is missing (no migration has been applied):"
+            " run `wis2l db migrate` first"
+        )
+
+
 def _read(root: Path) -> list[tuple[str, str]]:
-    """(file name, text) of each query file, sorted (read before any I/O wait)."""
-    return [(p.name, p.read_text(encoding="utf-8")) for p in sorted(root.glob("*.sql"))]
+    """(file name, text) of each query file, sorted (read before any I/O wait).
+
+    Raises:
+        ValidationError: ``root`` is not a folder, or holds no ``.sql`` file (checking
+            nothing must not pass).
+    """
+    if not root.is_dir():
+        raise ValidationError(f"{root}: no such folder of query files", field="directory")
+    paths = sorted(root.glob("*.sql"))
+    if not paths:
+        raise ValidationError(f"{root}: no .sql files to check", field="directory")
+    return [(p.name, p.read_text(encoding="utf-8")) for p in paths]
 
 
 async def _check_file(

@@ -6,16 +6,30 @@ Code that talks to PostgreSQL wraps the calls in :func:`map_errors` (as httpx's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg
 
-from wis2l_core.errors import Conflict, NotFound, ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.errors import (
+    Conflict,
+    MigrationError,
+    NotFound,
+    ServiceUnavailable,
+    ValidationError,
+    Wis2lError,
+)
 
-__all__ = ["map_errors", "translate"]
+__all__ = ["SchemaMissing", "map_errors", "translate"]
+
+
+class SchemaMissing(MigrationError):
+    """The database lacks a table, column or function the library needs: it was never
+    migrated, or is behind the installed version. The message names ``wis2l db migrate``.
+    """
+
 
 # constraint name -> the field a caller passed
 _UNIQUE_FIELDS = {
@@ -71,7 +85,7 @@ def translate(exc: BaseException) -> Wis2lError:
             field=field,
         )
     if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.UndefinedColumn):
-        return Wis2lError(
+        return SchemaMissing(
             f"the database schema is missing or out of date ({exc.diag.message_primary}):"
             " run `wis2l db migrate` (or `await wis.migrate()`)"
         )
@@ -90,14 +104,27 @@ def translate(exc: BaseException) -> Wis2lError:
     return Wis2lError(f"database error: {type(exc).__name__}: {exc}")
 
 
-@contextmanager
-def map_errors() -> Iterator[None]:
+class _MapErrors(AbstractContextManager[None]):
+    """Stateless, so one instance serves every block (cheaper than a generator)."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, psycopg.Error):  # psycopg_pool's errors subclass it too
+            raise translate(exc) from exc
+
+
+_MAP_ERRORS = _MapErrors()
+
+
+def map_errors() -> AbstractContextManager[None]:
     """Raise psycopg and psycopg_pool exceptions from the block as wis2l-core errors.
 
-    Cancellation and our own errors pass through untouched; the driver's exception is
-    kept as ``__cause__``.
+    ``with map_errors(): ...`` around every driver call: the one translation point (see
+    :func:`translate` for the table). Cancellation and our own errors pass through
+    untouched; the driver's exception is kept as ``__cause__``.
     """
-    try:
-        yield
-    except psycopg.Error as exc:  # psycopg_pool's errors subclass it too
-        raise translate(exc) from exc
+    return _MAP_ERRORS

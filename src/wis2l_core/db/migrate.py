@@ -18,7 +18,7 @@ import attrs
 import psycopg
 from psycopg import errors as pg
 
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Migration, migrations
 from wis2l_core.errors import MigrationError, ServiceUnavailable
 
@@ -85,15 +85,13 @@ def _compare(files: Sequence[Migration], applied: dict[str, str]) -> MigrationSt
 async def _connect(
     database_url: str, connect_timeout: float
 ) -> psycopg.AsyncConnection[tuple[str, str]]:
-    try:
+    with map_errors():
         return await psycopg.AsyncConnection.connect(
             database_url,
             autocommit=True,
             connect_timeout=max(1, round(connect_timeout)),
             application_name="wis2l-core migrate",
         )
-    except psycopg.Error as exc:
-        raise ServiceUnavailable(f"database unavailable: {exc}", service="database") from exc
 
 
 async def migration_status(
@@ -106,10 +104,8 @@ async def migration_status(
     """
     files = migrations(directory)
     async with await _connect(database_url, connect_timeout) as conn:
-        try:
+        with map_errors():
             return _compare(files, await _applied(conn))
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
 
 
 async def apply_migrations(
@@ -130,7 +126,7 @@ async def apply_migrations(
     files = migrations(directory)
     applied_now: list[str] = []
     async with await _connect(database_url, connect_timeout) as conn:
-        try:
+        with map_errors():
             await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
             try:
                 await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
@@ -156,8 +152,6 @@ async def apply_migrations(
                         applied_now.append(migration.name)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
     return applied_now
 
 

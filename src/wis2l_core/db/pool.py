@@ -1,35 +1,49 @@
 """The PostgreSQL connection pool and the one place statements are executed.
 
-Every repository call goes through :class:`Database`: it picks a pooled connection (or the
-caller's transaction), runs a named query from ``sql/queries`` as a prepared statement,
-logs its name and duration in development, and turns psycopg errors into ours.
+Every repository call goes through :class:`Database`: it borrows a pooled connection (or
+uses the caller's transaction), runs a named query from ``sql/queries`` as a prepared
+statement, logs its name and duration in development, and turns psycopg errors into ours
+(:func:`~wis2l_core.db.errors.map_errors`).
+
+Borrowing is cancellation-safe: a connection always goes back to the pool, however many
+times the borrowing task is cancelled. An idle connection is handed out and taken back
+without psycopg_pool's lock when nothing else is going on (:class:`Pool`); everything else
+(waiting, growing, resetting, replacing a broken connection) is psycopg_pool's own code,
+run in a task of its own that a cancellation of the borrower cannot interrupt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
 import psycopg
+import psycopg_pool
+from psycopg import pq
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from wis2l_core.config import Settings
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
+from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 
-__all__ = ["Connection", "Database"]
+__all__ = ["Connection", "Database", "Pool"]
 
 Connection = psycopg.AsyncConnection[DictRow]
 """A psycopg connection whose rows are dicts."""
 
 log = logging.getLogger("wis2l_core.db")
+
+_IDLE = pq.TransactionStatus.IDLE
 
 
 def _json_dumps(obj: Any) -> str:
@@ -58,19 +72,120 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-class Database:
+def _clean(conn: Connection) -> bool:
+    """True if ``conn`` is idle, outside any transaction block and out of pipeline mode."""
+    return (
+        conn.pgconn.transaction_status == _IDLE
+        and conn._pipeline is None
+        and not conn._num_transactions
+    )
+
+
+class Pool(AsyncConnectionPool[Connection]):
+    """psycopg_pool's pool with a lock-free fast path for an idle connection.
+
+    When a connection is idle in the pool and nobody holds the pool's lock or waits,
+    :meth:`take_idle` hands it out and :meth:`put_idle` takes a clean one back without
+    the lock and condition round trip of ``getconn``/``putconn``: in asyncio nothing
+    else runs between the check and the move, so this is what the locked path would do.
+    Every other case (no idle connection, clients waiting, a connection check or reset
+    configured, a connection past its lifetime or in a transaction) returns ``None`` or
+    ``False`` and the caller uses psycopg_pool's own ``getconn``/``putconn``.
+
+    :meth:`connection` is psycopg_pool's context manager made cancellation-safe (see
+    :meth:`Database.connection`).
+    """
+
+    def take_idle(self) -> Connection | None:
+        """An idle connection taken from the pool at once, or ``None`` (use ``getconn``)."""
+        if self._closed or self._check is not None or self._waiting or self._lock.locked():
+            return None
+        idle = self._pool
+        if not idle:
+            return None
+        conn = idle.popleft()
+        self._nconns_min = min(self._nconns_min, len(idle))
+        self._stats[self._REQUESTS_NUM] += 1
+        conn._pool = self
+        return conn
+
+    def put_idle(self, conn: Connection) -> bool:
+        """Put a clean connection back at once; ``False`` if ``putconn`` must do it."""
+        if (
+            self._closed
+            or self._reset is not None
+            or self._waiting
+            or self._pool_full_event is not None
+            or self._lock.locked()
+            or not _clean(conn)
+            or conn._created_at <= self._drained_at
+            or conn._expire_at <= time.monotonic()
+        ):
+            return False
+        conn._pool = None
+        self._pool.append(conn)
+        return True
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
+        """Borrow a connection for the block; it goes back even if the task is cancelled."""
+        conn = self.take_idle() or await self.getconn(timeout)
+        try:
+            yield conn
+        except asyncio.CancelledError:
+            await _return(self, conn, discard=True)
+            raise
+        except BaseException:
+            await _return(self, conn, discard=False)
+            raise
+        if not self.put_idle(conn):
+            await _return(self, conn, discard=False)
+
+
+_returning: set[asyncio.Task[None]] = set()  # strong references to the return tasks
+
+
+async def _putconn(pool: AsyncConnectionPool[Connection], conn: Connection, discard: bool) -> None:
+    if discard or conn._pipeline is not None or conn._num_transactions:
+        # Interrupted in an unknown state (statement, pipeline, transaction block or
+        # prepared-statement bookkeeping cut short): close it; the pool makes a new one.
+        await conn.close()
+    try:
+        await pool.putconn(conn)
+    except Exception:  # a return must never fail the caller; the pool heals itself
+        log.warning("could not return a connection to the pool", exc_info=True)
+
+
+async def _return(pool: AsyncConnectionPool[Connection], conn: Connection, discard: bool) -> None:
+    """Give ``conn`` back in a task of its own: a cancellation of the caller cannot stop it.
+
+    If the caller is cancelled while waiting, the return still completes and the
+    cancellation propagates.
+    """
+    task = asyncio.ensure_future(_putconn(pool, conn, discard))
+    _returning.add(task)
+    task.add_done_callback(_returning.discard)
+    await asyncio.shield(task)
+
+
+class Database(QueryMethods):
     """An :class:`~psycopg_pool.AsyncConnectionPool` and query execution over it.
 
-    No I/O happens until :meth:`open`.
+    Besides what the repositories use, it runs an app's own SQL on a pooled connection:
+    :meth:`fetch_one`, :meth:`fetch_all`, :meth:`fetch_val` and :meth:`execute` (see
+    :class:`~wis2l_core.db.queries.QueryMethods`). No I/O happens until :meth:`open`.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._pool: Pool | None = None
         self._debug = not settings.is_production
+        # Connections a cancellation interrupted inside a caller's transaction: closed,
+        # never reused, when that transaction's borrow ends.
+        self._tainted: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     @property
-    def pool(self) -> AsyncConnectionPool[Connection]:
+    def pool(self) -> Pool:
         """The underlying pool; raises ``ServiceUnavailable`` before :meth:`open`."""
         if self._pool is None:
             raise ServiceUnavailable("database: the runtime is not started", service="database")
@@ -84,7 +199,7 @@ class Database:
         """
         if self._pool is not None:
             return
-        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        pool = Pool(
             self.settings.database_url,
             kwargs=connect_kwargs(self.settings),
             min_size=self.settings.db_pool_min_size,
@@ -94,11 +209,20 @@ class Database:
             name="wis2l-core",
             open=False,
         )
+        timeout = self.settings.db_connect_timeout + 1
         try:
-            await pool.open(wait=wait, timeout=self.settings.db_connect_timeout + 1)
-        except Exception as exc:
+            with map_errors():
+                await pool.open(wait=wait, timeout=timeout)
+        except BaseException as exc:
             await pool.close()
-            raise ServiceUnavailable(f"database unavailable: {exc}", service="database") from exc
+            if isinstance(exc, ServiceUnavailable) and isinstance(
+                exc.__cause__, psycopg_pool.PoolTimeout
+            ):
+                raise ServiceUnavailable(
+                    f"database unavailable: no connection within {timeout:g} s ({exc.__cause__})",
+                    service="database",
+                ) from exc.__cause__
+            raise
         self._pool = pool
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -109,78 +233,110 @@ class Database:
 
     @asynccontextmanager
     async def connection(self, conn: Connection | None = None) -> AsyncIterator[Connection]:
-        """Yield ``conn`` if given (a caller's transaction), else a pooled connection."""
+        """Yield ``conn`` if given (a caller's transaction), else a pooled connection.
+
+        A pooled connection always goes back to the pool: the return runs in a task of its
+        own (a second cancellation cannot interrupt it), and a connection whose user was
+        cancelled mid-use is closed and replaced rather than reused in an unknown state.
+
+        psycopg errors raised in the block leave it as wis2l-core errors (``map_errors``).
+
+        Raises:
+            ServiceUnavailable: no free connection within ``db_pool_timeout``, the pool is
+                not open, or the database cannot be reached.
+        """
         if conn is not None:
-            yield conn
+            try:
+                with map_errors():
+                    yield conn
+            except asyncio.CancelledError:
+                self._tainted.add(conn)
+                raise
             return
+        pool = self.pool
+        borrowed = pool.take_idle()
+        if borrowed is None:
+            with map_errors():
+                borrowed = await pool.getconn()
         try:
-            async with self.pool.connection() as pooled:
-                yield pooled
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise translate(exc) from exc
+            with map_errors():
+                yield borrowed
+        except BaseException as exc:
+            await self._give_back(pool, borrowed, isinstance(exc, asyncio.CancelledError))
             raise
+        await self._give_back(pool, borrowed, False)
 
-    async def fetch_one(
-        self, query: Query, params: dict[str, Any], conn: Connection | None = None
-    ) -> DictRow | None:
-        """Run ``query`` and return its first row, or ``None``."""
-        async with self.connection(conn) as c:
-            start = time.perf_counter()
-            try:
-                cur = await c.execute(query.text, params, prepare=True)
-                row = await cur.fetchone()
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
-            self.log_query(query, start)
-            return row
+    async def _give_back(self, pool: Pool, conn: Connection, interrupted: bool) -> None:
+        if interrupted or conn in self._tainted:
+            self._tainted.discard(conn)
+            await _return(pool, conn, discard=True)
+        elif not pool.put_idle(conn):
+            await _return(pool, conn, discard=False)
 
-    async def fetch_all(
-        self, query: Query, params: dict[str, Any], conn: Connection | None = None
+    async def run(
+        self,
+        query: Query,
+        params: Mapping[str, Any],
+        conn: Connection | None = None,
+        *,
+        many: bool = False,
     ) -> list[DictRow]:
-        """Run ``query`` and return all its rows."""
-        async with self.connection(conn) as c:
-            start = time.perf_counter()
+        """Run a named query (prepared); return its rows (only the first unless ``many``).
+
+        The repositories' path: on ``conn`` when given, else on a pooled connection,
+        borrowed and returned without a context manager's overhead.
+
+        Raises:
+            Wis2lError: the driver's error, translated (see ``map_errors``).
+        """
+        start = time.perf_counter()
+        if conn is not None:
             try:
-                cur = await c.execute(query.text, params, prepare=True)
-                rows = await cur.fetchall()
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
+                with map_errors():
+                    cur = await conn.execute(query.text, params, prepare=True)
+                    rows = await cur.fetchall() if many else _first(await cur.fetchone())
+            except asyncio.CancelledError:
+                self._tainted.add(conn)
+                raise
+        else:
+            pool = self.pool
+            borrowed = pool.take_idle()
+            try:
+                with map_errors():
+                    if borrowed is None:
+                        borrowed = await pool.getconn()
+                    cur = await borrowed.execute(query.text, params, prepare=True)
+                    rows = await cur.fetchall() if many else _first(await cur.fetchone())
+            except BaseException as exc:
+                if borrowed is not None:
+                    await self._give_back(pool, borrowed, isinstance(exc, asyncio.CancelledError))
+                raise
+            if not pool.put_idle(borrowed):
+                await self._give_back(pool, borrowed, False)
+        if self._debug:
             self.log_query(query, start)
-            return rows
+        return rows
 
-    async def execute_many(
-        self, query: Query, params_seq: Sequence[dict[str, Any]], conn: Connection | None = None
-    ) -> list[DictRow]:
-        """Run ``query`` once per parameter set in one pipelined batch; return every row."""
-        async with self.connection(conn) as c:
-            start = time.perf_counter()
-            try:
-                async with c.cursor() as cur:
-                    await cur.executemany(query.text, params_seq, returning=True)
-                    rows: list[DictRow] = []
-                    while True:
-                        rows.extend(await cur.fetchall())
-                        if not cur.nextset():
-                            break
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
-            self.log_query(query, start, count=len(params_seq))
-            return rows
+    def _borrow(self) -> AbstractAsyncContextManager[Connection]:
+        return self.connection()
 
-    def log_query(self, query: Query, start: float, count: int = 1) -> None:
+    def log_query(self, query: Statement, start: float, count: int = 1) -> None:
         """In development, log ``query``'s name and the time since ``start`` at DEBUG.
 
-        Only the query's name and file are logged, never its parameters (they may hold
-        secrets or personal data).
+        Only the query's name and file are logged (for your own SQL: its first keyword
+        and a digest of its text), never its parameters: they may hold secrets or
+        personal data.
         """
         if self._debug and log.isEnabledFor(logging.DEBUG):
+            name, file = label(query)
             log.debug(
                 "%s.%s took %.2f ms",
-                query.file.removesuffix(".sql"),
-                query.name,
+                file.removesuffix(".sql"),
+                name,
                 (time.perf_counter() - start) * 1000,
-                extra={"query": query.name, "file": query.file, "count": count},
+                extra={"query": name, "file": file, "count": count},
             )
+
+
+def _first(row: DictRow | None) -> list[DictRow]:
+    return [] if row is None else [row]

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, encode_cursor
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.db.validate import check_limit
@@ -79,10 +79,11 @@ class Repository:
         return self._queries[name]
 
     async def _one(self, name: str, **params: Any) -> DictRow | None:
-        return await self._db.fetch_one(self._q(name), params, self._conn)
+        rows = await self._db.run(self._q(name), params, self._conn)
+        return rows[0] if rows else None
 
     async def _all(self, name: str, **params: Any) -> list[DictRow]:
-        return await self._db.fetch_all(self._q(name), params, self._conn)
+        return await self._db.run(self._q(name), params, self._conn, many=True)
 
     async def _page(
         self,
@@ -118,11 +119,9 @@ class Repository:
         runs with :meth:`_exec` and the event is recorded with :meth:`_record`.
         """
         async with self._db.connection(self._conn) as conn:
-            try:
+            with map_errors():
                 async with self._transaction(conn):
                     yield conn
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
 
     async def _exec(self, conn: Connection, name: str, params: dict[str, Any]) -> DictRow | None:
         """Run query ``name`` on ``conn`` (inside :meth:`_unit`); return its first row."""
@@ -158,7 +157,7 @@ class Repository:
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
         async with self._db.connection(self._conn) as conn:
-            try:
+            with map_errors():
                 async with conn.pipeline():
                     async with self._transaction(conn):
                         cursors = [
@@ -173,8 +172,6 @@ class Repository:
                                 await conn.execute(record.text, event_params(made), prepare=True)
                     if event is None or isinstance(event, DomainEvent):
                         rows = await _fetch(cursors)
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
         self._db.log_query(query, start, count=len(params_seq))
         return rows
 

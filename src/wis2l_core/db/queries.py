@@ -1,0 +1,214 @@
+"""Your own SQL: ``fetch_one``, ``fetch_all``, ``fetch_val`` and ``execute``.
+
+:class:`QueryMethods` is shared by :class:`~wis2l_core.db.pool.Database` (each call on a
+pooled connection, in autocommit) and :class:`~wis2l_core.db.repositories.Transaction`
+(each call on the transaction's connection, so it commits or rolls back with the
+repository writes made there)::
+
+    row = await wis.database.fetch_one("SELECT count(*) AS n FROM users")
+    async with wis.transaction() as tx:
+        project = await tx.projects.create(...)
+        await tx.execute("UPDATE my_table SET project = %(p)s", {"p": project.id})
+
+A statement is a ``str`` with psycopg placeholders (``%s`` with a sequence of values,
+``%(name)s`` with a mapping), a :mod:`psycopg.sql` composition (for identifiers), or a
+named :class:`~wis2l_core.db.sql.Query`. Values are always sent as parameters, never
+spliced into the text. Rows are dicts, or instances of ``row_type``. Every driver error
+becomes one of ours (:func:`~wis2l_core.db.errors.map_errors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeAlias, TypeVar, overload
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import DictRow
+
+from wis2l_core.db.errors import map_errors
+from wis2l_core.db.sql import Query
+from wis2l_core.errors import ValidationError
+
+__all__ = ["Params", "QueryMethods", "Statement", "label"]
+
+T = TypeVar("T")
+
+Statement: TypeAlias = str | pgsql.Composable | Query
+"""What the methods run: SQL text, a :mod:`psycopg.sql` composition, or a named query."""
+
+Params: TypeAlias = Mapping[str, Any] | Sequence[Any] | None
+"""Values for the placeholders: a mapping for ``%(name)s``, a sequence for ``%s``."""
+
+_VERB = re.compile(r"\s*(?:--[^\n]*\n\s*)*([A-Za-z]+)")
+
+
+def label(statement: Statement) -> tuple[str, str]:
+    """(name, file) for the query log: never the values, and never the text of your SQL.
+
+    A named query logs as ``<file>.<name>``; your own SQL as its first keyword and a short
+    digest of its text (``sql.select#1a2b3c4d``), so repeated statements can be told
+    apart without logging what an app may have written into them.
+    """
+    if isinstance(statement, Query):
+        return statement.name, statement.file
+    if isinstance(statement, str):
+        match = _VERB.match(statement)
+        verb = match.group(1).lower() if match else "statement"
+        digest = hashlib.blake2s(statement.encode(errors="replace"), digest_size=4).hexdigest()
+        return f"{verb}#{digest}", "sql"
+    return "composed", "sql"
+
+
+def _statement(statement: object) -> tuple[Any, bool | None]:
+    """The text psycopg runs and whether to prepare it (named queries: always)."""
+    if isinstance(statement, Query):
+        return statement.text, True
+    if isinstance(statement, str | pgsql.Composable):
+        return statement, None
+    raise ValidationError(
+        f"sql must be a str, a psycopg.sql composition or a Query, not {type(statement).__name__}",
+        field="sql",
+    )
+
+
+def _params(params: object) -> Any:
+    if params is None or isinstance(params, Mapping):
+        return params
+    if isinstance(params, Sequence) and not isinstance(params, str | bytes | bytearray):
+        return params
+    raise ValidationError(
+        f"params must be a mapping or a sequence, not {type(params).__name__}", field="params"
+    )
+
+
+def _build(row_type: Callable[..., T], row: DictRow) -> T:
+    try:
+        return row_type(**row)
+    except TypeError as exc:
+        name = getattr(row_type, "__name__", repr(row_type))
+        raise ValidationError(
+            f"row_type {name} does not take the columns {sorted(row)}: {exc}", field="row_type"
+        ) from exc
+
+
+class QueryMethods:
+    """Run your own SQL: each call borrows a connection (see the subclasses) for itself."""
+
+    def _borrow(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[DictRow]]:
+        raise NotImplementedError
+
+    def log_query(self, query: Statement, start: float, count: int = 1) -> None:
+        """Log ``query``'s name and duration (the subclasses decide where and when)."""
+
+    async def _run(self, statement: Statement, params: Params, many: bool) -> list[DictRow]:
+        text, prepare = _statement(statement)
+        values = _params(params)
+        start = time.perf_counter()
+        async with self._borrow() as conn:
+            with map_errors():
+                cur = await conn.execute(text, values, prepare=prepare)
+                if many:
+                    rows = await cur.fetchall()
+                else:
+                    row = await cur.fetchone()
+                    rows = [] if row is None else [row]
+        self.log_query(statement, start)
+        return rows
+
+    @overload
+    async def fetch_one(
+        self, sql: Statement, params: Params = None, *, row_type: None = None
+    ) -> dict[str, Any] | None: ...
+
+    @overload
+    async def fetch_one(
+        self, sql: Statement, params: Params = None, *, row_type: Callable[..., T]
+    ) -> T | None: ...
+
+    async def fetch_one(
+        self, sql: Statement, params: Params = None, *, row_type: Callable[..., T] | None = None
+    ) -> dict[str, Any] | T | None:
+        """Run ``sql`` and return its first row, or ``None`` when it returns no row.
+
+        Args:
+            sql: a ``str`` with ``%s``/``%(name)s`` placeholders, a :mod:`psycopg.sql`
+                composition, or a named :class:`~wis2l_core.db.sql.Query`.
+            params: the placeholders' values: a sequence for ``%s``, a mapping for
+                ``%(name)s``; always sent as parameters, never spliced into the text.
+            row_type: build the row with ``row_type(**row)`` (an attrs class, a
+                dataclass ...) instead of returning a dict.
+
+        Returns:
+            The first row as a dict of column name to value (or a ``row_type``), or
+            ``None``.
+
+        Raises:
+            ValidationError: a value the database refused (a NUL byte in a string, a
+                malformed number ...), a CHECK or NOT NULL violation, or a ``sql``,
+                ``params`` or ``row_type`` of the wrong kind.
+            Conflict: a unique key is taken.
+            NotFound: a foreign key names a missing row.
+            ServiceUnavailable: no free connection in time, or the database is down.
+            Wis2lError: any other database error (a syntax error, a missing table ...).
+        """
+        rows = await self._run(sql, params, many=False)
+        if not rows:
+            return None
+        return rows[0] if row_type is None else _build(row_type, rows[0])
+
+    @overload
+    async def fetch_all(
+        self, sql: Statement, params: Params = None, *, row_type: None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    async def fetch_all(
+        self, sql: Statement, params: Params = None, *, row_type: Callable[..., T]
+    ) -> list[T]: ...
+
+    async def fetch_all(
+        self, sql: Statement, params: Params = None, *, row_type: Callable[..., T] | None = None
+    ) -> list[dict[str, Any]] | list[T]:
+        """Run ``sql`` and return all its rows (see :meth:`fetch_one` for the arguments).
+
+        Returns:
+            Every row, as dicts or ``row_type`` instances.
+
+        Raises:
+            Wis2lError: as :meth:`fetch_one`.
+        """
+        rows = await self._run(sql, params, many=True)
+        if row_type is None:
+            return list(rows)
+        return [_build(row_type, row) for row in rows]
+
+    async def fetch_val(self, sql: Statement, params: Params = None) -> Any:
+        """Run ``sql`` and return the first column of its first row (``None`` if no row).
+
+        Raises:
+            Wis2lError: as :meth:`fetch_one`.
+        """
+        rows = await self._run(sql, params, many=False)
+        return next(iter(rows[0].values()), None) if rows else None
+
+    async def execute(self, sql: Statement, params: Params = None) -> int:
+        """Run ``sql`` for its effect; return the number of rows it touched (``-1`` if the
+        statement does not report one, e.g. DDL).
+
+        Raises:
+            Wis2lError: as :meth:`fetch_one`.
+        """
+        text, prepare = _statement(sql)
+        values = _params(params)
+        start = time.perf_counter()
+        async with self._borrow() as conn:
+            with map_errors():
+                cur = await conn.execute(text, values, prepare=prepare)
+                count = cur.rowcount
+        self.log_query(sql, start)
+        return count
