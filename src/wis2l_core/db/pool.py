@@ -145,18 +145,25 @@ class Pool(AsyncConnectionPool[Connection]):
 _returning: set[asyncio.Task[None]] = set()  # strong references to the return tasks
 
 
-async def _putconn(pool: AsyncConnectionPool[Connection], conn: Connection, discard: bool) -> None:
-    if discard or conn._pipeline is not None or conn._num_transactions:
-        # Interrupted in an unknown state (statement, pipeline, transaction block or
-        # prepared-statement bookkeeping cut short): close it; the pool makes a new one.
-        await conn.close()
+async def _putconn(pool: Pool, conn: Connection, discard: bool) -> None:
     try:
-        await pool.putconn(conn)
+        if discard or conn._pipeline is not None or conn._num_transactions:
+            # Interrupted in an unknown state (statement, pipeline, transaction block or
+            # prepared-statement bookkeeping cut short): close it, never reuse it.
+            await conn.close()
+            if pool.closed:
+                return
+            log.debug("closed a connection interrupted mid-use; the pool replaces it")
+            # psycopg_pool's path for a connection found broken before use: counted as
+            # lost and replaced, without the warning ``putconn`` logs for a closed one.
+            await pool._putconn(conn, from_getconn=True)
+        else:
+            await pool.putconn(conn)  # resets (rolls back) or replaces it as needed
     except Exception:  # a return must never fail the caller; the pool heals itself
         log.warning("could not return a connection to the pool", exc_info=True)
 
 
-async def _return(pool: AsyncConnectionPool[Connection], conn: Connection, discard: bool) -> None:
+async def _return(pool: Pool, conn: Connection, discard: bool) -> None:
     """Give ``conn`` back in a task of its own: a cancellation of the caller cannot stop it.
 
     If the caller is cancelled while waiting, the return still completes and the
