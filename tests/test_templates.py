@@ -188,13 +188,14 @@ async def test_update_errors(wis: Wis2l) -> None:
     with pytest.raises(Conflict) as conflict:
         await wis.templates.update(template.id, slug="taken")
     assert conflict.value.field == "slug"
-    for kwargs, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"slug": "Bad"}, "slug"),
         ({"name": ""}, "name"),
         ({"engine": "amiga"}, "engine"),
         ({"files": ["x"]}, "files"),
         ({"description": "d" * 10_001}, "description"),
-    ]:
+    ]
+    for kwargs, field in cases:
         with pytest.raises(ValidationError) as info:
             await wis.templates.update(template.id, **kwargs)
         assert info.value.field == field

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from wis2l_core import Conflict, NotFound, Role, ValidationError
+from wis2l_core import Conflict, NotFound, Role, User, ValidationError
 from wis2l_core.runtime import Wis2l
 
 
@@ -93,7 +93,7 @@ async def test_find_all_pages_and_filters_by_role(wis: Wis2l) -> None:
         await wis.users.create(email=f"u{i}@example.com", name=f"U{i}", subject=f"s{i}", role=r)
         for i, r in enumerate(roles)
     ]
-    seen = []
+    seen: list[User] = []
     page = await wis.users.find_all(limit=2)
     seen.extend(page)
     while page.next_cursor is not None:

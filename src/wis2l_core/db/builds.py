@@ -105,7 +105,17 @@ class BuildRepository(Repository):
     table = "builds"
 
     async def find_by_id(self, id: UUID | str) -> Build | None:
-        """The build with this id, or ``None``."""
+        """Find a build by id.
+
+        Args:
+            id: the build's id.
+
+        Returns:
+            The build, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _build(row)
 
@@ -134,7 +144,19 @@ class BuildRepository(Repository):
     async def find_by_project_id(
         self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
     ) -> Page[Build]:
-        """The project's builds, oldest first."""
+        """The project's builds, oldest first.
+
+        Args:
+            project_id: the project.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
         return await self._page(
             "find_by_project_id",
             _build,

@@ -103,7 +103,17 @@ class ComponentRepository(Repository):
     table = "components"
 
     async def find_by_id(self, id: UUID | str) -> Component | None:
-        """The component with this id, or ``None``."""
+        """Find a component by id.
+
+        Args:
+            id: the component's id.
+
+        Returns:
+            The component, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _component(row)
 
@@ -238,7 +248,13 @@ class ComponentRepository(Repository):
     async def delete(self, id: UUID | str) -> bool:
         """Delete the component and record ``ComponentDeleted``.
 
+        Args:
+            id: the component.
+
         Returns:
             ``False`` (and no event) if there was no such component.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
         """
         return await self._write("delete", {"id": check_uuid("id", id)}, _deleted) is not None

@@ -98,18 +98,51 @@ class DeploymentRepository(Repository):
     table = "deployments"
 
     async def find_by_id(self, id: UUID | str) -> Deployment | None:
-        """The deployment with this id, or ``None``."""
+        """Find a deployment by id.
+
+        Args:
+            id: the deployment's id.
+
+        Returns:
+            The deployment, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _deployment(row)
 
     async def find_all(self, *, limit: int = 50, after: str | None = None) -> Page[Deployment]:
-        """Every deployment, oldest first."""
+        """Every deployment, oldest first.
+
+        Args:
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad limit or cursor.
+        """
         return await self._page("find_all", _deployment, limit=limit, after=after)
 
     async def find_by_project_id(
         self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
     ) -> Page[Deployment]:
-        """The project's deployments, oldest first."""
+        """The project's deployments, oldest first.
+
+        Args:
+            project_id: the project.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
         return await self._page(
             "find_by_project_id",
             _deployment,
@@ -161,7 +194,16 @@ class DeploymentRepository(Repository):
         ``InvalidTransition``; ``completed`` and ``failed`` are final. ``url`` (http/https,
         or ``None`` to clear it) may be set in any status. A status change records
         ``DeploymentStarted``, ``DeploymentCompleted`` (with the URL) or
-        ``DeploymentFailed`` with the write; a URL-only change records no event.
+        ``DeploymentFailed`` with the write; a URL-only change records no event. A call
+        that changes nothing (no fields, or the stored URL) keeps ``updated_at``.
+
+        Args:
+            id: the deployment.
+            status: the status to move to.
+            url: where it is live (http/https), or ``None`` to clear it.
+
+        Returns:
+            The deployment as stored after the call.
 
         Raises:
             NotFound: no deployment has this id.

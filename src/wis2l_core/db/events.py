@@ -99,7 +99,19 @@ class EventRepository(Repository):
     async def find_by_subsystem(
         self, subsystem: Subsystem | str, *, limit: int = 50, after: str | None = None
     ) -> Page[Event]:
-        """The subsystem's events, oldest first."""
+        """The subsystem's events, oldest first.
+
+        Args:
+            subsystem: the subsystem.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad subsystem, limit or cursor.
+        """
         return await self._page(
             "find_by_subsystem",
             _event,
@@ -111,7 +123,19 @@ class EventRepository(Repository):
     async def find_by_project_id(
         self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
     ) -> Page[Event]:
-        """The project's events (every subsystem), oldest first."""
+        """The project's events (every subsystem), oldest first.
+
+        Args:
+            project_id: the project.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
         return await self._page(
             "find_by_project_id",
             _event,

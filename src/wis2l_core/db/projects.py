@@ -60,12 +60,32 @@ class ProjectRepository(Repository):
     table = "projects"
 
     async def find_by_id(self, id: UUID | str) -> Project | None:
-        """The project with this id, or ``None``."""
+        """Find a project by id.
+
+        Args:
+            id: the project's id.
+
+        Returns:
+            The project, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _project(row)
 
     async def find_by_slug(self, slug: str) -> Project | None:
-        """The project with this slug, or ``None`` (a malformed slug finds nothing too)."""
+        """Find a project by slug (a slug that could never be valid finds nothing).
+
+        Args:
+            slug: the project's slug.
+
+        Returns:
+            The project, or ``None``.
+
+        Raises:
+            ValidationError: ``slug`` is not text of 1..64 characters.
+        """
         row = await self._one("find_by_slug", slug=check_text("slug", slug, max_len=64))
         return None if row is None else _project(row)
 
@@ -156,7 +176,20 @@ class ProjectRepository(Repository):
         """Change the given fields; the others keep their values.
 
         ``template_id=None`` and ``description=None`` clear them; ``metadata`` replaces
-        the whole object (``None`` means ``{}``).
+        the whole object (``None`` means ``{}``). A call that changes nothing (no fields,
+        or every value equal to the stored one) keeps ``updated_at``.
+
+        Args:
+            id: the project.
+            name: 1..200 characters.
+            slug: unique URL name: ``^[a-z0-9]+(-[a-z0-9]+)*$``, at most 64 characters.
+            engine: the engine it targets.
+            template_id: the template it was started from.
+            description: free text, at most 10,000 characters.
+            metadata: a JSON object.
+
+        Returns:
+            The project as stored after the call.
 
         Raises:
             NotFound: no project has this id, or no template has ``template_id``.
@@ -187,7 +220,13 @@ class ProjectRepository(Repository):
 
         Its audit events are kept with ``project_id`` set to ``NULL``.
 
+        Args:
+            id: the project.
+
         Returns:
             ``False`` if there was no such project.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
         """
         return await self._write("delete", {"id": check_uuid("id", id)}) is not None

@@ -60,12 +60,32 @@ class TemplateRepository(Repository):
     table = "templates"
 
     async def find_by_id(self, id: UUID | str) -> Template | None:
-        """The template with this id, or ``None``."""
+        """Find a template by id.
+
+        Args:
+            id: the template's id.
+
+        Returns:
+            The template, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _template(row)
 
     async def find_by_slug(self, slug: str) -> Template | None:
-        """The template with this slug, or ``None``."""
+        """Find a template by slug.
+
+        Args:
+            slug: the template's slug.
+
+        Returns:
+            The template, or ``None``.
+
+        Raises:
+            ValidationError: ``slug`` is not text of 1..64 characters.
+        """
         row = await self._one("find_by_slug", slug=check_text("slug", slug, max_len=64))
         return None if row is None else _template(row)
 

@@ -138,7 +138,17 @@ class TokenRepository(Repository):
     table = "design_tokens"
 
     async def find_by_id(self, id: UUID | str) -> DesignToken | None:
-        """The token with this id, or ``None``."""
+        """Find a design token by id.
+
+        Args:
+            id: the token's id.
+
+        Returns:
+            The token, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _token(row)
 

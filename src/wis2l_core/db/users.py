@@ -35,17 +35,47 @@ class UserRepository(Repository):
     table = "users"
 
     async def find_by_id(self, id: UUID | str) -> User | None:
-        """The user with this id, or ``None``."""
+        """Find a user by id.
+
+        Args:
+            id: the user's id.
+
+        Returns:
+            The user, or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         row = await self._one("find_by_id", id=check_uuid("id", id))
         return None if row is None else _user(row)
 
     async def find_by_email(self, email: str) -> User | None:
-        """The user with this e-mail, compared case-insensitively, or ``None``."""
+        """Find a user by e-mail address, compared case-insensitively.
+
+        Args:
+            email: the address.
+
+        Returns:
+            The user, or ``None``.
+
+        Raises:
+            ValidationError: ``email`` is not text of 1..320 characters.
+        """
         row = await self._one("find_by_email", email=check_text("email", email, max_len=320))
         return None if row is None else _user(row)
 
     async def find_by_subject(self, subject: str) -> User | None:
-        """The user whose nocturnaID JWT ``sub`` is ``subject``, or ``None``."""
+        """Find the user whose nocturnaID JWT ``sub`` is ``subject``.
+
+        Args:
+            subject: the JWT ``sub`` claim.
+
+        Returns:
+            The user, or ``None``.
+
+        Raises:
+            ValidationError: ``subject`` is not text of 1..255 characters.
+        """
         row = await self._one(
             "find_by_subject", subject=check_text("subject", subject, max_len=255)
         )
@@ -137,5 +167,15 @@ class UserRepository(Repository):
         return _user(row)
 
     async def delete(self, id: UUID | str) -> bool:
-        """Delete the user (and, by cascade, their projects); ``False`` if there was none."""
+        """Delete the user and, by cascade, their projects (and everything under them).
+
+        Args:
+            id: the user.
+
+        Returns:
+            ``False`` if there was no such user.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
         return await self._write("delete", {"id": check_uuid("id", id)}) is not None
