@@ -23,7 +23,7 @@ import pytest
 from tests.helpers import eventually, make_project
 
 from wis2l_core import Wis2l
-from wis2l_core.errors import NotFound
+from wis2l_core.errors import NotFound, Wis2lError
 
 Call = Callable[[int], Awaitable[Any]]
 
@@ -276,4 +276,26 @@ async def test_the_fast_path_keeps_psycopg_pool_bookkeeping(wis: Wis2l) -> None:
     await conn.execute("BEGIN")
     assert not pool.put_idle(conn)
     await pool.putconn(conn)  # psycopg_pool rolls it back
+    await assert_pool_whole(wis)
+
+
+async def test_a_statement_cut_short_inside_a_transaction_is_never_committed(
+    wis: Wis2l,
+) -> None:
+    """A timeout caught inside the block: the whole transaction rolls back, even the
+    writes that finished before it, rather than committing a half-done statement."""
+    pid = await make_project(wis)
+
+    async def body() -> None:
+        async with wis.transaction() as tx:
+            await tx.components.create(project_id=pid, name="Whole", language="lua", code="")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0):
+                    await tx.components.create(project_id=pid, name="Half", language="lua", code="")
+            # the block goes on and ends normally, as if nothing happened
+
+    with pytest.raises(Wis2lError, match="cancelled"):
+        await body()
+    assert (await wis.components.find_by_project_id(pid)).items == ()
+    await assert_no_half_writes(wis)
     await assert_pool_whole(wis)

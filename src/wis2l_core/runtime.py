@@ -33,7 +33,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.db.pool import Database, connect_kwargs
 from wis2l_core.db.repositories import Repositories, Transaction
-from wis2l_core.errors import ServiceUnavailable, StartupError
+from wis2l_core.errors import ServiceUnavailable, StartupError, Wis2lError
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.events.outbox import OutboxRelay
@@ -401,6 +401,9 @@ class Wis2l(Repositories):
 
         Raises:
             ServiceUnavailable: the database cannot be reached.
+            Wis2lError: a statement in the block was cancelled before it finished (e.g.
+                by an ``asyncio.timeout`` the block caught): the transaction is rolled
+                back rather than committed half done.
         """
         async with self._db.connection() as conn:
             tx = Transaction(self._db, conn)
@@ -408,6 +411,13 @@ class Wis2l(Repositories):
                 with map_errors():
                     async with conn.transaction():
                         yield tx
+                        if self._db.interrupted(conn):
+                            # A cancellation inside the block (e.g. an asyncio.timeout the
+                            # block caught) cut a statement short: never commit half of it.
+                            raise Wis2lError(
+                                "the transaction was rolled back: a statement in it was "
+                                "cancelled (e.g. by a timeout) before it finished"
+                            )
             finally:
                 tx._end()
 

@@ -273,6 +273,14 @@ class Database(QueryMethods):
             raise
         await self._give_back(pool, borrowed, False)
 
+    def interrupted(self, conn: Connection) -> bool:
+        """True if a cancellation cut a statement on ``conn`` (a caller's transaction) short.
+
+        ``wis.transaction()`` rolls back instead of committing such a transaction, and its
+        connection is closed rather than reused.
+        """
+        return conn in self._tainted
+
     async def _give_back(self, pool: Pool, conn: Connection, interrupted: bool) -> None:
         if interrupted or conn in self._tainted:
             self._tainted.discard(conn)
