@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -47,7 +48,7 @@ def snapshot(url: str) -> dict[str, object]:
     return found
 
 
-def column(url: str, query: str) -> list[object]:
+def column(url: str, query: str) -> list[Any]:
     with psycopg.connect(url) as conn:
         return [row[0] for row in conn.execute(query.encode())]
 
