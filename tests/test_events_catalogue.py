@@ -77,7 +77,7 @@ def test_catalogue_matches_the_design() -> None:
             "component": ("created", "updated", "deleted"),
             "build": ("started", "progress", "completed", "failed"),
             "deployment": ("started", "completed", "failed"),
-            "token": ("updated", "synced"),
+            "token": ("updated", "deleted", "synced"),
         }.items()
         for action in actions
     )

@@ -15,7 +15,7 @@ from tests.helpers import eventually
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.tokens import TokenCache
 from wis2l_core.config import Settings
-from wis2l_core.events import ComponentCreated, EventBus, TokensSynced, TokenUpdated
+from wis2l_core.events import ComponentCreated, EventBus, TokenDeleted, TokensSynced, TokenUpdated
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.models import Language, TokenCategory
 
@@ -74,6 +74,12 @@ async def test_token_events_invalidate_the_token_cache(
         await eventually(lambda: reloaded([2]))
         await bus.publish(TokensSynced(project_id=p, count=4, changed=1))
         await eventually(lambda: reloaded([3]))
+        await bus.publish(
+            TokenDeleted(
+                project_id=p, token_id=uuid.uuid4(), name="c", category=TokenCategory.COLOR
+            )
+        )
+        await eventually(lambda: reloaded([4]))
     finally:
         await bus.close(2)
         await client.aclose()

@@ -47,6 +47,7 @@ EXPORTED = [
     "Subsystem",
     "Template",
     "TokenCategory",
+    "TokenDeleted",
     "TokenUpdated",
     "TokensSynced",
     "Transaction",
@@ -97,6 +98,7 @@ PROMISED = {
     "DeploymentCompleted",
     "DeploymentFailed",
     "TokenUpdated",
+    "TokenDeleted",
     "TokensSynced",
     # errors
     "Wis2lError",

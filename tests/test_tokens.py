@@ -466,7 +466,15 @@ async def test_delete_by_name(wis: Wis2l) -> None:
     assert await wis.tokens.delete(uuid.uuid4(), "color.fg") is False
     assert [t.id for t in await walk(lambda c: wis.tokens.find_all(pid, after=c))] == [kept.id]
     assert await wis.tokens.find_by_id(twin.id) == twin  # another project's token of that name
-    assert await events(wis) == before  # no event for a deletion
+    deleted = (await events(wis))[len(before) :]  # one TokenDeleted, from the first call only
+    assert [(e["type"], e["subsystem"], e["project_id"]) for e in deleted] == [
+        ("token.deleted", "slate", pid)
+    ]
+    assert deleted[0]["payload"]["token_id"] == str(token.id)
+    assert (deleted[0]["payload"]["name"], deleted[0]["payload"]["category"]) == (
+        "color.bg",
+        "color",
+    )
     again = await wis.tokens.upsert(project_id=pid, name="color.bg", category="color", value="#000")
     assert (again.version, again.id != token.id) == (1, True)  # a new token from version 1
     for args, field in [(("nope", "a"), "project_id"), ((pid, ""), "name"), ((pid, 5), "name")]:

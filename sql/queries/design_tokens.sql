@@ -126,4 +126,4 @@ FROM stored;
 -- design_tokens_project_name_key (project_id, name)
 DELETE FROM design_tokens
 WHERE project_id = %(project_id)s::uuid AND name = %(name)s::text
-RETURNING id;
+RETURNING id, project_id, name, category;

@@ -13,6 +13,7 @@ from wis2l_core.catalogue import (
     DeploymentFailed,
     DeploymentStarted,
     DomainEvent,
+    TokenDeleted,
     TokensSynced,
     TokenUpdated,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "Subsystem",
     "Template",
     "TokenCategory",
+    "TokenDeleted",
     "TokenUpdated",
     "TokensSynced",
     "Transaction",

@@ -39,6 +39,7 @@ __all__ = [
     "DeploymentFailed",
     "DeploymentStarted",
     "DomainEvent",
+    "TokenDeleted",
     "TokenUpdated",
     "TokensSynced",
     "decode_event",
@@ -271,6 +272,23 @@ class TokenUpdated(DomainEvent):
 
 
 @attrs.frozen(kw_only=True)
+class TokenDeleted(DomainEvent):
+    """A design token was deleted.
+
+    Attributes:
+        token_id: The deleted token's id.
+        name: Its name, e.g. ``"color.primary"``.
+        category: Its kind: one of the ``TokenCategory`` values.
+    """
+
+    type: ClassVar[str] = "token.deleted"
+    subsystem: ClassVar[Subsystem] = Subsystem.SLATE
+    token_id: UUID
+    name: str
+    category: TokenCategory
+
+
+@attrs.frozen(kw_only=True)
 class TokensSynced(DomainEvent):
     """A token set was synced into a project.
 
@@ -299,6 +317,7 @@ CATALOGUE: Mapping[str, type[DomainEvent]] = {
         DeploymentCompleted,
         DeploymentFailed,
         TokenUpdated,
+        TokenDeleted,
         TokensSynced,
     )
 }

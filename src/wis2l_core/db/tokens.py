@@ -18,7 +18,7 @@ import attrs
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.catalogue import TokensSynced, TokenUpdated
+from wis2l_core.catalogue import TokenDeleted, TokensSynced, TokenUpdated
 from wis2l_core.db.repository import Repository
 from wis2l_core.db.validate import check_enum, check_json, check_text, check_uuid
 from wis2l_core.errors import Conflict, ValidationError
@@ -307,10 +307,9 @@ class TokenRepository(Repository):
         """Delete the project's token ``name``.
 
         Tokens are addressed by name, as :meth:`upsert` and :meth:`sync` write them (a
-        token you hold is ``delete(token.project_id, token.name)``). No event is
-        recorded: the catalogue has no token-deletion event yet, so the token cache is
-        not invalidated by the bus; call ``wis.token_cache.invalidate(project_id)`` after
-        deleting if you cache tokens.
+        token you hold is ``delete(token.project_id, token.name)``). Records
+        ``TokenDeleted`` in the same transaction, so the token cache is invalidated like
+        after an upsert.
 
         Args:
             project_id: the project.
@@ -326,4 +325,13 @@ class TokenRepository(Repository):
             "project_id": check_uuid("project_id", project_id),
             "name": check_text("name", name, max_len=MAX_NAME),
         }
-        return await self._write("delete", params) is not None
+        return await self._write("delete", params, _deleted) is not None
+
+
+def _deleted(row: DictRow) -> TokenDeleted:
+    return TokenDeleted(
+        project_id=row["project_id"],
+        token_id=row["id"],
+        name=row["name"],
+        category=TokenCategory(row["category"]),
+    )

@@ -24,6 +24,7 @@ from wis2l_core.catalogue import (
     DeploymentFailed,
     DeploymentStarted,
     DomainEvent,
+    TokenDeleted,
     TokensSynced,
     TokenUpdated,
 )
@@ -84,8 +85,8 @@ def register_seed_subscribers(bus: EventBus, token_cache: TokenInvalidator | Non
     - ``wis2l-audit-log``: logs every component, build and deployment event (new events
       only: a new deployment does not replay the stream's history into the log).
     - ``wis2l-token-cache`` (when ``token_cache`` is given): invalidates the project's
-      cached tokens on ``TokenUpdated`` and ``TokensSynced``; if the cache is unreachable
-      the handler raises, so the event is retried with backoff.
+      cached tokens on ``TokenUpdated``, ``TokenDeleted`` and ``TokensSynced``; if the
+      cache is unreachable the handler raises, so the event is retried with backoff.
 
     Args:
         bus: the event bus (subscriptions start with ``bus.start_subscribers()``).
@@ -97,10 +98,11 @@ def register_seed_subscribers(bus: EventBus, token_cache: TokenInvalidator | Non
         return
     cache = token_cache
 
-    async def invalidate_tokens(event: TokenUpdated | TokensSynced) -> None:
+    async def invalidate_tokens(event: TokenUpdated | TokenDeleted | TokensSynced) -> None:
         if not await cache.invalidate(event.project_id):
             raise TokenCacheUnavailable(f"token cache unavailable for {event.project_id}")
         log.debug("token cache invalidated for %s (%s)", event.project_id, event.type)
 
     bus.subscribe(TokenUpdated, invalidate_tokens, durable=SEED_DURABLES[1])
+    bus.subscribe(TokenDeleted, invalidate_tokens, durable=SEED_DURABLES[1])
     bus.subscribe(TokensSynced, invalidate_tokens, durable=SEED_DURABLES[1])
