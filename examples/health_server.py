@@ -6,7 +6,8 @@
 - ``GET /health/live``   200 while the process runs
 - ``GET /health/ready``  200 when the critical services answer, 503 while stopping
 
-Mount it in your own ASGI app, or serve it alone as here (needs ``pip install uvicorn``)::
+Mount it in your own ASGI app, or serve it alone as here. uvicorn comes with the
+``examples`` extra (``pip install -e ".[examples]"``; the ``dev`` extra has it too)::
 
     python examples/health_server.py --port 8080
     curl -s localhost:8080/health

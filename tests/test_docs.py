@@ -71,4 +71,14 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     # Every page in the nav was built, including the generated event catalogue.
     events = (site / "events" / "index.html").read_text(encoding="utf-8")
     assert "wis2l.build.progress" in events
+    # Mermaid ships with the site (docs/hooks/mermaid.py), so diagrams render offline.
+    bundle = site / "assets" / "javascripts" / "mermaid.min.js"
+    assert bundle.stat().st_size > 1_000_000
+    concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
+    assert 'class="mermaid"' in concepts
+    assert "assets/javascripts/mermaid.min.js" in concepts
+    # The reference shows what an app calls, not constructors it never calls.
+    reference = (site / "reference" / "repositories" / "index.html").read_text(encoding="utf-8")
+    assert "find_by_email" in reference
+    assert "UserRepository(" not in reference
     assert elapsed < 60, f"the docs build took {elapsed:.1f} s"

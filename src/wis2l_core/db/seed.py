@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from wis2l_core.config import Settings
-from wis2l_core.db.errors import translate
+from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Database
 from wis2l_core.db.repositories import Repositories
 from wis2l_core.models import Build, BuildStatus, Deployment, DeploymentStatus, Project
@@ -139,14 +139,10 @@ async def seed_database(settings: Settings) -> SeedReport:
     await db.open()
     try:
         async with db.connection() as conn:
-            try:
+            with map_errors():
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                     return await seed(Repositories(db, conn))
-            except Exception as exc:
-                if type(exc).__module__.startswith("psycopg"):
-                    raise translate(exc) from exc
-                raise
     finally:
         await db.close()
 
