@@ -41,6 +41,7 @@ EXPORTED = [
     "Page",
     "Project",
     "Role",
+    "SchemaMissing",
     "ServiceUnavailable",
     "Settings",
     "StartupError",

@@ -333,13 +333,3 @@ def test_the_db_package_does_not_load_nats() -> None:
         " import wis2l_core.db.users, wis2l_core.db.repositories, wis2l_core.db"
     )
     assert done.returncode == 0, done.stderr
-
-
-@pytest.mark.xfail(
-    reason="wis2l_core/__init__.py imports the runtime (and so nats) eagerly; passes once "
-    "the package root loads Wis2l lazily",
-    strict=False,
-)
-def test_importing_a_repository_does_not_load_nats() -> None:
-    done = _imports_nats("import sys, wis2l_core.db.users, wis2l_core.db.repositories")
-    assert done.returncode == 0, done.stderr

@@ -12,6 +12,7 @@ escapes unwrapped, and the driver's exception is kept as ``__cause__``::
      +-- ConfigError           a malformed setting (``variable`` names it)
      +-- StartupError          a critical service is down at start (production mode)
      +-- MigrationError        an applied migration file changed, or a file failed to apply
+          +-- SchemaMissing        a table the library needs is missing: run `wis2l db migrate`
 
 ``ValidationError`` also subclasses :class:`ValueError`, ``NotFound`` :class:`LookupError`
 and ``ServiceUnavailable`` :class:`ConnectionError`, so generic handlers still work.
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidTransition",
     "MigrationError",
     "NotFound",
+    "SchemaMissing",
     "ServiceUnavailable",
     "StartupError",
     "ValidationError",
@@ -124,3 +126,9 @@ class MigrationError(Wis2lError):
     def __init__(self, message: str, *, migration: str | None = None) -> None:
         super().__init__(message)
         self.migration = migration
+
+
+class SchemaMissing(MigrationError):
+    """The database lacks a table, column or function the library needs: it was never
+    migrated, or is behind the installed version. The message names ``wis2l db migrate``.
+    """

@@ -15,20 +15,14 @@ from psycopg import errors as pg
 
 from wis2l_core.errors import (
     Conflict,
-    MigrationError,
     NotFound,
+    SchemaMissing,
     ServiceUnavailable,
     ValidationError,
     Wis2lError,
 )
 
 __all__ = ["SchemaMissing", "map_errors", "translate"]
-
-
-class SchemaMissing(MigrationError):
-    """The database lacks a table, column or function the library needs: it was never
-    migrated, or is behind the installed version. The message names ``wis2l db migrate``.
-    """
 
 
 # constraint name -> the field a caller passed
