@@ -10,6 +10,8 @@ from hypothesis import settings as hypothesis_settings
 
 from wis2l_core import Settings
 from wis2l_core.cache import RedisClient
+from wis2l_core.events import EventBus
+from wis2l_core.testing.plugin import drop_stream
 from wis2l_core.testing.servers import Servers
 
 hypothesis_settings.register_profile(
@@ -39,3 +41,15 @@ async def client(settings: Settings) -> AsyncIterator[RedisClient]:
     async for key in client.redis.scan_iter(match=f"{settings.namespace}:*", count=500):
         await client.redis.delete(key)
     await client.aclose()
+
+
+@pytest.fixture
+async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
+    """An open EventBus on the test's own stream (ready: NATS answered); the stream is
+    deleted afterwards."""
+    bus = EventBus(wis2l_settings)
+    await bus.open(require=True)
+    assert bus.ready
+    yield bus
+    await bus.close(2)
+    await drop_stream(wis2l_settings)

@@ -166,6 +166,7 @@ async def test_critical_failure_is_503_on_health_and_ready() -> None:
     assert b"hunter22" not in report.body + ready.body
 
 
+@pytest.mark.timing
 async def test_a_hung_check_answers_within_the_timeout() -> None:
     async def hung() -> None:
         await asyncio.sleep(10)

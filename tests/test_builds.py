@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import make_project
 from strategies import (
     INJECTIONS,
     bad_build_changes,
@@ -22,18 +23,9 @@ from strategies import (
 )
 from wis2l_core import Build, BuildStatus, InvalidTransition, NotFound, ValidationError
 from wis2l_core.db.builds import BUILD_TRANSITIONS
-from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
 S = BuildStatus
-
-
-async def make_project(wis: Wis2l) -> uuid.UUID:
-    """A user and a project to hang builds on."""
-    tag = uuid7().hex
-    user = await wis.users.create(email=f"u{tag}@example.com", name="U", subject=tag)
-    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="godot")
-    return project.id
 
 
 async def events(wis: Wis2l) -> list[dict[str, Any]]:

@@ -89,6 +89,7 @@ async def test_unix_socket_url_is_accepted() -> None:
         await client.aclose()
 
 
+@pytest.mark.timing
 async def test_dead_redis_fails_open_fast_logs_once_and_breaker_skips(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

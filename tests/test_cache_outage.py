@@ -135,6 +135,7 @@ def cache_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "wis2l_core.cache"]
 
 
+@pytest.mark.timing
 async def test_killed_redis_fails_open_then_recovers_by_itself(
     server: PrivateServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -178,6 +179,7 @@ async def test_killed_redis_fails_open_then_recovers_by_itself(
         await client.aclose()
 
 
+@pytest.mark.timing
 async def test_frozen_redis_gives_misses_within_the_timeout(
     server: PrivateServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -205,6 +207,7 @@ async def test_frozen_redis_gives_misses_within_the_timeout(
         await client.aclose()
 
 
+@pytest.mark.timing
 async def test_many_callers_during_an_outage_do_not_storm_redis(
     server: PrivateServer,
 ) -> None:

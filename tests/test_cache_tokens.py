@@ -98,6 +98,7 @@ async def test_a_none_result_is_cached_too(client: RedisClient) -> None:
     assert load.calls == 1
 
 
+@pytest.mark.timing
 async def test_loader_error_reaches_every_caller_and_is_not_cached(client: RedisClient) -> None:
     cache = TokenCache(client, lock_ttl=timedelta(seconds=30))
     project = uuid4()
@@ -232,6 +233,7 @@ async def test_two_processes_load_once(client: RedisClient, settings: Settings) 
     assert sum(out.count("loading") for out in outputs) == 1
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 async def test_a_dead_lock_holder_is_taken_over(client: RedisClient, settings: Settings) -> None:
     project = uuid4()

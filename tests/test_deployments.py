@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import make_project
 from strategies import INJECTIONS, bad_deployment_fields, bad_urls, deployment_fields, urls
 from wis2l_core import (
     Deployment,
@@ -21,19 +22,10 @@ from wis2l_core import (
     ValidationError,
 )
 from wis2l_core.db.deployments import DEPLOYMENT_TRANSITIONS
-from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
 S = DeploymentStatus
 _EVENT = {S.IN_PROGRESS: "started", S.COMPLETED: "completed", S.FAILED: "failed"}
-
-
-async def make_project(wis: Wis2l) -> uuid.UUID:
-    """A user and a project."""
-    tag = uuid7().hex
-    user = await wis.users.create(email=f"u{tag}@example.com", name="U", subject=tag)
-    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="web")
-    return project.id
 
 
 async def events(wis: Wis2l) -> list[dict[str, Any]]:

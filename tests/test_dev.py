@@ -101,6 +101,7 @@ def test_constructor_does_no_io_and_urls_need_a_start(tmp_path: Path) -> None:
     assert not target.exists()
 
 
+@pytest.mark.timing
 async def test_stack_answers_real_requests_then_stops_cleanly() -> None:
     stack = EmbeddedStack()
     stack.start()
@@ -153,6 +154,7 @@ async def test_stack_answers_real_requests_then_stops_cleanly() -> None:
         _ = stack.nats_url
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 async def test_persistent_data_dir_survives_a_restart(data_root: Path) -> None:
     data = data_root / "data"

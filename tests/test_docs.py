@@ -48,6 +48,7 @@ def test_readme_relative_links_exist() -> None:
     assert missing == [], f"README.md links to missing files: {missing}"
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_docs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"

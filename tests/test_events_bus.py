@@ -11,7 +11,6 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -40,25 +39,9 @@ from wis2l_core.events import (
     encode_event,
 )
 from wis2l_core.models import Environment, Language, TokenCategory
+from wis2l_core.testing.plugin import drop_stream
 
 FAST = (0.05,)  # backoff for the retry tests
-
-
-async def _delete_stream(settings: Settings) -> None:
-    nc = await nats.connect(list(settings.nats_urls))
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await nc.jetstream().delete_stream(settings.stream_name)
-    await nc.close()
-
-
-@pytest.fixture
-async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
-    bus = EventBus(wis2l_settings)
-    await bus.open()
-    assert bus.ready
-    yield bus
-    await bus.close(2)
-    await _delete_stream(wis2l_settings)
 
 
 async def read_all(bus: EventBus, subject: str, wait: float = 0.5) -> list[Msg]:
@@ -112,7 +95,7 @@ async def test_open_updates_a_drifted_stream_and_keeps_its_messages(
     finally:
         await bus.close(1)
         await nc.close()
-        await _delete_stream(wis2l_settings)
+        await drop_stream(wis2l_settings)
 
 
 async def test_open_creates_the_stream_and_ping_sees_it_go(bus: EventBus) -> None:
@@ -484,7 +467,7 @@ async def test_tail_on_a_fresh_server_creates_the_stream_and_waits(
         assert captured.err == ""
     finally:
         await nc.close()
-        await _delete_stream(wis2l_settings)
+        await drop_stream(wis2l_settings)
 
 
 # -- CloudEvents -------------------------------------------------------------------------

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
 import nats.js.errors
@@ -18,18 +16,6 @@ from wis2l_core.config import Settings
 from wis2l_core.events import ComponentCreated, EventBus, TokenDeleted, TokensSynced, TokenUpdated
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.models import Language, TokenCategory
-
-
-@pytest.fixture
-async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
-    bus = EventBus(wis2l_settings)
-    await bus.open()
-    yield bus
-    await bus.close(2)
-    nc = await nats.connect(list(wis2l_settings.nats_urls))
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await nc.jetstream().delete_stream(wis2l_settings.stream_name)
-    await nc.close()
 
 
 async def _consumer_exists(bus: EventBus, name: str) -> bool:

@@ -12,15 +12,12 @@ import json
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from wis2l_core.config import Settings
 from wis2l_core.events import BuildProgress, EventBus, encode_event
-from wis2l_core.testing.plugin import drop_stream
 
 INTEROP = Path(__file__).parent / "interop"
 SCRIPT = INTEROP / "cloudevents.mjs"
@@ -52,16 +49,6 @@ async def run_js(node: str, *args: str) -> Any:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)
-
-
-@pytest.fixture
-async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
-    bus = EventBus(wis2l_settings)
-    await bus.open()
-    assert bus.ready
-    yield bus
-    await bus.close(2)
-    await drop_stream(wis2l_settings)
 
 
 async def test_a_javascript_cloudevent_without_type_reaches_a_typed_subscriber(

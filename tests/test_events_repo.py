@@ -9,18 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import make_project
 from strategies import INJECTIONS, bad_event_fields, event_fields
 from wis2l_core import NotFound, Subsystem, ValidationError
-from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
-
-
-async def make_project(wis: Wis2l) -> uuid.UUID:
-    """A user and a project."""
-    tag = uuid7().hex
-    user = await wis.users.create(email=f"u{tag}@example.com", name="U", subject=tag)
-    project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine="pico8")
-    return project.id
 
 
 async def count_events(wis: Wis2l) -> int:

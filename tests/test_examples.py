@@ -142,6 +142,7 @@ def get(url: str) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_health_server_serves_the_probes_and_stops_on_sigint(
     wis2l_servers: Servers, wis2l_database_url: str

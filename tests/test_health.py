@@ -116,6 +116,7 @@ async def timed(checker: HealthChecker, **kwargs: Any) -> tuple[HealthReport, fl
     return report, time.perf_counter() - start
 
 
+@pytest.mark.timing
 async def test_all_up_is_ok(wis: Wis2l, redis_client: RedisClient, nats_ping: NatsPing) -> None:
     checker = HealthChecker.for_services(
         wis.settings,
@@ -146,6 +147,7 @@ async def test_all_up_is_ok(wis: Wis2l, redis_client: RedisClient, nats_ping: Na
     assert elapsed < 0.5
 
 
+@pytest.mark.timing
 async def test_hung_check_is_cut_at_its_timeout(wis: Wis2l, redis_client: RedisClient) -> None:
     async def hung() -> None:
         await asyncio.sleep(10)
@@ -165,6 +167,7 @@ async def test_hung_check_is_cut_at_its_timeout(wis: Wis2l, redis_client: RedisC
     assert report.checks["redis"].healthy
 
 
+@pytest.mark.timing
 async def test_a_check_that_ignores_cancellation_still_cannot_hold_up_the_report() -> None:
     let_go = asyncio.Event()
 
@@ -205,6 +208,7 @@ async def test_critical_failure_is_unhealthy_and_503(redis_client: RedisClient) 
     assert report.checks["redis"].healthy
 
 
+@pytest.mark.timing
 async def test_database_down_is_unhealthy_within_the_timeout() -> None:
     settings = Settings(
         database_url=f"postgresql://postgres@127.0.0.1:{dead_port()}/x", health_timeout=0.3
@@ -220,6 +224,7 @@ async def test_database_down_is_unhealthy_within_the_timeout() -> None:
     assert report.to_dict()["checks"]["database"]["error"] == "timed out after 0.3 s"
 
 
+@pytest.mark.timing
 async def test_optional_failure_is_degraded_and_200(wis: Wis2l) -> None:
     redis = await dead_redis()
     try:
@@ -253,6 +258,7 @@ async def test_redis_critical_when_configured(wis: Wis2l) -> None:
     assert only.status is HealthStatus.OK
 
 
+@pytest.mark.timing
 async def test_critical_only_skips_optional_checks(wis: Wis2l) -> None:
     async def hung() -> None:
         await asyncio.sleep(10)
@@ -265,6 +271,7 @@ async def test_critical_only_skips_optional_checks(wis: Wis2l) -> None:
     assert elapsed < 0.5
 
 
+@pytest.mark.timing
 async def test_blackhole_redis_times_out_within_the_bound(wis: Wis2l, blackhole: int) -> None:
     # The driver would wait 5 s for the answer; the health timeout cuts it at 0.3 s.
     redis = RedisClient(
@@ -502,6 +509,7 @@ def test_cli_json_and_redis_down_exits_1(
     assert data["checks"]["database"]["details"]["server_version"]
 
 
+@pytest.mark.timing
 def test_cli_database_down_exits_2_with_the_table_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wis2l_servers: Servers
 ) -> None:
@@ -518,6 +526,7 @@ def test_cli_database_down_exits_2_with_the_table_not_a_traceback(
     assert elapsed < 2
 
 
+@pytest.mark.timing
 def test_cli_hung_servers_exit_2_within_the_timeout(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,13 @@ import attrs
 import psycopg
 import pytest
 
+from helpers import eventually
 from lifecycle_worker import subscribe
 from wis2l_core import HealthReport, HealthStatus, Settings, Wis2l, health_app
 from wis2l_core.events import BuildProgress, EventBus
-from wis2l_core.testing.plugin import drop_stream
+
+RECOVERY = 20.0
+"""Seconds a service may take to come back after a restart."""
 
 HEALTH_TIMEOUT = 1.0
 BOUND = 0.25
@@ -217,13 +220,6 @@ async def timed_health(wis: Wis2l) -> tuple[HealthReport, float]:
     return report, time.perf_counter() - started
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 def status_is(wis: Wis2l, status: HealthStatus) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return (await wis.health()).status is status
@@ -263,6 +259,7 @@ async def a_build(wis: Wis2l) -> uuid.UUID:
 # -- outages -----------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.disruptive
 @pytest.mark.slow
 async def test_redis_killed_or_hung_is_degraded_then_ok_without_a_restart(
@@ -270,7 +267,7 @@ async def test_redis_killed_or_hung_is_degraded_then_ok_without_a_restart(
 ) -> None:
     wis = await migrated(stack.settings(), seed_subscribers=False)
     async with wis:
-        await eventually(status_is(wis, HealthStatus.OK))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
         assert await wis.cache.set("k", "before")
 
         stack.kill("redis")
@@ -284,8 +281,8 @@ async def test_redis_killed_or_hung_is_degraded_then_ok_without_a_restart(
         await a_build(wis)  # the database work goes on
 
         stack.restart("redis")
-        await eventually(status_is(wis, HealthStatus.OK))
-        await eventually(lambda: wis.cache.set("k", "after"))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
+        await eventually(lambda: wis.cache.set("k", "after"), timeout=RECOVERY)
         assert await wis.cache.get("k") == "after"
 
         stack.freeze("redis")  # hung: accepts nothing, answers nothing
@@ -295,9 +292,10 @@ async def test_redis_killed_or_hung_is_degraded_then_ok_without_a_restart(
         assert "timeout" in str(report.checks["redis"].error).lower()  # the socket timeout
         assert took < HEALTH_TIMEOUT + BOUND
         stack.thaw("redis")
-        await eventually(status_is(wis, HealthStatus.OK))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
 
 
+@pytest.mark.timing
 @pytest.mark.disruptive
 @pytest.mark.slow
 async def test_database_stopped_or_hung_is_unhealthy_503_then_ok_without_a_restart(
@@ -305,7 +303,7 @@ async def test_database_stopped_or_hung_is_unhealthy_503_then_ok_without_a_resta
 ) -> None:
     wis = await migrated(stack.settings(), seed_subscribers=False)
     async with wis:
-        await eventually(status_is(wis, HealthStatus.OK))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
 
         stack.kill("database", signal.SIGINT)  # PostgreSQL's fast shutdown
         report, took = await timed_health(wis)
@@ -318,7 +316,7 @@ async def test_database_stopped_or_hung_is_unhealthy_503_then_ok_without_a_resta
         assert not wis.stopping  # not ready, but not stopping either
 
         stack.restart("database")
-        await eventually(status_is(wis, HealthStatus.OK))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
         await a_build(wis)
 
         stack.freeze("database")
@@ -326,10 +324,11 @@ async def test_database_stopped_or_hung_is_unhealthy_503_then_ok_without_a_resta
         assert report.status is HealthStatus.UNHEALTHY
         assert took < HEALTH_TIMEOUT + BOUND
         stack.thaw("database")
-        await eventually(status_is(wis, HealthStatus.OK))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
         await a_build(wis)
 
 
+@pytest.mark.timing
 @pytest.mark.disruptive
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["kept", "lost"])
@@ -345,11 +344,11 @@ async def test_nats_killed_is_degraded_then_ok_and_the_backlog_is_relayed(
 
     async with wis:
         build = await a_build(wis)
-        await eventually(status_is(wis, HealthStatus.OK))
-        await eventually(lambda: backlog_is(wis, 0))  # BuildStarted is out
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
+        await eventually(lambda: backlog_is(wis, 0), timeout=RECOVERY)  # BuildStarted is out
 
         stack.kill("nats")
-        await eventually(lambda: _true(not wis.bus.connected))
+        await eventually(lambda: _true(not wis.bus.connected), timeout=RECOVERY)
         report, took = await timed_health(wis)
         assert report.status is HealthStatus.DEGRADED, report.to_dict()
         assert report.http_status == 200
@@ -363,8 +362,8 @@ async def test_nats_killed_is_degraded_then_ok_and_the_backlog_is_relayed(
             assert stack.stack.data_dir is not None
             shutil.rmtree(stack.stack.data_dir / "nats" / "jetstream")
         stack.restart("nats")  # same port; the app is not restarted
-        await eventually(status_is(wis, HealthStatus.OK))
-        await eventually(lambda: _true(sorted(seen) == list(range(1, 21))))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
+        await eventually(lambda: _true(sorted(seen) == list(range(1, 21))), timeout=RECOVERY)
         assert await backlog_is(wis, 0)
 
 
@@ -376,6 +375,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.timing
 @pytest.mark.disruptive
 @pytest.mark.slow
 async def test_development_starts_with_only_the_database_and_uses_the_rest_when_they_come(
@@ -402,22 +402,13 @@ async def test_development_starts_with_only_the_database_and_uses_the_rest_when_
 
         stack.restart("redis")
         stack.restart("nats")
-        await eventually(status_is(wis, HealthStatus.OK))
-        await eventually(lambda: _true(seen == [42]))
-        await eventually(lambda: wis.cache.set("k", "v"))
+        await eventually(status_is(wis, HealthStatus.OK), timeout=RECOVERY)
+        await eventually(lambda: _true(seen == [42]), timeout=RECOVERY)
+        await eventually(lambda: wis.cache.set("k", "v"), timeout=RECOVERY)
         assert await wis.cache.get("k") == "v"
 
 
 # -- SIGTERM while a handler runs --------------------------------------------------------
-
-
-@pytest.fixture
-async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
-    bus = EventBus(wis2l_settings)
-    await bus.open(require=True)
-    yield bus
-    await bus.close(1)
-    await drop_stream(wis2l_settings)
 
 
 def worker_env(settings: Settings, shutdown_timeout: float) -> dict[str, str]:
@@ -441,6 +432,7 @@ def marker(directory: Path, event: BuildProgress, pid: int, stage: str) -> Path:
     return directory / f"{event.id}.{pid}.{stage}"
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "sleep", "shutdown_timeout"), [("drain", 1.0, 25.0), ("cut", 30.0, 0.5)]
@@ -501,7 +493,10 @@ async def test_sigterm_while_handling_exits_0_and_loses_no_message(
     again = Wis2l(wis2l_settings, seed_subscribers=False)
     subscribe(again, tmp_path, 0.0)
     async with again:
-        await eventually(lambda: _true(marker(tmp_path, expected, os.getpid(), "done").exists()))
+        await eventually(
+            lambda: _true(marker(tmp_path, expected, os.getpid(), "done").exists()),
+            timeout=RECOVERY,
+        )
         if case == "drain":
             await asyncio.sleep(0.5)
             assert not marker(tmp_path, first, os.getpid(), "started").exists()  # was acked

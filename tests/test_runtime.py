@@ -137,6 +137,7 @@ async def test_start_and_stop_are_idempotent_concurrent_and_restartable(
     assert_all_closed(wis)
 
 
+@pytest.mark.timing
 async def test_all_up_is_ok_and_the_fixture_runtime_is_ready(wis: Wis2l) -> None:
     started = time.perf_counter()
     report = await wis.health()
@@ -184,6 +185,7 @@ async def test_stop_runs_every_step_when_some_fail_and_logs_them(
     assert "bus close failed" in caplog.text
 
 
+@pytest.mark.timing
 async def test_a_hung_step_is_cut_short_and_the_rest_still_run(
     runtime_settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,6 +235,7 @@ async def test_a_cancelled_stop_still_runs_every_step(runtime_settings: Settings
 # -- in-flight handlers ------------------------------------------------------------------
 
 
+@pytest.mark.timing
 async def test_stop_lets_a_running_handler_finish_and_readiness_fails_at_once(
     runtime_settings: Settings,
 ) -> None:
@@ -258,6 +261,7 @@ async def test_stop_lets_a_running_handler_finish_and_readiness_fails_at_once(
     assert await consumer_counts(runtime_settings, "slow-build-progress") == (0, 0)  # acked
 
 
+@pytest.mark.timing
 async def test_a_handler_past_the_shutdown_timeout_is_cancelled_and_redelivered(
     runtime_settings: Settings,
 ) -> None:
@@ -292,6 +296,7 @@ async def test_a_handler_past_the_shutdown_timeout_is_cancelled_and_redelivered(
 # -- a service down: development mode ----------------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("how", ["refused", "hung"])
 async def test_redis_down_is_degraded_200_within_the_timeout(
     runtime_settings: Settings, blackhole: int, how: str
@@ -314,6 +319,7 @@ async def test_redis_down_is_degraded_200_within_the_timeout(
         assert user.email == "r@example.com"
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 async def test_database_down_in_development_starts_unhealthy_503_within_the_timeout(
     runtime_settings: Settings, caplog: pytest.LogCaptureFixture
@@ -346,6 +352,7 @@ async def test_database_down_in_development_starts_unhealthy_503_within_the_time
     assert_all_closed(wis)
 
 
+@pytest.mark.timing
 async def test_development_starts_with_only_the_database(runtime_settings: Settings) -> None:
     settings = attrs.evolve(
         runtime_settings,
@@ -370,6 +377,7 @@ async def test_development_starts_with_only_the_database(runtime_settings: Setti
 # -- production mode ---------------------------------------------------------------------
 
 
+@pytest.mark.timing
 async def test_production_refuses_to_start_without_the_database_and_leaves_nothing(
     runtime_settings: Settings,
 ) -> None:
