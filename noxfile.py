@@ -42,8 +42,12 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site with ``mkdocs build --strict`` (into site/)."""
+    """Build the documentation site with ``mkdocs build --strict`` (into site/).
+
+    ``npm ci`` first: the site serves mermaid.js from the npm package (docs/hooks/mermaid.py).
+    """
     session.install("-e", ".[docs]")
+    session.run("npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", external=True)
     session.run(
         "python",
         "-m",

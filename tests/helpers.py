@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import shutil
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
 
 from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
-__all__ = ["eventually", "make_project"]
+__all__ = ["eventually", "make_project", "npm_packages"]
 
 Check = Callable[[], bool | Awaitable[bool]]
 
@@ -36,3 +41,23 @@ async def make_project(wis: Wis2l, engine: str = "godot") -> uuid.UUID:
     user = await wis.users.create(email=f"u{tag}@example.com", name="U", subject=tag)
     project = await wis.projects.create(owner_id=user.id, name="P", slug=f"p-{tag}", engine=engine)
     return project.id
+
+
+def npm_packages(folder: Path, package: str) -> str:
+    """Make sure ``folder``'s npm packages are installed (``npm ci``); return node's path.
+
+    CI runs ``npm ci`` itself; on a machine where it has not run, the first test that
+    needs the packages installs them from the folder's lock file. Without node and npm
+    the test is skipped, and says why.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip(f"node and npm are needed (for the npm package {package})")
+    if not (folder / "node_modules" / package).is_dir():
+        subprocess.run(
+            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", str(folder)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return node

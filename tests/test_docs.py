@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import npm_packages
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # [text](target) or [text](target "title"); images too. Reference-style links are not used.
@@ -51,6 +53,7 @@ def test_readme_relative_links_exist() -> None:
 @pytest.mark.timing
 @pytest.mark.slow
 def test_docs_build_strict(tmp_path: Path) -> None:
+    npm_packages(ROOT, "mermaid")  # docs/hooks/mermaid.py serves its bundle with the site
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     started = time.monotonic()

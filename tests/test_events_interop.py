@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import npm_packages
 from wis2l_core.events import BuildProgress, EventBus, encode_event
 
 INTEROP = Path(__file__).parent / "interop"
@@ -25,17 +24,7 @@ SCRIPT = INTEROP / "cloudevents.mjs"
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the JavaScript interop test")
-    if not (INTEROP / "node_modules" / "nats").is_dir():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(INTEROP)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return node
+    return npm_packages(INTEROP, "nats")
 
 
 async def run_js(node: str, *args: str) -> Any:
