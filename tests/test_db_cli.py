@@ -6,6 +6,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from wis2l_core.cli import main
-from wis2l_core.db.seed import PROJECTS, TEMPLATES, USERS
+from wis2l_core.db.seed import HISTORY_DAYS, PROJECTS, TEMPLATES, USERS
 from wis2l_core.db.sql import migrations
 from wis2l_core.testing.servers import Servers, with_database
 
@@ -49,8 +50,12 @@ def snapshot(url: str) -> dict[str, object]:
 
 
 def column(url: str, query: str) -> list[Any]:
+    return [row[0] for row in rows_of(url, query)]
+
+
+def rows_of(url: str, query: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return [row[0] for row in conn.execute(query.encode())]
+        return conn.execute(query.encode()).fetchall()
 
 
 @pytest.mark.parametrize("argv", [["db", "--help"], ["db", "migrate", "--help"]])
@@ -164,6 +169,101 @@ def test_seed_loads_sample_data_once(
     assert f"users: 0 created, {len(USERS)} already there" in out
     assert "builds: 0 created" in out
     assert snapshot(url) == first  # nothing written, not even an event
+
+
+def test_seed_places_a_history_in_the_past(wis2l_database_url: str) -> None:
+    url = wis2l_database_url
+    assert main(["db", "seed", "--database-url", url]) == 0
+    now = column(url, "SELECT now()")[0].astimezone(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(HISTORY_DAYS)
+
+    # builds on every engine, both outcomes, over every past day, with engine-like times
+    rows = {
+        (engine, status): (n, median)
+        for engine, status, n, median in rows_of(
+            url,
+            "SELECT p.engine, b.status, count(*), percentile_cont(0.5) WITHIN GROUP "
+            "(ORDER BY extract(epoch FROM b.finished_at - b.started_at)) "
+            "FROM builds b JOIN projects p ON p.id = b.project_id "
+            "WHERE b.status IN ('completed', 'failed') GROUP BY 1, 2",
+        )
+    }
+    engines = {engine for engine, _ in rows}
+    assert engines == {spec["engine"] for spec in PROJECTS}
+    assert len(engines) >= 5
+    assert all(rows[engine, "completed"][0] >= 5 for engine in engines)
+    assert sum(n for (_, status), (n, _) in rows.items() if status == "failed") >= 5
+    # builds fail early and late, at the progress they reached
+    ((low, high),) = rows_of(
+        url, "SELECT min(progress), max(progress) FROM builds WHERE status = 'failed'"
+    )
+    assert low < 30
+    assert high > 70
+    median = {engine: rows[engine, "completed"][1] for engine in engines}
+    assert median["pico8"] < 30 < median["web"] < 5 * 60 < median["unity"] < median["unreal"]
+    assert column(
+        url,
+        "SELECT count(DISTINCT date_trunc('day', created_at, 'UTC')) FROM builds "
+        "WHERE created_at < date_trunc('day', now(), 'UTC')",
+    ) == [HISTORY_DAYS]
+    # every timestamp in order, in the past, and the time-ordered ids follow the history
+    assert column(
+        url,
+        "SELECT count(*) FROM builds WHERE NOT (created_at <= coalesce(started_at, created_at) "
+        "AND coalesce(started_at, created_at) < coalesce(finished_at, now()) "
+        "AND coalesce(finished_at, started_at, created_at) = updated_at AND updated_at < now())",
+    ) == [0]
+    assert column(url, "SELECT min(created_at) FROM builds")[0] >= start
+    created = column(url, "SELECT created_at FROM builds ORDER BY id")
+    assert created == sorted(created)
+    assert column(url, "SELECT max(created_at) FROM projects")[0] < created[0]
+
+    # deployments: staging more often than production, most complete, some fail
+    deployments = dict(
+        rows_of(
+            url,
+            "SELECT environment || '/' || status, count(*) FROM deployments "
+            "WHERE created_at < date_trunc('day', now(), 'UTC') GROUP BY 1",
+        )
+    )
+    staging = deployments["staging/completed"] + deployments.get("staging/failed", 0)
+    production = deployments["production/completed"] + deployments.get("production/failed", 0)
+    assert staging > 2 * production > 0
+    assert deployments.get("staging/failed", 0) + deployments.get("production/failed", 0) > 0
+    assert set(deployments) <= {
+        f"{e}/{s}" for e in ("staging", "production") for s in ("completed", "failed")
+    }  # history is finished
+    assert (
+        column(
+            url,
+            "SELECT count(DISTINCT date_trunc('day', created_at, 'UTC')) FROM deployments "
+            "WHERE created_at < date_trunc('day', now(), 'UTC')",
+        )[0]
+        >= HISTORY_DAYS - 2
+    )
+    # production deploys a version staging took before
+    assert column(
+        url,
+        "SELECT count(*) FROM deployments p WHERE p.environment = 'production' AND NOT EXISTS "
+        "(SELECT 1 FROM deployments s WHERE s.project_id = p.project_id "
+        "AND s.environment = 'staging' AND s.status = 'completed' AND s.version = p.version "
+        "AND s.updated_at <= p.created_at)",
+    ) == [0]
+
+    # each status event carries the time of its change, in the row and in the payload
+    assert column(
+        url,
+        "SELECT count(*) FROM events e JOIN builds b ON b.id = (e.payload->>'build_id')::uuid "
+        "WHERE e.type IN ('build.completed', 'build.failed') AND NOT (e.created_at = "
+        "b.finished_at AND (e.payload->>'occurred_at')::timestamptz = b.finished_at)",
+    ) == [0]
+    assert column(
+        url,
+        "SELECT count(*) FROM events e JOIN deployments d "
+        "ON d.id = (e.payload->>'deployment_id')::uuid "
+        "WHERE e.type = 'deployment.started' AND NOT e.created_at BETWEEN d.created_at "
+        "AND d.updated_at",
+    ) == [0]
 
 
 @pytest.mark.slow
