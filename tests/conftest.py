@@ -1,18 +1,21 @@
 """The suite's fixtures come from wis2l_core.testing (the pytest11 plugin apps use too)."""
 
 import os
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from uuid import uuid4
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from psycopg import sql
 
 from wis2l_core import Settings
 from wis2l_core.cache import RedisClient
 from wis2l_core.events import EventBus
 from wis2l_core.testing.plugin import drop_stream
-from wis2l_core.testing.servers import Servers
+from wis2l_core.testing.servers import Servers, with_database
 
 hypothesis_settings.register_profile(
     "default",
@@ -53,3 +56,17 @@ async def bus(wis2l_settings: Settings) -> AsyncIterator[EventBus]:
     yield bus
     await bus.close(2)
     await drop_stream(wis2l_settings)
+
+
+@pytest.fixture
+def empty_database_url(wis2l_servers: Servers) -> Iterator[str]:
+    """A brand-new database with no tables at all (never migrated); dropped afterwards."""
+    name = f"wis2l_empty_{secrets.token_hex(5)}"
+    admin = with_database(wis2l_servers.database_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_database(wis2l_servers.database_url, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,24 +15,9 @@ from psycopg import sql
 from wis2l_core.cli import main
 from wis2l_core.db.seed import HISTORY_DAYS, PROJECTS, TEMPLATES, USERS
 from wis2l_core.db.sql import migrations
-from wis2l_core.testing.servers import Servers, with_database
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 TABLES = ("users", "templates", "projects", "components", "design_tokens", "builds", "deployments")
-
-
-@pytest.fixture
-def empty_database_url(wis2l_servers: Servers) -> Iterator[str]:
-    """A brand-new database with no tables at all."""
-    name = f"wis2l_cli_{secrets.token_hex(5)}"
-    admin = with_database(wis2l_servers.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_database(wis2l_servers.database_url, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def snapshot(url: str) -> dict[str, object]:

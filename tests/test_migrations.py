@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from wis2l_core.cli import main
 from wis2l_core.db.migrate import LOCK_KEY, apply_migrations, migration_status
 from wis2l_core.db.sql import migrations, sql_root
 from wis2l_core.errors import MigrationError, ServiceUnavailable
-from wis2l_core.testing.servers import Servers, with_database
 
 FILES = [m.name for m in migrations()]
-
-
-@pytest.fixture
-def empty_database_url(wis2l_servers: Servers) -> Iterator[str]:
-    """A brand-new database with no tables at all."""
-    name = f"wis2l_mig_{secrets.token_hex(5)}"
-    admin = with_database(wis2l_servers.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_database(wis2l_servers.database_url, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def recorded(url: str) -> list[tuple[str, str]]:

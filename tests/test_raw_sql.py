@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -28,7 +28,6 @@ from wis2l_core.errors import (
     ValidationError,
     Wis2lError,
 )
-from wis2l_core.testing.servers import Servers, with_database
 
 INJECTION = "x'); DROP TABLE users; --"
 
@@ -234,20 +233,6 @@ async def test_a_pool_timeout_is_service_unavailable(wis: Wis2l) -> None:
         assert await db.fetch_val("SELECT 1") == 1
     finally:
         await db.close()
-
-
-@pytest.fixture
-def empty_database_url(wis2l_servers: Servers) -> Iterator[str]:
-    """A brand-new database with no tables at all (made as TemplateDatabase does)."""
-    name = f"wis2l_raw_{secrets.token_hex(5)}"
-    admin = with_database(wis2l_servers.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_database(wis2l_servers.database_url, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 @pytest.fixture
