@@ -26,7 +26,9 @@ that names a *different* catalogued event than the subject is refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, TypeVar, overload
 from urllib.parse import quote, unquote
 
@@ -60,8 +62,12 @@ CONTENT_TYPE = "application/json"
 _SAFE = "!#$&'()*+,/:;<=>?@[]^`{|}~-._"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9!#$&'()*+,/:;<=>?@\[\]^`{|}~._-]*")
+"""Values made only of characters that need no escaping (ids, RFC 3339 times): kept as is."""
+
+
 def _encode(value: str) -> str:
-    return quote(value, safe=_SAFE)
+    return value if _PLAIN.fullmatch(value) else quote(value, safe=_SAFE)
 
 
 def _decode(value: str) -> str:
@@ -93,6 +99,16 @@ def ce_source(namespace: str) -> str:
     return "/wis2l-core/" + namespace
 
 
+@lru_cache(maxsize=256)
+def _encoded_type(event_type: str) -> str:
+    return _encode(ce_type(event_type))
+
+
+@lru_cache(maxsize=256)
+def _encoded_source(namespace: str) -> str:
+    return _encode(ce_source(namespace))
+
+
 def cloudevent_headers(
     event_type: str, event_id: str, *, namespace: str, time: str | None = None
 ) -> dict[str, str]:
@@ -109,8 +125,8 @@ def cloudevent_headers(
     """
     headers = {
         "ce-specversion": SPECVERSION,
-        "ce-type": _encode(ce_type(event_type)),
-        "ce-source": _encode(ce_source(namespace)),
+        "ce-type": _encoded_type(event_type),
+        "ce-source": _encoded_source(namespace),
         "ce-id": _encode(event_id),
         "ce-datacontenttype": CONTENT_TYPE,
         "content-type": CONTENT_TYPE,
