@@ -481,9 +481,12 @@ def run_cli(
 
 
 def test_cli_all_up_exits_0_with_a_table(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wis2l_servers: Servers
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    wis2l_servers: Servers,
+    wis2l_database_url: str,
 ) -> None:
-    code, _ = run_cli(monkeypatch, wis2l_servers)
+    code, _ = run_cli(monkeypatch, wis2l_servers, DATABASE_URL=wis2l_database_url)
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
@@ -497,10 +500,17 @@ def test_cli_all_up_exits_0_with_a_table(
 
 
 def test_cli_json_and_redis_down_exits_1(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], wis2l_servers: Servers
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    wis2l_servers: Servers,
+    wis2l_database_url: str,
 ) -> None:
     code, _ = run_cli(
-        monkeypatch, wis2l_servers, "--json", REDIS_URL=f"redis://127.0.0.1:{dead_port()}/0"
+        monkeypatch,
+        wis2l_servers,
+        "--json",
+        DATABASE_URL=wis2l_database_url,
+        REDIS_URL=f"redis://127.0.0.1:{dead_port()}/0",
     )
     data = json.loads(capsys.readouterr().out)
     assert code == 1
@@ -556,3 +566,42 @@ def test_cli_bad_settings_exit_2(
     assert "REDIS_URL" in capsys.readouterr().err
     code, _ = run_cli(monkeypatch, wis2l_servers, "--timeout", "0")
     assert code == 2
+
+
+# --- an unmigrated database ---------------------------------------------------------------
+
+
+async def test_an_unmigrated_database_is_unhealthy_and_says_to_migrate(
+    wis2l_settings: Settings, empty_database_url: str
+) -> None:
+    """Not "degraded 200": nothing works without the schema, so readiness must fail."""
+    async with Wis2l(attrs.evolve(wis2l_settings, database_url=empty_database_url)) as wis:
+        report = await wis.health()
+    assert (report.status, report.http_status) == (HealthStatus.UNHEALTHY, 503)
+    database = report.checks["database"]
+    assert not database.healthy
+    assert "wis2l db migrate" in (database.error or "")
+
+
+async def test_a_database_behind_the_library_is_unhealthy(wis: Wis2l) -> None:
+    assert (await wis.health()).status is HealthStatus.OK
+    await wis.database.execute("DELETE FROM wis2l_migrations WHERE name LIKE '0002%'")
+    report = await wis.health()
+    assert report.status is HealthStatus.UNHEALTHY
+    error = report.checks["database"].error or ""
+    assert "1 migration(s) not applied, from 0002_" in error
+    assert "wis2l db migrate" in error
+
+
+def test_cli_unmigrated_database_exits_2_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    wis2l_servers: Servers,
+    empty_database_url: str,
+) -> None:
+    code, _ = run_cli(monkeypatch, wis2l_servers, DATABASE_URL=empty_database_url)
+    out = capsys.readouterr().out
+    assert code == 2
+    row = next(line for line in out.splitlines() if line.startswith("database"))
+    assert row.split()[1:3] == ["FAILED", "yes"]
+    assert "wis2l db migrate" in row

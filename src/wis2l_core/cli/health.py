@@ -24,6 +24,7 @@ from nats.js.errors import NotFoundError
 
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.config import Settings
+from wis2l_core.db.migrate import check_schema
 from wis2l_core.db.pool import connect_kwargs
 from wis2l_core.errors import ConfigError, ServiceUnavailable
 from wis2l_core.health import HealthChecker, HealthReport, HealthStatus, secrets_of
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def collect(settings: Settings) -> HealthReport:
-    """Check the database (``SELECT 1``), Redis (``PING``) and NATS (JetStream account).
+    """Check the database (reachable and migrated), Redis (``PING``) and NATS (JetStream account).
 
     ``settings.critical_services`` and ``settings.health_timeout`` apply as in
     ``wis.health()``.
@@ -95,11 +96,10 @@ async def _database(settings: Settings) -> Mapping[str, Any]:
             settings.database_url, **connect_kwargs(settings)
         )
         async with conn:
-            cur = await conn.execute("SHOW server_version")
-            row = await cur.fetchone()
+            version = await check_schema(conn)
     except psycopg.Error as exc:
         raise ServiceUnavailable(f"database: {exc}", service="database") from exc
-    return {"server_version": row["server_version"] if row else None}
+    return {"server_version": version}
 
 
 async def _redis(settings: Settings) -> None:

@@ -9,6 +9,7 @@ whose checksum differs from the recorded one stops everything with ``MigrationEr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -17,12 +18,13 @@ from pathlib import Path
 import attrs
 import psycopg
 from psycopg import errors as pg
+from psycopg.rows import DictRow
 
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Migration, migrations
-from wis2l_core.errors import MigrationError, ServiceUnavailable
+from wis2l_core.errors import MigrationError, SchemaMissing, ServiceUnavailable
 
-__all__ = ["MigrationStatus", "apply_migrations", "migration_status"]
+__all__ = ["MigrationStatus", "apply_migrations", "check_schema", "migration_status"]
 
 log = logging.getLogger("wis2l_core.db.migrate")
 
@@ -92,6 +94,45 @@ async def _connect(
             connect_timeout=max(1, round(connect_timeout)),
             application_name="wis2l-core migrate",
         )
+
+
+_SCHEMA_QUERY = (
+    "SELECT current_setting('server_version') AS server_version,"
+    " array(SELECT name FROM wis2l_migrations) AS applied"
+)
+
+
+async def check_schema(conn: psycopg.AsyncConnection[DictRow]) -> str:
+    """Check in one round trip that every migration this library ships is applied.
+
+    Health checks use it, so an app whose database was never migrated (or is behind the
+    installed library) is reported unhealthy with the fix, not merely degraded.
+
+    Returns:
+        The server's version.
+
+    Raises:
+        SchemaMissing: a migration is not applied; the message names ``wis2l db migrate``.
+        ServiceUnavailable: the database does not answer.
+    """
+    with map_errors():
+        cur = await conn.execute(_SCHEMA_QUERY, prepare=True)
+        row = await cur.fetchone()
+    if row is None:  # pragma: no cover - the query always returns one row
+        raise ServiceUnavailable("database: no answer to the schema check", service="database")
+    missing = [name for name in _shipped() if name not in row["applied"]]
+    if missing:
+        raise SchemaMissing(
+            f"{len(missing)} migration(s) not applied, from {missing[0]}:"
+            " run `wis2l db migrate` (or `await wis.migrate()`)",
+            migration=missing[0],
+        )
+    return str(row["server_version"])
+
+
+@functools.cache
+def _shipped() -> tuple[str, ...]:
+    return tuple(m.name for m in migrations())
 
 
 async def migration_status(

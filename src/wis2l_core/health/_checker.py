@@ -94,7 +94,7 @@ class HealthChecker:
 
         Args:
             settings: timeout, critical services and the URLs whose secrets are scrubbed.
-            database: the pool, checked with ``SELECT 1``.
+            database: the pool, checked for reachability and an applied schema.
             redis: the Redis client, pinged.
             nats: the event bus, pinged.
             outbox: the outbox relay, whose backlog is measured.

@@ -84,13 +84,16 @@ class HasBacklog(Protocol):
 
 
 async def database_check(database: Database) -> Mapping[str, Any] | None:
-    """Run ``SELECT 1`` on a pooled connection; report the pool's occupancy.
+    """Check the schema on a pooled connection (one query); report the pool's occupancy.
 
     Raises:
         ServiceUnavailable: the pool is not open or the database does not answer.
+        SchemaMissing: a migration this library ships is not applied.
     """
+    from wis2l_core.db.migrate import check_schema
+
     async with database.connection() as conn:
-        await conn.execute("SELECT 1")
+        await check_schema(conn)
     stats = database.pool.get_stats()
     return {
         "pool_size": stats.get("pool_size", 0),
