@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+
+import pytest
 
 import wis2l_core
 from wis2l_core import errors
@@ -124,10 +128,31 @@ def test_every_public_attribute_is_in_all() -> None:
     """As httpx's test_exported_members: nothing public is reachable but unlisted."""
     public = {
         name
-        for name, value in vars(wis2l_core).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(wis2l_core)
+        if not name.startswith("_")
+        and name != "TYPE_CHECKING"
+        and not isinstance(getattr(wis2l_core, name), types.ModuleType)
     }
     assert public == set(wis2l_core.__all__)
+    for name in wis2l_core.__all__:
+        assert getattr(wis2l_core, name).__name__ == name
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        wis2l_core.Nope  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_importing_models_and_repositories_loads_no_redis_or_nats() -> None:
+    """The runtime (and with it redis-py and nats-py) loads on first use of ``Wis2l``."""
+    code = (
+        "import sys; import wis2l_core, wis2l_core.models, wis2l_core.catalogue,"
+        " wis2l_core.db.users, wis2l_core.db.repositories;"
+        " assert not {'nats', 'redis'} & set(sys.modules), 'loaded too early';"
+        " from wis2l_core import Wis2l; assert {'nats', 'redis'} <= set(sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_design_names_are_exported() -> None:

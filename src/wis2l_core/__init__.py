@@ -1,4 +1,10 @@
-"""wis2l-core: the data layer of the WIS2L game-development platform."""
+"""wis2l-core: the data layer of the WIS2L game-development platform.
+
+``Wis2l`` and ``Transaction`` are imported on first use (PEP 562), so that importing a
+model, a repository or the catalogue does not load the Redis and NATS clients.
+"""
+
+from typing import TYPE_CHECKING
 
 from wis2l_core.asgi import health_app
 from wis2l_core.catalogue import (
@@ -51,7 +57,9 @@ from wis2l_core.models import (
     User,
 )
 from wis2l_core.notebook import all_pages, to_record, to_records
-from wis2l_core.runtime import Transaction, Wis2l
+
+if TYPE_CHECKING:
+    from wis2l_core.runtime import Transaction, Wis2l
 
 __all__ = [
     "AppEnvironment",
@@ -107,3 +115,15 @@ __all__ = [
     "to_record",
     "to_records",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("Transaction", "Wis2l"):
+        from wis2l_core import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'wis2l_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
