@@ -12,6 +12,7 @@ The outage is logged once when it starts and once when it ends, never per call.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -214,7 +215,8 @@ class RedisClient:
 
         The one guard every cache calls: skip Redis while the breaker is open, run the
         command, report a failure (which opens the breaker, logged once per outage) or a
-        success (which ends an outage). Cancellation is never caught.
+        success (which ends an outage). Cancellation is never caught, and a cancellation
+        that redis-py swallowed is raised again.
 
         Args:
             op: what the call does, for the logs (``"get"``, ``"token lock"``).
@@ -234,6 +236,8 @@ class RedisClient:
                     f"redis is unavailable, so {op} cannot run", service="redis"
                 )
             return default
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             result = await command(redis, *args, **kwargs)
         except REDIS_ERRORS as exc:
@@ -243,6 +247,11 @@ class RedisClient:
             return default
         if self._outage_started is not None:
             self.report_success()
+        if task is not None and task.cancelling() > cancels:
+            # On Python 3.11, asyncio.wait_for inside redis-py swallows a cancellation
+            # that lands just as the reply arrives (gh-86296): the caller asked to stop,
+            # so stop rather than return as if nothing happened.
+            raise asyncio.CancelledError
         return result
 
     async def call_strict(
