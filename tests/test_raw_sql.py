@@ -271,6 +271,8 @@ def test_db_exports_a_deliberate_surface() -> None:
         "EventRepository",
         "Params",
         "ProjectRepository",
+        "Query",
+        "QueryFile",
         "QueryMethods",
         "Repositories",
         "SchemaMissing",
@@ -279,6 +281,7 @@ def test_db_exports_a_deliberate_surface() -> None:
         "TokenRepository",
         "Transaction",
         "UserRepository",
+        "load_queries",
         "map_errors",
     ]
     for name in wis2l_core.db.__all__:

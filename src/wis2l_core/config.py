@@ -12,6 +12,7 @@ import enum
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ import attrs
 from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
 
-__all__ = ["AppEnvironment", "Settings", "redact_url"]
+__all__ = ["LIBRARY_SOURCE", "AppEnvironment", "MigrationSource", "Settings", "redact_url"]
 
 _T = TypeVar("_T")
 
@@ -53,6 +54,83 @@ def _name_validator(what: str) -> Callable[[object, attrs.Attribute[str], object
             )
 
     return check
+
+
+LIBRARY_SOURCE = "wis2l-core"
+"""The source name of the library's own migrations in ``wis2l_migrations``."""
+
+
+@attrs.frozen
+class MigrationSource:
+    """One folder of an app's own migrations, tracked in ``wis2l_migrations`` as ``name``.
+
+    Attributes:
+        name: what ``wis2l_migrations.source`` records; 1-64 letters, digits, ``_`` or
+            ``-``, never ``wis2l-core``. Keep it stable: renaming it re-applies the folder.
+        path: the folder of ``NNNN_name.sql`` files (relative paths are resolved against
+            the working directory when the migrations are read).
+    """
+
+    name: str
+    path: Path = attrs.field(converter=Path)
+
+    @classmethod
+    def parse(cls, entry: str | Path | MigrationSource) -> MigrationSource:
+        """``"name=path"``, or a bare path whose folder name becomes the source name.
+
+        Raises:
+            ConfigError: an empty entry, or a name that is not 1-64 letters, digits,
+                ``_`` or ``-``, or is ``wis2l-core``.
+        """
+        if isinstance(entry, MigrationSource):
+            source = entry
+        else:
+            text = str(entry).strip()
+            name, sep, path = text.partition("=")
+            if not sep:
+                name, path = Path(text).resolve().name if text else "", text
+            if not path.strip():
+                raise ConfigError(f"migrations: empty folder in {text!r}", variable="migrations")
+            source = cls(name=name.strip(), path=Path(path.strip()))
+        if NAME_PATTERN.fullmatch(source.name) is None or source.name == LIBRARY_SOURCE:
+            raise ConfigError(
+                f"migrations: source name {source.name!r} must be 1-64 letters, digits, '_' "
+                f"or '-' and not {LIBRARY_SOURCE!r} (use name=path)",
+                variable="migrations",
+            )
+        return source
+
+
+def _split_paths(raw: str) -> list[str]:
+    """A list of folders: comma- or ``os.pathsep``-separated, blanks dropped."""
+    return [p.strip() for p in re.split(f"[,{re.escape(os.pathsep)}]", raw) if p.strip()]
+
+
+def _sources(value: object) -> tuple[MigrationSource, ...]:
+    items: Iterable[str | Path | MigrationSource]
+    if isinstance(value, str):
+        items = _split_paths(value)
+    elif isinstance(value, Path | MigrationSource):
+        items = [value]
+    else:
+        items = value  # type: ignore[assignment]
+    sources = tuple(MigrationSource.parse(item) for item in items)
+    names = [s.name for s in sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(
+                f"migrations: two folders share the source name {name!r} (use name=path)",
+                variable="migrations",
+            )
+    return sources
+
+
+def _paths(value: object) -> tuple[Path, ...]:
+    if isinstance(value, str):
+        return tuple(Path(p) for p in _split_paths(value))
+    if isinstance(value, Path):
+        return (value,)
+    return tuple(Path(p) for p in value)  # type: ignore[attr-defined]
 
 
 def _redact_one(url: str) -> str:
@@ -107,6 +185,13 @@ class Settings:
     migrate_lock_timeout: float = 60.0
     """Seconds ``migrate()`` waits for another deploy's migration lock
     (``WIS2L_MIGRATE_LOCK_TIMEOUT``)."""
+    migrations: tuple[MigrationSource, ...] = attrs.field(default=(), converter=_sources)
+    """The app's own migration folders, applied after the library's, in this order
+    (``WIS2L_MIGRATIONS``: comma- or ``os.pathsep``-separated, each ``name=path`` or a
+    path whose folder name is the source name). Folders are checked when used."""
+    queries: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    """The app's own query folders that ``wis2l db check`` prepares besides the library's
+    (``WIS2L_QUERIES``: comma- or ``os.pathsep``-separated)."""
 
     redis_max_connections: int = 50
     """Size of the Redis connection pool (``WIS2L_REDIS_MAX_CONNECTIONS``)."""
@@ -193,6 +278,10 @@ class Settings:
             raw = _get(env, variable)
             if raw is not None:
                 kwargs[field] = _parse(variable, raw, parse)
+        if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
+            kwargs["migrations"] = raw_migrations
+        if raw_queries := _get(env, "WIS2L_QUERIES"):
+            kwargs["queries"] = raw_queries
         if raw_critical := _get(env, "WIS2L_CRITICAL_SERVICES"):
             kwargs["critical_services"] = frozenset(
                 s.strip() for s in raw_critical.split(",") if s.strip()
@@ -283,6 +372,8 @@ _VARIABLE_OF_FIELD: dict[str, str] = {
     "redis_url": "REDIS_URL",
     "nats_urls": "NATS_URL",
     "critical_services": "WIS2L_CRITICAL_SERVICES",
+    "migrations": "WIS2L_MIGRATIONS",
+    "queries": "WIS2L_QUERIES",
     **{field: variable for field, variable, _ in _TUNABLES},
 }
 

@@ -383,9 +383,14 @@ class Wis2l(Repositories):
         return await checker.run(critical_only=critical_only)
 
     async def migrate(self) -> list[str]:
-        """Apply pending migrations (as ``wis2l db migrate``); return the names applied."""
+        """Apply pending migrations (as ``wis2l db migrate``); return the names applied.
+
+        The library's first, then each app folder of ``settings.migrations``
+        (``WIS2L_MIGRATIONS``), whose names come back as ``<source>/<stem>``.
+        """
         return await apply_migrations(
             self.settings.database_url,
+            sources=self.settings.migrations,
             lock_timeout=self.settings.migrate_lock_timeout,
             connect_timeout=self.settings.db_connect_timeout,
         )

@@ -18,9 +18,10 @@ import attrs
 
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.db.check import check_queries
-from wis2l_core.db.migrate import apply_migrations, migration_status
+from wis2l_core.db.migrate import apply_migrations, migration_status, new_migration
 from wis2l_core.errors import (
     ConfigError,
+    Conflict,
     MigrationError,
     ServiceUnavailable,
     ValidationError,
@@ -35,11 +36,13 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  the command found a problem: a drifted or failed migration (migrate, status),
+     a file that already exists (new),
      pending migrations with --fail-on-pending (status), an unmigrated database or a
      refused write (seed), a query the database refused or an unmigrated database
      (check)
   2  usage or configuration error (bad option, malformed DATABASE_URL, a
-     --queries-dir that is missing or has no .sql file ...)
+     --queries-dir that is missing or has no .sql file, a WIS2L_MIGRATIONS folder
+     that is missing, a migration name that is not a slug, no folder for `new` ...)
   3  the database cannot be reached"""
 
 
@@ -84,6 +87,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.add_argument("--migrations-dir", type=Path, help=argparse.SUPPRESS)
     status.set_defaults(func=_status)
 
+    new = sub.add_parser(
+        "new",
+        help="write the next numbered, empty migration of the app",
+        description="Write NNNN_NAME.sql (the next number in the folder, 0001 in an empty "
+        "one) with a header comment into --dir, or into the app's migrations folder "
+        "(WIS2L_MIGRATIONS; with several folders, --dir is required). Prints its path. "
+        "Never overwrites a file. Needs no database.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    new.add_argument("name", help="a slug: lowercase letters, digits and '_' ('-' reads as '_')")
+    new.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="the migrations folder (created if missing; default: WIS2L_MIGRATIONS)",
+    )
+    new.set_defaults(func=_new)
+
     seed = sub.add_parser(
         "seed",
         help="load idempotent sample data",
@@ -97,16 +119,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     check = sub.add_parser(
         "check",
-        help="prepare every query of sql/queries against the database",
-        description="PREPARE every named query in sql/queries (never executed, rolled back) "
-        "against a migrated database; report each failure as file:line. An unmigrated "
-        "database is one error naming `wis2l db migrate`.",
+        help="prepare every query of sql/queries and the app's against the database",
+        description="PREPARE every named query in sql/queries and in the app's query "
+        "folders (WIS2L_QUERIES) (never executed, rolled back) against a migrated database; "
+        "report each failure as file:line. An unmigrated database is one error naming "
+        "`wis2l db migrate`.",
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
     _common(check)
     check.add_argument(
-        "--queries-dir", type=Path, help="check these query files instead of the package's"
+        "--queries-dir",
+        type=Path,
+        help="check the query files of this folder instead of the package's and WIS2L_QUERIES",
     )
     check.set_defaults(func=_check)
 
@@ -157,6 +182,7 @@ def _migrate(args: argparse.Namespace) -> int:
             applied = await apply_migrations(
                 settings.database_url,
                 directory=args.migrations_dir,
+                sources=settings.migrations,
                 lock_timeout=settings.migrate_lock_timeout,
                 connect_timeout=settings.db_connect_timeout,
             )
@@ -177,6 +203,7 @@ def _status(args: argparse.Namespace) -> int:
         status = await migration_status(
             settings.database_url,
             directory=args.migrations_dir,
+            sources=settings.migrations,
             connect_timeout=settings.db_connect_timeout,
         )
         for label, names in (
@@ -198,6 +225,34 @@ def _status(args: argparse.Namespace) -> int:
         return PROBLEM if status.pending and args.fail_on_pending else OK
 
     return _run("status", action, args)
+
+
+def _new(args: argparse.Namespace) -> int:
+    try:
+        directory: Path | None = args.dir
+        source = None
+        if directory is None:
+            configured = Settings.from_env().migrations
+            if not configured:
+                _error("new", "no migrations folder: set WIS2L_MIGRATIONS or pass --dir")
+                return USAGE
+            if len(configured) > 1:
+                names = ", ".join(f"{s.name}={s.path}" for s in configured)
+                _error("new", f"WIS2L_MIGRATIONS names several folders ({names}): pass --dir")
+                return USAGE
+            directory, source = configured[0].path, configured[0].name
+        path = new_migration(directory, args.name, source=source)
+    except (ConfigError, ValidationError) as exc:
+        _error("new", str(exc))
+        return USAGE
+    except Conflict as exc:
+        _error("new", str(exc))
+        return PROBLEM
+    except OSError as exc:  # a --dir that cannot be created or written
+        _error("new", f"{exc.strerror}: {exc.filename}")
+        return USAGE
+    print(path)
+    return OK
 
 
 def _seed(args: argparse.Namespace) -> int:
@@ -225,13 +280,15 @@ def _seed(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     async def action(settings: Settings) -> int:
         try:
+            flag = "--queries-dir" if args.queries_dir else "WIS2L_QUERIES"
             report = await check_queries(
                 settings.database_url,
                 directory=args.queries_dir,
+                app_directories=() if args.queries_dir else settings.queries,
                 connect_timeout=settings.db_connect_timeout,
             )
-        except ValidationError as exc:  # --queries-dir is missing or has no .sql file
-            _error("check", f"--queries-dir {exc}")
+        except ValidationError as exc:  # a folder is missing or has no .sql file
+            _error("check", f"{flag} {exc}")
             return USAGE
         for failure in report.failures:
             print(failure)

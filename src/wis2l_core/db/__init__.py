@@ -4,7 +4,8 @@ What an app reaches for: :class:`Database` (``wis.database``: the pool and your 
 :class:`Transaction` (``async with wis.transaction() as tx``), the repository classes (for
 type hints), :data:`Statement`/:data:`Params` (what the SQL methods take),
 :func:`map_errors` (psycopg errors -> wis2l-core errors, for code on a raw connection)
-and :class:`SchemaMissing` (the database was never migrated).
+and :class:`SchemaMissing` (the database was never migrated); :func:`load_queries`,
+:class:`QueryFile` and :class:`Query` keep an app's own named queries in ``.sql`` files.
 """
 
 from wis2l_core.db.builds import BuildRepository
@@ -16,6 +17,7 @@ from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.projects import ProjectRepository
 from wis2l_core.db.queries import Params, QueryMethods, Statement
 from wis2l_core.db.repositories import Repositories, Transaction
+from wis2l_core.db.sql import Query, QueryFile, load_queries
 from wis2l_core.db.templates import TemplateRepository
 from wis2l_core.db.tokens import TokenRepository
 from wis2l_core.db.users import UserRepository
@@ -29,6 +31,8 @@ __all__ = [
     "EventRepository",
     "Params",
     "ProjectRepository",
+    "Query",
+    "QueryFile",
     "QueryMethods",
     "Repositories",
     "SchemaMissing",
@@ -37,5 +41,6 @@ __all__ = [
     "TokenRepository",
     "Transaction",
     "UserRepository",
+    "load_queries",
     "map_errors",
 ]

@@ -8,6 +8,7 @@ a typo, a renamed column or a missing ``::type`` cast fails CI instead of produc
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -34,16 +35,19 @@ class QueryFailure:
         line: the line of the error when the server points at one, else of ``-- name:``.
         query: the query's name (``None`` when the file itself did not parse).
         message: the server's (or the parser's) message.
+        folder: the folder shown before the file: ``sql/queries`` for the library's (and
+            ``--queries-dir``), the configured path for an app folder (``WIS2L_QUERIES``).
     """
 
     file: str
     line: int
     query: str | None
     message: str
+    folder: str = "sql/queries"
 
     def __str__(self) -> str:
         name = f" {self.query}:" if self.query else ""
-        return f"sql/queries/{self.file}:{self.line}:{name} {self.message}"
+        return f"{self.folder}/{self.file}:{self.line}:{name} {self.message}"
 
 
 @attrs.frozen
@@ -84,20 +88,32 @@ def _error_line(lines: list[str], query: Query, sql: str, exc: psycopg.Error) ->
 
 
 async def check_queries(
-    database_url: str, *, directory: Path | None = None, connect_timeout: float = 5.0
+    database_url: str,
+    *,
+    directory: Path | None = None,
+    app_directories: Sequence[Path] = (),
+    connect_timeout: float = 5.0,
 ) -> CheckReport:
     """Prepare every query of every ``*.sql`` file in ``directory``; report the failures.
 
     Args:
         database_url: a migrated database.
         directory: the query files (default: the package's ``sql/queries``).
+        app_directories: the app's own query folders (``Settings.queries``), checked
+            after ``directory``; their failures show the folder's path.
+        connect_timeout: seconds to connect.
 
     Raises:
         SchemaMissing: the database was never migrated (one error, not one per query).
-        ValidationError: ``directory`` is missing or holds no ``.sql`` file.
+        ValidationError: a folder is missing or holds no ``.sql`` file.
         ServiceUnavailable: the database cannot be reached.
     """
-    sources = _read(directory if directory is not None else sql_root() / "queries")
+    sources = [
+        ("sql/queries", file, text)
+        for file, text in _read(directory if directory is not None else sql_root() / "queries")
+    ]
+    for app_folder in app_directories:
+        sources.extend((str(app_folder), file, text) for file, text in _read(app_folder))
     failures: list[QueryFailure] = []
     checked = 0
     with map_errors():
@@ -112,8 +128,10 @@ async def check_queries(
             # One transaction, always rolled back; each query gets a savepoint so that one
             # failure does not abort the rest.
             async with conn.transaction(force_rollback=True):
-                for file, text in sources:
-                    checked += await _check_file(conn, file, text, failures)
+                for shown, file, text in sources:
+                    found: list[QueryFailure] = []
+                    checked += await _check_file(conn, file, text, found)
+                    failures.extend(attrs.evolve(f, folder=shown) for f in found)
     return CheckReport(checked=checked, files=len(sources), failures=tuple(failures))
 
 

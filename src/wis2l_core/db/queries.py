@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, TypeVar, overload
@@ -30,9 +31,12 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import DictRow
 
+from wis2l_core.db.cursor import decode_cursor, encode_cursor
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Query
+from wis2l_core.db.validate import check_limit
 from wis2l_core.errors import ValidationError
+from wis2l_core.models import Page
 
 __all__ = ["Params", "QueryMethods", "Statement", "label"]
 
@@ -186,6 +190,85 @@ class QueryMethods:
         if row_type is None:
             return list(rows)
         return [_build(row_type, row) for row in rows]
+
+    @overload
+    async def page(
+        self,
+        query: Query,
+        params: Mapping[str, Any] | None = None,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        row_type: None = None,
+    ) -> Page[dict[str, Any]]: ...
+
+    @overload
+    async def page(
+        self,
+        query: Query,
+        params: Mapping[str, Any] | None = None,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        row_type: Callable[..., T],
+    ) -> Page[T]: ...
+
+    async def page(
+        self,
+        query: Query,
+        params: Mapping[str, Any] | None = None,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        row_type: Callable[..., T] | None = None,
+    ) -> Page[dict[str, Any]] | Page[T]:
+        """Run a keyset query of yours as one page, with the library's opaque cursors.
+
+        The query keys on a UUID column ``id``: it takes ``%(after)s::uuid`` and
+        ``%(limit)s::int`` and reads ``WHERE id > %(after)s::uuid ... ORDER BY id LIMIT
+        %(limit)s::int``. One row more than ``limit`` is fetched to learn whether a next
+        page exists; no ``OFFSET``, no ``count(*)``.
+
+        Args:
+            query: a named :class:`~wis2l_core.db.sql.Query` (its file and name scope the
+                cursor: a cursor from another list is refused).
+            params: the query's other values (a mapping).
+            limit: rows per page, 1..1000.
+            after: the previous page's ``next_cursor``; ``None`` for the first page.
+            row_type: build each row with ``row_type(**row)`` instead of a dict.
+
+        Returns:
+            The page: ``items`` and ``next_cursor`` (``None`` on the last page).
+
+        Raises:
+            ValidationError: a bad ``limit``, a cursor that is not from this list, a
+                ``params`` that sets ``after`` or ``limit``, or rows without a UUID ``id``.
+            Wis2lError: as :meth:`fetch_one`.
+        """
+        if not isinstance(query, Query):
+            raise ValidationError("page() takes a named Query (load_queries)", field="query")
+        if params is not None and not isinstance(params, Mapping):
+            raise ValidationError("params must be a mapping", field="params")
+        if params and ("after" in params or "limit" in params):
+            raise ValidationError(
+                "pass after= and limit= as arguments, not in params", field="params"
+            )
+        scope = f"{query.file}.{query.name}"
+        size = check_limit(limit)
+        start = decode_cursor(scope, after) or uuid.UUID(int=0)
+        rows = await self._run(
+            query, {**(params or {}), "after": start, "limit": size + 1}, many=True
+        )
+        more = len(rows) > size
+        cursor = None
+        if more:
+            key = rows[size - 1].get("id")
+            if not isinstance(key, uuid.UUID):
+                raise ValidationError("page(): the rows need a uuid column 'id'", field="query")
+            cursor = encode_cursor(scope, key)
+        if row_type is None:
+            return Page(items=tuple(rows[:size]), next_cursor=cursor)
+        return Page(items=tuple(_build(row_type, r) for r in rows[:size]), next_cursor=cursor)
 
     async def fetch_val(self, sql: Statement, params: Params = None) -> Any:
         """Run ``sql`` and return the first column of its first row (``None`` if no row).

@@ -16,7 +16,19 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["Migration", "Query", "QueryFile", "migrations", "query_file", "query_files", "sql_root"]
+from wis2l_core.errors import ValidationError
+
+__all__ = [
+    "Migration",
+    "Query",
+    "QueryFile",
+    "load_queries",
+    "migrations",
+    "parse_queries",
+    "query_file",
+    "query_files",
+    "sql_root",
+]
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
 _PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
@@ -45,16 +57,35 @@ class Query:
 
 @attrs.frozen
 class QueryFile:
-    """The named queries of one ``sql/queries/<table>.sql`` file."""
+    """The named queries of one ``.sql`` file: ``queries["find_open"]`` is a :class:`Query`.
+
+    Attributes:
+        table: the file's stem (``sql/queries/<table>.sql`` for the library's).
+        queries: the queries by name, in file order.
+        origin: the file as error messages name it.
+    """
 
     table: str
     queries: Mapping[str, Query]
+    origin: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> QueryFile:
+        """Read an app's query file (same as :func:`load_queries`)."""
+        return load_queries(path)
 
     def __getitem__(self, name: str) -> Query:
         try:
             return self.queries[name]
         except KeyError:
-            raise KeyError(f"no query {name!r} in sql/queries/{self.table}.sql") from None
+            where = self.origin or f"sql/queries/{self.table}.sql"
+            raise KeyError(f"no query {name!r} in {where}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.queries
+
+    def __len__(self) -> int:
+        return len(self.queries)
 
     def __iter__(self) -> Iterator[Query]:
         return iter(self.queries.values())
@@ -85,12 +116,18 @@ def sql_root() -> Path:
     raise FileNotFoundError("wis2l_core: the sql/ directory is missing from the installation")
 
 
-def parse_queries(table: str, text: str) -> QueryFile:
+def parse_queries(table: str, text: str, *, origin: str | None = None) -> QueryFile:
     """Split a query file into named queries.
+
+    Args:
+        table: the file's stem.
+        text: the file's text.
+        origin: the file as messages name it (default ``sql/queries/<table>.sql``).
 
     Raises:
         ValueError: text before the first ``-- name:``, a name used twice, or an empty query.
     """
+    where = origin or f"sql/queries/{table}.sql"
     found: dict[str, Query] = {}
     name: str | None = None
     start = 0
@@ -101,7 +138,7 @@ def parse_queries(table: str, text: str) -> QueryFile:
             return
         sql = "\n".join(body).strip().rstrip(";").strip()
         if not sql:
-            raise ValueError(f"sql/queries/{table}.sql:{start}: query {name!r} is empty")
+            raise ValueError(f"{where}:{start}: query {name!r} is empty")
         found[name] = Query(name=name, text=sql, file=f"{table}.sql", line=start)
 
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -110,14 +147,43 @@ def parse_queries(table: str, text: str) -> QueryFile:
             close()
             name, start, body = match.group(1), lineno, []
             if name in found:
-                raise ValueError(f"sql/queries/{table}.sql:{lineno}: {name!r} is defined twice")
+                raise ValueError(f"{where}:{lineno}: {name!r} is defined twice")
         elif name is None:
             if line.strip() and not line.strip().startswith("--"):
-                raise ValueError(f"sql/queries/{table}.sql:{lineno}: SQL before '-- name:'")
+                raise ValueError(f"{where}:{lineno}: SQL before '-- name:'")
         else:
             body.append(line)
     close()
-    return QueryFile(table=table, queries=found)
+    return QueryFile(table=table, queries=found, origin=origin or "")
+
+
+def load_queries(path: str | Path) -> QueryFile:
+    """Read an app's own query file: ``-- name: <name>`` lines, psycopg placeholders.
+
+    The queries run with ``wis.database.fetch_all(queries["name"], {...})`` (and
+    ``fetch_one``, ``fetch_val``, ``execute``, ``page``), on the pool or on ``tx`` inside
+    ``wis.transaction()``, prepared like the library's. Read it once, at import or start.
+
+    Args:
+        path: the ``.sql`` file.
+
+    Returns:
+        Its queries, by name.
+
+    Raises:
+        ValidationError: the file is missing or unreadable, or does not parse (text before
+            the first ``-- name:``, a name used twice, an empty query); the message names
+            the file and line.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{file}: cannot read the query file: {exc}", field="path") from None
+    try:
+        return parse_queries(file.stem, text, origin=str(file))
+    except ValueError as exc:
+        raise ValidationError(str(exc), field="path") from None
 
 
 @functools.cache
