@@ -11,6 +11,9 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
 
 from wis2l_core import Settings, Wis2l
 
@@ -28,20 +31,21 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def runtime(*, quiet: bool = False) -> AsyncIterator[Wis2l]:
+async def runtime(*, quiet: bool = False, **overrides: Any) -> AsyncIterator[Wis2l]:
     """A started :class:`~wis2l_core.Wis2l`: your servers when DATABASE_URL is set, else embedded.
 
     Args:
         quiet: do not print how long the embedded stack took to start.
+        overrides: :class:`~wis2l_core.Settings` fields to change, e.g. ``migrations=``.
     """
     if os.environ.get("DATABASE_URL"):
-        wis = Wis2l(Settings.from_env())
+        wis = Wis2l(attrs.evolve(Settings.from_env(), **overrides))
         await wis.migrate()
         async with wis:
             yield wis
     else:
         started = time.perf_counter()
-        async with Wis2l.embedded() as wis:
+        async with Wis2l.embedded(**overrides) as wis:
             if not quiet:
                 print(f"embedded stack up and migrated in {time.perf_counter() - started:.1f} s")
             yield wis

@@ -67,6 +67,35 @@ def test_quickstart_runs_the_whole_flow(
 
 
 @pytest.mark.slow
+def test_own_tables_migrates_the_app_folder_and_pages_its_rows(
+    wis2l_servers: Servers, wis2l_database_url: str
+) -> None:
+    out = run_example(
+        "own_tables.py", wis2l_servers, wis2l_database_url, "ot" + os.urandom(4).hex()
+    )
+    lines = out.splitlines()
+    assert "note     4/5 'fun' on build html5" in lines
+    assert "pages    [2, 2, 1]" in lines
+    assert "bodies   ['again!', 'crashed', 'fun', 'great', 'too dark']" in lines
+    assert "rating   {'notes': 5, 'average': 3.8}" in lines
+    assert "migrated ['own_tables/0001_playtest_notes']" in lines
+    # `wis2l db check` prepares the example's query file against that database.
+    done = subprocess.run(
+        [sys.executable, "-m", "wis2l_core.cli", "db", "check"],
+        env={
+            **example_env(wis2l_servers, wis2l_database_url, "ot"),
+            "WIS2L_QUERIES": str(EXAMPLES / "own_tables" / "queries"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith(": 0 failed")
+
+
+@pytest.mark.slow
 def test_build_worker_is_watched_by_a_second_process(
     wis2l_servers: Servers, wis2l_database_url: str
 ) -> None:

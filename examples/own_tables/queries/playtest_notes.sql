@@ -1,0 +1,19 @@
+-- The app's own queries: `-- name:` lines, psycopg placeholders, each with a ::type cast
+-- (so `wis2l db check` can prepare them with WIS2L_QUERIES pointing at this folder).
+
+-- name: add
+INSERT INTO playtest_notes (project_id, build_id, rating, body)
+VALUES (%(project_id)s::uuid, %(build_id)s::uuid, %(rating)s::smallint, %(body)s::text)
+RETURNING id, project_id, build_id, rating, body, created_at;
+
+-- name: page_for_project
+SELECT id, project_id, build_id, rating, body, created_at
+FROM playtest_notes
+WHERE project_id = %(project_id)s::uuid AND id > %(after)s::uuid
+ORDER BY id
+LIMIT %(limit)s::int;
+
+-- name: rating_of_project
+SELECT count(*) AS notes, round(avg(rating), 2)::float8 AS average
+FROM playtest_notes
+WHERE project_id = %(project_id)s::uuid;
