@@ -59,6 +59,8 @@ OTHER_VARS = (
     "NATS_HOST",
     "NATS_PORT",
     "WIS2L_ENV",
+    "WIS2L_MIGRATIONS",
+    "WIS2L_QUERIES",
 )
 
 
