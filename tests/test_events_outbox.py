@@ -477,3 +477,35 @@ async def test_unmigrated_database_gives_one_clear_error_not_a_warning_per_poll(
     assert records(logging.WARNING) == []
     # it backs off from a second (up to 30 s), not at the poll interval
     assert errors[0].getMessage().endswith("retrying in 1s")
+
+
+async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env) -> None:
+    """The race the two-relay test caught once in CI, made deterministic at the SQL level.
+
+    W's first transaction (lower seq) commits only after the relay's first claim of a pass,
+    and W's second transaction commits before the pass claims more: the next claim of the
+    pass must return W's first event before its second (with ``seq > last claimed`` it
+    skipped the first, so W's events went out of order).
+    """
+    p = await env.project()
+    queries = query_file("outbox")
+    first_w, v, second_w = progress(p, 1), progress(p, 2), progress(p, 3)
+    async with env.db.connection() as w, env.db.connection() as relay:
+        await w.execute("BEGIN")  # W's first transaction, held open
+        await env.write(first_w, conn=w)  # seq s1, not committed yet
+        await env.write(v)  # seq s2 > s1, committed
+        async with relay.transaction():
+            cur = await relay.execute(
+                queries["claim"].text, {"lock_key": 0x5EED, "limit": 1}, prepare=True
+            )
+            batch = await cur.fetchall()
+            assert [r["id"] for r in batch] == [v.id]  # W's first is invisible yet
+            await w.execute("COMMIT")  # W's first commits ...
+            await env.write(second_w)  # ... and then W's second (seq s3 > s2)
+            cur = await relay.execute(
+                queries["claim_more"].text,
+                {"claimed": [r["id"] for r in batch], "limit": 10},
+                prepare=True,
+            )
+            more = [r["id"] for r in await cur.fetchall()]
+    assert more == [first_w.id, second_w.id]

@@ -13,10 +13,13 @@ LIMIT %(limit)s::int
 FOR UPDATE SKIP LOCKED;
 
 -- name: claim_more
--- The next batch in the same transaction (which holds the lock and the rows before it).
+-- The next batch in the same transaction (which holds the lock): the oldest unpublished
+-- rows it has not claimed yet. Not "seq > the last one claimed": a transaction that
+-- committed after the first claim may hold a *lower* seq than rows claimed since, and
+-- its writer's later events must not go out before it.
 SELECT id, seq, subject, payload
 FROM events
-WHERE published_at IS NULL AND subject IS NOT NULL AND seq > %(after)s::bigint
+WHERE published_at IS NULL AND subject IS NOT NULL AND id <> ALL(%(claimed)s::uuid[])
 ORDER BY seq
 LIMIT %(limit)s::int
 FOR UPDATE SKIP LOCKED;

@@ -254,16 +254,15 @@ class OutboxRelay:
                 async with conn.pipeline(), conn.transaction():
                     rows = await _fetch(conn, claim, lock_key=LOCK_KEY, limit=size)
                     pending = await self._send(rows)
-                    claimed = len(rows)
+                    claimed = [r["id"] for r in rows]
                     while pending is not None:
                         current, acks = rows, pending
                         rows, pending = [], None
                         full = len(current) == size
-                        if full and error is None and claimed < size * _BATCHES_PER_TX:
-                            after = current[-1]["seq"]
-                            rows = await _fetch(conn, claim_more, after=after, limit=size)
+                        if full and error is None and len(claimed) < size * _BATCHES_PER_TX:
+                            rows = await _fetch(conn, claim_more, claimed=claimed, limit=size)
                             pending = await self._send(rows)
-                            claimed += len(rows)
+                            claimed += [r["id"] for r in rows]
                         count, failed = await self._settle(conn, current, acks)
                         marked += count
                         error = error or failed
