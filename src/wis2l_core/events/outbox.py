@@ -29,7 +29,6 @@ import attrs
 import nats.js.errors
 import orjson
 import psycopg
-from psycopg import errors as pg
 from psycopg.rows import DictRow
 
 from wis2l_core._aio import cancel_and_wait
@@ -38,7 +37,7 @@ from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database, connect_kwargs
 from wis2l_core.db.sql import Query, query_file
-from wis2l_core.errors import ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.errors import SchemaMissing, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events.bus import EncodedEvent, EventBus, PendingAcks
 
 __all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay"]
@@ -50,7 +49,6 @@ CHANNEL = "wis2l_outbox"
 LOCK_KEY = int.from_bytes(b"wis2lobx", "big") & 0x7FFF_FFFF_FFFF_FFFF
 """The advisory lock that lets one relay at a time publish (per database)."""
 _BATCHES_PER_TX = 8
-_NO_SCHEMA = (pg.UndefinedTable, pg.UndefinedColumn, pg.UndefinedFunction)
 _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
 
 
@@ -184,7 +182,7 @@ class OutboxRelay:
             try:
                 await self._drain()
             except Exception as exc:  # the relay must outlive any one failure
-                missing = _schema_missing(exc)
+                missing = isinstance(exc, SchemaMissing)
                 delay = no_schema.next() if missing else backoff.next()
                 self._report(exc, delay, missing=missing)
                 await self._until(asyncio.sleep(delay), None)
@@ -326,8 +324,3 @@ class OutboxRelay:
                 delay = backoff.next()
                 log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-
-
-def _schema_missing(exc: BaseException) -> bool:
-    """True if ``exc`` (or its cause) says the outbox's table or columns do not exist."""
-    return isinstance(exc, _NO_SCHEMA) or isinstance(exc.__cause__, _NO_SCHEMA)
