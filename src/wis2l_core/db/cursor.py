@@ -11,11 +11,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 from wis2l_core.errors import ValidationError
+from wis2l_core.models import Page
 
-__all__ = ["decode_cursor", "encode_cursor"]
+__all__ = ["decode_cursor", "encode_cursor", "keyset_page"]
+
+T = TypeVar("T")
 
 _KEY = b"wis2l-core cursor v1"
 _DIGEST = 6
@@ -49,3 +54,24 @@ def decode_cursor(scope: str, cursor: object) -> UUID | None:
     if len(raw) != 16 or not hmac.compare_digest(digest, _sign(scope, raw)):
         raise ValidationError("after is not a cursor from this list", field="after")
     return UUID(bytes=raw)
+
+
+def keyset_page(
+    scope: str,
+    rows: Sequence[Mapping[str, Any]],
+    limit: int,
+    build: Callable[[Any], T],
+) -> Page[T]:
+    """The page of ``rows``, fetched with one row more than ``limit`` to learn whether a
+    next page exists; its cursor names the last row's ``id``.
+
+    Raises:
+        ValidationError: a next page exists but the rows have no UUID ``id``.
+    """
+    cursor = None
+    if len(rows) > limit:
+        key = rows[limit - 1].get("id")
+        if not isinstance(key, UUID):
+            raise ValidationError("keyset pages need a uuid column 'id'", field="query")
+        cursor = encode_cursor(scope, key)
+    return Page(items=tuple(build(r) for r in rows[:limit]), next_cursor=cursor)

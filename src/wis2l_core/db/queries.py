@@ -19,6 +19,7 @@ becomes one of ours (:func:`~wis2l_core.db.errors.map_errors`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -31,7 +32,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import DictRow
 
-from wis2l_core.db.cursor import decode_cursor, encode_cursor
+from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Query
 from wis2l_core.db.validate import check_limit
@@ -259,16 +260,9 @@ class QueryMethods:
         rows = await self._run(
             query, {**(params or {}), "after": start, "limit": size + 1}, many=True
         )
-        more = len(rows) > size
-        cursor = None
-        if more:
-            key = rows[size - 1].get("id")
-            if not isinstance(key, uuid.UUID):
-                raise ValidationError("page(): the rows need a uuid column 'id'", field="query")
-            cursor = encode_cursor(scope, key)
         if row_type is None:
-            return Page(items=tuple(rows[:size]), next_cursor=cursor)
-        return Page(items=tuple(_build(row_type, r) for r in rows[:size]), next_cursor=cursor)
+            return keyset_page(scope, rows, size, dict)
+        return keyset_page(scope, rows, size, functools.partial(_build, row_type))
 
     async def fetch_val(self, sql: Statement, params: Params = None) -> Any:
         """Run ``sql`` and return the first column of its first row (``None`` if no row).

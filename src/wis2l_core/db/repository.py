@@ -19,7 +19,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core.catalogue import DomainEvent, event_payload
-from wis2l_core.db.cursor import decode_cursor, encode_cursor
+from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
@@ -102,10 +102,7 @@ class Repository:
         limit = check_limit(limit)
         start = decode_cursor(scope, after) or _FIRST
         rows = await self._all(name, after=start, limit=limit + 1, **params)
-        items = tuple(build(r) for r in rows[:limit])
-        more = len(rows) > limit
-        cursor = encode_cursor(scope, rows[limit - 1]["id"]) if more else None
-        return Page(items=items, next_cursor=cursor)
+        return keyset_page(scope, rows, limit, build)
 
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
