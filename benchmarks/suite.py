@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cache_bus_cases, db_cases, health_cases, outbox_cases, peer_cases
+from benchmarks import (
+    auth_cases,
+    cache_bus_cases,
+    db_cases,
+    health_cases,
+    outbox_cases,
+    peer_cases,
+    studio_cases,
+)
 from benchmarks.env import Env, run_env, servers_and_database
 from benchmarks.harness import Config, Result
 from benchmarks.report import machine, table, write_chart, write_json
@@ -26,6 +34,8 @@ GROUPS: dict[str, Group] = {
     "cache_bus": cache_bus_cases.run,
     "outbox": outbox_cases.run,
     "health": health_cases.run,
+    "auth": auth_cases.run,
+    "studio": studio_cases.run,
     "peer": peer_cases.run,
 }
 """The case groups, in the order they run."""

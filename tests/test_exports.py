@@ -12,7 +12,9 @@ import wis2l_core
 from wis2l_core import errors
 
 EXPORTED = [
+    "Action",
     "AppEnvironment",
+    "AuthMiddleware",
     "Build",
     "BuildCompleted",
     "BuildFailed",
@@ -36,6 +38,7 @@ EXPORTED = [
     "Engine",
     "Environment",
     "Event",
+    "Forbidden",
     "HealthReport",
     "HealthStatus",
     "InvalidTransition",
@@ -43,7 +46,9 @@ EXPORTED = [
     "MigrationError",
     "NotFound",
     "Page",
+    "Principal",
     "Project",
+    "RateLimitMiddleware",
     "Role",
     "SchemaMissing",
     "ServiceUnavailable",
@@ -56,6 +61,7 @@ EXPORTED = [
     "TokenUpdated",
     "TokensSynced",
     "Transaction",
+    "Unauthenticated",
     "User",
     "ValidationError",
     "Wis2l",

@@ -27,12 +27,14 @@ from wis2l_core.config import AppEnvironment, Settings
 from wis2l_core.errors import (
     ConfigError,
     Conflict,
+    Forbidden,
     InvalidTransition,
     MigrationError,
     NotFound,
     SchemaMissing,
     ServiceUnavailable,
     StartupError,
+    Unauthenticated,
     ValidationError,
     Wis2lError,
 )
@@ -59,10 +61,13 @@ from wis2l_core.models import (
 from wis2l_core.notebook import all_pages, to_record, to_records
 
 if TYPE_CHECKING:
+    from wis2l_core.auth import Action, AuthMiddleware, Principal, RateLimitMiddleware
     from wis2l_core.runtime import Transaction, Wis2l
 
 __all__ = [
+    "Action",
     "AppEnvironment",
+    "AuthMiddleware",
     "Build",
     "BuildCompleted",
     "BuildFailed",
@@ -86,6 +91,7 @@ __all__ = [
     "Engine",
     "Environment",
     "Event",
+    "Forbidden",
     "HealthReport",
     "HealthStatus",
     "InvalidTransition",
@@ -93,7 +99,9 @@ __all__ = [
     "MigrationError",
     "NotFound",
     "Page",
+    "Principal",
     "Project",
+    "RateLimitMiddleware",
     "Role",
     "SchemaMissing",
     "ServiceUnavailable",
@@ -106,6 +114,7 @@ __all__ = [
     "TokenUpdated",
     "TokensSynced",
     "Transaction",
+    "Unauthenticated",
     "User",
     "ValidationError",
     "Wis2l",
@@ -117,11 +126,18 @@ __all__ = [
 ]
 
 
+_AUTH = frozenset({"Action", "AuthMiddleware", "Principal", "RateLimitMiddleware"})
+
+
 def __getattr__(name: str) -> object:
     if name in ("Transaction", "Wis2l"):
         from wis2l_core import runtime
 
         return getattr(runtime, name)
+    if name in _AUTH:  # the `auth` extra: joserfc and httpx load only when asked for
+        from wis2l_core import auth
+
+        return getattr(auth, name)
     raise AttributeError(f"module 'wis2l_core' has no attribute {name!r}")
 
 

@@ -12,6 +12,7 @@ import enum
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -21,7 +22,15 @@ import attrs
 from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
 
-__all__ = ["LIBRARY_SOURCE", "AppEnvironment", "MigrationSource", "Settings", "redact_url"]
+__all__ = [
+    "LIBRARY_SOURCE",
+    "AppEnvironment",
+    "FirstSignIn",
+    "MigrationSource",
+    "Settings",
+    "parse_duration",
+    "redact_url",
+]
 
 _T = TypeVar("_T")
 
@@ -31,6 +40,15 @@ class AppEnvironment(enum.StrEnum):
 
     DEVELOPMENT = "development"
     PRODUCTION = "production"
+
+
+class FirstSignIn(enum.StrEnum):
+    """What a verified token whose ``sub`` has no user does (``WIS2L_OIDC_FIRST_SIGN_IN``)."""
+
+    CREATE = "create"
+    """Create the user from the token's ``email`` and ``name`` claims."""
+    REFUSE = "refuse"
+    """Refuse the token: users are provisioned some other way."""
 
 
 SERVICES = ("database", "redis", "nats")
@@ -101,6 +119,23 @@ class MigrationSource:
         return source
 
 
+def _range_validator(
+    low: int, high: int, what: str
+) -> Callable[[object, attrs.Attribute[int], int], None]:
+    def check(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not low <= value <= high:
+            raise ConfigError(
+                f"{attribute.name} must be {low}-{high} ({what}), not {value!r}",
+                variable=attribute.name,
+            )
+
+    return check
+
+
+_replicas_validator = _range_validator(1, 5, "JetStream allows at most 5 replicas")
+_partitions_validator = _range_validator(1, 1024, "outbox partitions")
+
+
 def _split_paths(raw: str) -> list[str]:
     """A list of folders: comma- or ``os.pathsep``-separated, blanks dropped."""
     return [p.strip() for p in re.split(f"[,{re.escape(os.pathsep)}]", raw) if p.strip()]
@@ -137,6 +172,10 @@ def _redact_one(url: str) -> str:
     return repr(redact_url(url))
 
 
+def _redact_optional(url: str | None) -> str:
+    return "None" if url is None else _redact_one(url)
+
+
 def _redact_many(urls: tuple[str, ...]) -> str:
     return repr(tuple(redact_url(u) for u in urls))
 
@@ -160,7 +199,10 @@ class Settings:
     database_url: str = attrs.field(default="postgresql://localhost:5432/wis2l", repr=_redact_one)
     """libpq URL of the PostgreSQL database (``DATABASE_URL``)."""
     redis_url: str = attrs.field(default="redis://localhost:6379/0", repr=_redact_one)
-    """Redis URL: ``redis://``, ``rediss://`` (TLS) or ``unix://`` (``REDIS_URL``)."""
+    """Redis URL (``REDIS_URL``): ``redis://``, ``rediss://`` (TLS) or ``unix://`` for one
+    server; ``redis+cluster://host:port[,host:port...]`` for Redis Cluster;
+    ``redis+sentinel://host:port[,host:port...]/<master name>`` (or ``rediss+sentinel://``)
+    for a Sentinel-managed master."""
     nats_urls: tuple[str, ...] = attrs.field(
         default=("nats://localhost:4222",), converter=_str_tuple, repr=_redact_many
     )
@@ -182,6 +224,14 @@ class Settings:
     db_statement_timeout: float = 30.0
     """Seconds one statement may run before the server cancels it; 0 disables
     (``WIS2L_DB_STATEMENT_TIMEOUT``)."""
+    db_prepared_statements: bool = True
+    """Use server-side prepared statements (``WIS2L_DB_PREPARED_STATEMENTS``). Turn off
+    behind a transaction-mode pooler without prepared-statement support (PgBouncer older
+    than 1.21, or ``max_prepared_statements = 0``)."""
+    database_direct_url: str | None = attrs.field(default=None, repr=_redact_optional)
+    """The PostgreSQL server itself, bypassing a pooler (``DATABASE_DIRECT_URL``): used for
+    migrations (a real advisory lock) and the outbox relay's ``LISTEN``. ``None`` uses
+    ``database_url`` for both."""
     migrate_lock_timeout: float = 60.0
     """Seconds ``migrate()`` waits for another deploy's migration lock
     (``WIS2L_MIGRATE_LOCK_TIMEOUT``)."""
@@ -210,6 +260,43 @@ class Settings:
     ``_`` or ``-``."""
     stream_duplicate_window: float = 120.0
     """Seconds JetStream remembers a ``Nats-Msg-Id`` (``WIS2L_STREAM_DUPLICATE_WINDOW``)."""
+    stream_replicas: int = attrs.field(default=1, validator=_replicas_validator)
+    """Replicas of the JetStream stream, 1-5 (``WIS2L_STREAM_REPLICAS``); more than 1
+    needs a NATS cluster with at least that many JetStream servers."""
+
+    outbox_partitions: int = attrs.field(default=16, validator=_partitions_validator)
+    """Partitions the outbox is split into by project, 1-1024: relays in several processes
+    share them out (``WIS2L_OUTBOX_PARTITIONS``). Every process of a deployment must use
+    the same number."""
+    events_retention: timedelta | None = None
+    """How long published events stay in the audit log; ``wis2l db prune`` removes older
+    ones (``WIS2L_EVENTS_RETENTION``, e.g. ``90d``, ``12h``, ``2w``). ``None`` keeps
+    everything. Unpublished events are never removed."""
+
+    oidc_issuer: str | None = None
+    """The OpenID Connect issuer whose tokens ``wis.identity`` accepts, e.g.
+    ``https://nocturnaid.org`` (``WIS2L_OIDC_ISSUER``); discovery is read from
+    ``<issuer>/.well-known/openid-configuration``. ``None``: ``wis.identity`` raises
+    ``ConfigError`` on use."""
+    oidc_audience: str | None = None
+    """The audience a token's ``aud`` must contain (``WIS2L_OIDC_AUDIENCE``); required
+    with an issuer."""
+    oidc_algorithms: tuple[str, ...] = attrs.field(
+        default=("RS256", "ES256", "EdDSA", "PS256"), converter=_str_tuple
+    )
+    """Signature algorithms accepted (``WIS2L_OIDC_ALGORITHMS``, comma-separated). ``none``
+    and the HMAC family (``HS*``) are refused: a public key must never act as a secret."""
+    oidc_leeway: float = 60.0
+    """Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``
+    (``WIS2L_OIDC_LEEWAY``)."""
+    oidc_role_claim: str | None = None
+    """A claim that sets the user's role at sign-in (``WIS2L_OIDC_ROLE_CLAIM``). Unset by
+    default: roles live in ``users.role``, so an issuer cannot grant admin by accident."""
+    oidc_first_sign_in: FirstSignIn = attrs.field(
+        default="create", converter=lambda v: FirstSignIn(v)
+    )
+    """What a token with an unknown ``sub`` does (``WIS2L_OIDC_FIRST_SIGN_IN``):
+    ``create`` the user from its ``email`` and ``name`` claims, or ``refuse`` it."""
 
     namespace: str = attrs.field(
         default="wis2l", validator=_name_validator("a Redis key and NATS subject prefix")
@@ -230,6 +317,9 @@ class Settings:
 
     def __attrs_post_init__(self) -> None:
         _check_database_url(self.database_url, "database_url")
+        if self.database_direct_url is not None:
+            _check_database_url(self.database_direct_url, "database_direct_url")
+        _check_oidc(self)
         _check_redis_url(self.redis_url, "redis_url")
         if not self.nats_urls:
             raise ConfigError("nats_urls: at least one server is needed", variable="nats_urls")
@@ -247,6 +337,12 @@ class Settings:
                 f"choose from {', '.join(SERVICES)}",
                 variable="critical_services",
             )
+
+    @property
+    def direct_database_url(self) -> str:
+        """``database_direct_url`` when set, else ``database_url``: what migrations and the
+        relay's ``LISTEN`` connect to."""
+        return self.database_direct_url or self.database_url
 
     @property
     def is_production(self) -> bool:
@@ -278,6 +374,24 @@ class Settings:
             raw = _get(env, variable)
             if raw is not None:
                 kwargs[field] = _parse(variable, raw, parse)
+        if raw_direct := _get(env, "DATABASE_DIRECT_URL"):
+            _check_database_url(raw_direct, "DATABASE_DIRECT_URL")
+            kwargs["database_direct_url"] = raw_direct
+        for field, variable in _OPTIONAL_STRINGS:
+            if raw := _get(env, variable):
+                kwargs[field] = raw
+        if raw_algorithms := _get(env, "WIS2L_OIDC_ALGORITHMS"):
+            kwargs["oidc_algorithms"] = tuple(
+                a.strip() for a in raw_algorithms.split(",") if a.strip()
+            )
+        if raw_policy := _get(env, "WIS2L_OIDC_FIRST_SIGN_IN"):
+            try:
+                kwargs["oidc_first_sign_in"] = FirstSignIn(raw_policy.lower())
+            except ValueError:
+                raise ConfigError(
+                    f"WIS2L_OIDC_FIRST_SIGN_IN must be 'create' or 'refuse', not {raw_policy!r}",
+                    variable="WIS2L_OIDC_FIRST_SIGN_IN",
+                ) from None
         if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
             kwargs["migrations"] = raw_migrations
         if raw_queries := _get(env, "WIS2L_QUERIES"):
@@ -341,11 +455,40 @@ def _name(raw: str) -> str:
     return raw
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str) -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or ``"2w"`` as a positive ``timedelta``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    number, unit = raw[:-1], raw[-1:].lower()
+    if unit not in _DURATION_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(raw)
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(raw)
+    return timedelta(seconds=seconds)
+
+
 _KIND: dict[object, str] = {
     _positive_int: "positive integer",
     _non_negative_float: "number of seconds >= 0",
     _port: "port number (1-65535)",
     _name: "name",
+    _bool: "boolean (true/false, 1/0, yes/no, on/off)",
+    parse_duration: "duration such as 90d, 12h, 30m, 45s or 2w",
     int: "integer",
 }
 
@@ -362,13 +505,28 @@ _TUNABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("nats_connect_timeout", "WIS2L_NATS_CONNECT_TIMEOUT", _non_negative_float),
     ("stream_name", "WIS2L_STREAM", _name),
     ("stream_duplicate_window", "WIS2L_STREAM_DUPLICATE_WINDOW", _non_negative_float),
+    ("stream_replicas", "WIS2L_STREAM_REPLICAS", _positive_int),
+    ("db_prepared_statements", "WIS2L_DB_PREPARED_STATEMENTS", _bool),
+    ("outbox_partitions", "WIS2L_OUTBOX_PARTITIONS", _positive_int),
+    ("events_retention", "WIS2L_EVENTS_RETENTION", parse_duration),
+    ("oidc_leeway", "WIS2L_OIDC_LEEWAY", _non_negative_float),
     ("namespace", "WIS2L_NAMESPACE", _name),
     ("health_timeout", "WIS2L_HEALTH_TIMEOUT", _non_negative_float),
     ("shutdown_timeout", "WIS2L_SHUTDOWN_TIMEOUT", _non_negative_float),
 )
 
+_OPTIONAL_STRINGS: tuple[tuple[str, str], ...] = (
+    ("oidc_issuer", "WIS2L_OIDC_ISSUER"),
+    ("oidc_audience", "WIS2L_OIDC_AUDIENCE"),
+    ("oidc_role_claim", "WIS2L_OIDC_ROLE_CLAIM"),
+)
+
 _VARIABLE_OF_FIELD: dict[str, str] = {
     "database_url": "DATABASE_URL",
+    "database_direct_url": "DATABASE_DIRECT_URL",
+    "oidc_algorithms": "WIS2L_OIDC_ALGORITHMS",
+    "oidc_first_sign_in": "WIS2L_OIDC_FIRST_SIGN_IN",
+    **dict(_OPTIONAL_STRINGS),
     "redis_url": "REDIS_URL",
     "nats_urls": "NATS_URL",
     "critical_services": "WIS2L_CRITICAL_SERVICES",
@@ -484,8 +642,23 @@ def _check_database_url(url: str, variable: str) -> None:
     _check_url(url, variable, schemes, "PostgreSQL")
 
 
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""``REDIS_URL`` schemes that name Redis Cluster seed nodes."""
+REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+"""``REDIS_URL`` schemes that name Sentinels and, as the path, the master's name."""
+
+
 def _check_redis_url(url: str, variable: str) -> None:
-    _check_url(url, variable, ("redis", "rediss", "unix"), "Redis")
+    scheme = url.partition("://")[0].lower()
+    if scheme in REDIS_CLUSTER_SCHEMES or scheme in REDIS_SENTINEL_SCHEMES:
+        _check_redis_hosts(url, variable, scheme)
+        return
+    _check_url(
+        url,
+        variable,
+        ("redis", "rediss", "unix", *REDIS_CLUSTER_SCHEMES, *REDIS_SENTINEL_SCHEMES),
+        "Redis",
+    )
     parts = urlsplit(url)
     if parts.scheme != "unix":
         db = parts.path.lstrip("/")
@@ -493,6 +666,60 @@ def _check_redis_url(url: str, variable: str) -> None:
             raise ConfigError(
                 f"{variable}: the database number must be an integer, got {db!r}",
                 variable=variable,
+            )
+
+
+def _check_redis_hosts(url: str, variable: str, scheme: str) -> None:
+    """A cluster or Sentinel URL: ``scheme://[auth@]host:port[,host:port...][/path]``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{variable} is not a valid Redis URL ({exc}): {redact_url(url)!r}",
+            variable=variable,
+        ) from None
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        raise ConfigError(f"{variable} names no server: {redact_url(url)!r}", variable=variable)
+    for host in hosts.split(","):
+        _check_url(f"redis://{host}", variable, ("redis",), "Redis")
+    path = parts.path.strip("/")
+    if scheme in REDIS_SENTINEL_SCHEMES:
+        name = path.split("/")[0]
+        if not name:
+            raise ConfigError(
+                f"{variable}: a Sentinel URL ends with the master's name, "
+                f"e.g. redis+sentinel://host:26379/mymaster; got {redact_url(url)!r}",
+                variable=variable,
+            )
+        db = path.split("/")[1] if "/" in path else ""
+    else:
+        db = path
+    if scheme in REDIS_CLUSTER_SCHEMES and db not in ("", "0"):
+        raise ConfigError(f"{variable}: Redis Cluster has only database 0", variable=variable)
+    if db and not db.isdigit():
+        raise ConfigError(
+            f"{variable}: the database number must be an integer, got {db!r}",
+            variable=variable,
+        )
+
+
+def _check_oidc(settings: Settings) -> None:
+    refused = [a for a in settings.oidc_algorithms if a.upper().startswith("HS") or a == "none"]
+    if refused:
+        raise ConfigError(
+            f"oidc_algorithms: {', '.join(refused)} refused: 'none' and HMAC (HS*) "
+            "algorithms are never accepted",
+            variable="oidc_algorithms",
+        )
+    if not settings.oidc_algorithms:
+        raise ConfigError("oidc_algorithms: at least one is needed", variable="oidc_algorithms")
+    if settings.oidc_issuer is not None:
+        _check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
+        if settings.oidc_audience is None:
+            raise ConfigError(
+                "oidc_audience: an issuer is set but no audience; set WIS2L_OIDC_AUDIENCE",
+                variable="oidc_audience",
             )
 
 

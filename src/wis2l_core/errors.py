@@ -12,7 +12,10 @@ escapes unwrapped, and the driver's exception is kept as ``__cause__``::
      +-- ConfigError           a malformed setting (``variable`` names it)
      +-- StartupError          a critical service is down at start (production mode)
      +-- MigrationError        an applied migration file changed, or a file failed to apply
-          +-- SchemaMissing        a table the library needs is missing: run `wis2l db migrate`
+     |    +-- SchemaMissing        a table the library needs is missing: run `wis2l db migrate`
+     +-- Unauthenticated       no credentials, or a token that does not verify (HTTP 401;
+     |                         ``code`` is the RFC 6750 error code, e.g. ``invalid_token``)
+     +-- Forbidden             authenticated, but not allowed to do this (HTTP 403)
 
 ``ValidationError`` also subclasses :class:`ValueError`, ``NotFound`` :class:`LookupError`
 and ``ServiceUnavailable`` :class:`ConnectionError`, so generic handlers still work.
@@ -23,12 +26,14 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "Conflict",
+    "Forbidden",
     "InvalidTransition",
     "MigrationError",
     "NotFound",
     "SchemaMissing",
     "ServiceUnavailable",
     "StartupError",
+    "Unauthenticated",
     "ValidationError",
     "Wis2lError",
 ]
@@ -132,3 +137,31 @@ class SchemaMissing(MigrationError):
     """The database lacks a table, column or function the library needs: it was never
     migrated, or is behind the installed version. The message names ``wis2l db migrate``.
     """
+
+
+class Unauthenticated(Wis2lError):
+    """The caller could not be identified: no credentials, or a token that is malformed,
+    expired, not yet valid, for another issuer or audience, badly signed or signed with a
+    refused algorithm. An issuer that cannot be reached is :class:`ServiceUnavailable`
+    instead: an outage must not look like a bad token.
+
+    Attributes:
+        code: the RFC 6750 error code for ``WWW-Authenticate``: ``"invalid_token"``,
+            ``"invalid_request"``, or ``None`` when no credentials were sent at all.
+    """
+
+    def __init__(self, message: str, *, code: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Forbidden(Wis2lError):
+    """The caller is authenticated but may not do this.
+
+    Attributes:
+        action: the refused action (an ``Action`` value), when there is one.
+    """
+
+    def __init__(self, message: str, *, action: str | None = None) -> None:
+        super().__init__(message)
+        self.action = action

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from os import PathLike
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -38,6 +38,10 @@ from wis2l_core.events.bus import EventBus
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.events.outbox import OutboxRelay
 from wis2l_core.health import HealthChecker, HealthReport, describe_error, secrets_of
+
+if TYPE_CHECKING:
+    from wis2l_core.auth.access import Access
+    from wis2l_core.auth.identity import Identity
 
 __all__ = ["Repositories", "Transaction", "Wis2l"]  # the first two live in db.repositories
 
@@ -88,6 +92,8 @@ class Wis2l(Repositories):
         if seed_subscribers:
             register_seed_subscribers(self.bus, self.token_cache)
         self._checker: HealthChecker | None = None
+        self._identity: Identity | None = None
+        self._access: Access | None = None
         self._lock: asyncio.Lock | None = None  # made on first use, inside the loop
         self._started = False
         self._starting = False
@@ -98,6 +104,30 @@ class Wis2l(Repositories):
         """The PostgreSQL pool: run your own SQL with ``fetch_one``, ``fetch_all``,
         ``fetch_val`` and ``execute``, or borrow a connection with ``connection()``."""
         return self._db
+
+    @property
+    def identity(self) -> Identity:
+        """Sign-in with nocturnaID (or any OpenID Connect issuer): ``authenticate(token)``
+        and ``sign_in(token)``. Needs the ``auth`` extra and ``WIS2L_OIDC_ISSUER``.
+
+        Raises:
+            ConfigError: no issuer is configured, or the ``auth`` extra is missing.
+        """
+        if self._identity is None:
+            from wis2l_core.auth.identity import Identity
+
+            self._identity = Identity(self)
+        return self._identity
+
+    @property
+    def access(self) -> Access:
+        """Role-based access control: ``require(principal, action, project=)`` and
+        ``can(...)`` over the permission table in the identity guide."""
+        if self._access is None:
+            from wis2l_core.auth.access import Access
+
+            self._access = Access()
+        return self._access
 
     @property
     def started(self) -> bool:
