@@ -292,9 +292,7 @@ class Settings:
     oidc_role_claim: str | None = None
     """A claim that sets the user's role at sign-in (``WIS2L_OIDC_ROLE_CLAIM``). Unset by
     default: roles live in ``users.role``, so an issuer cannot grant admin by accident."""
-    oidc_first_sign_in: FirstSignIn = attrs.field(
-        default="create", converter=lambda v: FirstSignIn(v)
-    )
+    oidc_first_sign_in: FirstSignIn = attrs.field(default=FirstSignIn.CREATE, converter=FirstSignIn)
     """What a token with an unknown ``sub`` does (``WIS2L_OIDC_FIRST_SIGN_IN``):
     ``create`` the user from its ``email`` and ``name`` claims, or ``refuse`` it."""
 
@@ -377,21 +375,7 @@ class Settings:
         if raw_direct := _get(env, "DATABASE_DIRECT_URL"):
             _check_database_url(raw_direct, "DATABASE_DIRECT_URL")
             kwargs["database_direct_url"] = raw_direct
-        for field, variable in _OPTIONAL_STRINGS:
-            if raw := _get(env, variable):
-                kwargs[field] = raw
-        if raw_algorithms := _get(env, "WIS2L_OIDC_ALGORITHMS"):
-            kwargs["oidc_algorithms"] = tuple(
-                a.strip() for a in raw_algorithms.split(",") if a.strip()
-            )
-        if raw_policy := _get(env, "WIS2L_OIDC_FIRST_SIGN_IN"):
-            try:
-                kwargs["oidc_first_sign_in"] = FirstSignIn(raw_policy.lower())
-            except ValueError:
-                raise ConfigError(
-                    f"WIS2L_OIDC_FIRST_SIGN_IN must be 'create' or 'refuse', not {raw_policy!r}",
-                    variable="WIS2L_OIDC_FIRST_SIGN_IN",
-                ) from None
+        kwargs.update(_oidc(env))
         if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
             kwargs["migrations"] = raw_migrations
         if raw_queries := _get(env, "WIS2L_QUERIES"):
@@ -405,6 +389,24 @@ class Settings:
         except ConfigError as exc:
             variable = _VARIABLE_OF_FIELD.get(exc.variable or "", exc.variable or "?")
             raise ConfigError(f"{variable}: {exc}", variable=variable) from None
+
+
+def _oidc(env: Mapping[str, str]) -> dict[str, object]:
+    kwargs: dict[str, object] = {}
+    for field, variable in _OPTIONAL_STRINGS:
+        if raw := _get(env, variable):
+            kwargs[field] = raw
+    if raw_algorithms := _get(env, "WIS2L_OIDC_ALGORITHMS"):
+        kwargs["oidc_algorithms"] = tuple(a.strip() for a in raw_algorithms.split(",") if a.strip())
+    if raw_policy := _get(env, "WIS2L_OIDC_FIRST_SIGN_IN"):
+        try:
+            kwargs["oidc_first_sign_in"] = FirstSignIn(raw_policy.lower())
+        except ValueError:
+            raise ConfigError(
+                f"WIS2L_OIDC_FIRST_SIGN_IN must be 'create' or 'refuse', not {raw_policy!r}",
+                variable="WIS2L_OIDC_FIRST_SIGN_IN",
+            ) from None
+    return kwargs
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
