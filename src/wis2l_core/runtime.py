@@ -419,7 +419,7 @@ class Wis2l(Repositories):
         (``WIS2L_MIGRATIONS``), whose names come back as ``<source>/<stem>``.
         """
         return await apply_migrations(
-            self.settings.database_url,
+            self.settings.direct_database_url,
             sources=self.settings.migrations,
             lock_timeout=self.settings.migrate_lock_timeout,
             connect_timeout=self.settings.db_connect_timeout,

@@ -180,7 +180,7 @@ def _migrate(args: argparse.Namespace) -> int:
     async def action(settings: Settings) -> int:
         try:
             applied = await apply_migrations(
-                settings.database_url,
+                settings.direct_database_url,
                 directory=args.migrations_dir,
                 sources=settings.migrations,
                 lock_timeout=settings.migrate_lock_timeout,
@@ -192,7 +192,7 @@ def _migrate(args: argparse.Namespace) -> int:
         for name in applied:
             print(f"applied {name}")
         if not applied:
-            print(f"nothing to apply: {redact_url(settings.database_url)} is up to date")
+            print(f"nothing to apply: {redact_url(settings.direct_database_url)} is up to date")
         return OK
 
     return _run("migrate", action, args)
@@ -201,7 +201,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     async def action(settings: Settings) -> int:
         status = await migration_status(
-            settings.database_url,
+            settings.direct_database_url,
             directory=args.migrations_dir,
             sources=settings.migrations,
             connect_timeout=settings.db_connect_timeout,

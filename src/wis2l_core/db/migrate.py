@@ -3,10 +3,13 @@
 Files in ``sql/migrations`` are applied in order, each in its own transaction, and
 recorded in ``wis2l_migrations`` (source, name, SHA-256 checksum, applied_at, duration);
 then each app folder of ``Settings.migrations`` (``WIS2L_MIGRATIONS``) the same way, under
-its own source name, so its numbering is independent of the library's. A
-session-level advisory lock makes concurrent deploys apply each file exactly once: the
-second runner waits (up to ``migrate_lock_timeout``), then finds nothing pending. A file
-whose checksum differs from the recorded one stops everything with ``MigrationError``.
+its own source name, so its numbering is independent of the library's. Each file's
+transaction first takes a transaction-level advisory lock and checks again that the file
+is still pending, so concurrent deploys apply each file exactly once: the second runner
+waits (up to ``migrate_lock_timeout``), then finds the file applied. The lock lives and
+dies with one transaction, so a transaction-mode pooler (PgBouncer) cannot leave it held
+on a server connection; the callers still connect to ``Settings.direct_database_url``. A
+file whose checksum differs from the recorded one stops everything with ``MigrationError``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -163,6 +167,8 @@ async def _connect(
             autocommit=True,
             connect_timeout=max(1, round(connect_timeout)),
             application_name="wis2l-core migrate",
+            # Nothing prepared: the runner may talk to a transaction-mode pooler.
+            prepare_threshold=None,
         )
 
 
@@ -264,34 +270,42 @@ async def apply_migrations(
     applied_now: list[str] = []
     async with await _connect(database_url, connect_timeout) as conn:
         with map_errors():
-            await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
-            try:
-                await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-            except pg.LockNotAvailable as exc:
-                raise ServiceUnavailable(
-                    f"another migration held the lock for more than {lock_timeout} s",
-                    service="database",
-                ) from exc
-            await conn.execute("SET lock_timeout = 0")
-            try:
+            async with _locked(conn, lock_timeout):
                 await conn.execute(_CREATE)
                 status = _compare(files, await _applied(conn))
-                if status.drifted:
-                    raise MigrationError(
-                        f"migration {status.drifted[0]} changed after it was applied "
-                        "(checksum differs); migrations are forward-only: restore the file "
-                        "and add a new one",
-                        migration=status.drifted[0],
-                    )
-                for source, source_files in files:
-                    for migration in source_files:
-                        name = _qualified(source, migration.name)
-                        if name in status.pending:
-                            await _apply(conn, source, migration)
-                            applied_now.append(name)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            if status.drifted:
+                raise MigrationError(
+                    f"migration {status.drifted[0]} changed after it was applied "
+                    "(checksum differs); migrations are forward-only: restore the file "
+                    "and add a new one",
+                    migration=status.drifted[0],
+                )
+            for source, source_files in files:
+                for migration in source_files:
+                    name = _qualified(source, migration.name)
+                    if name in status.pending and await _apply(
+                        conn, source, migration, lock_timeout
+                    ):
+                        applied_now.append(name)
     return applied_now
+
+
+@asynccontextmanager
+async def _locked(
+    conn: psycopg.AsyncConnection[tuple[str, str]], lock_timeout: float
+) -> AsyncIterator[None]:
+    """A transaction holding the migration lock (released when it ends, whatever happens)."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
+        try:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        except pg.LockNotAvailable as exc:
+            raise ServiceUnavailable(
+                f"another migration held the lock for more than {lock_timeout} s",
+                service="database",
+            ) from exc
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        yield
 
 
 _HAS_SOURCE = (
@@ -301,12 +315,25 @@ _HAS_SOURCE = (
 
 
 async def _apply(
-    conn: psycopg.AsyncConnection[tuple[str, str]], source: str, migration: Migration
-) -> None:
+    conn: psycopg.AsyncConnection[tuple[str, str]],
+    source: str,
+    migration: Migration,
+    lock_timeout: float,
+) -> bool:
+    """Apply ``migration`` under the lock unless another runner did meanwhile (``False``)."""
     name = _qualified(source, migration.name)
     start = time.perf_counter()
     try:
-        async with conn.transaction():
+        async with _locked(conn, lock_timeout):
+            recorded = (await _applied(conn)).get(source, {})
+            if migration.name in recorded:
+                if recorded[migration.name] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {name} was applied meanwhile with another checksum",
+                        migration=name,
+                    )
+                return False
+            start = time.perf_counter()
             await conn.execute(migration.text.encode())
             cur = await conn.execute(_HAS_SOURCE)
             row = await cur.fetchone()
@@ -333,6 +360,7 @@ async def _apply(
         (time.perf_counter() - start) * 1000,
         extra={"migration": name, "source": source},
     )
+    return True
 
 
 _SLUG = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")

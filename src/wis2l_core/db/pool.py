@@ -10,6 +10,16 @@ times the borrowing task is cancelled. An idle connection is handed out and take
 without psycopg_pool's lock when nothing else is going on (:class:`Pool`); everything else
 (waiting, growing, resetting, replacing a broken connection) is psycopg_pool's own code,
 run in a task of its own that a cancellation of the borrower cannot interrupt.
+
+After a failover (a primary killed, a standby promoted) the pool never hands a dead
+connection out twice: the first call that fails on a lost connection (closed or broken, a
+server shutting down, or a server that became read-only) discards every connection made
+before it (psycopg_pool's ``drain``), and the pool reconnects at once, retrying every
+:data:`RECONNECT_DELAY` seconds instead of psycopg_pool's exponential back-off.
+
+Behind a transaction-mode pooler (``WIS2L_DB_PREPARED_STATEMENTS=false``) nothing is
+prepared on the server: the connections get ``prepare_threshold=None``, which turns every
+``prepare=True`` of the library into a plain extended-protocol statement.
 """
 
 from __future__ import annotations
@@ -18,17 +28,19 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
 import psycopg
 import psycopg_pool
+from psycopg import errors as pg
 from psycopg import pq
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
@@ -36,7 +48,7 @@ from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 
-__all__ = ["Connection", "Database", "Pool"]
+__all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool", "behind_pooler", "connect_kwargs"]
 
 Connection = psycopg.AsyncConnection[DictRow]
 """A psycopg connection whose rows are dicts."""
@@ -56,20 +68,64 @@ async def configure_connection(conn: Connection) -> None:
     set_json_loads(orjson.loads, conn)
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Connection keyword arguments shared by the pool and one-off connections."""
-    options = []
-    if settings.db_statement_timeout > 0:
-        options.append(f"-c statement_timeout={int(settings.db_statement_timeout * 1000)}")
-    return {
+def behind_pooler(settings: Settings) -> bool:
+    """True if ``database_url`` is taken to be a pooler such as PgBouncer, not the server.
+
+    That is when ``DATABASE_DIRECT_URL`` names the server separately, or server-side
+    prepared statements are turned off (``WIS2L_DB_PREPARED_STATEMENTS=false``).
+    """
+    return settings.database_direct_url is not None or not settings.db_prepared_statements
+
+
+def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any]:
+    """Connection keyword arguments shared by the pool and one-off connections.
+
+    ``statement_timeout`` is sent as the ``options`` startup parameter only to the server
+    itself: PgBouncer refuses that parameter ("unsupported startup parameter: options"),
+    and a ``SET`` on a transaction-pooled connection would leak to other clients. Behind
+    a pooler (:func:`behind_pooler`) it is left out; set it on the role instead
+    (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md.
+
+    Args:
+        settings: the settings.
+        direct: the connection goes to ``settings.direct_database_url`` (the server).
+    """
+    kwargs: dict[str, Any] = {
         "row_factory": dict_row,
         # Reads are one statement: autocommit saves the BEGIN/COMMIT round trips.
         # Writes open explicit transactions (see repository.py).
         "autocommit": True,
         "connect_timeout": max(1, round(settings.db_connect_timeout)),
         "application_name": "wis2l-core",
-        "options": " ".join(options),
     }
+    if settings.db_statement_timeout > 0 and (direct or not behind_pooler(settings)):
+        timeout_ms = int(settings.db_statement_timeout * 1000)
+        kwargs["options"] = f"-c statement_timeout={timeout_ms}"
+    if not settings.db_prepared_statements:
+        # None disables psycopg's preparing altogether, ``prepare=True`` included.
+        kwargs["prepare_threshold"] = None
+    return kwargs
+
+
+RECONNECT_DELAY = 0.25
+"""Seconds between the pool's attempts to replace a lost connection while the database
+is down (psycopg_pool's own back-off doubles from 1 s up to minutes, which kept a
+promoted standby waiting)."""
+
+# SQLSTATEs after which the connection's server is gone or no longer the primary:
+# admin/crash shutdown, cannot connect now, read-only transaction (a standby).
+_LOST_STATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def _lost(conn: Connection, exc: BaseException) -> bool:
+    """True if ``exc`` on ``conn`` means the server behind the pool is gone or demoted."""
+    if conn.closed or conn.broken:
+        return True
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return False
+    state = cause.sqlstate or ""
+    return state in _LOST_STATES or state.startswith("08") or isinstance(cause, pg.AdminShutdown)
 
 
 def _clean(conn: Connection) -> bool:
@@ -94,7 +150,29 @@ class Pool(AsyncConnectionPool[Connection]):
 
     :meth:`connection` is psycopg_pool's context manager made cancellation-safe (see
     :meth:`Database.connection`).
+
+    A connection that could not be made is retried every :data:`RECONNECT_DELAY` seconds
+    (psycopg_pool still gives up after ``reconnect_timeout``), and :meth:`discard_stale`
+    throws away every connection made before a lost one.
     """
+
+    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        """psycopg_pool's delayed task; reconnect attempts at most ``RECONNECT_DELAY`` apart."""
+        if isinstance(task, AddConnection):
+            delay = min(delay, self._jitter(RECONNECT_DELAY, -0.2, 0.0))
+        await super().schedule_task(task, delay)
+
+    async def discard_stale(self, lost: Connection) -> None:
+        """``lost`` failed with its server gone: discard it and every older connection.
+
+        Idle connections are closed and replaced at once; connections in use are closed
+        when they come back. A connection made after the last discard is what tells this
+        failure from one already handled, so a burst of failures discards once.
+        """
+        if self._closed or getattr(lost, "_created_at", 0.0) <= self._drained_at:
+            return
+        log.warning("database connection lost; discarding the pool's connections and reconnecting")
+        await self.drain()
 
     def take_idle(self) -> Connection | None:
         """An idle connection taken from the pool at once, or ``None`` (use ``getconn``)."""
@@ -173,6 +251,19 @@ async def _return(pool: Pool, conn: Connection, discard: bool) -> None:
     _returning.add(task)
     task.add_done_callback(_returning.discard)
     await asyncio.shield(task)
+
+
+async def _shielded(aw: Awaitable[None]) -> None:
+    """Run ``aw`` in a task a cancellation of the caller cannot interrupt; log its failure."""
+    task = asyncio.ensure_future(aw)
+    _returning.add(task)
+    task.add_done_callback(_returning.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.warning("could not discard the pool's connections", exc_info=True)
 
 
 class Database(QueryMethods):
@@ -269,9 +360,9 @@ class Database(QueryMethods):
             with map_errors():
                 yield borrowed
         except BaseException as exc:
-            await self._give_back(pool, borrowed, isinstance(exc, asyncio.CancelledError))
+            await self._give_back(pool, borrowed, exc)
             raise
-        await self._give_back(pool, borrowed, False)
+        await self._give_back(pool, borrowed, None)
 
     def interrupted(self, conn: Connection) -> bool:
         """True if a cancellation cut a statement on ``conn`` (a caller's transaction) short.
@@ -281,11 +372,15 @@ class Database(QueryMethods):
         """
         return conn in self._tainted
 
-    async def _give_back(self, pool: Pool, conn: Connection, interrupted: bool) -> None:
-        if interrupted or conn in self._tainted:
+    async def _give_back(self, pool: Pool, conn: Connection, exc: BaseException | None) -> None:
+        """Return ``conn`` after a borrow that ended with ``exc`` (``None``: it went well)."""
+        if isinstance(exc, asyncio.CancelledError) or conn in self._tainted:
             self._tainted.discard(conn)
             await _return(pool, conn, discard=True)
-        elif not pool.put_idle(conn):
+            return
+        if exc is not None and _lost(conn, exc):
+            await _shielded(pool.discard_stale(conn))
+        if not pool.put_idle(conn):
             await _return(pool, conn, discard=False)
 
     async def run(
@@ -324,10 +419,10 @@ class Database(QueryMethods):
                     rows = await cur.fetchall() if many else _first(await cur.fetchone())
             except BaseException as exc:
                 if borrowed is not None:
-                    await self._give_back(pool, borrowed, isinstance(exc, asyncio.CancelledError))
+                    await self._give_back(pool, borrowed, exc)
                 raise
             if not pool.put_idle(borrowed):
-                await self._give_back(pool, borrowed, False)
+                await self._give_back(pool, borrowed, None)
         if self._debug:
             self.log_query(query, start)
         return rows
