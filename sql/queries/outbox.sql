@@ -1,32 +1,69 @@
 -- The outbox relay's queries (events rows with a subject and no published_at).
+--
+-- Events are split into a fixed number of partitions by project (Settings.
+-- outbox_partitions; no project -> partition 0). The partition of a row is
+--   CASE WHEN project_id IS NULL THEN 0
+--        ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807, partitions) END
+-- uuid_hash_extended is the hash PostgreSQL's own hash partitioning stores on disk, so it
+-- is stable across versions. A relay publishes a partition only while its transaction
+-- holds that partition's advisory lock, so one relay at a time publishes a partition.
+
+-- name: lock_partitions
+-- The first statement of every pass. It bounds the transaction (a relay stopped
+-- mid-pass loses its session, so its locks and row locks, after lease_ms idle), then
+-- takes the advisory locks of the candidate partitions that no other relay holds.
+SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, true),
+       set_config('statement_timeout', %(lease_ms)s::text, true),
+       coalesce((SELECT array_agg(p ORDER BY p)
+                 FROM unnest(%(candidates)s::int[]) AS p
+                 WHERE pg_try_advisory_xact_lock(%(lock_key)s::int, p)), '{}') AS held;
 
 -- name: claim
--- The oldest unpublished events, locked for this transaction. The scalar subquery runs
--- once, before the scan (a one-time filter): only the relay holding the advisory lock
--- claims anything, so one relay at a time publishes, in seq order.
+-- The oldest unpublished rows of the partitions this transaction holds, that it has not
+-- claimed yet. Not "seq > the last one claimed": a transaction that committed after the
+-- pass's first claim may hold a *lower* seq than rows claimed since, and its writer's
+-- later events must not go out before it. NOWAIT and not SKIP LOCKED: nothing else should
+-- hold these row locks (a previous owner's transaction has ended before the partition
+-- lock could be taken), and skipping a locked row would publish its successors first;
+-- if something does hold one (a cascading project delete), the pass fails and is retried.
 SELECT id, seq, subject, payload
 FROM events
 WHERE published_at IS NULL AND subject IS NOT NULL
-  AND (SELECT pg_try_advisory_xact_lock(%(lock_key)s::bigint))
+  AND id <> ALL(%(claimed)s::uuid[])
+  AND (CASE WHEN project_id IS NULL THEN 0
+            ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807,
+                     %(partitions)s::bigint) END)::int = ANY(%(held)s::int[])
 ORDER BY seq
 LIMIT %(limit)s::int
-FOR UPDATE SKIP LOCKED;
-
--- name: claim_more
--- The next batch in the same transaction (which holds the lock): the oldest unpublished
--- rows it has not claimed yet. Not "seq > the last one claimed": a transaction that
--- committed after the first claim may hold a *lower* seq than rows claimed since, and
--- its writer's later events must not go out before it.
-SELECT id, seq, subject, payload
-FROM events
-WHERE published_at IS NULL AND subject IS NOT NULL AND id <> ALL(%(claimed)s::uuid[])
-ORDER BY seq
-LIMIT %(limit)s::int
-FOR UPDATE SKIP LOCKED;
+FOR UPDATE NOWAIT;
 
 -- name: mark_published
 UPDATE events SET published_at = now()
 WHERE id = ANY(%(ids)s::uuid[]) AND published_at IS NULL;
+
+-- name: relays
+-- The relays alive on this database: their LISTEN sessions (application_name
+-- "wis2l-outbox <relay id>") that ran their heartbeat within the lease.
+SELECT substr(application_name, 14) AS relay
+FROM pg_stat_activity
+WHERE datname = current_database()
+  AND starts_with(application_name, 'wis2l-outbox ')
+  AND state_change > clock_timestamp() - make_interval(secs => %(lease)s::float8);
+
+-- name: stale_partitions
+-- Partitions whose oldest unpublished event has waited longer than the lease (their home
+-- relay is gone, stalled or behind): any relay may take them. Looks at the oldest
+-- 10,000 unpublished rows only, where such events sit.
+SELECT DISTINCT part
+FROM (SELECT (CASE WHEN project_id IS NULL THEN 0
+                   ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807,
+                            %(partitions)s::bigint) END)::int AS part,
+             created_at
+      FROM events
+      WHERE published_at IS NULL AND subject IS NOT NULL
+      ORDER BY seq
+      LIMIT 10000) AS oldest
+WHERE created_at < clock_timestamp() - make_interval(secs => %(lease)s::float8);
 
 -- name: backlog
 SELECT count(*)::bigint AS size,

@@ -2,26 +2,37 @@
 
 Repository writes insert their event row in the write's own transaction (so an event
 exists exactly when its write committed); a statement trigger sends ``NOTIFY
-wis2l_outbox`` at commit. The relay wakes on that notification (and on a fallback poll),
-and in one transaction per batch:
+wis2l_outbox`` at commit. The relay wakes on that notification (and on a fallback poll).
 
-1. claims the oldest unpublished rows ``ORDER BY seq ... FOR UPDATE SKIP LOCKED``, gated
-   by a transaction-scoped advisory lock so that one relay at a time publishes;
-2. publishes them asynchronously (in order, on one connection) with ``Nats-Msg-Id`` =
-   the event id, and waits for every JetStream ack;
-3. marks the acknowledged rows published and commits.
+Events are split into ``Settings.outbox_partitions`` partitions by project (events with no
+project share partition 0). Relays in several processes share the partitions: each
+relay's ``LISTEN`` session (``application_name`` ``wis2l-outbox <id>``) runs a heartbeat,
+and every relay computes the same *home* partitions for each live relay by rendezvous
+hashing. In one transaction per pass a relay:
 
-There is no "last id seen" cursor: every pass looks at all unpublished rows, so a row
-that commits late with a lower ``seq`` is still found. If the relay dies between 2 and 3
-the rows stay unpublished and are sent again; JetStream's duplicate window drops the
-repeats. See ``docs/events.md`` for the ordering argument.
+1. bounds the transaction (``idle_in_transaction_session_timeout`` and
+   ``statement_timeout`` = the lease) and takes the transaction-scoped advisory lock of
+   each home partition no other relay holds (plus any partition whose oldest event has
+   waited longer than the lease: a dead, stalled or slow relay's);
+2. claims the oldest unpublished rows of the partitions it holds ``ORDER BY seq ... FOR
+   UPDATE NOWAIT``, publishes them asynchronously (in order, on one connection) with
+   ``Nats-Msg-Id`` = the event id, and waits for every JetStream ack;
+3. marks the acknowledged rows published and commits, which releases the partitions.
+
+There is no "last id seen" cursor: every pass looks at all unpublished rows of a
+partition, so a row that commits late with a lower ``seq`` is still found. If the relay
+dies between 2 and 3 the rows stay unpublished and are sent again; JetStream's duplicate
+window drops the repeats. See ``docs/events.md`` for the ordering argument.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -38,16 +49,18 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database, connect_kwargs
 from wis2l_core.db.sql import Query, query_file
 from wis2l_core.errors import SchemaMissing, ServiceUnavailable, ValidationError, Wis2lError
-from wis2l_core.events.bus import EncodedEvent, EventBus, PendingAcks
+from wis2l_core.events.bus import API_TIMEOUT, EncodedEvent, EventBus, PendingAcks
 
-__all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay"]
+__all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay", "home_partitions"]
 
 log = logging.getLogger("wis2l_core.events.outbox")
 
 CHANNEL = "wis2l_outbox"
 """The ``LISTEN``/``NOTIFY`` channel the ``events`` insert trigger signals."""
-LOCK_KEY = int.from_bytes(b"wis2lobx", "big") & 0x7FFF_FFFF_FFFF_FFFF
-"""The advisory lock that lets one relay at a time publish (per database)."""
+LOCK_KEY = int.from_bytes(b"wobx", "big")
+"""The first key of the partitions' advisory locks ``(LOCK_KEY, partition)``."""
+APPLICATION_PREFIX = "wis2l-outbox "
+"""``application_name`` of a relay's ``LISTEN`` session, followed by the relay's id."""
 _BATCHES_PER_TX = 8
 _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
 
@@ -55,6 +68,20 @@ _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message wind
 async def _fetch(conn: Connection, query: Query, **params: Any) -> list[DictRow]:
     cur = await conn.execute(query.text, params, prepare=True)
     return await cur.fetchall()
+
+
+def home_partitions(relay: str, relays: frozenset[str], partitions: int) -> tuple[int, ...]:
+    """The partitions that ``relay`` publishes first when ``relays`` are alive.
+
+    Rendezvous hashing: each partition goes to the relay with the highest hash of (relay,
+    partition), so every relay computes the same split, each gets about
+    ``partitions / len(relays)``, and a relay joining or leaving moves only its share.
+    """
+
+    def score(r: str, p: int) -> tuple[bytes, str]:
+        return hashlib.blake2b(f"{r}:{p}".encode(), digest_size=8).digest(), r
+
+    return tuple(p for p in range(partitions) if max(relays, key=lambda r: score(r, p)) == relay)
 
 
 @attrs.frozen
@@ -83,6 +110,12 @@ class OutboxRelay:
             JetStream at once, and up to 8 are marked per transaction.
         poll_interval: seconds between passes when no notification arrives (a fallback:
             a notification can be missed while the ``LISTEN`` connection reconnects).
+        lease: seconds (at least 0.5) that bound a relay's hold on its partitions: a
+            pass's transaction left idle this long is ended by PostgreSQL (so a stopped
+            relay loses its partitions and row locks), a relay whose heartbeat is this
+            old is no longer given home partitions, and a partition whose oldest event
+            has waited this long is taken by any relay. The relay itself never sends or
+            marks a batch from a pass older than this.
     """
 
     def __init__(
@@ -93,16 +126,30 @@ class OutboxRelay:
         *,
         batch_size: int = 1000,
         poll_interval: float = 1.0,
+        lease: float = 10.0,
     ) -> None:
         if not 1 <= batch_size <= _MAX_BATCH:
             raise ValidationError(f"batch_size must be 1..{_MAX_BATCH}", field="batch_size")
         if not poll_interval > 0:
             raise ValidationError("poll_interval must be > 0", field="poll_interval")
+        if not lease >= 0.5:
+            raise ValidationError("lease must be >= 0.5 seconds", field="lease")
         self.settings = settings
         self._db = database
         self._bus = bus
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.lease = lease
+        self.relay_id = uuid.uuid4().hex
+        """This relay's id, as its ``LISTEN`` session announces it."""
+        self.partitions = settings.outbox_partitions
+        self._all = tuple(range(self.partitions))
+        self.home: tuple[int, ...] = self._all
+        """The partitions this relay publishes first (all of them until it sees others)."""
+        self._members: frozenset[str] = frozenset()
+        self._stale: tuple[int, ...] = ()
+        self._next_members = 0.0
+        self._next_probe = 0.0
         self._queries = query_file("outbox")
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
@@ -165,7 +212,7 @@ class OutboxRelay:
             ServiceUnavailable: PostgreSQL or NATS is down; nothing is marked that was
                 not acknowledged.
         """
-        return (await self._pass())[0]
+        return (await self._pass(self._all))[0]
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -230,58 +277,103 @@ class OutboxRelay:
             await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _drain(self) -> None:
+        await self._refresh()
+        candidates = self.home + tuple(p for p in self._stale if p not in self.home)
         while not self._stopping and self._bus.ready:
-            _, more, error = await self._pass()
+            _, more, error = await self._pass(candidates)
             if error is not None:
                 raise error
             if not more:
                 return
 
-    async def _pass(self) -> tuple[int, bool, Wis2lError | None]:
-        """One transaction: claim, publish and mark up to ``_BATCHES_PER_TX`` batches.
+    async def _refresh(self) -> None:
+        """Every second or so: which relays are alive (so which partitions are home) and
+        which partitions have waited longer than the lease (so anyone may take them)."""
+        now = time.monotonic()
+        if now >= self._next_members:
+            self._next_members = now + min(1.0, self.lease / 4)
+            rows = await self._db.fetch_all(self._queries["relays"], {"lease": self.lease})
+            members = frozenset(str(r["relay"]) for r in rows) | {self.relay_id}
+            if members != self._members:
+                self._members = members
+                self.home = home_partitions(self.relay_id, members, self.partitions)
+                log.debug("outbox relay: %d relays, home %s", len(members), self.home)
+        if now >= self._next_probe:
+            self._next_probe = now + min(1.0, self.lease / 4)
+            params = {"partitions": self.partitions, "lease": self.lease}
+            rows = await self._db.fetch_all(self._queries["stale_partitions"], params)
+            self._stale = tuple(int(r["part"]) for r in rows)
+
+    async def _pass(self, candidates: tuple[int, ...]) -> tuple[int, bool, Wis2lError | None]:
+        """One transaction: lock the free ``candidates``, then claim, publish and mark up
+        to ``_BATCHES_PER_TX`` batches of their rows.
 
         The next batch is claimed and sent while the previous one's acks are awaited, so
         the database and NATS work overlap. Returns (events marked, whether rows were
         left, the error that stopped it).
         """
         size = self.batch_size
-        claim, claim_more = self._queries["claim"], self._queries["claim_more"]
+        claim = self._queries["claim"]
         marked, full, error = 0, False, None
+        started = time.monotonic()
         async with self._db.connection() as conn:
             with map_errors():
                 async with conn.pipeline(), conn.transaction():
-                    rows = await _fetch(conn, claim, lock_key=LOCK_KEY, limit=size)
-                    pending = await self._send(rows)
+                    locked = await _fetch(
+                        conn,
+                        self._queries["lock_partitions"],
+                        lease_ms=int(self.lease * 1000),
+                        candidates=list(candidates),
+                        lock_key=LOCK_KEY,
+                    )
+                    held: list[int] = locked[0]["held"]
+                    if not held:
+                        return 0, False, None
+                    part = {"held": held, "partitions": self.partitions, "limit": size}
+                    rows = await _fetch(conn, claim, claimed=[], **part)
+                    pending = await self._send(rows, started)
                     claimed = [r["id"] for r in rows]
                     while pending is not None:
                         current, acks = rows, pending
                         rows, pending = [], None
                         full = len(current) == size
                         if full and error is None and len(claimed) < size * _BATCHES_PER_TX:
-                            rows = await _fetch(conn, claim_more, claimed=claimed, limit=size)
-                            pending = await self._send(rows)
+                            rows = await _fetch(conn, claim, claimed=claimed, **part)
+                            pending = await self._send(rows, started)
                             claimed += [r["id"] for r in rows]
-                        count, failed = await self._settle(conn, current, acks)
+                        count, failed = await self._settle(conn, current, acks, started)
                         marked += count
                         error = error or failed
         self.published += marked
         return marked, full, error
 
+    def _fence(self, started: float) -> None:
+        """Refuse to go on with a pass older than the lease: PostgreSQL may have ended its
+        transaction, and another relay may own its partitions now (a relay resumed after
+        a stop). The rows are published again by their owner; JetStream drops copies."""
+        if time.monotonic() - started > self.lease * 0.8:
+            raise ServiceUnavailable(
+                "outbox relay: the pass outlived its lease; its partitions may have moved",
+                service="database",
+            )
+
     async def _settle(
-        self, conn: Connection, rows: list[DictRow], acks: PendingAcks
+        self, conn: Connection, rows: list[DictRow], acks: PendingAcks, started: float
     ) -> tuple[int, Wis2lError | None]:
         """Wait for ``rows``' acks and mark the acknowledged ones (in the transaction)."""
-        results = await acks.wait()
+        results = await acks.wait(min(API_TIMEOUT, self.lease / 2))
         acked = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
         if acked:
+            self._fence(started)
             mark = self._queries["mark_published"].text
             await conn.execute(mark, {"ids": acked}, prepare=True)
         failures = [res for res in results if res is not None]
         return len(acked), (await self._failed(failures, len(rows)) if failures else None)
 
-    async def _send(self, rows: list[DictRow]) -> PendingAcks | None:
+    async def _send(self, rows: list[DictRow], started: float) -> PendingAcks | None:
         if not rows:
             return None
+        self._fence(started)
         batch = [
             EncodedEvent(
                 r["subject"],
@@ -310,16 +402,22 @@ class OutboxRelay:
     async def _listen(self) -> None:
         assert self._wake is not None
         backoff = Backoff.reconnect()
-        kwargs = connect_kwargs(self.settings) | {"application_name": "wis2l-core-outbox"}
+        name = APPLICATION_PREFIX + self.relay_id
+        kwargs = connect_kwargs(self.settings) | {"application_name": name}
+        beat = min(1.0, self.lease / 4)
         while not self._stopping:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.settings.database_url, **kwargs)
+                url = self.settings.direct_database_url
+                conn = await psycopg.AsyncConnection.connect(url, **kwargs)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # catch up on anything committed while not listening
                     backoff.reset()
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    while True:
+                        async for _ in conn.notifies(timeout=beat):
+                            self._wake.set()
+                        # the heartbeat: moves state_change, which the relays query reads
+                        await conn.execute("SELECT 1")
             except Exception as exc:
                 delay = backoff.next()
                 log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
