@@ -1,0 +1,281 @@
+"""The studio's SQL: keyset pages with filters and sorting, one row, related rows.
+
+Every table and column name comes from the catalog and enters the text only as a
+:class:`psycopg.sql.Identifier`; every value (filters, cursors, keys) is a parameter. The
+values are sent untyped (psycopg sends ``str`` as ``unknown``), so PostgreSQL reads them as
+the column's own type: a malformed one is a :class:`~wis2l_core.errors.ValidationError`.
+
+A page is ``WHERE <filters> AND (<sort>, <key>) > (<cursor>) ORDER BY ... LIMIT n + 1``:
+no ``OFFSET`` and no ``count(*)``, so page 10,000 costs what page 1 costs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import attrs
+from psycopg import sql
+
+from wis2l_core.db.pool import Database
+from wis2l_core.errors import ValidationError
+from wis2l_core.studio.catalog import Table
+
+__all__ = [
+    "COUNT_CAP",
+    "OPERATORS",
+    "Filter",
+    "Page",
+    "count_rows",
+    "fetch_page",
+    "fetch_related",
+    "fetch_row",
+]
+
+COUNT_CAP = 10_000
+"""Tables up to this many rows are counted exactly; bigger ones show the estimate."""
+
+OPERATORS: dict[str, str] = {
+    "eq": "=",
+    "ne": "≠",
+    "lt": "<",
+    "le": "≤",
+    "gt": ">",
+    "ge": "≥",
+    "contains": "contains",
+    "null": "is null",
+    "notnull": "is not null",
+}
+"""Filter operators: the name in the URL and how the UI shows it."""
+
+_SQL_OPS = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_CTID = "ctid"
+
+
+@attrs.frozen
+class Filter:
+    """``column op value`` (``value`` is ignored by ``null`` and ``notnull``)."""
+
+    column: str
+    op: str
+    value: str = ""
+
+
+@attrs.frozen
+class Page:
+    """One page of rows and the cursor of the next (``None`` on the last page)."""
+
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _ident(table: Table) -> sql.Composable:
+    return sql.Identifier(table.schema, table.name)
+
+
+def _keys(table: Table, sort: str | None) -> list[str]:
+    key = list(table.pk) or [_CTID]
+    return ([sort] if sort and sort not in key else []) + key
+
+
+def _check(table: Table, filters: list[Filter], sort: str | None) -> None:
+    for f in filters:
+        if table.column(f.column) is None:
+            raise ValidationError(f"{table.key} has no column {f.column!r}", field="filter")
+        if f.op not in OPERATORS:
+            raise ValidationError(f"unknown filter operator {f.op!r}", field="filter")
+    if sort is not None and sort not in table.indexed and sort not in table.pk:
+        raise ValidationError(
+            f"{table.key} can be sorted only on indexed columns "
+            f"({', '.join(sorted(table.indexed)) or 'none'}), not {sort!r}",
+            field="sort",
+        )
+
+
+def _where(filters: list[Filter], params: list[Any]) -> list[sql.Composable]:
+    parts: list[sql.Composable] = []
+    for f in filters:
+        col = sql.Identifier(f.column)
+        if f.op == "null":
+            parts.append(sql.SQL("{} IS NULL").format(col))
+        elif f.op == "notnull":
+            parts.append(sql.SQL("{} IS NOT NULL").format(col))
+        elif f.op == "contains":
+            parts.append(sql.SQL("{}::text ILIKE %s").format(col))
+            escaped = f.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.append(f"%{escaped}%")
+        else:
+            parts.append(sql.SQL("{} " + _SQL_OPS[f.op] + " %s").format(col))
+            params.append(f.value)
+    return parts
+
+
+def encode_cursor(sort: str | None, desc: bool, values: list[str | None]) -> str:
+    """An opaque cursor: the last row's key values, bound to the sort it was made for."""
+    raw = json.dumps({"s": sort, "d": desc, "k": values}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str | None, desc: bool, size: int) -> list[str | None]:
+    """The key values of ``cursor``.
+
+    Raises:
+        ValidationError: not a cursor of this table and sort order.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        values = data["k"]
+        ok = (
+            data["s"] == sort
+            and data["d"] is desc
+            and isinstance(values, list)
+            and len(values) == size
+            and all(v is None or isinstance(v, str) for v in values)
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ValidationError("this cursor is not from this table and order", field="after")
+    return values  # type: ignore[no-any-return]
+
+
+def _after(
+    table: Table, keys: list[str], values: list[str | None], desc: bool, params: list[Any]
+) -> sql.Composable:
+    op = sql.SQL("<" if desc else ">")
+    key = keys[-len(table.pk or [_CTID]) :]
+    key_ids = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    key_vals = values[-len(key) :]
+    key_ph = sql.SQL(", ").join(
+        sql.SQL("%s::tid") if k == _CTID else sql.Placeholder() for k in key
+    )
+    if len(keys) == len(key):  # no sort column: the key alone
+        params.extend(key_vals)
+        return sql.SQL("({}) {} ({})").format(key_ids, op, key_ph)
+    sort, value = keys[0], values[0]
+    col = table.column(sort)
+    nullable = col is not None and not col.notnull
+    sort_id = sql.Identifier(sort)
+    if value is None:  # the cursor is in the NULLs, which come last
+        params.extend(key_vals)
+        return sql.SQL("({} IS NULL AND ({}) {} ({}))").format(sort_id, key_ids, op, key_ph)
+    if not nullable:
+        params.append(value)
+        params.extend(key_vals)
+        return sql.SQL("({}, {}) {} (%s, {})").format(sort_id, key_ids, op, key_ph)
+    params.extend([value, value, *key_vals])
+    return sql.SQL("({} {} %s OR ({} = %s AND ({}) {} ({})) OR {} IS NULL)").format(
+        sort_id, op, sort_id, key_ids, op, key_ph, sort_id
+    )
+
+
+async def fetch_page(
+    db: Database,
+    table: Table,
+    *,
+    filters: list[Filter] = (),  # type: ignore[assignment]
+    sort: str | None = None,
+    desc: bool = False,
+    after: str | None = None,
+    limit: int = 50,
+) -> Page:
+    """One keyset page of ``table``.
+
+    Args:
+        db: the pool.
+        table: from the catalog.
+        filters: ANDed together.
+        sort: an indexed column (ties and the rest in primary-key order), or ``None`` for
+            primary-key order.
+        desc: descending instead of ascending (NULLs last either way).
+        after: the previous page's ``next_cursor``.
+        limit: rows per page, 1..500.
+
+    Raises:
+        ValidationError: an unknown column or operator, a sort on a column no index leads,
+            a cursor from elsewhere, or a value the column's type refuses.
+    """
+    if not 1 <= limit <= 500:
+        raise ValidationError("limit must be 1..500", field="limit")
+    filters = list(filters)
+    _check(table, filters, sort)
+    keys = _keys(table, sort)
+    params: list[Any] = []
+    where = _where(filters, params)
+    if after:
+        values = decode_cursor(after, sort, desc, len(keys))
+        where.append(_after(table, keys, values, desc, params))
+    direction = sql.SQL(" DESC" if desc else "")
+    order = sql.SQL(", ").join(
+        sql.SQL("{}{}{}").format(
+            sql.Identifier(k), direction, sql.SQL(" NULLS LAST") if i == 0 and sort else sql.SQL("")
+        )
+        for i, k in enumerate(keys)
+    )
+    cursor_cols = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"__k{i}"))
+        for i, k in enumerate(keys)
+    )
+    query = sql.SQL("SELECT *, {} FROM {}{} ORDER BY {} LIMIT {}").format(
+        cursor_cols,
+        _ident(table),
+        sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        order,
+        sql.Literal(limit + 1),
+    )
+    rows = await db.fetch_all(query, params)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(sort, desc, [last[f"__k{i}"] for i in range(len(keys))])
+    for row in rows:
+        for i in range(len(keys)):
+            row.pop(f"__k{i}", None)
+    return Page(rows=rows, next_cursor=next_cursor)
+
+
+async def count_rows(db: Database, table: Table) -> tuple[int, bool]:
+    """``(rows, exact)``: an exact count up to :data:`COUNT_CAP`, else the estimate.
+
+    The count stops at ``COUNT_CAP + 1`` rows, so it is cheap on any table; past that,
+    ``pg_class.reltuples`` (kept by autovacuum and ``ANALYZE``) is shown instead.
+    """
+    query = sql.SQL("SELECT count(*) AS n FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
+        _ident(table), sql.Literal(COUNT_CAP + 1)
+    )
+    n = int(await db.fetch_val(query) or 0)
+    if n <= COUNT_CAP:
+        return n, True
+    return max(int(table.estimate), n), False
+
+
+async def fetch_row(db: Database, table: Table, key: list[str]) -> dict[str, Any] | None:
+    """The row whose primary key is ``key``, or ``None``.
+
+    Raises:
+        ValidationError: the table has no primary key, or ``key`` does not fit it.
+    """
+    if not table.pk or len(key) != len(table.pk):
+        raise ValidationError(f"{table.key}: a row is named by its primary key", field="key")
+    query = sql.SQL("SELECT * FROM {} WHERE ({}) = ({})").format(
+        _ident(table),
+        sql.SQL(", ").join(sql.Identifier(k) for k in table.pk),
+        sql.SQL(", ").join(sql.Placeholder() for _ in table.pk),
+    )
+    return await db.fetch_one(query, key)
+
+
+async def fetch_related(
+    db: Database, table: Table, column: str, value: Any, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` rows of ``table`` whose ``column`` equals ``value`` (key order)."""
+    order = sql.SQL(", ").join(sql.Identifier(k) for k in (table.pk or (_CTID,)))
+    query = sql.SQL("SELECT * FROM {} WHERE {} = %s ORDER BY {} LIMIT {}").format(
+        _ident(table), sql.Identifier(column), order, sql.Literal(limit)
+    )
+    return await db.fetch_all(query, [str(value)])

@@ -1,0 +1,48 @@
+// wis2l studio: the live panel (Server-Sent Events) and the status poll. No build step.
+(function () {
+  "use strict";
+  function text(tag, cls, value) {
+    var el = document.createElement(tag);
+    if (cls) el.className = cls;
+    el.textContent = value;
+    return el;
+  }
+  function startLive() {
+    var list = document.getElementById("live");
+    if (!list || !window.EventSource) return;
+    var state = document.getElementById("live-state");
+    var source = new EventSource("/live");
+    source.onopen = function () { state.textContent = "connected"; state.className = "badge health-ok"; };
+    source.onerror = function () { state.textContent = "reconnecting…"; state.className = "badge health-degraded"; };
+    source.addEventListener("nats", function (msg) {
+      var item = JSON.parse(msg.data);
+      var li = document.createElement("li");
+      li.dataset.type = item.type || "";
+      li.appendChild(text("span", "type", item.type || item.subject));
+      li.appendChild(text("time", "muted", new Date().toLocaleTimeString() + " "));
+      var payload = item.payload ? Object.assign({}, item.payload) : {};
+      delete payload.id; delete payload.type; delete payload.occurred_at;
+      li.appendChild(text("span", "", item.error || (item.dead_letter ? "dead letter" : JSON.stringify(payload))));
+      list.insertBefore(li, list.firstChild);
+      while (list.children.length > 200) list.removeChild(list.lastChild);
+      var empty = document.getElementById("live-empty");
+      if (empty) empty.remove();
+    });
+  }
+  function pollStatus() {
+    var backlog = document.getElementById("backlog");
+    var health = document.getElementById("health");
+    if (!backlog || !health) return;
+    setInterval(function () {
+      fetch("/status.json", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (s) {
+        health.textContent = s.health.status;
+        health.className = "badge health-" + s.health.status;
+        if (s.outbox.size !== undefined) {
+          var age = s.outbox.oldest_age_s == null ? "" : ", oldest " + s.outbox.oldest_age_s.toFixed(1) + " s";
+          backlog.textContent = s.outbox.size + (s.outbox.size === 1 ? " event" : " events") + " waiting" + age;
+        }
+      }).catch(function () {});
+    }, 5000);
+  }
+  document.addEventListener("DOMContentLoaded", function () { startLive(); pollStatus(); });
+})();
