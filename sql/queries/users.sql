@@ -38,14 +38,46 @@ RETURNING id, email, name, subject, role, created_at, updated_at;
 -- name: update
 -- Each field is changed only when its set_<field> flag is true, so one statement serves
 -- every combination of keyword arguments. An update that changes no value keeps
--- updated_at (the touch trigger, migration 0002).
-UPDATE users SET
-    email = CASE WHEN %(set_email)s::bool THEN %(email)s::text ELSE email END,
-    name = CASE WHEN %(set_name)s::bool THEN %(name)s::text ELSE name END,
-    subject = CASE WHEN %(set_subject)s::bool THEN %(subject)s::text ELSE subject END,
-    role = CASE WHEN %(set_role)s::bool THEN %(role)s::text ELSE role END
-WHERE id = %(id)s::uuid
-RETURNING id, email, name, subject, role, created_at, updated_at;
+-- updated_at (the touch trigger, migration 0002). The locked sub-select reads the role
+-- before the change (old_role), for the user.role_changed event.
+UPDATE users AS u SET
+    email = CASE WHEN %(set_email)s::bool THEN %(email)s::text ELSE u.email END,
+    name = CASE WHEN %(set_name)s::bool THEN %(name)s::text ELSE u.name END,
+    subject = CASE WHEN %(set_subject)s::bool THEN %(subject)s::text ELSE u.subject END,
+    role = CASE WHEN %(set_role)s::bool THEN %(role)s::text ELSE u.role END
+FROM (SELECT id, role FROM users WHERE id = %(id)s::uuid FOR UPDATE) AS old
+WHERE u.id = old.id
+RETURNING u.id, u.email, u.name, u.subject, u.role, u.created_at, u.updated_at,
+    old.role AS old_role;
+
+-- name: sign_in
+-- Find or create by subject in one statement: two first sign-ins at once make one user
+-- (the loser of the insert race takes the DO UPDATE branch). email, name and role are
+-- kept in step with the token when given (NULL keeps the stored value). created is true
+-- when this statement inserted the row (it carries the id we proposed); old_role is the
+-- role before the statement (NULL when the row was not visible to it).
+INSERT INTO users AS u (id, email, name, subject, role)
+VALUES (%(id)s::uuid, %(email)s::text, %(name)s::text, %(subject)s::text,
+        COALESCE(%(role)s::text, 'developer'))
+ON CONFLICT (subject) DO UPDATE SET
+    email = COALESCE(%(email)s::text, u.email),
+    name = COALESCE(%(name)s::text, u.name),
+    role = COALESCE(%(role)s::text, u.role)
+RETURNING id, email, name, subject, role, created_at, updated_at,
+    id = %(id)s::uuid AS created,
+    (SELECT o.role FROM users AS o WHERE o.subject = %(subject)s::text) AS old_role;
+
+-- name: sign_in_existing
+-- The same for an existing user only (the "refuse" first-sign-in policy): no row when
+-- the subject is unknown.
+UPDATE users AS u SET
+    email = COALESCE(%(email)s::text, u.email),
+    name = COALESCE(%(name)s::text, u.name),
+    role = COALESCE(%(role)s::text, u.role)
+FROM (SELECT id, role FROM users WHERE subject = %(subject)s::text FOR UPDATE) AS old
+WHERE u.id = old.id
+RETURNING u.id, u.email, u.name, u.subject, u.role, u.created_at, u.updated_at,
+    false AS created, old.role AS old_role;
 
 -- name: delete
 DELETE FROM users WHERE id = %(id)s::uuid RETURNING id;

@@ -21,7 +21,7 @@ import orjson
 
 from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
-from wis2l_core.models import Environment, Language, Subsystem, TokenCategory
+from wis2l_core.models import Environment, Language, Role, Subsystem, TokenCategory
 from wis2l_core.serde import converter
 
 E = TypeVar("E", bound="DomainEvent")
@@ -42,6 +42,9 @@ __all__ = [
     "TokenDeleted",
     "TokenUpdated",
     "TokensSynced",
+    "UserCreated",
+    "UserRoleChanged",
+    "UserSignedIn",
     "decode_event",
     "encode_event",
     "event_class",
@@ -303,6 +306,66 @@ class TokensSynced(DomainEvent):
     changed: int
 
 
+@attrs.frozen(kw_only=True)
+class _IdentityEvent(DomainEvent):
+    """The base of the identity events: about a user, not a project.
+
+    Attributes:
+        project_id: Always ``null``: identity events belong to no project.
+        user_id: The user's id.
+        sub: The user's nocturnaID subject (the tokens' ``sub``).
+    """
+
+    subsystem: ClassVar[Subsystem] = Subsystem.IDENTITY
+    project_id: UUID | None = None  # type: ignore[assignment]
+    user_id: UUID
+    sub: str
+
+
+@attrs.frozen(kw_only=True)
+class UserCreated(_IdentityEvent):
+    """A user was created, by a first sign-in or by the repository; ``project_id`` is null.
+
+    Attributes:
+        email: The user's e-mail address.
+        name: The user's name.
+        role: The role given: ``"viewer"``, ``"developer"`` or ``"admin"``.
+    """
+
+    type: ClassVar[str] = "user.created"
+    email: str
+    name: str
+    role: Role
+
+
+@attrs.frozen(kw_only=True)
+class UserSignedIn(_IdentityEvent):
+    """A user signed in (``wis.identity.sign_in``: a verified token opened a session);
+    ``project_id`` is null. Each request's ``authenticate`` is not recorded.
+
+    Attributes:
+        role: The user's role at sign-in.
+    """
+
+    type: ClassVar[str] = "user.signed_in"
+    role: Role
+
+
+@attrs.frozen(kw_only=True)
+class UserRoleChanged(_IdentityEvent):
+    """A user's role changed (by the repository, or by the role claim at sign-in when
+    ``WIS2L_OIDC_ROLE_CLAIM`` is set); ``project_id`` is null.
+
+    Attributes:
+        previous_role: The role before.
+        role: The role now.
+    """
+
+    type: ClassVar[str] = "user.role_changed"
+    previous_role: Role
+    role: Role
+
+
 CATALOGUE: Mapping[str, type[DomainEvent]] = {
     cls.type: cls
     for cls in (
@@ -319,6 +382,9 @@ CATALOGUE: Mapping[str, type[DomainEvent]] = {
         TokenUpdated,
         TokenDeleted,
         TokensSynced,
+        UserCreated,
+        UserSignedIn,
+        UserRoleChanged,
     )
 }
 """``type`` -> event class, for every catalogued event."""

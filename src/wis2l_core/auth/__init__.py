@@ -2,15 +2,20 @@
 check roles, and guard ASGI apps.
 
 Installing ``wis2l-core[auth]`` brings joserfc and httpx. Nothing here is imported by
-``wis2l_core`` until it is asked for.
+``wis2l_core`` until it is asked for, and the names below are loaded on first access, so
+``import wis2l_core.auth.principal`` does not load the verifier or the middleware.
 """
 
 from __future__ import annotations
 
-from wis2l_core.auth.access import Access, Action
-from wis2l_core.auth.identity import Identity
-from wis2l_core.auth.middleware import AuthMiddleware, RateLimitMiddleware
-from wis2l_core.auth.principal import Principal
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wis2l_core.auth.access import Access, Action
+    from wis2l_core.auth.identity import Identity
+    from wis2l_core.auth.middleware import AuthMiddleware, RateLimitMiddleware
+    from wis2l_core.auth.principal import Principal
 
 __all__ = [
     "Access",
@@ -20,3 +25,19 @@ __all__ = [
     "Principal",
     "RateLimitMiddleware",
 ]
+
+_HOME = {
+    "Access": "access",
+    "Action": "access",
+    "AuthMiddleware": "middleware",
+    "Identity": "identity",
+    "Principal": "principal",
+    "RateLimitMiddleware": "middleware",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

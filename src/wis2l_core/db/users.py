@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
 from psycopg.rows import DictRow
 
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
+from wis2l_core.db.errors import map_errors
+from wis2l_core.db.repository import Repository, event_params, set_field
+from wis2l_core.db.sql import query_file
 from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
-from wis2l_core.errors import NotFound
+from wis2l_core.errors import NotFound, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Page, Role, User
 from wis2l_core.sentinel import UNSET, Unset
@@ -27,6 +31,36 @@ def _user(row: DictRow) -> User:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _created(row: DictRow) -> DomainEvent:
+    return UserCreated(
+        user_id=row["id"],
+        sub=row["subject"],
+        email=row["email"],
+        name=row["name"],
+        role=Role(row["role"]),
+    )
+
+
+def _role_changed(row: DictRow) -> DomainEvent | None:
+    old = row["old_role"]
+    if old is None or old == row["role"]:
+        return None
+    return UserRoleChanged(
+        user_id=row["id"], sub=row["subject"], previous_role=Role(old), role=Role(row["role"])
+    )
+
+
+def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
+    events: list[DomainEvent] = []
+    if row["created"]:
+        events.append(_created(row))
+    elif (changed := _role_changed(row)) is not None:
+        events.append(changed)
+    if signed_in:
+        events.append(UserSignedIn(user_id=row["id"], sub=row["subject"], role=Role(row["role"])))
+    return events
 
 
 class UserRepository(Repository):
@@ -123,7 +157,7 @@ class UserRepository(Repository):
             "subject": check_text("subject", subject, max_len=255),
             "role": check_enum("role", role, Role).value,
         }
-        row = await self._write("create", params)
+        row = await self._write("create", params, _created)
         assert row is not None
         return _user(row)
 
@@ -161,10 +195,77 @@ class UserRepository(Repository):
         set_field(params, "name", name, lambda v: check_text("name", v, max_len=200))
         set_field(params, "subject", subject, lambda v: check_text("subject", v, max_len=255))
         set_field(params, "role", role, lambda v: check_enum("role", v, Role).value)
-        row = await self._write("update", params)
+        row = await self._write("update", params, _role_changed)
         if row is None:
             raise NotFound(f"no user with id {params['id']}")
         return _user(row)
+
+    async def sign_in(
+        self,
+        subject: str,
+        *,
+        email: str | None,
+        name: str | None,
+        role: Role | str | None = None,
+        create: bool = True,
+        record_sign_in: bool = True,
+    ) -> tuple[User, bool] | None:
+        """Find the user of a verified token's ``sub``, creating it if need be, and keep
+        its e-mail, name (and role, when given) in step with the token: one statement
+        (``INSERT ... ON CONFLICT (subject) DO UPDATE``), so two first sign-ins at once
+        make one user. Its events go to the outbox in the same transaction:
+        ``user.created`` when it was made, ``user.role_changed`` when ``role`` changed
+        it, and ``user.signed_in`` when ``record_sign_in``.
+
+        Args:
+            subject: the token's ``sub``.
+            email: the ``email`` claim (``None`` keeps the stored one; a new user needs it).
+            name: the ``name`` claim (``None`` keeps the stored one; a new user needs it).
+            role: the role the token grants (``None`` keeps the stored one; new users get
+                ``developer``).
+            create: ``False`` finds existing users only (the "refuse" policy).
+            record_sign_in: record a ``user.signed_in`` event.
+
+        Returns:
+            ``(user, created)``, or ``None`` when ``create`` is false and no user has
+            this subject.
+
+        Raises:
+            ValidationError: a claim is malformed, or a new user lacks e-mail or name.
+            Conflict: the e-mail belongs to another user.
+        """
+        params: dict[str, Any] = {
+            "id": uuid7(),
+            "subject": check_text("subject", subject, max_len=255),
+            "email": None if email is None else check_email("email", email),
+            "name": None if name is None else check_text("name", name, max_len=200),
+            "role": None if role is None else check_enum("role", role, Role).value,
+        }
+        if create and (email is None or name is None):
+            found = await self.find_by_subject(subject)
+            if found is None:
+                missing = "email" if email is None else "name"
+                raise ValidationError(
+                    f"cannot create the user of {subject!r}: the token has no {missing}",
+                    field=missing,
+                )
+        query = self._q("sign_in" if create else "sign_in_existing")
+        record = query_file("events")["insert_outbox"]
+        start = time.perf_counter()
+        async with self._db.connection(self._conn) as conn:
+            with map_errors():
+                async with conn.pipeline(), self._transaction(conn):
+                    cur = await conn.execute(query.text, params, prepare=True)
+                    row = await cur.fetchone()
+                    if row is None:
+                        result = None
+                    else:
+                        events = _sign_in_events(row, record_sign_in)
+                        for event in events:
+                            await conn.execute(record.text, event_params(event), prepare=True)
+                        result = (_user(row), bool(row["created"]))
+        self._db.log_query(query, start)
+        return result
 
     async def delete(self, id: UUID | str) -> bool:
         """Delete the user and, by cascade, their projects (and everything under them).

@@ -8,6 +8,11 @@ Fixtures (all names start with ``wis2l_`` except ``wis``):
 - ``wis2l_settings``: :class:`~wis2l_core.Settings` for that database, with a namespace and
   stream of the test's own, so Redis keys and NATS subjects never leak between tests.
 - ``wis``: a started :class:`~wis2l_core.Wis2l` on those settings (needs pytest-asyncio).
+- ``oidc_issuer``: a started :class:`~wis2l_core.dev.issuer.DevIssuer` (the ``auth``
+  extra): mints tokens (``mint(sub=, email=, name=, role=)``) and bad ones, rotates keys.
+- ``wis2l_oidc_settings``: ``wis2l_settings`` pointed at ``oidc_issuer`` (its role claim
+  too, so ``mint(role="admin")`` makes an admin).
+- ``wis_oidc``: a started ``Wis2l`` on those settings: ``wis_oidc.identity`` works.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
+import attrs
 import pytest
 
-from wis2l_core.config import Settings
+from wis2l_core.config import AppEnvironment, Settings
 from wis2l_core.testing.servers import Servers, TemplateDatabase, find_servers
+
+if TYPE_CHECKING:
+    from wis2l_core.dev.issuer import DevIssuer
 
 try:
     import pytest_asyncio
@@ -76,6 +86,44 @@ if pytest_asyncio is not None:
         async with Wis2l(wis2l_settings) as runtime:
             yield runtime
         await drop_stream(wis2l_settings)
+
+
+@pytest.fixture
+def oidc_issuer() -> Iterator[DevIssuer]:
+    """A local OpenID Connect issuer on a loopback port, with its own keys."""
+    from wis2l_core.dev.issuer import DevIssuer
+
+    with DevIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture
+def wis2l_oidc_settings(wis2l_settings: Settings, oidc_issuer: DevIssuer) -> Settings:
+    """``wis2l_settings`` whose identity trusts ``oidc_issuer`` (development mode, role
+    claim :data:`~wis2l_core.dev.issuer.ROLE_CLAIM`)."""
+    from wis2l_core.dev.issuer import ROLE_CLAIM
+
+    return attrs.evolve(
+        wis2l_settings,
+        oidc_issuer=oidc_issuer.issuer,
+        oidc_audience=oidc_issuer.audience,
+        oidc_role_claim=ROLE_CLAIM,
+        environment=AppEnvironment.DEVELOPMENT,
+    )
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def wis_oidc(wis2l_oidc_settings: Settings) -> AsyncIterator[object]:
+        """A started ``Wis2l`` whose ``identity`` trusts ``oidc_issuer``; stopped after."""
+        from wis2l_core.runtime import Wis2l
+
+        async with Wis2l(wis2l_oidc_settings) as runtime:
+            yield runtime
+            if runtime._identity is not None:
+                await runtime._identity.aclose()
+        await drop_stream(wis2l_oidc_settings)
 
 
 async def drop_stream(settings: Settings) -> None:

@@ -1,0 +1,135 @@
+"""``TokenVerifier``: checks a JWT from the issuer and returns its claims.
+
+What is checked, in this order (cheap refusals first, crypto last):
+
+1. Shape: a string of at most ``MAX_TOKEN_BYTES`` (16 KiB), three base64url parts, a
+   JSON object header. A JWE (five parts) is refused.
+2. Header: ``alg`` among the allowed algorithms (``none`` and ``HS*`` are never allowed,
+   whatever the settings say), no ``crit`` (no extension is understood here, so any
+   critical one is refused, RFC 7515 4.1.11).
+3. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
+4. Signature (joserfc, with only the header's ``alg`` allowed).
+5. Claims: ``iss`` exactly ours, ``aud`` ours or a list containing it, ``exp`` required,
+   ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty string.
+
+Every refusal is :class:`~wis2l_core.errors.Unauthenticated` (``code="invalid_token"``);
+an unreachable issuer with no usable keys is ``ServiceUnavailable``.
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import urlsafe_b64decode
+from typing import Any
+
+import orjson
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError, MissingClaimError
+from joserfc.jwt import JWTClaimsRegistry
+
+from wis2l_core.auth.keys import IssuerKeys
+from wis2l_core.errors import Unauthenticated
+
+__all__ = ["MAX_TOKEN_BYTES", "TokenVerifier"]
+
+MAX_TOKEN_BYTES = 16 * 1024
+"""A longer token is refused before it is parsed."""
+
+_NEVER = frozenset({"none", "HS256", "HS384", "HS512"})
+
+
+def _b64json(part: str, what: str) -> Any:
+    try:
+        raw = urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        return orjson.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise Unauthenticated(f"malformed token: the {what} is not base64url JSON") from exc
+
+
+def read_header(token: object) -> dict[str, Any]:
+    """The header of ``token`` after the checks that need no key (steps 1 and 2 above,
+    except the algorithm list).
+
+    Raises:
+        Unauthenticated: not a compact JWS of acceptable size and shape.
+    """
+    if not isinstance(token, str) or not token:
+        raise Unauthenticated("malformed token: not a string")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise Unauthenticated(f"token larger than {MAX_TOKEN_BYTES} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthenticated("malformed token: not a signed JWT (header.payload.signature)")
+    header = _b64json(parts[0], "header")
+    if not isinstance(header, dict):
+        raise Unauthenticated("malformed token: the header is not a JSON object")
+    if "crit" in header:
+        raise Unauthenticated(f"token header marks {header['crit']!r} critical: not understood")
+    return header
+
+
+class TokenVerifier:
+    """Verifies tokens of one issuer for one audience.
+
+    Args:
+        keys: the issuer's key set.
+        audience: the ``aud`` value a token must carry.
+        algorithms: the accepted ``alg`` values (``none`` and ``HS*`` are dropped).
+        leeway: seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+    """
+
+    def __init__(
+        self,
+        keys: IssuerKeys,
+        *,
+        audience: str,
+        algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA", "PS256"),
+        leeway: float = 60.0,
+    ) -> None:
+        self.keys = keys
+        self.issuer = keys.issuer
+        self.audience = audience
+        self.algorithms = frozenset(a for a in algorithms if a not in _NEVER)
+        self.leeway = int(leeway)
+        self._registry = JWTClaimsRegistry(
+            leeway=self.leeway,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": audience},
+            sub={"essential": True},
+            exp={"essential": True},
+        )
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The verified claims of ``token``.
+
+        Raises:
+            Unauthenticated: the token is refused (the message says why).
+            ServiceUnavailable: the issuer's keys cannot be had.
+        """
+        header = read_header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("malformed token: kid is not a string")
+        key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
+        return self.check(token, key, alg)
+
+    def check(self, token: str, key: Any, alg: str) -> dict[str, Any]:
+        """Steps 4 and 5 with a chosen key (no I/O)."""
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg]).claims
+        except JoseError as exc:
+            raise Unauthenticated(f"token refused: {exc.error}: {exc.description}") from exc
+        try:
+            self._registry.validate(claims)
+        except ExpiredTokenError as exc:
+            raise Unauthenticated("token expired") from exc
+        except MissingClaimError as exc:
+            raise Unauthenticated(f"token lacks a required claim: {exc.description}") from exc
+        except JoseError as exc:
+            raise Unauthenticated(f"token refused: {exc.description}") from exc
+        if not claims["sub"]:
+            raise Unauthenticated("token has an empty sub")
+        return claims
