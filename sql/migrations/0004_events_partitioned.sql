@@ -7,7 +7,8 @@
 --
 -- No row is copied. The existing table is renamed events_history and attached as the
 -- first partition, covering everything before the first day of next month (UTC): its
--- rows, ids, seq values and published_at stay as they are. What this step costs on a
+-- rows, ids, seq values and published_at stay as they are, and prune drops it whole once
+-- that day is older than the retention (an empty table is dropped instead). What this step costs on a
 -- populated table, inside this file's one transaction and under an exclusive lock on
 -- events: one unique index build on (id, created_at) and one scan that checks the
 -- partition bound (docs/operations.md, "Retention and pruning", gives seconds per million
@@ -77,9 +78,12 @@ DECLARE
 BEGIN
     ALTER TABLE events_history ALTER COLUMN seq DROP IDENTITY;
     EXECUTE format('ALTER TABLE events ALTER COLUMN seq RESTART WITH %s', next_seq);
-    EXECUTE format(
-        'ALTER TABLE events ATTACH PARTITION events_history FOR VALUES FROM (MINVALUE) TO (%L)',
-        bound);
+    IF EXISTS (SELECT FROM events_history) THEN
+        EXECUTE format('ALTER TABLE events ATTACH PARTITION events_history'
+                       ' FOR VALUES FROM (MINVALUE) TO (%L)', bound);
+    ELSE  -- a new database: month partitions from the start
+        DROP TABLE events_history;
+    END IF;
 END;
 $$;
 
@@ -88,16 +92,30 @@ CREATE TABLE events_default PARTITION OF events DEFAULT;
 -- The partitions of events with their bounds (lower NULL: from the beginning; both NULL:
 -- the default partition), oldest first, read from the catalogue.
 CREATE FUNCTION wis2l_events_partitions()
-RETURNS TABLE (name text, lower_bound timestamptz, upper_bound timestamptz)
+RETURNS TABLE (relid regclass, name text, lower_bound timestamptz, upper_bound timestamptz)
 LANGUAGE sql STABLE AS $$
-    SELECT c.relname::text,
+    SELECT c.oid::regclass, c.relname::text,
            (regexp_match(b.expr, 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
            (regexp_match(b.expr, 'TO \(''([^'']*)''\)'))[1]::timestamptz
     FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid
     CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b
     WHERE i.inhparent = 'events'::regclass
-    ORDER BY 3 NULLS LAST, 2 NULLS FIRST
+    ORDER BY 4 NULLS LAST, 3 NULLS FIRST
+$$;
+
+-- Whether a partition (attached or just detached) holds events the relay has not
+-- published yet: one probe of its partial index on (seq).
+CREATE FUNCTION wis2l_events_has_pending(part regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT FROM %s'
+                   ' WHERE published_at IS NULL AND subject IS NOT NULL)', part)
+        INTO found;
+    RETURN found;
+END;
 $$;
 
 -- Create the month partitions from the current month (UTC) to `months_ahead` months

@@ -1,4 +1,4 @@
-"""``wis2l db migrate | status | seed | check``: the database commands.
+"""``wis2l db migrate | status | new | seed | check | prune``: the database commands.
 
 Each takes ``--database-url`` (default: ``Settings.from_env().database_url``, i.e.
 ``DATABASE_URL`` or the ``DATABASE_*`` variables). Problems print one line on stderr,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from wis2l_core.config import Settings, redact_url
+from wis2l_core.config import Settings, parse_duration, redact_url
 from wis2l_core.db.check import check_queries
 from wis2l_core.db.migrate import apply_migrations, migration_status, new_migration
 from wis2l_core.errors import (
@@ -39,10 +40,11 @@ exit codes:
      a file that already exists (new),
      pending migrations with --fail-on-pending (status), an unmigrated database or a
      refused write (seed), a query the database refused or an unmigrated database
-     (check)
+     (check), a partition left because its lock was busy (prune)
   2  usage or configuration error (bad option, malformed DATABASE_URL, a
      --queries-dir that is missing or has no .sql file, a WIS2L_MIGRATIONS folder
-     that is missing, a migration name that is not a slug, no folder for `new` ...)
+     that is missing, a migration name that is not a slug, no folder for `new`, no
+     retention for `prune` ...)
   3  the database cannot be reached"""
 
 
@@ -134,6 +136,34 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check the query files of this folder instead of the package's and WIS2L_QUERIES",
     )
     check.set_defaults(func=_check)
+
+    prune = sub.add_parser(
+        "prune",
+        help="drop the audit log's month partitions older than the retention",
+        description="Drop the partitions of events (one per month) whose every row is older "
+        "than the retention (WIS2L_EVENTS_RETENTION, or --retention), after creating the "
+        "coming months' partitions. A partition that still holds an unpublished event is "
+        "kept whole. Time does not depend on the partitions' size (no DELETE, no rewrite).",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(prune)
+    prune.add_argument(
+        "--dry-run", action="store_true", help="list what would be dropped; change nothing"
+    )
+    prune.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="first write each partition to DIR/<partition>.jsonl.gz (gzip JSON Lines, "
+        "read by pandas and DuckDB), durably; a failed write drops nothing",
+    )
+    prune.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="keep this long instead of WIS2L_EVENTS_RETENTION, e.g. 90d, 12h, 2w",
+    )
+    prune.set_defaults(func=_prune)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -299,3 +329,68 @@ def _check(args: argparse.Namespace) -> int:
         return OK if report.ok else PROBLEM
 
     return _run("check", action, args)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from wis2l_core.db.retention import prune_events
+
+    async def action(settings: Settings) -> int:
+        retention = settings.events_retention
+        if args.retention is not None:
+            try:
+                retention = parse_duration(args.retention)
+            except ValueError:
+                raise ConfigError(
+                    f"--retention: {args.retention!r} is not a duration such as 90d, 12h or 2w",
+                    variable="--retention",
+                ) from None
+        if retention is None:
+            raise ConfigError(
+                "no retention: set WIS2L_EVENTS_RETENTION (e.g. 90d) or pass --retention; "
+                "nothing was pruned",
+                variable="WIS2L_EVENTS_RETENTION",
+            )
+        try:
+            report = await prune_events(
+                settings.direct_database_url,
+                retention=retention,
+                dry_run=args.dry_run,
+                archive_dir=args.archive,
+                connect_timeout=settings.db_connect_timeout,
+            )
+        except OSError as exc:
+            _error("prune", f"archive: {exc.strerror or exc}: {exc.filename or args.archive}")
+            return PROBLEM
+        for name in report.created:
+            print(f"created   {name}")
+        for part in report.partitions:
+            rows = f"{part.rows} rows" if part.archive or part.rows >= 0 else "? rows"
+            if part.archive is None and part.rows >= 0:
+                rows = f"about {rows}"
+            since = part.lower.isoformat() if part.lower else "the beginning"
+            line = (
+                f"{part.action:<10} {part.name}  {since} .. {part.upper.isoformat()}  "
+                f"{rows}, {part.bytes / 1e6:.1f} MB"
+            )
+            if part.archive is not None:
+                line += f"  -> {part.archive}"
+            print(line)
+        verb = "would remove" if report.dry_run else "removed"
+        print(
+            f"{verb} {len(report.removed)} partition(s) ending at or before "
+            f"{report.cutoff.isoformat()} ({_duration(retention)} ago)"
+        )
+        if not report.ok:
+            _error("prune", "a partition's lock was busy: run `wis2l db prune` again")
+            return PROBLEM
+        return OK
+
+    return _run("prune", action, args)
+
+
+def _duration(value: datetime.timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

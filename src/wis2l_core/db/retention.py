@@ -1,0 +1,377 @@
+"""A bounded audit log: month partitions of ``events``, created ahead and dropped when old.
+
+``events`` is partitioned by month on ``created_at`` (``sql/migrations/0004``), so history
+goes by dropping whole partitions: no ``DELETE``, no table rewrite, no ``VACUUM``, in time
+that does not depend on how many rows a partition holds. Two entry points:
+
+- :func:`ensure_partitions` creates the coming months' partitions (the migration creates
+  three ahead; :func:`prune_events` and the app's start add more). A row no partition
+  covers lands in ``events_default`` and moves to its month when the month is created.
+- :func:`prune_events` (``wis2l db prune``) drops the partitions that end before
+  ``now - retention``. A partition still holding an event the relay has not published
+  is kept whole: unpublished events are never removed. With ``archive_dir``, each
+  partition is first written to ``<archive_dir>/<partition>.jsonl.gz`` (gzip JSON Lines,
+  one object per row with every column), made durable, and only then dropped.
+
+Audit-only records (``events.create``: no subject, never published) go with their
+partition like published events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import psycopg
+from psycopg import errors as pg
+from psycopg import sql as pgsql
+from psycopg.rows import DictRow, dict_row
+
+from wis2l_core.db.errors import map_errors
+from wis2l_core.db.migrate import LOCK_KEY
+from wis2l_core.db.sql import query_file
+from wis2l_core.errors import ServiceUnavailable, ValidationError
+
+__all__ = [
+    "MONTHS_AHEAD",
+    "PartitionAction",
+    "PruneReport",
+    "PrunedPartition",
+    "ensure_partitions",
+    "prune_events",
+]
+
+log = logging.getLogger("wis2l_core.db.retention")
+
+MONTHS_AHEAD = 3
+"""Month partitions kept ready after the current one."""
+
+PartitionAction = Literal["dropped", "would drop", "kept: unpublished events", "busy"]
+
+_UTC = datetime.UTC
+
+
+@attrs.frozen
+class PrunedPartition:
+    """One partition older than the retention, and what prune did with it.
+
+    Attributes:
+        name: the partition (``events_p202601``, or ``events_history``: the rows from
+            before the table was partitioned).
+        lower: its first instant (``None``: from the beginning).
+        upper: the instant it ends (exclusive); every row in it is older.
+        rows: rows written to the archive, or else the planner's estimate (``-1``: never
+            analyzed).
+        bytes: its size on disk, indexes included, before the drop.
+        action: ``"dropped"``, ``"would drop"`` (dry run), ``"kept: unpublished events"``
+            or ``"busy"`` (its lock was not granted in time: run prune again).
+        archive: the archive file written, if any.
+    """
+
+    name: str
+    lower: datetime.datetime | None
+    upper: datetime.datetime
+    rows: int
+    bytes: int
+    action: PartitionAction
+    archive: Path | None = None
+
+
+@attrs.frozen
+class PruneReport:
+    """What :func:`prune_events` found and did.
+
+    Attributes:
+        cutoff: ``now - retention``: partitions ending at or before it were considered.
+        dry_run: nothing was changed.
+        partitions: the partitions older than the cutoff, oldest first.
+        created: partitions created ahead during the run.
+    """
+
+    cutoff: datetime.datetime
+    dry_run: bool
+    partitions: tuple[PrunedPartition, ...]
+    created: tuple[str, ...]
+
+    @property
+    def removed(self) -> tuple[PrunedPartition, ...]:
+        """The partitions dropped (or, in a dry run, that would be)."""
+        return tuple(p for p in self.partitions if p.action in ("dropped", "would drop"))
+
+    @property
+    def ok(self) -> bool:
+        """No partition was left because its lock was busy."""
+        return all(p.action != "busy" for p in self.partitions)
+
+
+_Conn = psycopg.AsyncConnection[DictRow]
+
+
+async def ensure_partitions(conn: _Conn, *, months_ahead: int = MONTHS_AHEAD) -> list[str]:
+    """Create the month partitions of ``events`` from this month to ``months_ahead`` after.
+
+    One round trip; a month already covered is left alone, so calling it often is cheap.
+    Creating a partition takes a brief exclusive lock on ``events``.
+
+    Args:
+        conn: an autocommit connection (or one in a transaction, which it joins).
+        months_ahead: months after the current one (UTC) to have ready, 0..120.
+
+    Returns:
+        The names of the partitions created (empty when all were there).
+
+    Raises:
+        ValidationError: ``months_ahead`` is out of range.
+        SchemaMissing: the database is not migrated.
+        ServiceUnavailable: the database does not answer.
+    """
+    if not 0 <= months_ahead <= 120:
+        raise ValidationError("months_ahead must be 0..120", field="months_ahead")
+    with map_errors():
+        cur = await conn.execute(_QUERIES["ensure_partitions"].text, {"months_ahead": months_ahead})
+        created = [str(row["name"]) for row in await cur.fetchall()]
+    for name in created:
+        log.info("created partition %s", name, extra={"partition": name})
+    return created
+
+
+_QUERIES = query_file("retention")
+
+
+async def prune_events(
+    database_url: str,
+    *,
+    retention: datetime.timedelta,
+    dry_run: bool = False,
+    archive_dir: Path | None = None,
+    lock_timeout: float = 2.0,
+    connect_timeout: float = 5.0,
+    now: datetime.datetime | None = None,
+) -> PruneReport:
+    """Drop the partitions of ``events`` whose every row is older than ``retention``.
+
+    A partition goes only when it ends at or before ``now - retention`` and holds no
+    unpublished event (checked again under its lock, just before the drop). Dropping takes
+    an exclusive lock on ``events`` for a few milliseconds; it waits at most
+    ``lock_timeout`` seconds (a long transaction on ``events`` holds it off), and a
+    partition whose lock did not come is reported ``"busy"`` and left for the next run.
+    Prune and migrations exclude each other (the migration advisory lock).
+
+    Args:
+        database_url: the database (the server itself, not a transaction-mode pooler).
+        retention: how long events are kept, e.g. ``timedelta(days=90)``.
+        dry_run: report what would be dropped (and create nothing, archive nothing).
+        archive_dir: write each partition to ``<archive_dir>/<name>.jsonl.gz`` before it
+            is dropped (the folder is created; a failed write drops nothing).
+        lock_timeout: seconds to wait for the table's lock, per partition.
+        connect_timeout: seconds to connect.
+        now: the current time (tests); default the database's ``now()``.
+
+    Returns:
+        What was found and done.
+
+    Raises:
+        ValidationError: ``retention`` is not positive.
+        SchemaMissing: the database is not migrated.
+        ServiceUnavailable: the database cannot be reached.
+        OSError: the archive could not be written (the partition is kept).
+    """
+    if retention <= datetime.timedelta(0):
+        raise ValidationError("retention must be positive", field="retention")
+    with map_errors():
+        conn = await psycopg.AsyncConnection.connect(
+            database_url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=max(1, round(connect_timeout)),
+            application_name="wis2l-core prune",
+        )
+    async with conn:
+        with map_errors():
+            await conn.execute("SET TIME ZONE 'UTC'")
+            await _advisory_lock(conn, lock_timeout=max(lock_timeout, 30.0))
+            try:
+                return await _prune(
+                    conn,
+                    retention=retention,
+                    dry_run=dry_run,
+                    archive_dir=archive_dir,
+                    lock_timeout=lock_timeout,
+                    now=now,
+                )
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+async def _advisory_lock(conn: _Conn, *, lock_timeout: float) -> None:
+    await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+    try:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    except pg.LockNotAvailable as exc:
+        raise ServiceUnavailable(
+            f"a migration or another prune held the lock for more than {lock_timeout} s",
+            service="database",
+        ) from exc
+    finally:
+        await conn.execute("SET lock_timeout = 0")
+
+
+async def _prune(
+    conn: _Conn,
+    *,
+    retention: datetime.timedelta,
+    dry_run: bool,
+    archive_dir: Path | None,
+    lock_timeout: float,
+    now: datetime.datetime | None,
+) -> PruneReport:
+    if now is None:
+        cur = await conn.execute("SELECT now() AS now")
+        row = await cur.fetchone()
+        assert row is not None
+        now = row["now"]
+    cutoff = now - retention
+    created: Sequence[str] = () if dry_run else await ensure_partitions(conn)
+    cur = await conn.execute(_QUERIES["partitions"].text, {"cutoff": cutoff})
+    found = [
+        row
+        for row in await cur.fetchall()
+        if row["upper_bound"] is not None and row["upper_bound"] <= cutoff
+    ]
+    done: list[PrunedPartition] = []
+    for row in found:
+        part = PrunedPartition(
+            name=row["name"],
+            lower=row["lower_bound"],
+            upper=row["upper_bound"],
+            rows=int(row["rows_estimate"]),
+            bytes=int(row["bytes"]),
+            action="would drop",
+        )
+        if row["pending"]:
+            done.append(attrs.evolve(part, action="kept: unpublished events"))
+            continue
+        if dry_run:
+            done.append(part)
+            continue
+        if archive_dir is not None:
+            path, rows = await _archive(conn, part.name, archive_dir)
+            part = attrs.evolve(part, rows=rows, archive=path)
+        done.append(attrs.evolve(part, action=await _drop(conn, part.name, lock_timeout)))
+        log.info(
+            "prune: %s %s",
+            done[-1].action,
+            part.name,
+            extra={"partition": part.name, "action": done[-1].action},
+        )
+    return PruneReport(
+        cutoff=cutoff, dry_run=dry_run, partitions=tuple(done), created=tuple(created)
+    )
+
+
+async def _drop(conn: _Conn, name: str, lock_timeout: float) -> PartitionAction:
+    """Detach, check again for unpublished rows under the lock, drop: one transaction."""
+    table = pgsql.Identifier(name)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+                    pgsql.Literal(f"{int(lock_timeout * 1000)}ms")
+                )
+            )
+            await conn.execute(pgsql.SQL("ALTER TABLE events DETACH PARTITION {}").format(table))
+            cur = await conn.execute(_QUERIES["has_pending"].text, {"part": name})
+            row = await cur.fetchone()
+            if row is not None and row["pending"]:
+                raise _Pending
+            await conn.execute(pgsql.SQL("DROP TABLE {}").format(table))
+    except _Pending:
+        return "kept: unpublished events"
+    except pg.LockNotAvailable:
+        log.warning("prune: %s busy: lock not granted in %s s", name, lock_timeout)
+        return "busy"
+    return "dropped"
+
+
+class _Pending(Exception):
+    """Rolls the drop back: a row became unpublished-visible since the listing."""
+
+
+async def _archive(conn: _Conn, name: str, directory: Path) -> tuple[Path, int]:
+    """Write the partition to ``<directory>/<name>.jsonl.gz``: temp file, fsync, rename.
+
+    ``to_jsonb`` renders one line per row (JSON escapes every control character), so the
+    COPY text format's only escape left in a line is the doubled backslash.
+    """
+    out = await asyncio.to_thread(_ArchiveFile, directory, name)
+    query = pgsql.SQL("COPY (SELECT to_jsonb(e) FROM {} e) TO STDOUT").format(
+        pgsql.Identifier(name)
+    )
+    try:
+        buffer = bytearray()
+        async with conn.cursor().copy(query) as copy:
+            async for block in copy:
+                buffer += block
+                if len(buffer) >= _CHUNK:  # whole rows only: never half an escape
+                    cut = buffer.rfind(b"\n") + 1
+                    await asyncio.to_thread(out.write, bytes(buffer[:cut]))
+                    del buffer[:cut]
+        if buffer and not buffer.endswith(b"\n"):  # pragma: no cover - COPY ends rows so
+            raise OSError(f"archive of {name}: the last row was cut short")
+        await asyncio.to_thread(out.write, bytes(buffer))
+        path = await asyncio.to_thread(out.commit)
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(out.abort))
+        raise
+    log.info("archived %s: %d rows to %s", name, out.rows, path, extra={"partition": name})
+    return path, out.rows
+
+
+_CHUNK = 1 << 20
+
+
+class _ArchiveFile:
+    """A gzip JSON Lines file written under a temporary name, renamed once durable."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.final = directory / f"{name}.jsonl.gz"
+        self.temp = directory / f".{name}.jsonl.gz.tmp"
+        self.rows = 0
+        self._raw = self.temp.open("wb")
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6)
+
+    def write(self, data: bytes) -> None:
+        """Append whole rows of COPY text output (one JSON object per line)."""
+        self.rows += data.count(b"\n")
+        self._gzip.write(data.replace(b"\\\\", b"\\"))
+
+    def commit(self) -> Path:
+        self._gzip.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.temp, self.final)
+        _fsync_dir(self.directory)
+        return self.final
+
+    def abort(self) -> None:
+        self._gzip.close()
+        self._raw.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
