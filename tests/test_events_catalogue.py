@@ -78,6 +78,7 @@ def test_catalogue_matches_the_design() -> None:
             "build": ("started", "progress", "completed", "failed"),
             "deployment": ("started", "completed", "failed"),
             "token": ("updated", "deleted", "synced"),
+            "user": ("created", "signed_in", "role_changed"),
         }.items()
         for action in actions
     )

@@ -22,6 +22,9 @@ from wis2l_core.catalogue import (
     TokenDeleted,
     TokensSynced,
     TokenUpdated,
+    UserCreated,
+    UserRoleChanged,
+    UserSignedIn,
 )
 from wis2l_core.config import AppEnvironment, Settings
 from wis2l_core.errors import (
@@ -116,6 +119,9 @@ __all__ = [
     "Transaction",
     "Unauthenticated",
     "User",
+    "UserCreated",
+    "UserRoleChanged",
+    "UserSignedIn",
     "ValidationError",
     "Wis2l",
     "Wis2lError",
