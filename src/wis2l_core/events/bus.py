@@ -41,6 +41,8 @@ API_TIMEOUT = 5.0
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
 _TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
+_NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
 
 class EncodedEvent(NamedTuple):
@@ -101,7 +103,8 @@ class EventBus:
 
     Args:
         settings: ``nats_urls``, ``namespace``, ``stream_name``, ``stream_duplicate_window``,
-            ``nats_connect_timeout``, ``health_timeout`` and ``shutdown_timeout`` are used.
+            ``stream_replicas``, ``nats_connect_timeout``, ``health_timeout`` and
+            ``shutdown_timeout`` are used.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -118,6 +121,7 @@ class EventBus:
         self._connect_task: asyncio.Task[None] | None = None
         self._setup_task: asyncio.Task[None] | None = None
         self._outage_logged = False
+        self._replicas_logged = False
 
     # -- state -------------------------------------------------------------------------
 
@@ -316,24 +320,31 @@ class EventBus:
     # -- stream --------------------------------------------------------------------------
 
     def stream_config(self) -> StreamConfig:
-        """The configuration the stream must have (name, subjects, storage, dedup window)."""
+        """The configuration the stream must have (name, subjects, storage, dedup window,
+        replicas)."""
         return StreamConfig(
             name=self.settings.stream_name,
             subjects=[f"{self.namespace}.>"],
             storage=StorageType.FILE,
             duplicate_window=self.settings.stream_duplicate_window,
+            num_replicas=self.settings.stream_replicas,
         )
 
     async def ensure_stream(self) -> None:
         """Create the stream, or update it (keeping its messages) if its config differs.
 
-        Only the fields wis2l-core owns are compared and set (subjects and duplicate
-        window); limits an operator set on the stream are kept. Storage cannot change in
-        place: a memory stream is logged, not replaced.
+        Only the fields wis2l-core owns are compared and set (subjects, duplicate window
+        and replicas); limits an operator set on the stream are kept. Replicas are only
+        ever raised to ``stream_replicas``: a stream with more (an operator's choice) keeps
+        them, and that is logged. A raise the cluster cannot place yet (too few servers
+        up) is logged and tried again on the next reconnect; the stream keeps working
+        meanwhile. Storage cannot change in place: a memory stream is logged, not replaced.
 
         Raises:
-            ServiceUnavailable: NATS or JetStream does not answer, or refuses the config.
-            ConfigError: the stream name or namespace is one NATS refuses.
+            ServiceUnavailable: NATS or JetStream does not answer, or refuses the config
+                (including a stream of several replicas while too few servers are up).
+            ConfigError: the stream name or namespace is one NATS refuses, or
+                ``stream_replicas`` is above 1 on a server that is not in a cluster.
         """
         js = self.jetstream
         want = self.stream_config()
@@ -344,9 +355,17 @@ class EventBus:
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(want)
-                    log.info("created stream %s", name, extra={"stream": name})
+                    log.info(
+                        "created stream %s (%d replica(s))",
+                        name,
+                        want.num_replicas,
+                        extra={"stream": name},
+                    )
                     return
-                except nats.js.errors.BadRequestError:
+                except nats.js.errors.APIError as exc:
+                    self._refused(exc)
+                    if not isinstance(exc, nats.js.errors.BadRequestError):
+                        raise
                     info = await js.stream_info(name)  # another process created it first
             have = info.config
             if have.storage != StorageType.FILE:
@@ -356,14 +375,69 @@ class EventBus:
                 or abs((have.duplicate_window or 0) - want.duplicate_window) > 1e-3
             )
             if drift:
-                await js.update_stream(
-                    have.evolve(subjects=want.subjects, duplicate_window=want.duplicate_window)
-                )
+                have = have.evolve(subjects=want.subjects, duplicate_window=want.duplicate_window)
+                await js.update_stream(have)
                 log.info("updated stream %s to the wanted config", name, extra={"stream": name})
+            await self._reconcile_replicas(js, have)
+        except Wis2lError:
+            raise
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
         except ValueError as exc:  # nats-py checks names before sending
             raise ConfigError(f"nats: stream {name}: {exc}", variable="WIS2L_STREAM") from exc
+
+    async def _reconcile_replicas(self, js: JetStreamContext, have: StreamConfig) -> None:
+        """Raise the stream's replicas to ``stream_replicas``; never lower them."""
+        name, want = self.settings.stream_name, self.settings.stream_replicas
+        current = have.num_replicas or 1
+        extra = {"stream": name, "replicas": current}
+        if current > want:
+            if not self._replicas_logged:
+                self._replicas_logged = True
+                log.warning(
+                    "stream %s has %d replicas, more than WIS2L_STREAM_REPLICAS=%d: kept "
+                    "(wis2l-core never lowers them; lower them with the nats CLI if meant)",
+                    name,
+                    current,
+                    want,
+                    extra=extra,
+                )
+            return
+        if current == want:
+            return
+        try:
+            await js.update_stream(have.evolve(num_replicas=want))
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _NOT_CLUSTERED:
+                self._refused(exc)
+            log.warning(
+                "cannot raise stream %s from %d to %d replicas yet (%s); it keeps working "
+                "with %d, and the raise is tried again on the next reconnect",
+                name,
+                current,
+                want,
+                exc.description or exc,
+                current,
+                extra=extra,
+            )
+            return
+        log.info("raised stream %s from %d to %d replicas", name, current, want, extra=extra)
+
+    def _refused(self, exc: nats.js.errors.APIError) -> None:
+        """Turn JetStream's refusals of the replica count into typed errors."""
+        name, want = self.settings.stream_name, self.settings.stream_replicas
+        if exc.err_code == _NOT_CLUSTERED:
+            raise ConfigError(
+                f"nats: stream {name}: WIS2L_STREAM_REPLICAS={want} needs a NATS cluster; "
+                f"the server is not clustered ({exc.description})",
+                variable="WIS2L_STREAM_REPLICAS",
+            ) from exc
+        if exc.err_code in _NO_PEERS:
+            raise ServiceUnavailable(
+                f"nats: stream {name}: {want} replica(s) need {want} JetStream servers up "
+                f"in the cluster ({exc.description})",
+                service="nats",
+            ) from exc
 
     # -- publishing ----------------------------------------------------------------------
 
