@@ -1,0 +1,541 @@
+"""AuthMiddleware and RateLimitMiddleware under a real uvicorn, in front of a Starlette app
+and a FastAPI app (both read ``request.user``), with tokens from a real DevIssuer over
+HTTP, an httpx client and a websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.authentication import requires
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from wis2l_core import Action, AuthMiddleware, RateLimitMiddleware, Settings, Wis2l
+from wis2l_core.auth.middleware import Credentials
+from wis2l_core.dev.issuer import DevIssuer
+from wis2l_core.models import Engine, Role
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[DevIssuer]:
+    with DevIssuer() as running:
+        yield running
+
+
+def with_issuer(settings: Settings, issuer: DevIssuer) -> Settings:
+    return attrs.evolve(settings, oidc_issuer=issuer.issuer, oidc_audience=issuer.audience)
+
+
+@pytest.fixture
+async def wis(wis2l_settings: Settings, issuer: DevIssuer) -> AsyncIterator[Wis2l]:
+    async with Wis2l(with_issuer(wis2l_settings, issuer)) as runtime:
+        yield runtime
+
+
+class Server(uvicorn.Server):
+    """uvicorn in the test's loop, without touching the process's signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, lifespan: str = "on") -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan=lifespan)
+    server = Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            sock.close()
+
+
+def user_view(request: Request | WebSocket) -> dict[str, Any]:
+    auth = request.auth
+    assert isinstance(auth, Credentials)
+    return {
+        "authenticated": request.user.is_authenticated,
+        "name": request.user.display_name,
+        "scheme": auth.scheme,
+        "scopes": sorted(auth.scopes),
+    }
+
+
+def starlette_app(wis: Wis2l, **limits: Any) -> Starlette:
+    async def me(request: Request) -> JSONResponse:
+        return JSONResponse(user_view(request))
+
+    async def rename(request: Request) -> JSONResponse:
+        project = await wis.projects.find_by_slug(request.path_params["slug"])
+        wis.access.require(request.user, Action.PROJECT_UPDATE, project)
+        assert project is not None
+        body = await request.json()
+        renamed = await wis.projects.update(project.id, name=body["name"])
+        return JSONResponse({"name": renamed.name})
+
+    @requires("user:manage")
+    async def admin_only(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json(user_view(websocket))
+        await websocket.close()
+
+    middleware = [Middleware(AuthMiddleware, wis=wis, public_paths=("/public",))]
+    if limits:
+        middleware.append(Middleware(RateLimitMiddleware, wis=wis, **limits))
+    return Starlette(
+        routes=[
+            Route("/me", me),
+            Route("/public/me", me),
+            Route("/projects/{slug}", rename, methods=["PATCH"]),
+            Route("/admin", admin_only),
+            WebSocketRoute("/ws", ws),
+        ],
+        middleware=middleware,
+    )
+
+
+def fastapi_app(wis: Wis2l, **limits: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/me")
+    @app.get("/public/me")
+    async def me(request: Request) -> dict[str, Any]:
+        return user_view(request)
+
+    @app.patch("/projects/{slug}")
+    async def rename(slug: str, request: Request) -> dict[str, str]:
+        project = await wis.projects.find_by_slug(slug)
+        wis.access.require(request.user, Action.PROJECT_UPDATE, project)
+        assert project is not None
+        body = await request.json()
+        renamed = await wis.projects.update(project.id, name=body["name"])
+        return {"name": renamed.name}
+
+    @app.get("/admin")
+    async def admin_only(request: Request) -> dict[str, bool]:
+        wis.access.require(request.user, Action.USER_MANAGE)
+        return {"ok": True}
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json(user_view(websocket))
+        await websocket.close()
+
+    if limits:
+        app.add_middleware(RateLimitMiddleware, wis=wis, **limits)
+    app.add_middleware(AuthMiddleware, wis=wis, public_paths=("/public",))
+    return app
+
+
+APPS = {"starlette": starlette_app, "fastapi": fastapi_app}
+
+
+@pytest.fixture(params=sorted(APPS))
+async def url(request: pytest.FixtureRequest, wis: Wis2l) -> AsyncIterator[str]:
+    async with serve(APPS[request.param](wis)) as base:
+        yield base
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def problem(answer: httpx.Response, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["cache-control"] == "no-store"
+    body: dict[str, Any] = answer.json()
+    assert body["status"] == status
+    return body
+
+
+async def test_no_credentials_is_401_without_an_error_code(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer = await http.get("/me")
+        problem(answer, 401)
+        assert answer.headers["www-authenticate"] == 'Bearer realm="wis2l"'
+        other_scheme = await http.get("/me", headers={"Authorization": "Basic YTpi"})
+        assert other_scheme.headers["www-authenticate"] == 'Bearer realm="wis2l"'
+
+
+async def test_a_valid_token_sets_request_user(url: str, wis: Wis2l, issuer: DevIssuer) -> None:
+    token = issuer.mint(sub="n|ada", email="ada@example.com", name="Ada")
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer = await http.get("/me", headers=bearer(token))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["authenticated"] is True
+    assert body["name"] == "Ada"
+    assert body["scheme"] == "bearer"
+    assert "project:create" in body["scopes"]
+    assert "user:manage" not in body["scopes"]
+    user = await wis.users.find_by_subject("n|ada")
+    assert user is not None
+    assert user.role is Role.DEVELOPER
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "wrong_issuer",
+        "foreign_key",
+        "alg_none",
+        "hs256_with_public_key",
+        "tampered",
+    ],
+)
+async def test_a_bad_token_is_401_invalid_token(url: str, issuer: DevIssuer, bad: str) -> None:
+    token = getattr(issuer, bad)()
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer = await http.get("/me", headers=bearer(token))
+    problem(answer, 401)
+    assert answer.headers["www-authenticate"] == 'Bearer realm="wis2l", error="invalid_token"'
+
+
+async def test_a_malformed_header_is_400_invalid_request(url: str, issuer: DevIssuer) -> None:
+    token = issuer.mint(sub="n|ada", email="ada@example.com", name="Ada")
+    async with httpx.AsyncClient(base_url=url) as http:
+        spaced = await http.get("/me", headers={"Authorization": "Bearer a b"})
+        empty = await http.get("/me", headers={"Authorization": "Bearer"})
+        twice = await http.get(
+            "/me", headers=[("Authorization", f"Bearer {token}"), ("Authorization", "Bearer x")]
+        )
+    for answer in (spaced, empty, twice):
+        problem(answer, 400)
+        assert answer.headers["www-authenticate"].endswith('error="invalid_request"')
+
+
+async def test_public_paths_serve_anonymous_and_still_know_a_valid_user(
+    url: str, issuer: DevIssuer
+) -> None:
+    async with httpx.AsyncClient(base_url=url) as http:
+        anonymous = (await http.get("/public/me")).json()
+        expired = (await http.get("/public/me", headers=bearer(issuer.expired()))).json()
+        token = issuer.mint(sub="n|bo", email="bo@example.com", name="Bo")
+        known = (await http.get("/public/me", headers=bearer(token))).json()
+        # a lookalike and a dot-segment trick are not public
+        assert (await http.get("/publicity")).status_code == 401
+    assert anonymous == {"authenticated": False, "name": "", "scheme": None, "scopes": []}
+    assert expired["authenticated"] is False
+    assert known["name"] == "Bo"
+
+
+async def test_forbidden_from_the_endpoint_is_403_and_ownership_counts(
+    url: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    owner_token = issuer.mint(sub="n|own", email="own@example.com", name="Owner")
+    other_token = issuer.mint(sub="n|oth", email="oth@example.com", name="Other")
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/me", headers=bearer(owner_token))).status_code == 200
+        owner = await wis.users.find_by_subject("n|own")
+        assert owner is not None
+        await wis.projects.create(owner_id=owner.id, name="P", slug="p-1", engine=Engine.GODOT)
+        refused = await http.patch("/projects/p-1", json={"name": "X"}, headers=bearer(other_token))
+        body = problem(refused, 403)
+        assert "project:update" in body["detail"]
+        done = await http.patch("/projects/p-1", json={"name": "Y"}, headers=bearer(owner_token))
+        assert done.status_code == 200, done.text
+        assert done.json() == {"name": "Y"}
+        assert (await http.get("/admin", headers=bearer(other_token))).status_code == 403
+        other = await wis.users.find_by_subject("n|oth")
+        assert other is not None
+        await wis.users.update(other.id, role=Role.ADMIN)
+        wis.identity.forget("n|oth")  # else seen within identity.user_ttl
+        admin = await http.patch("/projects/p-1", json={"name": "Z"}, headers=bearer(other_token))
+        assert admin.status_code == 200, admin.text
+        assert (await http.get("/admin", headers=bearer(other_token))).status_code == 200
+
+
+async def test_session_cookie_and_cross_site_requests(
+    url: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    token = issuer.mint(sub="n|cookie", email="c@example.com", name="Cookie")
+    principal, session = await wis.identity.sign_in(token)
+    owner = principal.user
+    await wis.projects.create(owner_id=owner.id, name="P", slug="p-c", engine=Engine.GODOT)
+    cookies = {"wis2l_session": session.token}
+    async with httpx.AsyncClient(base_url=url, cookies=cookies) as http:
+        me = await http.get("/me")
+        assert me.status_code == 200, me.text
+        assert me.json()["scheme"] == "session"
+        same = await http.patch(
+            "/projects/p-c", json={"name": "A"}, headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        assert same.status_code == 200, same.text
+        cross = await http.patch(
+            "/projects/p-c", json={"name": "B"}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        problem(cross, 403)
+        host = url.removeprefix("http://")
+        evil = await http.patch(
+            "/projects/p-c", json={"name": "C"}, headers={"Origin": "https://evil.example"}
+        )
+        problem(evil, 403)
+        ok = await http.patch("/projects/p-c", json={"name": "D"}, headers={"Origin": url})
+        assert ok.status_code == 200, (host, ok.text)
+        await wis.sessions.revoke(session.token)
+        gone = await http.get("/me")
+        problem(gone, 401)
+        assert gone.headers["www-authenticate"].endswith('error="invalid_token"')
+    project = await wis.projects.find_by_slug("p-c")
+    assert project is not None
+    assert project.name == "D"
+
+
+async def test_websocket_is_authenticated_before_accept(url: str, issuer: DevIssuer) -> None:
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url):
+            pass
+    assert refused.value.response.status_code == 401
+    assert refused.value.response.headers["WWW-Authenticate"] == 'Bearer realm="wis2l"'
+    with pytest.raises(InvalidStatus) as expired:
+        async with connect(ws_url, additional_headers=bearer(issuer.expired())):
+            pass
+    assert expired.value.response.status_code == 401
+    token = issuer.mint(sub="n|ws", email="ws@example.com", name="Socket")
+    async with connect(ws_url, additional_headers=bearer(token)) as socket_:
+        assert '"name":"Socket"' in str(await socket_.recv())
+
+
+async def test_cookie_websocket_from_another_site_is_refused(
+    url: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    token = issuer.mint(sub="n|wsc", email="wsc@example.com", name="Sock")
+    _, session = await wis.identity.sign_in(token)
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    cookie = {"Cookie": f"wis2l_session={session.token}"}
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url, additional_headers=cookie, origin="https://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+    async with connect(ws_url, additional_headers=cookie, origin=url) as socket_:  # type: ignore[arg-type]
+        assert '"scheme":"session"' in str(await socket_.recv())
+
+
+async def test_issuer_down_on_a_cold_start_is_503(wis2l_settings: Settings) -> None:
+    down = DevIssuer().start()
+    down.failing = 503
+    try:
+        async with Wis2l(with_issuer(wis2l_settings, down)) as runtime:
+            token = down.mint(sub="n|x", email="x@example.com", name="X")
+            async with (
+                serve(starlette_app(runtime)) as base,
+                httpx.AsyncClient(base_url=base) as http,
+            ):
+                answer = await http.get("/me", headers=bearer(token))
+                problem(answer, 503)
+                assert answer.headers["retry-after"] == "5"
+                public = await http.get("/public/me", headers=bearer(token))
+                assert public.json()["authenticated"] is False
+    finally:
+        down.stop()
+
+
+# -- rate limiting -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framework", sorted(APPS))
+async def test_rate_limit_headers_429_and_per_user_buckets(
+    framework: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    app = APPS[framework](wis, limit=3, per=60, policy="api")
+    ada = issuer.mint(sub="n|rl-ada", email="rla@example.com", name="Ada")
+    bo = issuer.mint(sub="n|rl-bo", email="rlb@example.com", name="Bo")
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as http:
+        answers = [await http.get("/me", headers=bearer(ada)) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        for answer in answers:
+            assert answer.headers["ratelimit-policy"] == '"api";q=3;w=60'
+        remaining = [a.headers["ratelimit"].split(";")[1] for a in answers]
+        assert remaining == ["r=2", "r=1", "r=0", "r=0"]
+        assert answers[0].headers["ratelimit"] in ('"api";r=2;t=20', '"api";r=2;t=21')
+        body = problem(answers[3], 429)
+        assert body["title"] == "Too Many Requests"
+        assert 1 <= int(answers[3].headers["retry-after"]) <= 20
+        # another user has a bucket of their own
+        assert (await http.get("/me", headers=bearer(bo))).status_code == 200
+        # anonymous callers are counted by address; the public path is counted too
+        anon = [await http.get("/public/me") for _ in range(4)]
+        assert [a.status_code for a in anon] == [200, 200, 200, 429]
+
+
+async def test_rate_limit_is_one_redis_round_trip_per_request(
+    wis: Wis2l, issuer: DevIssuer
+) -> None:
+    """Counted at redis-py's one door (``execute_command``), with and without the limit:
+    the difference is what the rate limit costs."""
+    token = issuer.mint(sub="n|rt", email="rt@example.com", name="RT")
+    calls = 0
+    redis = wis.redis.redis
+    original = redis.execute_command
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(*args, **kwargs)
+
+    async def count(app: Starlette) -> int:
+        nonlocal calls
+        async with serve(app) as base, httpx.AsyncClient(base_url=base) as http:
+            await http.get("/me", headers=bearer(token))  # warm: user, keys, script
+            calls = 0
+            for _ in range(20):
+                assert (await http.get("/me", headers=bearer(token))).status_code == 200
+        return calls
+
+    redis.execute_command = counting  # type: ignore[method-assign]
+    try:
+        without = await count(starlette_app(wis))
+        with_limit = await count(starlette_app(wis, limit=1000, per=60))
+    finally:
+        del redis.execute_command
+    assert with_limit - without == 20
+
+
+@pytest.mark.parametrize("mode", ["allow", "refuse"])
+async def test_redis_down_policy(
+    mode: str, wis2l_settings: Settings, issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = attrs.evolve(
+        with_issuer(wis2l_settings, issuer), redis_url=f"redis://127.0.0.1:{port}/0"
+    )
+    runtime = Wis2l(settings)
+    await runtime.start()
+    try:
+
+        async def hello(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"hi"})
+
+        app = RateLimitMiddleware(hello, runtime, limit=5, per=1, on_redis_down=mode)  # type: ignore[arg-type]
+        caplog.set_level(logging.WARNING, logger="wis2l_core.auth")
+        async with serve(app, "off") as base, httpx.AsyncClient(base_url=base) as http:
+            answers = [await http.get("/") for _ in range(3)]
+        if mode == "allow":
+            assert [a.status_code for a in answers] == [200, 200, 200]
+            assert all("ratelimit" not in a.headers for a in answers)
+        else:
+            for answer in answers:
+                problem(answer, 503)
+        assert all(a.headers["ratelimit-policy"] == '"default";q=5;w=1' for a in answers)
+        logged = [r for r in caplog.records if r.name == "wis2l_core.auth"]
+        assert len(logged) == 1, logged
+    finally:
+        await runtime.stop()
+
+
+# -- the pure parts: client address and public paths -----------------------------------------
+
+
+def address(mw: RateLimitMiddleware, peer: str, *forwarded: str) -> str:
+    headers = [(b"x-forwarded-for", f.encode()) for f in forwarded]
+    return mw._client_address({"type": "http", "client": (peer, 5000), "headers": headers})
+
+
+@pytest.fixture
+def limiter(wis2l_settings: Settings) -> RateLimitMiddleware:
+    runtime = Wis2l(wis2l_settings)
+    return RateLimitMiddleware(
+        None,  # type: ignore[arg-type]
+        runtime,
+        limit=1,
+        per=1,
+        trusted_proxies=("10.0.0.0/8", "2001:db8:ffff::1"),
+    )
+
+
+def test_forwarded_for_is_trusted_only_from_proxies_and_read_from_the_right(
+    limiter: RateLimitMiddleware,
+) -> None:
+    # an untrusted peer's header is ignored
+    assert address(limiter, "203.0.113.9", "1.2.3.4") == "203.0.113.9"
+    # a trusted proxy: the rightmost untrusted entry (what the proxy saw), not a spoof
+    assert address(limiter, "10.0.0.2", "6.6.6.6, 198.51.100.7") == "198.51.100.7"
+    # two proxies in a row, and several headers read as one list
+    assert address(limiter, "10.0.0.2", "6.6.6.6", "198.51.100.7, 10.1.1.1") == "198.51.100.7"
+    # garbage stops the walk at the last proxy that is known
+    assert address(limiter, "10.0.0.2", "198.51.100.7, nonsense") == "10.0.0.2"
+    # no header from a proxy: the proxy
+    assert address(limiter, "10.0.0.2") == "10.0.0.2"
+    # IPv6 clients share a bucket per /64; v4-mapped addresses are v4
+    assert address(limiter, "2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert address(limiter, "2001:db8:ffff::1", "2001:db8:9:9::1") == "2001:db8:9:9::/64"
+    assert address(limiter, "::ffff:192.0.2.1") == "192.0.2.1"
+    assert limiter._client_address({"type": "http", "headers": []}) == "unknown"
+
+
+def test_configuration_is_checked(wis2l_settings: Settings) -> None:
+    from wis2l_core.errors import ConfigError, ValidationError
+
+    runtime = Wis2l(wis2l_settings)
+    app: Any = None
+    with pytest.raises(ConfigError):
+        RateLimitMiddleware(app, runtime, limit=1, per=1, trusted_proxies=("not-an-ip",))
+    with pytest.raises(ValidationError):
+        RateLimitMiddleware(app, runtime, limit=0, per=1)
+    with pytest.raises(ValidationError):
+        RateLimitMiddleware(app, runtime, limit=1, per=0)
+    with pytest.raises(ConfigError):
+        RateLimitMiddleware(app, runtime, limit=1, per=1, policy='a"b')
+    with pytest.raises(ConfigError):
+        AuthMiddleware(app, runtime, public_paths=("health",))
+    with pytest.raises(ConfigError):
+        AuthMiddleware(app, runtime, realm='x"y')
+
+
+def test_public_path_matching() -> None:
+    from wis2l_core.auth.middleware import _public_matcher
+
+    public = _public_matcher(["/health", "/docs/"])
+    assert public("/health")
+    assert public("/health/ready")
+    assert public("/docs")
+    assert public("/docs/index.html")
+    assert not public("/healthz")
+    assert not public("/health/../admin")
+    assert not public("/health/./x")
+    assert not public("//health")
+    assert not public("/admin")
+    assert not _public_matcher([])("/health")
