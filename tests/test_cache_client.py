@@ -69,12 +69,13 @@ def test_keys_are_namespaced(settings: Settings) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "redis+sentinel://127.0.0.1:26379/mymaster",
+        "redis+sentinel://127.0.0.1:26379",  # no master name
+        "redis+cluster://127.0.0.1:7000/3",  # a cluster has only database 0
         "redis-cluster://127.0.0.1:7000",
         "http://127.0.0.1:6379",
     ],
 )
-def test_sentinel_and_cluster_urls_are_refused(url: str) -> None:
+def test_unknown_or_malformed_redis_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings(redis_url=url)
     assert info.value.variable == "redis_url"

@@ -44,7 +44,7 @@ async def test_token_cache_refuses_a_generation_key_as_project_id(client: RedisC
         await cache.get_or_load(f"gen:{pid}", loader)  # type: ignore[call-overload]
     assert info.value.field == "project_id"
     assert calls == 0
-    assert await client.redis.get(client.key("tokens", f"gen:{pid}")) == b"1"  # untouched
+    assert await client.redis.get(client.key("tokens", f"{{{pid}}}:gen")) == b"1"  # untouched
 
 
 async def test_token_cache_refuses_a_lock_key_as_project_id(client: RedisClient) -> None:
@@ -53,7 +53,7 @@ async def test_token_cache_refuses_a_lock_key_as_project_id(client: RedisClient)
     with pytest.raises(ValidationError) as info:
         await cache.get_or_load(f"lock:{pid}", lambda: _const("x"))  # type: ignore[call-overload]
     assert info.value.field == "project_id"
-    assert not await client.redis.exists(client.key("tokens", f"lock:{pid}"))
+    assert not await client.redis.exists(client.key("tokens", f"{{{pid}}}:lock"))
     # So the real project still loads once and is cached, with no 10 s wait.
     assert await cache.get_or_load(pid, lambda: _const([1, 2])) == [1, 2]
     assert await client.redis.exists(cache.key(pid))

@@ -1,8 +1,10 @@
 """The Redis client the caches share: a bounded pool, retries, and a circuit breaker.
 
-:class:`RedisClient` owns one ``redis.asyncio.Redis`` over a bounded pool
-(:class:`~wis2l_core.cache._pool.BoundedPool`) built from ``settings.redis_url``
-(``redis://``, ``rediss://`` or ``unix://``). Every cache sends its commands through one
+:class:`RedisClient` owns the redis-py client ``settings.redis_url`` names (see
+:mod:`wis2l_core.cache._connect`): one ``redis.asyncio.Redis`` over a bounded pool
+(:class:`~wis2l_core.cache._pool.BoundedPool`) for ``redis://``, ``rediss://`` and
+``unix://``, a ``RedisCluster`` for ``redis+cluster://``, or Sentinel's ``master_for``
+client for ``redis+sentinel://``. Every cache sends its commands through one
 guard, :meth:`RedisClient.call` (or :meth:`~RedisClient.call_strict` for the services
 that must not fail open): it checks the breaker, runs the command and reports what
 happened. That is how they fail open: after a connection failure or a timeout the
@@ -21,13 +23,22 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
 
 import attrs
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wis2l_core.cache._pool import BoundedPool
+from wis2l_core.cache._connect import build
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ServiceUnavailable
 
@@ -39,13 +50,22 @@ D = TypeVar("D")
 
 logger = logging.getLogger("wis2l_core.cache")
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 """What a Redis call can raise besides cancellation (``OSError`` covers socket errors and
-:class:`TimeoutError`)."""
+:class:`TimeoutError`; ``RedisClusterException`` a slot no master serves)."""
 
-_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Errors that mean Redis is down or slow (they open the breaker); any other
-``RedisError`` is about one command or key (``WRONGTYPE``, ``OOM``) and does not."""
+_OUTAGE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    RedisClusterException,
+    ReadOnlyError,
+)
+"""Errors that mean Redis is down, slow or failing over (they open the breaker): a lost
+connection, a timeout, ``CLUSTERDOWN``, a slot with no master, a write sent to a server
+that became a replica. Any other ``RedisError`` is about one command or key
+(``WRONGTYPE``, ``OOM``) and does not."""
 
 _ERROR_LOG_INTERVAL = 10.0
 
@@ -81,6 +101,48 @@ class LuaScript:
             return await redis.eval(self.text, len(keys), *keys, *args)
 
 
+async def _role(server: Any) -> tuple[str, str]:
+    """``ROLE`` of ``server`` (a client or a cluster node): the role and, for a replica,
+    its master's address; ``("unknown", "")`` when the server refuses ``ROLE``."""
+    try:
+        reply = await server.execute_command("ROLE")
+    except ResponseError:  # renamed or not allowed (some managed services): ping instead
+        await server.execute_command("PING")
+        return ("unknown", "")
+    role = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    role = {"slave": "replica"}.get(role, role)
+    if role == "replica" and len(reply) >= 3:
+        host = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return (role, f"{host}:{reply[2]}")
+    return (role, "")
+
+
+def _address(redis: Redis) -> str:
+    kwargs = redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    host = kwargs.get("host")
+    if host is None:  # Sentinel: the pool knows the master it last connected to
+        address = getattr(redis.connection_pool, "master_address", None)
+        return f"{address[0]}:{address[1]}" if address else "the master"
+    return f"{host}:{kwargs.get('port', 6379)}"
+
+
+async def _drop_idle(redis: Redis) -> None:
+    """Sentinel: close idle connections, so new ones ask the Sentinels for the master."""
+    try:
+        await redis.connection_pool.disconnect(inuse_connections=False)
+    except REDIS_ERRORS as exc:
+        logger.debug("error while dropping connections: %r", exc)
+
+
+def _cure(mode: str) -> str:
+    return {
+        "sentinel": "the Sentinels promote a master and the client reconnects to it",
+        "cluster": "the client's slot map follows the failover",
+    }.get(mode, "REDIS_URL names the master")
+
+
 def _seconds(value: float) -> float | None:
     """redis-py reads a timeout of 0 as "none"; say so explicitly."""
     return value if value > 0 else None
@@ -110,6 +172,8 @@ class RedisClient:
     retries: int = attrs.field(default=2, kw_only=True)
     health_check_interval: float = attrs.field(default=30.0, kw_only=True)
     _redis: Redis | None = attrs.field(default=None, init=False, repr=False)
+    _sentinel: Sentinel | None = attrs.field(default=None, init=False, repr=False)
+    _mode: str = attrs.field(default="standalone", init=False, repr=False)
     _down_until: float = attrs.field(default=0.0, init=False, repr=False)
     _outage_started: float | None = attrs.field(default=None, init=False, repr=False)
     _last_error_log: float = attrs.field(default=-_ERROR_LOG_INTERVAL, init=False, repr=False)
@@ -135,8 +199,16 @@ class RedisClient:
         return self._outage_started is not None
 
     @property
+    def mode(self) -> str:
+        """``"standalone"``, ``"cluster"`` or ``"sentinel"``, from the URL's scheme."""
+        return self._mode
+
+    @property
     def redis(self) -> Redis:
         """The underlying ``redis.asyncio.Redis``, for commands the services do not cover.
+
+        In cluster mode this is a ``redis.asyncio.cluster.RedisCluster``: it has the same
+        command methods and routes each by its key's slot.
 
         Raises:
             ServiceUnavailable: the client is not open.
@@ -157,51 +229,96 @@ class RedisClient:
         socket_timeout = _seconds(s.redis_socket_timeout)
         connect_timeout = _seconds(s.redis_connect_timeout)
         waits = [t for t in (socket_timeout, connect_timeout) if t is not None]
-        pool = BoundedPool.from_url(
+        built = build(
             s.redis_url,
+            {
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                "retry": Retry(
+                    ExponentialWithJitterBackoff(base=0.01, cap=0.2),
+                    self.retries,
+                    # Only connection errors are retried: a timeout already cost the budget.
+                    supported_errors=(RedisConnectionError,),
+                ),
+                "health_check_interval": self.health_check_interval,
+                "client_name": f"wis2l-core:{s.namespace}",
+            },
             max_connections=s.redis_max_connections,
             # Waiting for a free connection counts against the same budget as a slow
             # server: past it the call is a miss, not a queue.
             timeout=max(waits) if waits else None,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(
-                ExponentialWithJitterBackoff(base=0.01, cap=0.2),
-                self.retries,
-                # Only connection errors are retried: a timeout already cost the budget.
-                supported_errors=(RedisConnectionError,),
-            ),
-            health_check_interval=self.health_check_interval,
-            client_name=f"wis2l-core:{s.namespace}",
         )
-        self._redis = Redis.from_pool(pool)
-        logger.debug("redis client open", extra={"redis_url": redact_url(s.redis_url)})
+        # RedisCluster has Redis' command methods (the same mixins): the caches call them
+        # as Redis.get(client, ...) on either.
+        self._redis = cast("Redis", built.redis)
+        self._sentinel = built.sentinel
+        self._mode = built.mode
+        logger.debug(
+            "redis client open",
+            extra={"redis_url": redact_url(s.redis_url), "redis_mode": built.mode},
+        )
 
     async def aclose(self) -> None:
         """Close every pooled connection. Idempotent; the client can be opened again."""
         redis, self._redis = self._redis, None
+        sentinel, self._sentinel = self._sentinel, None
         self._down_until = 0.0
         self._outage_started = None
-        if redis is not None:
+        for closing in (redis, sentinel):
+            if closing is None:
+                continue
             try:
-                await redis.aclose()
+                await closing.aclose()
             except REDIS_ERRORS as exc:  # closing a dead connection is not a failure
                 logger.debug("error while closing redis: %r", exc)
 
-    async def ping(self) -> None:
-        """Check Redis with a ``PING``, ignoring the breaker (health checks use this).
+    async def ping(self) -> dict[str, Any]:
+        """Check that Redis answers and takes writes, ignoring the breaker (health checks
+        use this).
+
+        Asks ``ROLE`` (of every master in cluster mode; a server that does not know
+        ``ROLE`` gets a ``PING``): a server that answers as a replica cannot take the
+        caches' writes, so it does not pass. In Sentinel mode the idle connections to it
+        are dropped too, so the next ones ask the Sentinels for the new master.
+
+        Returns:
+            Details for the health report: ``mode`` and ``role`` (``"master"``, or
+            ``"unknown"`` when ``ROLE`` is not allowed), and ``masters`` in cluster mode.
 
         Raises:
-            ServiceUnavailable: the client is not open, or Redis did not answer in time.
+            ServiceUnavailable: the client is not open, Redis did not answer in time, or
+                it answered as a read-only replica (the message says which server).
         """
         redis = self.redis
         try:
-            await redis.ping()
+            if self._mode == "cluster":
+                cluster = cast("RedisCluster", redis)
+                await cluster.initialize()  # at once when the slot map is known
+                nodes = cluster.get_primaries()
+                roles = await asyncio.gather(*(_role(node) for node in nodes))
+                servers = [node.name for node in nodes]
+            else:
+                roles = [await _role(redis)]
+                servers = [_address(redis)]
         except REDIS_ERRORS as exc:
             self.report_failure(exc, op="ping")
             raise ServiceUnavailable(f"redis did not answer: {exc}", service="redis") from exc
         if self._outage_started is not None:
             self.report_success()
+        for server, role in zip(servers, roles, strict=True):
+            if role[0] not in ("master", "unknown"):
+                if self._mode == "sentinel":
+                    await _drop_idle(redis)
+                upstream = f" of {role[1]}" if role[1] else ""
+                raise ServiceUnavailable(
+                    f"redis at {server} is a read-only {role[0]}{upstream}: writes fail "
+                    f"until {_cure(self._mode)}",
+                    service="redis",
+                )
+        details: dict[str, Any] = {"mode": self._mode, "role": roles[0][0]}
+        if self._mode == "cluster":
+            details["masters"] = len(roles)
+        return details
 
     async def call(
         self,

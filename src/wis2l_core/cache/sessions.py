@@ -1,10 +1,20 @@
 """Sign-in sessions in Redis (24 h, sliding): ``SessionStore``.
 
-A session token is 256 random bits (:func:`secrets.token_urlsafe`). Redis holds only its
-SHA-256, so a dump of Redis gives no usable token. Each session is a hash
-``<namespace>:session:<sha256>`` (``user_id``, ``data``, ``expires_at``), and each user
-has a set ``<namespace>:session:user:<user_id>`` of their session hashes for
-:meth:`SessionStore.revoke_all`. Every change is one Lua script, so it is atomic.
+A session token is ``<tag>.<secret>``: the secret is 256 random bits
+(:func:`secrets.token_urlsafe`), the tag 16 characters derived from the user id (a hash,
+the same for all of a user's sessions; it names a Redis Cluster slot and reveals no id).
+Redis holds only the token's SHA-256, so a dump of Redis gives no usable token.
+
+Keys share the tag as a hash tag, so one user's keys live in one cluster slot and every
+script names all its keys in ``KEYS``:
+
+- ``<namespace>:session:{<tag>}:<sha256>``: a hash (``user_id``, ``data``, ``expires_at``);
+- ``<namespace>:session:{<tag>}:index``: a sorted set of the tag's session hashes, scored
+  by expiry (ms), for :meth:`SessionStore.revoke_all`; expired members are dropped when a
+  session is created.
+
+Every change is one Lua script, so it is atomic. Tokens made before this layout (43 characters,
+no tag) are not well formed any more: their holders sign in again.
 
 Unlike the caches, sessions do not fail open: when Redis cannot be asked, a session
 cannot be checked, so the call raises :class:`~wis2l_core.errors.ServiceUnavailable`.
@@ -12,6 +22,7 @@ cannot be checked, so the call raises :class:`~wis2l_core.errors.ServiceUnavaila
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -41,53 +52,59 @@ SERVICE = "session"
 MAX_DATA_BYTES = 64 * 1024
 """The most session ``data`` may hold, as JSON: it is read on every request."""
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
-"""What :func:`secrets.token_urlsafe` (32) returns."""
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{16})\.[A-Za-z0-9_-]{43}")
+"""``<tag>.<secret>``: the tag (12 bytes, URL-safe base64) and
+:func:`secrets.token_urlsafe` (32)."""
+
+_REVOKE_ALL_TRIES = 5
 
 _CREATE = LuaScript("""
 redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'data', ARGV[2], 'expires_at', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-for _, d in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('EXISTS', ARGV[6] .. d) == 0 then redis.call('SREM', KEYS[2], d) end
-end
-redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 return 1
 """)
-"""KEYS: session, user set. ARGV: user_id, data, expires_at ms, ttl ms, digest, session
-prefix. Also drops the user's expired sessions from the set, so it stays small."""
+"""KEYS: session, index. ARGV: user_id, data, expires_at ms, ttl ms, digest, now ms.
+Also drops expired sessions from the index, so it stays small."""
 
 _REFRESH = LuaScript("""
-local uid = redis.call('HGET', KEYS[1], 'user_id')
-if not uid then return false end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local users = ARGV[3] .. uid
-if redis.call('PTTL', users) < tonumber(ARGV[2]) then redis.call('PEXPIRE', users, ARGV[2]) end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return redis.call('HMGET', KEYS[1], 'user_id', 'data', 'expires_at')
 """)
-"""KEYS: session. ARGV: expires_at ms, ttl ms, user-set prefix."""
+"""KEYS: session, index. ARGV: expires_at ms, ttl ms, digest."""
 
 _REVOKE = LuaScript("""
-local uid = redis.call('HGET', KEYS[1], 'user_id')
-if not uid then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[1] .. uid, ARGV[2])
-return 1
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
 """)
-"""KEYS: session. ARGV: user-set prefix, digest."""
+"""KEYS: session, index. ARGV: digest."""
 
 _REVOKE_ALL = LuaScript("""
 local n = 0
-for _, d in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  n = n + redis.call('DEL', ARGV[1] .. d)
+for i = 2, #KEYS do
+  if redis.call('HGET', KEYS[i], 'user_id') == ARGV[1] then
+    n = n + redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[1], ARGV[i + 1])
+  end
 end
-redis.call('DEL', KEYS[1])
-return n
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  local known = false
+  for i = 3, #ARGV do if ARGV[i] == d then known = true end end
+  if not known then return {-1, n} end
+end
+return {0, n}
 """)
-"""KEYS: user set. ARGV: session prefix."""
+"""KEYS: index, then the sessions listed. ARGV: user_id, now ms, then their digests.
+Deletes those of the user; returns ``{-1, n}`` when the index gained a session since it
+was listed (the caller lists again), else ``{0, n}``. ``ARGV[i + 1]`` is ``KEYS[i]``'s digest."""
 
 
 @attrs.frozen
@@ -110,6 +127,18 @@ class Session:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _tag(user_id: str) -> str:
+    """The user's hash tag: 16 URL-safe characters (96 bits of a SHA-256 of the id)."""
+    raw = hashlib.sha256(f"wis2l-session:{user_id}".encode()).digest()[:12]
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _keys(client: RedisClient, tag: str, digest: str) -> tuple[str, str]:
+    """A session's hash and its tag's index: one hash tag, so one cluster slot."""
+    prefix = client.key(SERVICE, f"{{{tag}}}")
+    return f"{prefix}:{digest}", f"{prefix}:index"
 
 
 @attrs.define(eq=False)
@@ -154,15 +183,16 @@ class SessionStore:
                 field="data",
             )
         payload = encode_json("data", data, max_bytes=MAX_DATA_BYTES)
-        token = secrets.token_urlsafe(32)
+        tag = _tag(uid)
+        token = f"{tag}.{secrets.token_urlsafe(32)}"
         digest = _digest(token)
-        expires_ms = int(time.time() * 1000) + self._ttl_ms
-        client = self._client
-        await client.call_strict(
+        now_ms = int(time.time() * 1000)
+        expires_ms = now_ms + self._ttl_ms
+        await self._client.call_strict(
             "session create",
             _CREATE,
-            (client.key(SERVICE, digest), client.key(SERVICE, f"user:{uid}")),
-            (uid, payload, expires_ms, self._ttl_ms, digest, client.key(SERVICE, "")),
+            _keys(self._client, tag, digest),
+            (uid, payload, expires_ms, self._ttl_ms, digest, now_ms),
         )
         return Session(token, UUID(uid), serde.loads(payload), _from_ms(expires_ms))
 
@@ -177,11 +207,10 @@ class SessionStore:
         """
         if not _well_formed(token):
             return None
-        client = self._client
-        fields = await client.call_strict(
+        fields = await self._client.call_strict(
             "session get",
             Redis.hmget,
-            client.key(SERVICE, _digest(token)),
+            _keys(self._client, token[:16], _digest(token))[0],
             ["user_id", "data", "expires_at"],
         )
         return _session(token, fields)
@@ -198,13 +227,13 @@ class SessionStore:
         """
         if not _well_formed(token):
             return None
-        client = self._client
+        digest = _digest(token)
         expires_ms = int(time.time() * 1000) + self._ttl_ms
-        fields = await client.call_strict(
+        fields = await self._client.call_strict(
             "session refresh",
             _REFRESH,
-            (client.key(SERVICE, _digest(token)),),
-            (expires_ms, self._ttl_ms, client.key(SERVICE, "user:")),
+            _keys(self._client, token[:16], digest),
+            (expires_ms, self._ttl_ms, digest),
         )
         return _session(token, fields) if fields else None
 
@@ -216,13 +245,9 @@ class SessionStore:
         """
         if not _well_formed(token):
             return False
-        client = self._client
         digest = _digest(token)
-        revoked = await client.call_strict(
-            "session revoke",
-            _REVOKE,
-            (client.key(SERVICE, digest),),
-            (client.key(SERVICE, "user:"), digest),
+        revoked = await self._client.call_strict(
+            "session revoke", _REVOKE, _keys(self._client, token[:16], digest), (digest,)
         )
         return bool(revoked)
 
@@ -235,13 +260,25 @@ class SessionStore:
         """
         client = self._client
         uid = uuid_text("user_id", user_id)
-        count = await client.call_strict(
-            "session revoke_all",
-            _REVOKE_ALL,
-            (client.key(SERVICE, f"user:{uid}"),),
-            (client.key(SERVICE, ""),),
-        )
-        return int(count)
+        tag = _tag(uid)
+        index = _keys(client, tag, "")[1]
+        total = 0
+        # Two steps (list, then delete what was listed), since a script names every key
+        # it touches; the script reports a session created in between, and we go again.
+        for _ in range(_REVOKE_ALL_TRIES):
+            now_ms = int(time.time() * 1000)
+            listed = await client.call_strict(
+                "session revoke_all", Redis.zrangebyscore, index, now_ms, "+inf"
+            )
+            digests = [d.decode() if isinstance(d, bytes) else str(d) for d in listed]
+            keys = [index, *(_keys(client, tag, d)[0] for d in digests)]
+            again, count = await client.call_strict(
+                "session revoke_all", _REVOKE_ALL, keys, (uid, now_ms, *digests)
+            )
+            total += int(count)
+            if int(again) == 0:
+                break
+        return total
 
 
 def _well_formed(token: object) -> bool:

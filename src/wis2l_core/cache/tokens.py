@@ -10,9 +10,11 @@ caller takes over.
 ``invalidate(project_id)`` deletes the value and bumps a generation counter; a load that
 started before the invalidation does not store its (possibly stale) result.
 
-Keys: ``<namespace>:tokens:<project_id>`` (the value), ``...:tokens:lock:<project_id>``
-and ``...:tokens:gen:<project_id>``. Like every cache it fails open: with Redis down the
-loader is called (still once per process for concurrent misses) and nothing is stored.
+Keys: ``<namespace>:tokens:{<project_id>}`` (the value), ``...:tokens:{<project_id>}:lock``
+and ``...:tokens:{<project_id>}:gen``. The braces are a Redis Cluster hash tag: a
+project's three keys share one slot, so each script reaches only keys of one slot, all
+named in ``KEYS``. Like every cache it fails open: with Redis down the loader is called
+(still once per process for concurrent misses) and nothing is stored.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ return 1
 """KEYS: value, generation. ARGV: generation ttl ms."""
 
 
+def _keys(client: RedisClient, project: str) -> tuple[str, str, str]:
+    """A project's value, lock and generation keys: one hash tag, so one cluster slot."""
+    value = client.key(SERVICE, f"{{{project}}}")
+    return value, f"{value}:lock", f"{value}:gen"
+
+
 @attrs.frozen
 class _Loaded:
     """One load's outcome, shared by the callers that waited on it."""
@@ -141,7 +149,7 @@ class TokenCache:
         Raises:
             ValidationError: ``project_id`` is not a UUID.
         """
-        return self._client.key(SERVICE, uuid_text("project_id", project_id))
+        return _keys(self._client, uuid_text("project_id", project_id))[0]
 
     @overload
     async def get_or_load(
@@ -180,7 +188,7 @@ class TokenCache:
         """
         key = uuid_text("project_id", project_id)
         client = self._client
-        vkey = client.key(SERVICE, key)
+        vkey = _keys(client, key)[0]
         fut = self._inflight.get(key)
         if fut is None:  # no load running here: try Redis first
             raw = await client.call("get", None, Redis.get, vkey)
@@ -212,7 +220,8 @@ class TokenCache:
         key = uuid_text("project_id", project_id)
         self._inflight.pop(key, None)
         client = self._client
-        keys = (client.key(SERVICE, key), client.key(SERVICE, f"gen:{key}"))
+        value_key, _, gen_key = _keys(client, key)
+        keys = (value_key, gen_key)
         done = await client.call("invalidate", None, _INVALIDATE, keys, (2 * ttl_ms(self.ttl),))
         return done is not None
 
@@ -224,11 +233,7 @@ class TokenCache:
 
     async def _load(self, key: str, loader: Callable[[], Awaitable[Any]]) -> _Loaded:
         client = self._client
-        keys = (
-            client.key(SERVICE, key),
-            client.key(SERVICE, f"lock:{key}"),
-            client.key(SERVICE, f"gen:{key}"),
-        )
+        keys = _keys(client, key)
         owner = secrets.token_hex(16)
         lock_ms = ttl_ms(self.lock_ttl)
         loop = asyncio.get_running_loop()

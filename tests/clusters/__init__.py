@@ -1,0 +1,1 @@
+"""Real clusters the cluster tests start from the ``embedded`` extra's binaries."""
