@@ -118,14 +118,17 @@ BEGIN
 END;
 $$;
 
--- Create the month partitions from the current month (UTC) to `months_ahead` months
--- after it that no partition covers yet, and return their names. Rows that landed in
--- events_default meanwhile (no partition was there for them) move to their month's new
--- partition. Called here and by the library (wis2l_core.db.retention).
+-- Create the month partitions (UTC) from the current month to `months_ahead` months after
+-- it, and for every month that has rows in events_default (rows that found no partition:
+-- written with an older created_at, or while no partition was ready), where no partition
+-- covers the month yet; return their names. Such rows move to their month's partition,
+-- so the default partition stays empty and prune can drop them by month. Called here and
+-- by the library (wis2l_core.db.retention).
 CREATE FUNCTION wis2l_events_ensure_partitions(months_ahead int) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
     this_month  timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+    month       timestamp;
     month_start timestamptz;
     month_end   timestamptz;
     part        text;
@@ -134,14 +137,19 @@ BEGIN
         RAISE EXCEPTION 'months_ahead must be 0..120, not %', months_ahead
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOR i IN 0..months_ahead LOOP
-        month_start := (this_month + make_interval(months => i)) AT TIME ZONE 'UTC';
-        month_end := (this_month + make_interval(months => i + 1)) AT TIME ZONE 'UTC';
+    FOR month IN
+        SELECT this_month + make_interval(months => i) FROM generate_series(0, months_ahead) i
+        UNION
+        SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC') FROM events_default
+        ORDER BY 1
+    LOOP
+        month_start := month AT TIME ZONE 'UTC';
+        month_end := (month + interval '1 month') AT TIME ZONE 'UTC';
         CONTINUE WHEN EXISTS (
             SELECT FROM wis2l_events_partitions() p
             WHERE p.upper_bound IS NOT NULL AND p.upper_bound > month_start
               AND (p.lower_bound IS NULL OR p.lower_bound < month_end));
-        part := 'events_p' || to_char(month_start AT TIME ZONE 'UTC', 'YYYYMM');
+        part := 'events_p' || to_char(month, 'YYYYMM');
         IF EXISTS (SELECT FROM events_default
                    WHERE created_at >= month_start AND created_at < month_end) THEN
             -- Take the default partition out, create the month, move its rows over, put
@@ -152,7 +160,8 @@ BEGIN
             EXECUTE format(
                 'WITH moved AS (DELETE FROM events_default'
                 ' WHERE created_at >= %L AND created_at < %L RETURNING *)'
-                ' INSERT INTO %I SELECT * FROM moved', month_start, month_end, part);
+                ' INSERT INTO %I OVERRIDING SYSTEM VALUE SELECT * FROM moved',
+                month_start, month_end, part);
             ALTER TABLE events ATTACH PARTITION events_default DEFAULT;
         ELSE
             EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',

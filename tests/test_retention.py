@@ -1,0 +1,302 @@
+"""Retention of the audit log: month partitions, ``prune_events`` and ``wis2l db prune``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from wis2l_core.cli import main
+from wis2l_core.db.retention import MONTHS_AHEAD, ensure_partitions, prune_events
+from wis2l_core.errors import ValidationError
+
+UTC = datetime.UTC
+DAY = datetime.timedelta(days=1)
+
+# Rows spread evenly over the `months` whole months before the current one (UTC), in
+# month partitions created for them; ids are time-ordered (like uuid7) so the load is
+# fast. Each 7th row is an audit-only record (no subject, never published); every other
+# row is published.
+LOAD = """
+INSERT INTO events (id, type, subsystem, project_id, subject, payload, published_at,
+                    created_at, updated_at)
+SELECT encode(overlay(uuid_send(gen_random_uuid()) PLACING
+                      substring(int8send((extract(epoch FROM ts) * 1000)::bigint) FROM 3)
+                      FROM 1 FOR 6), 'hex')::uuid,
+       'build.progress', 'ignis', NULL,
+       CASE WHEN mod(g, 7) = 0 THEN NULL ELSE 'wis2l.build.progress' END,
+       jsonb_build_object('progress', mod(g, 101), 'note', %(note)s::text),
+       CASE WHEN mod(g, 7) <> 0 THEN ts END, ts, ts
+FROM (SELECT g, %(start)s::timestamptz + (%(end)s::timestamptz - %(start)s::timestamptz)
+                * ((g - 0.5)::float8 / %(n)s::int) AS ts
+      FROM generate_series(1, %(n)s::int) g) x
+"""
+
+
+PENDING = "SELECT count(*) AS n FROM events WHERE published_at IS NULL AND subject IS NOT NULL"
+
+
+def month_start(months_back: int) -> datetime.datetime:
+    now = datetime.datetime.now(UTC)
+    year, month = divmod(now.year * 12 + now.month - 1 - months_back, 12)
+    return datetime.datetime(year, month + 1, 1, tzinfo=UTC)
+
+
+def load(url: str, rows: int, months: int, note: str = "") -> None:
+    """``rows`` events over the ``months`` months before this one, in their partitions."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for back in range(1, months + 1):
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(f"events_p{month_start(back):%Y%m}"),
+                    sql.Literal(month_start(back)),
+                    sql.Literal(month_start(back - 1)),
+                )
+            )
+        conn.execute(
+            LOAD,
+            {"start": month_start(months), "end": month_start(0), "n": rows, "note": note},
+        )
+        conn.execute("ANALYZE events")
+
+
+def keeping(months_back: int) -> datetime.timedelta:
+    """A retention under which the partitions ending by ``month_start(months_back)`` go."""
+    return datetime.datetime.now(UTC) - month_start(months_back) - datetime.timedelta(minutes=1)
+
+
+def query(url: str, text: str, params: Any = None) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn.execute(text, params).fetchall()
+
+
+def partitions(url: str) -> list[str]:
+    return [r["name"] for r in query(url, "SELECT name FROM wis2l_events_partitions()")]
+
+
+def unpublish(url: str, before: datetime.datetime, after: datetime.datetime) -> int:
+    """Mark a few published rows between ``after`` and ``before`` unpublished again."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(
+            "UPDATE events SET published_at = NULL WHERE id IN (SELECT id FROM events"
+            " WHERE created_at >= %s AND created_at < %s AND subject IS NOT NULL LIMIT 3)",
+            (after, before),
+        )
+        return cur.rowcount
+
+
+@pytest.mark.timing
+async def test_prune_drops_old_months_in_well_under_a_second_and_keeps_unpublished(
+    wis2l_database_url: str,
+) -> None:
+    url = wis2l_database_url
+    load(url, 300_000, months=6)
+    assert unpublish(url, month_start(4), month_start(5)) == 3  # 5 months back: kept whole
+    retention = keeping(2)  # partitions 6, 5 (kept: unpublished), 4 and 3 months back
+    before = query(
+        url,
+        "SELECT tableoid::regclass::text AS part, count(*) AS n,"
+        " count(*) FILTER (WHERE published_at IS NULL AND subject IS NOT NULL) AS pending"
+        " FROM events GROUP BY 1",
+    )
+    counts = {r["part"]: r["n"] for r in before}
+    gone = {f"events_p{month_start(b):%Y%m}" for b in (6, 4, 3)}
+    kept_old = f"events_p{month_start(5):%Y%m}"
+    assert sum(counts.values()) == 300_000
+    assert gone | {kept_old} <= set(counts)
+
+    start = time.perf_counter()
+    report = await prune_events(url, retention=retention)
+    elapsed = time.perf_counter() - start
+
+    assert elapsed < 1.0, f"prune took {elapsed:.3f} s"
+    assert {p.name for p in report.removed} == gone
+    assert [p.action for p in report.partitions if p.name == kept_old] == [
+        "kept: unpublished events"
+    ]
+    assert report.ok
+    assert not report.dry_run
+    after = query(
+        url, "SELECT tableoid::regclass::text AS part, count(*) AS n FROM events GROUP BY 1"
+    )
+    assert {r["part"]: r["n"] for r in after} == {p: n for p, n in counts.items() if p not in gone}
+    pending = query(url, PENDING)
+    assert pending == [{"n": 3}]  # every unpublished event is still there
+    assert not set(partitions(url)) & gone
+    # Estimates come from ANALYZE: close to the real counts.
+    for part in report.removed:
+        assert abs(part.rows - counts[part.name]) <= counts[part.name] * 0.1
+        assert part.bytes > 0
+
+    # Once the relay publishes them, the kept month goes on the next run.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE events SET published_at = now()"
+            " WHERE published_at IS NULL AND subject IS NOT NULL"
+        )
+    again = await prune_events(url, retention=retention)
+    assert [p.name for p in again.removed] == [kept_old]
+
+
+async def test_archive_reads_back_with_pandas_to_exactly_the_removed_rows(
+    wis2l_database_url: str, tmp_path: Path
+) -> None:
+    url = wis2l_database_url
+    tricky = 'quote " backslash \\ \\\\n tab \t newline \n unicode ü€😀 nul-free'
+    load(url, 3_000, months=3, note=tricky)
+    retention = keeping(1)  # the 2 oldest go
+    gone = [f"events_p{month_start(b):%Y%m}" for b in (3, 2)]
+    removed = {part: query(url, f"SELECT to_jsonb(e) AS row FROM {part} e") for part in gone}
+    assert all(len(rows) > 900 for rows in removed.values())
+
+    report = await prune_events(url, retention=retention, archive_dir=tmp_path / "archive")
+
+    assert sorted(p.name for p in report.removed) == sorted(gone)
+    assert sorted(f.name for f in (tmp_path / "archive").iterdir()) == sorted(
+        f"{part}.jsonl.gz" for part in gone
+    )  # no temporary file left behind
+    for part in report.removed:
+        assert part.archive == tmp_path / "archive" / f"{part.name}.jsonl.gz"
+        frame = pd.read_json(part.archive, lines=True, compression="gzip", dtype=False)
+        expected = [r["row"] for r in removed[part.name]]
+        assert part.rows == len(frame) == len(expected)
+        assert list(frame.columns) == list(expected[0])
+        assert frame["payload"].map(lambda p: p["note"]).eq(tricky).all()
+        # Exactly the removed rows, every column, as PostgreSQL rendered them.
+        with gzip.open(part.archive, "rt", encoding="utf-8") as lines:
+            archived = [json.loads(line) for line in lines]
+        key = lambda row: row["seq"]  # noqa: E731
+        assert sorted(archived, key=key) == sorted(expected, key=key)
+        assert pd.to_datetime(
+            frame["created_at"], utc=True, format="ISO8601"
+        ).min() >= pd.Timestamp(part.lower or month_start(99))
+    assert query(url, "SELECT count(*) AS n FROM events") == [
+        {"n": 3_000 - sum(len(r) for r in removed.values())}
+    ]
+
+
+async def test_a_failed_archive_drops_nothing(wis2l_database_url: str, tmp_path: Path) -> None:
+    url = wis2l_database_url
+    load(url, 500, months=2)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(FileExistsError):
+        await prune_events(url, retention=keeping(0), archive_dir=blocker)
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 500}]
+
+
+async def test_dry_run_changes_nothing(wis2l_database_url: str) -> None:
+    url = wis2l_database_url
+    load(url, 2_000, months=2)
+    names = partitions(url)
+    report = await prune_events(url, retention=keeping(0), dry_run=True)
+    assert [p.action for p in report.removed] == ["would drop", "would drop"]
+    assert report.created == ()
+    assert partitions(url) == names
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 2_000}]
+
+
+async def test_a_busy_table_is_reported_and_left_for_the_next_run(wis2l_database_url: str) -> None:
+    url = wis2l_database_url
+    load(url, 200, months=1)
+    with psycopg.connect(url) as holder:  # a long transaction that read events
+        holder.execute("SELECT count(*) FROM events").fetchone()
+        report = await prune_events(url, retention=keeping(0), lock_timeout=0.2)
+        assert [p.action for p in report.partitions] == ["busy"]
+        assert not report.ok
+        holder.rollback()
+    report = await prune_events(url, retention=keeping(0))
+    assert [p.action for p in report.partitions] == ["dropped"]
+
+
+async def test_retention_must_be_positive(wis2l_database_url: str) -> None:
+    with pytest.raises(ValidationError):
+        await prune_events(wis2l_database_url, retention=datetime.timedelta(0))
+
+
+async def test_ensure_partitions_moves_rows_out_of_the_default_partition(
+    wis2l_database_url: str,
+) -> None:
+    url = wis2l_database_url
+    later = month_start(-(MONTHS_AHEAD + 2)) + DAY  # beyond the partitions made ahead
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events (type, subsystem, created_at) VALUES ('a', 'ignis', %s),"
+            " ('b', 'ignis', %s)",
+            (later, month_start(14) + DAY),
+        )
+    assert query(url, "SELECT count(*) AS n FROM events_default") == [{"n": 2}]
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        created = await ensure_partitions(conn, months_ahead=MONTHS_AHEAD)
+        assert created == [f"events_p{month_start(14):%Y%m}", f"events_p{later:%Y%m}"]
+        assert await ensure_partitions(conn) == []
+        with pytest.raises(ValidationError):
+            await ensure_partitions(conn, months_ahead=-1)
+    assert query(url, "SELECT count(*) AS n FROM events_default") == [{"n": 0}]
+    assert query(
+        url, "SELECT tableoid::regclass::text AS part, type FROM events ORDER BY type"
+    ) == [
+        {"part": f"events_p{later:%Y%m}", "type": "a"},
+        {"part": f"events_p{month_start(14):%Y%m}", "type": "b"},
+    ]
+
+
+def test_cli_prune(
+    wis2l_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = wis2l_database_url
+    load(url, 1_000, months=2)
+    monkeypatch.delenv("WIS2L_EVENTS_RETENTION", raising=False)
+    base = ["db", "prune", "--database-url", url]
+
+    assert main(base) == 2  # no retention: a usage error, nothing pruned
+    err = capsys.readouterr().err
+    assert "WIS2L_EVENTS_RETENTION" in err
+    assert err.count("\n") == 1
+    assert main([*base, "--retention", "ninety days"]) == 2
+    assert "--retention" in capsys.readouterr().err
+
+    monkeypatch.setenv("WIS2L_EVENTS_RETENTION", f"{int(keeping(0).total_seconds())}s")
+    assert main([*base, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("would drop") == 2
+    assert "would remove 2 partition(s)" in out
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 1_000}]
+
+    assert main([*base, "--archive", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("dropped") == 2
+    assert "removed 2 partition(s)" in out
+    assert len(list(tmp_path.glob("events_p*.jsonl.gz"))) == 2
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 0}]
+    assert main([*base, "--retention", "2w"]) == 0
+    assert "removed 0 partition(s)" in capsys.readouterr().out
+
+
+async def test_prune_and_dry_run_on_an_unmigrated_database(empty_database_url: str) -> None:
+    from wis2l_core.errors import SchemaMissing
+
+    with pytest.raises(SchemaMissing):
+        await prune_events(empty_database_url, retention=DAY)
+    assert (
+        await asyncio.to_thread(
+            main, ["db", "prune", "--retention", "1d", "--database-url", empty_database_url]
+        )
+        == 1
+    )
