@@ -25,6 +25,7 @@ import hmac
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -137,12 +138,11 @@ class DevIssuer:
         if self._server is not None:
             return self
         try:
-            server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler(self))
+            server = _Server(("127.0.0.1", self._port), _handler(self))
         except OSError:
             if not self._port:
                 raise
-            server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        server.daemon_threads = True
+            server = _Server(("127.0.0.1", 0), _handler(self))
         self._server = server
         self._port = server.server_address[1]
         self._issuer = f"http://127.0.0.1:{self._port}"
@@ -430,6 +430,15 @@ class DevIssuer:
             with contextlib.suppress(ValueError):
                 self._port = int(self._issuer.rsplit(":", 1)[1])
         self._keys = list(KeySet.import_key_set(data["keys"]).keys)  # type: ignore[arg-type]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that hung up (a verifier's timeout) is not news
+        super().handle_error(request, client_address)
 
 
 def _handler(issuer: DevIssuer) -> type[BaseHTTPRequestHandler]:
