@@ -28,12 +28,14 @@ import secrets
 import sys
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from joserfc import jwt
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, KeyParameters, KeySet, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
@@ -327,7 +329,9 @@ class DevIssuer:
     ) -> str:
         """Sign ``claims`` with ``key`` (its ``kid`` goes in the header)."""
         head: dict[str, Any] = {"alg": alg, "kid": key.kid, **(header or {})}
-        return jwt.encode(head, claims, key, algorithms=[alg])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SecurityWarning)  # RFC 9864 renames EdDSA
+            return jwt.encode(head, claims, key, algorithms=[alg])
 
     def _by_kid(self, kid: str) -> AnyKey:
         with self._lock:
