@@ -225,13 +225,14 @@ class ValkeyCluster(_Servers):
                 f"{replica.name} replicating",
             )
         self.wait_ok()
-        wait_for(self._replicas_synced, _START_TIMEOUT, "replicas in sync")
+        wait_for(self.replicas_synced, _START_TIMEOUT, "replicas in sync")
 
     @staticmethod
     def _known(node: ValkeyNode) -> list[str]:
         return [line for line in node.command("CLUSTER", "NODES").decode().splitlines() if line]
 
-    def _replicas_synced(self) -> bool:
+    def replicas_synced(self) -> bool:
+        """True when each running replica's link is up and there are ``masters`` masters."""
         roles = [_replication(n) for n in self.live()]
         if any(r["role"] == "slave" and r.get("master_link_status") != "up" for r in roles):
             return False

@@ -29,6 +29,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     ClusterDownError,
+    MaxConnectionsError,
     NoScriptError,
     ReadOnlyError,
     RedisClusterException,
@@ -65,7 +66,8 @@ _OUTAGE_ERRORS = (
 """Errors that mean Redis is down, slow or failing over (they open the breaker): a lost
 connection, a timeout, ``CLUSTERDOWN``, a slot with no master, a write sent to a server
 that became a replica. Any other ``RedisError`` is about one command or key
-(``WRONGTYPE``, ``OOM``) and does not."""
+(``WRONGTYPE``, ``OOM``), or a burst over a cluster node's ``max_connections``
+(``MaxConnectionsError``), and does not."""
 
 _ERROR_LOG_INTERVAL = 10.0
 
@@ -174,6 +176,10 @@ class RedisClient:
     _redis: Redis | None = attrs.field(default=None, init=False, repr=False)
     _sentinel: Sentinel | None = attrs.field(default=None, init=False, repr=False)
     _mode: str = attrs.field(default="standalone", init=False, repr=False)
+    _errors: tuple[type[BaseException], ...] = attrs.field(
+        default=REDIS_ERRORS, init=False, repr=False
+    )
+    _cold: asyncio.Lock | None = attrs.field(default=None, init=False, repr=False)
     _down_until: float = attrs.field(default=0.0, init=False, repr=False)
     _outage_started: float | None = attrs.field(default=None, init=False, repr=False)
     _last_error_log: float = attrs.field(default=-_ERROR_LOG_INTERVAL, init=False, repr=False)
@@ -253,6 +259,14 @@ class RedisClient:
         self._redis = cast("Redis", built.redis)
         self._sentinel = built.sentinel
         self._mode = built.mode
+        if built.mode == "cluster":
+            # redis-py 8.1's RedisCluster can hand a task a node connection that another
+            # task's first slot-map load just closed: the command then fails with an
+            # AttributeError (its writer is None) instead of a RedisError. Load the map
+            # once before the first command (``_cold``), and treat that error like a lost
+            # connection, so the caches still fail open if it recurs during a failover.
+            self._errors = (*REDIS_ERRORS, AttributeError)
+            self._cold = asyncio.Lock()
         logger.debug(
             "redis client open",
             extra={"redis_url": redact_url(s.redis_url), "redis_mode": built.mode},
@@ -262,6 +276,7 @@ class RedisClient:
         """Close every pooled connection. Idempotent; the client can be opened again."""
         redis, self._redis = self._redis, None
         sentinel, self._sentinel = self._sentinel, None
+        self._errors, self._cold = REDIS_ERRORS, None
         self._down_until = 0.0
         self._outage_started = None
         for closing in (redis, sentinel):
@@ -300,7 +315,7 @@ class RedisClient:
             else:
                 roles = [await _role(redis)]
                 servers = [_address(redis)]
-        except REDIS_ERRORS as exc:
+        except self._errors as exc:
             self.report_failure(exc, op="ping")
             raise ServiceUnavailable(f"redis did not answer: {exc}", service="redis") from exc
         if self._outage_started is not None:
@@ -356,8 +371,10 @@ class RedisClient:
         task = asyncio.current_task()
         cancels = task.cancelling() if task is not None else 0
         try:
+            if self._cold is not None:
+                await self._warm_up()
             result = await command(redis, *args, **kwargs)
-        except REDIS_ERRORS as exc:
+        except self._errors as exc:
             self.report_failure(exc, op=op)
             if default is _STRICT:
                 raise ServiceUnavailable(f"redis {op} failed: {exc}", service="redis") from exc
@@ -370,6 +387,16 @@ class RedisClient:
             # so stop rather than return as if nothing happened.
             raise asyncio.CancelledError
         return result
+
+    async def _warm_up(self) -> None:
+        """Cluster mode: load the slot map once, before the first command."""
+        lock = self._cold
+        if lock is None:
+            return
+        async with lock:
+            if self._cold is lock and self._redis is not None:
+                await cast("RedisCluster", self._redis).initialize()
+                self._cold = None
 
     async def call_strict(
         self,
@@ -410,7 +437,7 @@ class RedisClient:
         Errors about a single command (``ResponseError``, such as ``WRONGTYPE`` or
         ``OOM``) do not open the breaker; they are logged at most every 10 s.
         """
-        if not isinstance(exc, _OUTAGE_ERRORS):
+        if not isinstance(exc, _OUTAGE_ERRORS) or isinstance(exc, MaxConnectionsError):
             now = time.monotonic()
             if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
                 self._last_error_log = now
