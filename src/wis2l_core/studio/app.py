@@ -56,6 +56,7 @@ __all__ = ["Studio", "create_app"]
 log = logging.getLogger("wis2l_core.studio")
 
 _CATALOG_TTL_S = 10.0
+_MAX_FORM = 2 * 1024 * 1024
 
 
 @attrs.define
@@ -300,11 +301,28 @@ async def _checked_form(request: Request) -> dict[str, str]:
         raise _Refused(403, "the studio is read-only: start it with --write to edit")
     if not _same_origin(request):
         raise _Refused(403, "cross-origin write refused (Origin does not match)")
-    form = await request.form()
-    token = form.get("csrf")
-    if not isinstance(token, str) or not hmac.compare_digest(token, studio.csrf_token):
+    form = await _form(request)
+    token = form.pop("csrf", "")
+    if not hmac.compare_digest(token.encode(), studio.csrf_token.encode()):
         raise _Refused(403, "missing or wrong CSRF token: reload the page and try again")
-    return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf"}
+    return form
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (the studio's forms; no multipart)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind != "application/x-www-form-urlencoded":
+        raise _Refused(415, "forms are sent as application/x-www-form-urlencoded")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM:
+            raise _Refused(413, f"form larger than {_MAX_FORM // 1024} KiB")
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise _Refused(400, "form is not UTF-8") from exc
+    return dict(pairs)
 
 
 class _Refused(Exception):

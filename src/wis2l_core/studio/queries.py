@@ -159,16 +159,22 @@ def _after(
     col = table.column(sort)
     nullable = col is not None and not col.notnull
     sort_id = sql.Identifier(sort)
-    if value is None:  # the cursor is in the NULLs, which come last
-        params.extend(key_vals)
-        return sql.SQL("({} IS NULL AND ({}) {} ({}))").format(sort_id, key_ids, op, key_ph)
     if not nullable:
         params.append(value)
         params.extend(key_vals)
         return sql.SQL("({}, {}) {} (%s, {})").format(sort_id, key_ids, op, key_ph)
+    # PostgreSQL's default order, which an index scan gives in both directions: NULLs
+    # last going up, first going down.
+    if value is None:
+        params.extend(key_vals)
+        after_nulls = sql.SQL(" OR {} IS NOT NULL").format(sort_id) if desc else sql.SQL("")
+        return sql.SQL("(({} IS NULL AND ({}) {} ({})){})").format(
+            sort_id, key_ids, op, key_ph, after_nulls
+        )
     params.extend([value, value, *key_vals])
-    return sql.SQL("({} {} %s OR ({} = %s AND ({}) {} ({})) OR {} IS NULL)").format(
-        sort_id, op, sort_id, key_ids, op, key_ph, sort_id
+    nulls = sql.SQL("") if desc else sql.SQL(" OR {} IS NULL").format(sort_id)
+    return sql.SQL("({} {} %s OR ({} = %s AND ({}) {} ({})){})").format(
+        sort_id, op, sort_id, key_ids, op, key_ph, nulls
     )
 
 
@@ -190,7 +196,8 @@ async def fetch_page(
         filters: ANDed together.
         sort: an indexed column (ties and the rest in primary-key order), or ``None`` for
             primary-key order.
-        desc: descending instead of ascending (NULLs last either way).
+        desc: descending instead of ascending (NULLs last going up, first going down:
+            PostgreSQL's default, so an index serves both directions).
         after: the previous page's ``next_cursor``.
         limit: rows per page, 1..500.
 
@@ -209,12 +216,7 @@ async def fetch_page(
         values = decode_cursor(after, sort, desc, len(keys))
         where.append(_after(table, keys, values, desc, params))
     direction = sql.SQL(" DESC" if desc else "")
-    order = sql.SQL(", ").join(
-        sql.SQL("{}{}{}").format(
-            sql.Identifier(k), direction, sql.SQL(" NULLS LAST") if i == 0 and sort else sql.SQL("")
-        )
-        for i, k in enumerate(keys)
-    )
+    order = sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(k), direction) for k in keys)
     cursor_cols = sql.SQL(", ").join(
         sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"__k{i}"))
         for i, k in enumerate(keys)
