@@ -15,7 +15,9 @@ For each size N, on the servers of ``WIS2L_TEST_*`` (else an embedded stack):
   bench does) and the table's size on disk (heap, TOAST and indexes) per million rows.
 - **migration** (``--no-migration`` skips it): the same N rows in the table as 0001-0003
   left it, then the wall time of ``apply_migrations`` running 0004 (seconds per million
-  rows).
+  rows). The ``find_by_project_id`` query's p50 (raw, prepared, one held connection) is
+  taken on the one table before and on the partitioned one after, and in the steady
+  state too: a like-for-like comparison on a shared machine.
 
 Rows are written by ``INSERT ... SELECT generate_series`` with time-ordered ids (like the
 uuid7 the library writes), in chunks of 500,000.
@@ -120,6 +122,27 @@ def _load(url: str, rows: int) -> float:
     return time.perf_counter() - start
 
 
+def _page_p50(url: str) -> float:
+    """p50 ms of the ``find_by_project_id`` query (first page of 50, prepared), 300 calls
+    over random projects, on one held connection: the same measure on any schema."""
+    text = query_file("events")["find_by_project_id"].text
+    with psycopg.connect(url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM projects ORDER BY random()")]
+        calls: list[float] = []
+        for i in range(300):
+            start = time.perf_counter()
+            conn.execute(
+                text,
+                {"project_id": ids[i % len(ids)], "after": ZERO, "limit": 50},
+                prepare=True,
+            ).fetchall()
+            calls.append(time.perf_counter() - start)
+    return _ms(calls, 50)
+
+
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
 def _size(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -140,6 +163,7 @@ def _steady(rows: int) -> dict[str, float]:
             _month_partitions(conn, DAYS)
         out["load s"] = _load(url, rows)
         out["MB per 1M events"] = _size(url) / 1e6 / (rows / 1e6)
+        out["page query p50 ms (raw, held conn)"] = _page_p50(url)
         out |= asyncio.run(_reads_and_drain(servers, url, rows))
     return out
 
@@ -201,6 +225,7 @@ def _migration(rows: int) -> dict[str, float]:
         try:
             asyncio.run(apply_migrations(url, directory=old))
             load = _load(url, rows)
+            before = _page_p50(url)
             start = time.perf_counter()
             applied = asyncio.run(apply_migrations(url))
             took = time.perf_counter() - start
@@ -209,12 +234,19 @@ def _migration(rows: int) -> dict[str, float]:
                 row = conn.execute("SELECT count(*) FROM events").fetchone()
                 assert row is not None
                 assert row[0] == rows
+            after = _page_p50(url)
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
-    return {"load s": load, "0004 s": took, "0004 s per 1M rows": took / (rows / 1e6)}
+    return {
+        "load s": load,
+        "0004 s": took,
+        "0004 s per 1M rows": took / (rows / 1e6),
+        "page query p50 ms before 0004 (one table)": before,
+        "page query p50 ms after 0004 (events_history)": after,
+    }
 
 
 def main() -> None:
