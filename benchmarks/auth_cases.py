@@ -1,5 +1,8 @@
 """Benchmark cases for identity and access.
 
+- ``token verification (warm keys)``: ``TokenVerifier.verify`` with the keys already
+  fetched vs a bare joserfc verify of the same token with the key in hand
+  (``jwt.decode`` + a ``JWTClaimsRegistry`` with the same rules), RS256 and ES256.
 - ``middleware latency``: what ``AuthMiddleware`` and ``RateLimitMiddleware`` add per
   request over a bare ASGI app, called in-process (no HTTP server: only the middleware's
   own work, plus the Redis round trip of the rate limit). The token is verified with
@@ -19,7 +22,9 @@ from typing import Any
 from benchmarks.env import Env, settings_for
 from benchmarks.harness import Config, Result, Target, measure
 from wis2l_core import AuthMiddleware, RateLimitMiddleware, Wis2l
+from wis2l_core.auth.keys import IssuerKeys
 from wis2l_core.auth.middleware import Message, Receive, Scope, Send
+from wis2l_core.auth.verify import TokenVerifier
 from wis2l_core.dev.issuer import DevIssuer
 
 __all__ = ["CASES", "run"]
@@ -153,8 +158,73 @@ async def ratelimit_round_trips(env: Env, config: Config) -> Result:
     return res
 
 
-CASES: list[Case] = [middleware_latency, ratelimit_round_trips]
-"""Every auth case, in the order :func:`run` runs them (token verification adds its own)."""
+VERIFY_TARGET = 1.10
+
+
+async def token_verification(env: Env, config: Config) -> Result:
+    """``TokenVerifier.verify`` (warm keys) vs ``joserfc.jwt.decode`` + claims check."""
+    from joserfc import jwt
+    from joserfc.jwt import JWTClaimsRegistry
+
+    res = Result("token verification (warm keys)")
+    with DevIssuer(algorithms=("RS256", "ES256")) as issuer:
+        keys = IssuerKeys(issuer.issuer, development=True)
+        verifier = TokenVerifier(keys, audience=issuer.audience)
+        try:
+            await keys.refresh()
+            for alg in ("RS256", "ES256"):
+                token = issuer.mint(sub="bench", email="b@bench.io", name="B", ttl=3600, alg=alg)
+                kid = issuer._signing_key(alg).kid
+                key = keys.cached(kid, alg)
+                assert key is not None
+                registry = JWTClaimsRegistry(
+                    leeway=60,
+                    iss={"essential": True, "value": issuer.issuer},
+                    aud={"essential": True, "value": issuer.audience},
+                    sub={"essential": True},
+                    exp={"essential": True},
+                )
+
+                async def library(token: str = token) -> object:
+                    return await verifier.verify(token)
+
+                async def bare(
+                    token: str = token,
+                    key: Any = key,
+                    alg: str = alg,
+                    registry: JWTClaimsRegistry = registry,
+                ) -> object:
+                    claims = jwt.decode(token, key, algorithms=[alg]).claims
+                    registry.validate(claims)
+                    return claims
+
+                ops = await measure(
+                    {f"library {alg}": library, f"bare joserfc {alg}": bare},
+                    iterations=config.n(400),
+                    config=config,
+                )
+                res.ops.update(ops)
+                ratio = res.ratio(f"{alg} library / bare", f"library {alg}", f"bare joserfc {alg}")
+                res.targets.append(
+                    Target(
+                        f"{alg} ratio vs bare joserfc",
+                        ratio,
+                        VERIFY_TARGET,
+                        "<=",
+                        ratio=f"{alg} library / bare",
+                    )
+                )
+        finally:
+            await keys.aclose()
+    res.notes = (
+        "RSA 2048 and P-256 keys from a local DevIssuer; keys fetched once before timing; "
+        "bare: jwt.decode + JWTClaimsRegistry.validate with the key in hand"
+    )
+    return res
+
+
+CASES: list[Case] = [token_verification, middleware_latency, ratelimit_round_trips]
+"""Every auth case, in the order :func:`run` runs them."""
 
 
 async def run(env: Env, config: Config) -> list[Result]:

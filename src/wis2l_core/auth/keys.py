@@ -105,6 +105,8 @@ class _Held:
     unnamed: tuple[Key, ...]
     fresh_until: float
     usable_until: float
+    fits: dict[tuple[str | None, str], Key] = attrs.field(factory=dict)
+    """(kid, alg) -> key, for the pairs already looked up and found (the warm path)."""
 
 
 @attrs.define(eq=False)
@@ -328,6 +330,15 @@ def _parse(jwks: Any, ttl: float, stale_for: float) -> _Held:
 
 
 def _pick(held: _Held, kid: str | None, alg: str) -> Key | None:
+    found = held.fits.get((kid, alg))
+    if found is None:
+        found = _choose(held, kid, alg)
+        if found is not None:
+            held.fits[(kid, alg)] = found  # at most (keys x algorithms) entries
+    return found
+
+
+def _choose(held: _Held, kid: str | None, alg: str) -> Key | None:
     if kid is not None:
         key = held.by_kid.get(kid)
         return key if key is not None and key_matches(key, alg) else None

@@ -36,6 +36,8 @@ __all__ = ["MAX_TOKEN_BYTES", "TokenVerifier"]
 MAX_TOKEN_BYTES = 16 * 1024
 """A longer token is refused before it is parsed."""
 
+_HEADER_MEMO = 64
+"""Distinct token headers remembered (then the memo starts again)."""
 _NEVER = frozenset({"none", "HS256", "HS384", "HS512"})
 
 
@@ -92,6 +94,7 @@ class TokenVerifier:
         self.audience = audience
         self.algorithms = frozenset(a for a in algorithms if a not in _NEVER)
         self.leeway = int(leeway)
+        self._headers: dict[str, tuple[str, str | None]] = {}
         self._registry = JWTClaimsRegistry(
             leeway=self.leeway,
             iss={"essential": True, "value": self.issuer},
@@ -107,6 +110,17 @@ class TokenVerifier:
             Unauthenticated: the token is refused (the message says why).
             ServiceUnavailable: the issuer's keys cannot be had.
         """
+        head = token.partition(".")[0] if isinstance(token, str) else ""
+        seen = self._headers.get(head)
+        if seen is None or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+            seen = self._header(token)
+        alg, kid = seen
+        key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
+        return self.check(token, key, alg)
+
+    def _header(self, token: str) -> tuple[str, str | None]:
+        """``(alg, kid)`` of an acceptable header; remembered by its encoded form, since
+        an issuer's tokens share a handful of headers (a bounded memo)."""
         header = read_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
@@ -114,8 +128,10 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise Unauthenticated("malformed token: kid is not a string")
-        key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
-        return self.check(token, key, alg)
+        if len(self._headers) >= _HEADER_MEMO:
+            self._headers.clear()
+        self._headers[token.partition(".")[0]] = (alg, kid)
+        return alg, kid
 
     def check(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         """Steps 4 and 5 with a chosen key (no I/O)."""
