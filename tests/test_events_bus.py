@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
@@ -24,7 +25,7 @@ from tests.helpers import eventually, make_project
 
 from wis2l_core.cli import main
 from wis2l_core.config import Settings
-from wis2l_core.errors import ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events import (
     CATALOGUE,
     BuildCompleted,
@@ -98,9 +99,28 @@ async def test_open_updates_a_drifted_stream_and_keeps_its_messages(
         await drop_stream(wis2l_settings)
 
 
+async def test_replicas_above_one_on_a_single_server_is_a_config_error(
+    wis2l_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = EventBus(attrs.evolve(wis2l_settings, stream_replicas=3))
+    try:
+        await bus.open()  # logs, does not raise: the operator must fix the setting
+        assert not bus.ready
+        assert "WIS2L_STREAM_REPLICAS=3 needs a NATS cluster" in caplog.text
+        with pytest.raises(ConfigError) as exc:
+            await bus.ensure_stream()
+        assert exc.value.variable == "WIS2L_STREAM_REPLICAS"
+        with pytest.raises(nats.js.errors.NotFoundError):  # nothing half-made
+            await bus.jetstream.stream_info(wis2l_settings.stream_name)
+    finally:
+        await bus.close(1)
+        await drop_stream(wis2l_settings)
+
+
 async def test_open_creates_the_stream_and_ping_sees_it_go(bus: EventBus) -> None:
     info = await bus.jetstream.stream_info(bus.settings.stream_name)
     assert info.config.storage == StorageType.FILE
+    assert info.config.num_replicas == 1  # WIS2L_STREAM_REPLICAS' default
     assert info.config.subjects == [f"{bus.namespace}.>"]
     await bus.ping()
     await bus.jetstream.delete_stream(bus.settings.stream_name)

@@ -10,20 +10,23 @@ the kill (the stall) is printed, for docs/operations.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import attrs
 import nats
+import nats.js.errors
 import pytest
 from tests.clusters.nats import NatsCluster, NatsNode
 from tests.helpers import eventually, make_project
 
 from wis2l_core.config import Settings
+from wis2l_core.errors import ServiceUnavailable
 from wis2l_core.events import ComponentCreated, EventBus
 from wis2l_core.runtime import Wis2l
 
@@ -44,9 +47,9 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 @pytest.fixture
-async def settings(cluster: NatsCluster, wis2l_settings: Settings) -> AsyncIterator[Settings]:
+async def settings(cluster: NatsCluster, wis2l_settings: Settings) -> Settings:
     await cluster.wait_jetstream()
-    yield attrs.evolve(wis2l_settings, nats_urls=tuple(cluster.urls), stream_replicas=3)
+    return attrs.evolve(wis2l_settings, nats_urls=tuple(cluster.urls), stream_replicas=3)
 
 
 @attrs.define
@@ -63,7 +66,8 @@ class Outcome:
 
 async def _connected_node(bus: EventBus, cluster: NatsCluster) -> NatsNode:
     nc = bus._nc
-    assert nc is not None and nc.connected_url is not None
+    assert nc is not None
+    assert nc.connected_url is not None
     return cluster.node(f":{nc.connected_url.port}")
 
 
@@ -89,7 +93,10 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
         elif victim == "follower":  # one the app is not connected to, if there is one
             followers = await cluster.stream_followers(stream)
             node = next((f for f in followers if f is not own), followers[0])
-        else:
+        else:  # the app's own server, and not the leader (that is the first case)
+            if own is leader:
+                await cluster.move_leader(stream, away_from=own)
+                leader = await cluster.stream_leader(stream)
             node = own
         killed_at = restarted_at = 0.0
         restart: asyncio.Task[None] | None = None
@@ -130,7 +137,7 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
             await nc.close()
     times = sorted(t for _, t in arrivals)
     around = [t for t in times if t >= killed_at - 0.5]
-    gaps = [b - a for a, b in zip(around, around[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(around)]
     after = [t for t in times if t > killed_at]
     return Outcome(
         victim=f"{victim} ({node.name})",
@@ -158,3 +165,73 @@ async def test_no_event_is_lost_or_doubled_when_a_node_dies(
     assert outcome.event_ids == WRITES  # one event id per write
     assert outcome.in_stream == WRITES  # stored once each: the duplicate window held
     assert took < 60
+
+
+async def test_replicas_are_raised_never_lowered_and_consumers_follow(
+    cluster: NatsCluster, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = settings.stream_name
+    caplog.set_level(logging.INFO, logger="wis2l_core.events")
+    got: list[uuid.UUID] = []
+
+    async def handler(event: ComponentCreated) -> None:
+        got.append(event.id)
+
+    async def open_bus(replicas: int, *, subscribe: bool = False) -> EventBus:
+        bus = EventBus(attrs.evolve(settings, stream_replicas=replicas))
+        if subscribe:
+            bus.subscribe(ComponentCreated, handler, durable="follow")
+        await bus.open(require=True)
+        await bus.start_subscribers()
+        return bus
+
+    # made with one replica, and a consumer on it
+    bus = await open_bus(1, subscribe=True)
+    consumer = "follow-component-created"
+    await eventually(lambda: _has_consumer(bus, stream, consumer), timeout=20)
+    assert (await cluster.stream_info(stream)).config.num_replicas == 1
+    await bus.close(1)
+
+    # WIS2L_STREAM_REPLICAS=3: raised in place; the consumer follows the stream
+    bus = await open_bus(3, subscribe=True)
+    assert "raised stream" in caplog.text
+    info = await cluster.stream_info(stream)
+    assert info.config.num_replicas == 3
+    assert info.cluster is not None
+    assert len(info.cluster.replicas or []) == 2
+
+    async def consumer_replicated() -> bool:
+        ci = await bus.jetstream.consumer_info(stream, consumer)
+        return ci.cluster is not None and len(ci.cluster.replicas or []) == 2
+
+    await eventually(consumer_replicated, timeout=20)
+    await bus.close(1)
+
+    # a lower setting never lowers the stream: it is kept, and logged
+    caplog.clear()
+    bus = await open_bus(1)
+    assert bus.ready
+    assert (await cluster.stream_info(stream)).config.num_replicas == 3
+    assert "has 3 replicas, more than WIS2L_STREAM_REPLICAS=1: kept" in caplog.text
+    await bus.close(1)
+
+    # more than the cluster can place: logged, the stream keeps working with 3
+    caplog.clear()
+    bus = await open_bus(5)
+    assert bus.ready
+    assert "cannot raise stream" in caplog.text
+    assert (await cluster.stream_info(stream)).config.num_replicas == 3
+    await bus.jetstream.delete_stream(stream)
+
+    # ...and a new stream the cluster cannot place is a clear ServiceUnavailable
+    with pytest.raises(ServiceUnavailable, match="5 replica"):
+        await bus.ensure_stream()
+    await bus.close(1)
+
+
+async def _has_consumer(bus: EventBus, stream: str, consumer: str) -> bool:
+    try:
+        await bus.jetstream.consumer_info(stream, consumer)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True

@@ -134,16 +134,17 @@ class NatsCluster:
         if node.running:
             return
         node.store.mkdir(parents=True, exist_ok=True)
-        node.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+        node.process = subprocess.Popen(
             self._argv(node), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             if node.process.poll() is not None:
                 raise RuntimeError(f"nats-server {node.name} exited; see {node.log}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", node.port), timeout=0.5
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", node.port), timeout=0.5) as sock,
+            ):
                 if sock.recv(7).startswith(b"INFO"):
                     return
             if time.monotonic() > deadline:
@@ -205,8 +206,23 @@ class NatsCluster:
     async def stream_leader(self, stream: str) -> NatsNode:
         """The node that leads ``stream`` now."""
         info = await self.stream_info(stream)
-        assert info.cluster is not None and info.cluster.leader is not None
+        assert info.cluster is not None
+        assert info.cluster.leader is not None
         return self.node(info.cluster.leader)
+
+    async def move_leader(self, stream: str, away_from: NatsNode, timeout: float = 15.0) -> None:
+        """Ask ``stream``'s leader to step down until ``away_from`` no longer leads it."""
+        deadline = time.monotonic() + timeout
+        nc = await nats.connect(self.urls, connect_timeout=2)
+        try:
+            while (await self.stream_leader(stream)) is away_from:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{away_from.name} still leads {stream}")
+                with contextlib.suppress(Exception):
+                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=2)
+                await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
 
     async def stream_followers(self, stream: str) -> list[NatsNode]:
         """The nodes that hold a replica of ``stream`` but do not lead it."""

@@ -41,6 +41,9 @@ API_TIMEOUT = 5.0
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
 _TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_ELECTION_PROBE = 1.0
+"""Seconds a replicated stream's info may take in :meth:`EventBus.ensure_stream`: while
+the stream elects a leader nobody answers, and its callers (the relay) retry sooner."""
 _NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
 _NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
@@ -112,6 +115,7 @@ class EventBus:
         self.namespace = settings.namespace
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._probe: JetStreamContext | None = None
         self._subscribers: list[Subscriber[DomainEvent]] = []
         self._opened = False
         self._closing = False
@@ -240,7 +244,7 @@ class EventBus:
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         await asyncio.gather(*(s.stop(limit) for s in self._subscribers))
         await cancel_and_wait(*(t for t in (self._connect_task, self._setup_task) if t))
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._probe = self._nc, None, None, None
         if nc is not None:
             try:
                 if nc.is_connected:
@@ -273,6 +277,7 @@ class EventBus:
             reconnected_cb=self._on_reconnected,
         )
         self._js = nc.jetstream(timeout=API_TIMEOUT)
+        self._probe = nc.jetstream(timeout=_ELECTION_PROBE)
         self._outage_logged = False
         log.info("connected to NATS", extra={"service": "nats"})
         await self._bring_up()
@@ -349,9 +354,10 @@ class EventBus:
         js = self.jetstream
         want = self.stream_config()
         name = self.settings.stream_name
+        probe = self._probe if self._probe is not None and want.num_replicas != 1 else js
         try:
             try:
-                info = await js.stream_info(name)
+                info = await probe.stream_info(name)
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(want)
@@ -361,6 +367,7 @@ class EventBus:
                         want.num_replicas,
                         extra={"stream": name},
                     )
+                    await self._until_led(js)
                     return
                 except nats.js.errors.APIError as exc:
                     self._refused(exc)
@@ -385,6 +392,19 @@ class EventBus:
             raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
         except ValueError as exc:  # nats-py checks names before sending
             raise ConfigError(f"nats: stream {name}: {exc}", variable="WIS2L_STREAM") from exc
+
+    async def _until_led(self, js: JetStreamContext) -> None:
+        """Wait (up to ``API_TIMEOUT``) until a new replicated stream has elected its
+        leader: until then JetStream answers its publishes with "no responders"."""
+        if self.settings.stream_replicas == 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + API_TIMEOUT
+        while loop.time() < deadline:
+            info = await js.stream_info(self.settings.stream_name)
+            if info.cluster is None or info.cluster.leader:
+                return
+            await asyncio.sleep(0.05)
 
     async def _reconcile_replicas(self, js: JetStreamContext, have: StreamConfig) -> None:
         """Raise the stream's replicas to ``stream_replicas``; never lower them."""

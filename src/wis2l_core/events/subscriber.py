@@ -50,6 +50,8 @@ DLQ_HEADERS = (
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _FETCH_WAIT = 5.0
+_ELECTION_POLL = 0.5  # seconds between fetches while a consumer has no leader
+_ELECTION_GRACE = 15.0  # after that long without a leader, create the consumer again
 _STREAM_NOT_FOUND = 10059
 
 
@@ -200,6 +202,7 @@ class Subscriber(Generic[E]):
         psub: JetStreamContext.PullSubscription | None = None
         generation = -1
         backoff = Backoff.reconnect()
+        leaderless = _Leaderless(self.options.consumer)
         try:
             while True:
                 # nats-py turns a cancellation inside its requests into a timeout, which
@@ -209,15 +212,9 @@ class Subscriber(Generic[E]):
                 await self.bus.wait_ready()
                 if psub is None or generation != self.bus.generation:
                     await _unsubscribe(psub)
-                    psub = None
-                    try:
-                        generation = self.bus.generation
-                        psub = await self._bind()
-                    except Exception as exc:  # the loop must outlive any one failure
-                        log.warning("cannot create consumer %s: %s", self.options.consumer, exc)
-                        if _stream_missing(exc):  # deleted under us: make it again
-                            with contextlib.suppress(ServiceUnavailable):
-                                await self.bus.ensure_stream()
+                    generation = self.bus.generation
+                    psub = await self._try_bind()
+                    if psub is None:
                         await asyncio.sleep(backoff.next())
                         continue
                 await self._wait_for_slot()
@@ -232,11 +229,14 @@ class Subscriber(Generic[E]):
                         raise
                     continue  # interrupted: the connection came back, re-create the consumer
                 except Exception as exc:
+                    if await leaderless.waited(exc):
+                        continue  # the consumer is kept: it comes back with its new leader
                     log.warning("fetch from %s failed: %s", self.options.consumer, exc)
                     await _unsubscribe(psub)
                     psub = None
                     await asyncio.sleep(backoff.next())
                     continue
+                leaderless.served()
                 backoff.reset()
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
@@ -264,6 +264,17 @@ class Subscriber(Generic[E]):
             return fetching.result()
         finally:
             self._fetching = None
+
+    async def _try_bind(self) -> JetStreamContext.PullSubscription | None:
+        """:meth:`_bind`, or ``None`` (logged) when it failed."""
+        try:
+            return await self._bind()
+        except Exception as exc:  # the loop must outlive any one failure
+            log.warning("cannot create consumer %s: %s", self.options.consumer, exc)
+            if _stream_missing(exc):  # deleted under us: make it again
+                with contextlib.suppress(ServiceUnavailable):
+                    await self.bus.ensure_stream()
+            return None
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         js = self.bus.jetstream
@@ -405,6 +416,50 @@ class Subscriber(Generic[E]):
             await msg.term()
         except Exception as term_exc:  # redelivered later; its DLQ copy is de-duplicated
             log.warning("term failed: %s", term_exc)
+
+
+class _Leaderless:
+    """Waits out a consumer's leader election instead of re-creating the consumer.
+
+    When the server that led a replicated consumer dies, its fetches get "no responders"
+    (or JetStream's 503) until the other replicas elect a leader, usually within seconds.
+    The consumer itself is fine, so the subscriber keeps it and asks again every half
+    second. After ``_ELECTION_GRACE`` seconds of that the consumer may be gone instead
+    (deleted by hand), and the caller creates it again.
+    """
+
+    def __init__(self, consumer: str) -> None:
+        self.consumer = consumer
+        self.since: float | None = None
+        self.backoff = Backoff(initial=0.1, cap=_ELECTION_POLL, jitter=0.2)
+
+    async def waited(self, exc: BaseException) -> bool:
+        """Sleep and return True if ``exc`` says "no leader yet" within the grace period."""
+        if not _electing(exc):
+            return False
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+            log.info("consumer %s has no leader (NATS is electing one); waiting", self.consumer)
+        elif now - self.since > _ELECTION_GRACE:
+            self.since = None
+            self.backoff.reset()
+            return False
+        await asyncio.sleep(self.backoff.next())
+        return True
+
+    def served(self) -> None:
+        """A fetch worked: the election (if any) is over."""
+        if self.since is not None:
+            self.since = None
+            log.info("consumer %s is served again", self.consumer)
+        self.backoff.reset()
+
+
+def _electing(exc: BaseException) -> bool:
+    """True for the answers a consumer gives while its replicas elect a leader: no
+    responders (503) or JetStream's "temporarily unavailable"."""
+    return isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError)
 
 
 def _stream_missing(exc: BaseException) -> bool:
