@@ -10,15 +10,31 @@ Latency: with the runtime's relay running, ``components.create`` is called at a 
 200 per second; a plain NATS subscription on the event's subject records when each
 ``ComponentCreated`` arrives. Latency = arrival - the moment ``create()`` returned
 (i.e. after the commit).
+
+Partitioned relays: 1, 2 and 4 relay *processes* (tests/outbox_relay_worker.py, 16
+partitions, batches of 1,000) with the runtime's relay stopped. Once every process sees
+the others, a backlog spread over 64 projects is committed at once and timed until the
+last row is marked; each process reports what it published and the CPU it used, and the
+CPU of the machine's postgres and nats-server processes is read from /proc over the same
+interval, which shows where the time goes. Then the latency case again, with 4 relay
+processes publishing and the writes spread over the 64 projects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import nats
@@ -109,9 +125,11 @@ async def throughput(env: Env, config: Config) -> Result:
     return res
 
 
-async def latency(env: Env, config: Config) -> Result:
-    """Commit-to-delivery latency at 200 events/s."""
-    res = Result("outbox commit-to-delivery @200/s")
+async def latency(
+    env: Env, config: Config, projects: list[UUID] | None = None, name: str = ""
+) -> Result:
+    """Commit-to-delivery latency at 200 events/s (over ``projects`` in turn if given)."""
+    res = Result(f"outbox commit-to-delivery @200/s{name}")
     rate, seconds = 200, (0.5 if config.quick else 5.0)
     total = int(rate * seconds)
     committed: dict[UUID, float] = {}
@@ -126,7 +144,7 @@ async def latency(env: Env, config: Config) -> Result:
     nc = await nats.connect(list(env.settings.nats_urls))
     sub = await nc.subscribe(env.wis.bus.subject(ComponentCreated), cb=on_msg)
     await nc.flush()
-    pid = env.project_id
+    pids = projects or [env.project_id]
     try:
         begin = time.perf_counter()
         for i in range(total):
@@ -134,7 +152,7 @@ async def latency(env: Env, config: Config) -> Result:
             if pause > 0:
                 await asyncio.sleep(pause)
             made = await env.wis.components.create(
-                project_id=pid, name="Lat", language="lua", code="print(1)"
+                project_id=pids[i % len(pids)], name="Lat", language="lua", code="print(1)"
             )
             committed[made.id] = time.perf_counter()
         achieved = total / (time.perf_counter() - begin)
@@ -160,6 +178,147 @@ async def latency(env: Env, config: Config) -> Result:
     return res
 
 
+WORKER = Path(__file__).resolve().parents[1] / "tests" / "outbox_relay_worker.py"
+RELAY_PROJECTS = 64
+PARTITIONS = 16
+
+
+def _cpu_of(names: set[str]) -> float:
+    """CPU seconds used so far by every process whose command is in ``names``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            if comm in names:
+                fields = text[text.rindex(")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+class _RelayProcesses:
+    """``n`` relay worker processes on the bench's database and stream."""
+
+    def __init__(self, env: Env, n: int, tmp: Path) -> None:
+        self.n, self.tmp = n, tmp
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+        self.env = base | {
+            "DATABASE_URL": env.settings.database_url,
+            "REDIS_URL": env.settings.redis_url,
+            "NATS_URL": ",".join(env.settings.nats_urls),
+            "WIS2L_NAMESPACE": env.settings.namespace,
+            "WIS2L_STREAM": env.settings.stream_name,
+            "WIS2L_OUTBOX_PARTITIONS": str(PARTITIONS),
+            "WIS2L_ENV": "development",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for i in range(self.n):
+            try:
+                out.append(json.loads((self.tmp / f"relay-{i}.json").read_text()))
+            except (OSError, ValueError):
+                out.append({})
+        return out
+
+    def _spawn(self) -> None:
+        for i in range(self.n):
+            args = [str(self.tmp / f"relay-{i}.json"), "10", "1.0", "0", "1000"]
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), *args],
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    async def __aenter__(self) -> _RelayProcesses:
+        self._spawn()
+        deadline = time.monotonic() + 60
+        while not all(s.get("relays") == self.n for s in self.status()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("relay processes did not see each other in 60 s")
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for i in range(self.n):
+            (self.tmp / f"relay-{i}.json").unlink(missing_ok=True)
+
+
+async def _write_spread(env: Env, projects: list[UUID], count: int) -> None:
+    text = query_file("events")["insert_outbox"].text
+    params = [
+        event_params(BuildProgress(project_id=p, build_id=p, progress=i % 101))
+        for i in range(count)
+        for p in [projects[i % len(projects)]]
+    ]
+    async with env.wis.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(text, params)
+
+
+async def _drain_with(env: Env, n: int, projects: list[UUID], count: int, tmp: Path) -> Result:
+    res = Result(f"outbox relays x{n} (processes)")
+    async with _RelayProcesses(env, n, tmp) as relays:
+        before = relays.status()
+        servers_before = _cpu_of({"postgres", "nats-server"})
+        await _write_spread(env, projects, count)
+        start = time.perf_counter()
+        for _ in range(100_000):  # 10 ms polls, up to about 17 minutes
+            if not (await env.wis.relay.backlog()).size:
+                break
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        servers = _cpu_of({"postgres", "nats-server"}) - servers_before
+        await asyncio.sleep(0.2)  # the workers' last status
+        after = relays.status()
+    per = [a["published"] - b["published"] for a, b in zip(after, before, strict=True)]
+    cpu = [a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before, strict=True)]
+    res.values |= {"events/s (all relays)": count / elapsed}
+    for i, (done, used) in enumerate(zip(per, cpu, strict=True)):
+        res.values[f"relay {i} events/s"] = done / elapsed
+        res.values[f"relay {i} CPU (cores)"] = used / elapsed
+    res.values["postgres + nats-server CPU (cores)"] = servers / elapsed
+    res.values["load average (1 min)"] = os.getloadavg()[0]
+    res.notes = (
+        f"{count} rows over {len(projects)} projects, {PARTITIONS} partitions, drained by"
+        f" {n} relay processes (batches of 1,000); CPU over the drain, from os.times() and"
+        " /proc (postgres and nats-server include other databases' work on a shared host)"
+    )
+    return res
+
+
+async def relays(env: Env, config: Config) -> list[Result]:
+    """Throughput with 1, 2 and 4 relay processes, then latency with 4."""
+    count = 2000 if config.quick else 20_000
+    projects = [await env.new_project() for _ in range(RELAY_PROJECTS)]
+    out = []
+    await env.wis.relay.stop(5)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in (1, 2, 4):
+                out.append(await _drain_with(env, n, projects, count, Path(tmp)))
+            async with _RelayProcesses(env, 4, Path(tmp)):
+                out.append(await latency(env, config, projects, name=", 4 relay processes"))
+    finally:
+        await env.wis.relay.start()
+    return out
+
+
 async def run(env: Env, config: Config) -> list[Result]:
     """The outbox cases."""
-    return [await throughput(env, config), await latency(env, config)]
+    return [
+        await throughput(env, config),
+        await latency(env, config),
+        *await relays(env, config),
+    ]

@@ -161,6 +161,11 @@ class OutboxRelay:
         self._last_error: str | None = None
 
     @property
+    def relays(self) -> frozenset[str]:
+        """The ids of the relays this one last saw alive, its own included."""
+        return self._members
+
+    @property
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
         return self._task is not None and not self._task.done()
@@ -311,6 +316,11 @@ class OutboxRelay:
         The next batch is claimed and sent while the previous one's acks are awaited, so
         the database and NATS work overlap. Returns (events marked, whether rows were
         left, the error that stopped it).
+
+        Not in pipeline mode: each statement goes with its Sync, so while the relay waits
+        for NATS its session is "idle in transaction" and the lease's
+        ``idle_in_transaction_session_timeout`` applies (within an unsynced pipeline the
+        session counts as active and a stopped relay would keep its partitions).
         """
         size = self.batch_size
         claim = self._queries["claim"]
@@ -318,7 +328,7 @@ class OutboxRelay:
         started = time.monotonic()
         async with self._db.connection() as conn:
             with map_errors():
-                async with conn.pipeline(), conn.transaction():
+                async with conn.transaction():
                     locked = await _fetch(
                         conn,
                         self._queries["lock_partitions"],
