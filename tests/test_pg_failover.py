@@ -17,9 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from tests.clusters.postgres import PgCluster
 from tests.test_events_outbox import read_all
+
 from wis2l_core import Settings, Wis2l
 from wis2l_core.errors import ServiceUnavailable, Wis2lError
 from wis2l_core.testing.plugin import drop_stream
@@ -153,7 +153,7 @@ async def test_failover_to_a_promoted_standby_loses_no_acknowledged_write(
         first_good,
         promoted_at - promote_at,
     )
-    print(  # noqa: T201 - the figures docs/operations.md quotes
+    print(
         f"FIGURES acked={len(acked)} before_kill={before} failed={len(failures)}"
         f" committed_events={len(committed)} first_good_after_promote_began={first_good:.3f}s"
         f" promote={promoted_at - promote_at:.3f}s"

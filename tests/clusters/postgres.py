@@ -102,7 +102,7 @@ class PgCluster:
             "group": self._run_as[1],
             "extra_groups": self._run_as[2],
         }  # fmt: skip
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
