@@ -31,7 +31,6 @@ from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
     NoScriptError,
-    ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -61,13 +60,13 @@ _OUTAGE_ERRORS = (
     OSError,
     ClusterDownError,
     RedisClusterException,
-    ReadOnlyError,
 )
 """Errors that mean Redis is down, slow or failing over (they open the breaker): a lost
-connection, a timeout, ``CLUSTERDOWN``, a slot with no master, a write sent to a server
-that became a replica. Any other ``RedisError`` is about one command or key
-(``WRONGTYPE``, ``OOM``), or a burst over a cluster node's ``max_connections``
-(``MaxConnectionsError``), and does not."""
+connection, a timeout, ``CLUSTERDOWN``, a slot with no master. Any other ``RedisError``
+is about one command or key and does not: ``WRONGTYPE``, ``OOM``, ``READONLY`` (a write
+sent to a replica: its reads still work; Sentinel and cluster clients reconnect to the
+new master on their own), or a burst over a cluster node's ``max_connections``
+(``MaxConnectionsError``)."""
 
 _ERROR_LOG_INTERVAL = 10.0
 
