@@ -40,7 +40,7 @@ from wis2l_core.errors import (
     Wis2lError,
 )
 from wis2l_core.studio import render, writes
-from wis2l_core.studio.catalog import Catalog, Table, load_catalog
+from wis2l_core.studio.catalog import Catalog, ForeignKey, Table, load_catalog
 from wis2l_core.studio.live import LiveFeed
 from wis2l_core.studio.queries import (
     OPERATORS,
@@ -243,17 +243,33 @@ async def _row_context(
         target = await fetch_related(db, ref, fk.ref_column, value, limit=1)
         outgoing.append((fk, ref, target[0] if target else None))
     incoming = []
-    for fk in catalog.incoming(table):
+    for fk in sorted(catalog.incoming(table), key=_related_order):
         src = catalog.by_name(fk.schema, fk.table)
         value = row.get(fk.ref_column)
         if src is None or value is None:
             continue
-        rows = await fetch_related(db, src, fk.column, value, limit=20)
+        rows = await fetch_related(db, src, fk.column, value, limit=_RELATED)
         incoming.append((fk, src, rows))
     ed = writes.editor(table)
     repo = getattr(studio.wis, ed.repo) if ed is not None else None
     update_fields = writes.fields(table, repo.update) if ed and ed.update and repo else []
-    return {"outgoing": outgoing, "incoming": incoming, "editor": ed, "fields": update_fields}
+    return {
+        "outgoing": outgoing,
+        "incoming": incoming,
+        "editor": ed,
+        "fields": update_fields,
+        "related_limit": _RELATED,
+    }
+
+
+_RELATED = 10
+# The platform's own order on a project's page; other tables follow by name.
+_PREFERRED = ("components", "design_tokens", "builds", "deployments", "events")
+
+
+def _related_order(fk: ForeignKey) -> tuple[int, str, str]:
+    rank = _PREFERRED.index(fk.table) if fk.table in _PREFERRED else len(_PREFERRED)
+    return rank, fk.table, fk.column
 
 
 def _key(request: Request) -> list[str]:

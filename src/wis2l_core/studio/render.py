@@ -65,6 +65,13 @@ def color_of(value: Any) -> str | None:
     return None
 
 
+def _short(value: Any) -> str:
+    """A key short enough for a table cell: UUIDs by their last 8 hex digits (UUIDv7s of
+    one period share their first ones)."""
+    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    return "…" + text[-8:] if len(text) > 12 and "-" in text else text
+
+
 def _json(value: Any) -> Markup:
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
     if isinstance(value, dict):
@@ -106,13 +113,15 @@ def cell(
                 )
         return _json(value)
     if name in table.pk and not full:
-        return Markup('<a href="{}">{}</a>').format(row_url(table, row), str(value)[:8] + "…")
+        return Markup('<a href="{}" title="{}">{}</a>').format(
+            row_url(table, row), value, _short(value)
+        )
     fk = next((f for f in table.fks if f.column == name), None)
     if fk is not None:
         ref = catalog.by_name(fk.ref_schema, fk.ref_table)
         if ref is not None and ref.pk == (fk.ref_column,):
-            return Markup('<a href="{}">{}</a>').format(
-                row_url(ref, {fk.ref_column: value}), str(value)[:8] + "…"
+            return Markup('<a href="{}" title="{}">{}</a>').format(
+                row_url(ref, {fk.ref_column: value}), value, _short(value)
             )
     if name == "progress" and isinstance(value, int):
         return Markup('<progress max="100" value="{0}"></progress> {0}%').format(value)

@@ -44,5 +44,12 @@
       }).catch(function () {});
     }, 5000);
   }
-  document.addEventListener("DOMContentLoaded", function () { startLive(); pollStatus(); });
+  function confirmDeletes() {
+    document.querySelectorAll("form.delete").forEach(function (form) {
+      form.addEventListener("submit", function (e) {
+        if (!window.confirm("Delete this row (through its repository)?")) e.preventDefault();
+      });
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { startLive(); pollStatus(); confirmDeletes(); });
 })();
