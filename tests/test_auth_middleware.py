@@ -517,6 +517,8 @@ def test_configuration_is_checked(wis2l_settings: Settings) -> None:
         RateLimitMiddleware(app, runtime, limit=0, per=1)
     with pytest.raises(ValidationError):
         RateLimitMiddleware(app, runtime, limit=1, per=0)
+    with pytest.raises(ValidationError, match="million"):
+        RateLimitMiddleware(app, runtime, limit=10**9, per=60)
     with pytest.raises(ConfigError):
         RateLimitMiddleware(app, runtime, limit=1, per=1, policy='a"b')
     with pytest.raises(ConfigError):

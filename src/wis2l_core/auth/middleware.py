@@ -256,9 +256,8 @@ class AuthMiddleware:
                 await _respond(scope, receive, send, 403, "cross-site request refused")
                 return
             scope["user"] = principal
-            scope["auth"] = Credentials(
-                scopes=frozenset(str(p) for p in principal.permissions), scheme=scheme
-            )
+            # Action is a StrEnum: its members are the strings "@requires" looks for
+            scope["auth"] = Credentials(scopes=principal.permissions, scheme=scheme)
         await self._call(scope, receive, send)
 
     async def _authenticate(
@@ -356,7 +355,8 @@ class RateLimitMiddleware:
         on_redis_down: ``"allow"`` or ``"refuse"``.
 
     Raises:
-        ValidationError: ``limit`` < 1 or ``per`` not positive.
+        ValidationError: ``limit`` < 1, ``per`` not positive, or more than a million
+            requests per second.
         ConfigError: a trusted proxy that is not an address or network, a policy name
             that is not a plain token, or an unknown ``on_redis_down``.
     """
@@ -378,6 +378,8 @@ class RateLimitMiddleware:
             raise ValidationError("limit must be a positive integer", field="limit")
         if not seconds > 0 or math.isinf(seconds):
             raise ValidationError("per must be a positive number of seconds", field="per")
+        if seconds / limit < 1e-6:  # below the resolution of the limiter's clock
+            raise ValidationError("limit must be at most a million per second", field="limit")
         if not re.fullmatch(r"[a-z][a-z0-9_\-.]{0,63}", policy):
             raise ConfigError(f"policy {policy!r} must be a lower-case token")
         if on_redis_down not in ("allow", "refuse"):
