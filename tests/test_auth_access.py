@@ -29,13 +29,16 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def documented_table() -> dict[Action, dict[Role, Scope]]:
-    """The permission table as the guide prints it: `| `Action.X` | viewer | developer | admin |`."""
+    """The permission table as the guide prints it, one row per action."""
     rows = re.findall(
         r"^\| `Action\.(\w+)` \(`[a-z]+:[a-z]+`\) \| (\w+) \| (\w+) \| (\w+) \|$",
         GUIDE.read_text(encoding="utf-8"),
         re.M,
     )
-    return {Action[name]: dict(zip(ROLES, (CELL[c] for c in cells), strict=True)) for name, *cells in rows}
+    return {
+        Action[name]: dict(zip(ROLES, (CELL[c] for c in cells), strict=True))
+        for name, *cells in rows
+    }
 
 
 TABLE = documented_table()
