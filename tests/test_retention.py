@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from wis2l_core.cli import main
 from wis2l_core.db.retention import MONTHS_AHEAD, ensure_partitions, prune_events
-from wis2l_core.errors import ValidationError
+from wis2l_core.errors import ServiceUnavailable, ValidationError
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -44,6 +44,20 @@ FROM (SELECT g, %(start)s::timestamptz + (%(end)s::timestamptz - %(start)s::time
 
 
 PENDING = "SELECT count(*) AS n FROM events WHERE published_at IS NULL AND subject IS NOT NULL"
+
+
+COLUMNS = [
+    "id",
+    "seq",
+    "type",
+    "subsystem",
+    "project_id",
+    "subject",
+    "payload",
+    "published_at",
+    "created_at",
+    "updated_at",
+]
 
 
 def month_start(months_back: int) -> datetime.datetime:
@@ -171,7 +185,7 @@ async def test_archive_reads_back_with_pandas_to_exactly_the_removed_rows(
         frame = pd.read_json(part.archive, lines=True, compression="gzip", dtype=False)
         expected = [r["row"] for r in removed[part.name]]
         assert part.rows == len(frame) == len(expected)
-        assert list(frame.columns) == list(expected[0])
+        assert list(frame.columns) == COLUMNS
         assert frame["payload"].map(lambda p: p["note"]).eq(tricky).all()
         # Exactly the removed rows, every column, as PostgreSQL rendered them.
         with gzip.open(part.archive, "rt", encoding="utf-8") as lines:
@@ -215,6 +229,11 @@ async def test_a_busy_table_is_reported_and_left_for_the_next_run(wis2l_database
         report = await prune_events(url, retention=keeping(0), lock_timeout=0.2)
         assert [p.action for p in report.partitions] == ["busy"]
         assert not report.ok
+        async with await psycopg.AsyncConnection.connect(
+            url, autocommit=True, row_factory=dict_row
+        ) as conn:
+            with pytest.raises(ServiceUnavailable):  # a month to create: the lock waits
+                await ensure_partitions(conn, months_ahead=MONTHS_AHEAD + 1, lock_timeout=0.2)
         holder.rollback()
     report = await prune_events(url, retention=keeping(0))
     assert [p.action for p in report.partitions] == ["dropped"]

@@ -362,14 +362,14 @@ def _prune(args: argparse.Namespace) -> int:
             _error("prune", f"archive: {exc.strerror or exc}: {exc.filename or args.archive}")
             return PROBLEM
         for name in report.created:
-            print(f"created   {name}")
+            print(f"{'created':<24} {name}")
         for part in report.partitions:
             rows = f"{part.rows} rows" if part.archive or part.rows >= 0 else "? rows"
             if part.archive is None and part.rows >= 0:
                 rows = f"about {rows}"
             since = part.lower.isoformat() if part.lower else "the beginning"
             line = (
-                f"{part.action:<10} {part.name}  {since} .. {part.upper.isoformat()}  "
+                f"{part.action:<24} {part.name}  {since} .. {part.upper.isoformat()}  "
                 f"{rows}, {part.bytes / 1e6:.1f} MB"
             )
             if part.archive is not None:

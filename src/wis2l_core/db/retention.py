@@ -114,7 +114,9 @@ class PruneReport:
 _Conn = psycopg.AsyncConnection[DictRow]
 
 
-async def ensure_partitions(conn: _Conn, *, months_ahead: int = MONTHS_AHEAD) -> list[str]:
+async def ensure_partitions(
+    conn: _Conn, *, months_ahead: int = MONTHS_AHEAD, lock_timeout: float | None = None
+) -> list[str]:
     """Create the month partitions of ``events`` from this month to ``months_ahead`` after.
 
     One round trip; a month already covered is left alone, so calling it often is cheap.
@@ -123,6 +125,9 @@ async def ensure_partitions(conn: _Conn, *, months_ahead: int = MONTHS_AHEAD) ->
     Args:
         conn: an autocommit connection (or one in a transaction, which it joins).
         months_ahead: months after the current one (UTC) to have ready, 0..120.
+        lock_timeout: seconds to wait for the table's lock when a partition must be
+            created (``None``: the session's setting); meanwhile queries on ``events``
+            queue behind the request, so keep it short where traffic runs.
 
     Returns:
         The names of the partitions created (empty when all were there).
@@ -130,13 +135,19 @@ async def ensure_partitions(conn: _Conn, *, months_ahead: int = MONTHS_AHEAD) ->
     Raises:
         ValidationError: ``months_ahead`` is out of range.
         SchemaMissing: the database is not migrated.
-        ServiceUnavailable: the database does not answer.
+        ServiceUnavailable: the database does not answer, or the lock did not come within
+            ``lock_timeout`` (nothing is created).
     """
     if not 0 <= months_ahead <= 120:
         raise ValidationError("months_ahead must be 0..120", field="months_ahead")
     with map_errors():
-        cur = await conn.execute(_QUERIES["ensure_partitions"].text, {"months_ahead": months_ahead})
-        created = [str(row["name"]) for row in await cur.fetchall()]
+        async with conn.transaction():
+            if lock_timeout is not None:
+                await conn.execute(_set_lock_timeout(lock_timeout))
+            cur = await conn.execute(
+                _QUERIES["ensure_partitions"].text, {"months_ahead": months_ahead}
+            )
+            created = [str(row["name"]) for row in await cur.fetchall()]
     for name in created:
         log.info("created partition %s", name, extra={"partition": name})
     return created
@@ -238,7 +249,14 @@ async def _prune(
         assert row is not None
         now = row["now"]
     cutoff = now - retention
-    created: Sequence[str] = () if dry_run else await ensure_partitions(conn)
+    created: Sequence[str] = ()
+    if not dry_run:
+        try:
+            created = await ensure_partitions(conn, lock_timeout=lock_timeout)
+        except ServiceUnavailable as exc:
+            if not isinstance(exc.__cause__, pg.LockNotAvailable):
+                raise
+            log.warning("prune: events busy: partitions ahead not created; the next run will")
     cur = await conn.execute(_QUERIES["partitions"].text, {"cutoff": cutoff})
     found = [
         row
@@ -276,16 +294,18 @@ async def _prune(
     )
 
 
+def _set_lock_timeout(seconds: float) -> pgsql.Composed:
+    return pgsql.SQL("SET LOCAL lock_timeout = {}").format(
+        pgsql.Literal(f"{max(1, int(seconds * 1000))}ms")
+    )
+
+
 async def _drop(conn: _Conn, name: str, lock_timeout: float) -> PartitionAction:
     """Detach, check again for unpublished rows under the lock, drop: one transaction."""
     table = pgsql.Identifier(name)
     try:
         async with conn.transaction():
-            await conn.execute(
-                pgsql.SQL("SET LOCAL lock_timeout = {}").format(
-                    pgsql.Literal(f"{int(lock_timeout * 1000)}ms")
-                )
-            )
+            await conn.execute(_set_lock_timeout(lock_timeout))
             await conn.execute(pgsql.SQL("ALTER TABLE events DETACH PARTITION {}").format(table))
             cur = await conn.execute(_QUERIES["has_pending"].text, {"part": name})
             row = await cur.fetchone()
@@ -307,11 +327,12 @@ class _Pending(Exception):
 async def _archive(conn: _Conn, name: str, directory: Path) -> tuple[Path, int]:
     """Write the partition to ``<directory>/<name>.jsonl.gz``: temp file, fsync, rename.
 
-    ``to_jsonb`` renders one line per row (JSON escapes every control character), so the
-    COPY text format's only escape left in a line is the doubled backslash.
+    ``row_to_json`` renders one line per row, columns in table order (JSON escapes every
+    control character), so the COPY text format's only escape left in a line is the
+    doubled backslash.
     """
     out = await asyncio.to_thread(_ArchiveFile, directory, name)
-    query = pgsql.SQL("COPY (SELECT to_jsonb(e) FROM {} e) TO STDOUT").format(
+    query = pgsql.SQL("COPY (SELECT row_to_json(e) FROM {} e) TO STDOUT").format(
         pgsql.Identifier(name)
     )
     try:
