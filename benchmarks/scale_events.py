@@ -4,6 +4,7 @@ Run by hand (minutes at 5M rows; not part of ``nox -s bench``)::
 
     python -m benchmarks.scale_events                       # 0.1M, 1M and 5M rows
     python -m benchmarks.scale_events --rows 100000 --no-migration
+    python -m benchmarks.scale_events --compare 1000000     # one table vs partitions
 
 For each size N, on the servers of ``WIS2L_TEST_*`` (else an embedded stack):
 
@@ -249,12 +250,59 @@ def _migration(rows: int) -> dict[str, float]:
     }
 
 
+def _compare(rows: int, rounds: int = 5) -> dict[str, list[float]]:
+    """The page query's p50 on the one table (0001-0003) and in month partitions (0004),
+    same rows, measured alternately ``rounds`` times: the like-for-like comparison."""
+    found: dict[str, list[float]] = {"one table": [], "month partitions": []}
+    with find_servers() as servers, TemporaryDirectory() as tmp:
+        old = Path(tmp)
+        for migration in migrations():
+            if migration.name < "0004":
+                (old / f"{migration.name}.sql").write_text(migration.text, encoding="utf-8")
+        admin = with_database(servers.database_url, "postgres")
+        names = {kind: f"wis2l_scale_{secrets.token_hex(4)}" for kind in found}
+        urls = {kind: with_database(servers.database_url, name) for kind, name in names.items()}
+        try:
+            for kind, name in names.items():
+                with psycopg.connect(admin, autocommit=True) as conn:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                if kind == "one table":
+                    asyncio.run(apply_migrations(urls[kind], directory=old))
+                else:
+                    asyncio.run(apply_migrations(urls[kind]))
+                    with psycopg.connect(urls[kind], autocommit=True) as conn:
+                        _month_partitions(conn, DAYS)
+                _load(urls[kind], rows)
+            for _ in range(rounds):
+                for kind in found:
+                    found[kind].append(_page_p50(urls[kind]))
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                for name in names.values():
+                    conn.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+    return found
+
+
 def main() -> None:
     """Run the sizes given and print one line of figures per size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="100000,1000000,5000000")
     parser.add_argument("--no-migration", action="store_true")
+    parser.add_argument(
+        "--compare",
+        type=int,
+        metavar="ROWS",
+        help="only compare the page query on the one table and in month partitions",
+    )
     args = parser.parse_args()
+    if args.compare:
+        print(f"{args.compare:,} events: page query p50 ms, alternating", flush=True)
+        print(f"  {_compare(args.compare)}", flush=True)
+        return
     for rows in (int(r) for r in args.rows.split(",")):
         print(f"{rows:,} events: steady state", flush=True)
         print(f"  {_steady(rows)}", flush=True)
