@@ -274,8 +274,8 @@ def _compare(rows: int, rounds: int = 5) -> dict[str, list[float]]:
                         _month_partitions(conn, DAYS)
                 _load(urls[kind], rows)
             for _ in range(rounds):
-                for kind in found:
-                    found[kind].append(_page_p50(urls[kind]))
+                for kind, values in found.items():
+                    values.append(_page_p50(urls[kind]))
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 for name in names.values():
