@@ -3,17 +3,26 @@
 The database is migrated before anything is printed (``--no-migrate`` leaves it bare), so the
 exports point at a schema an app can use at once. Stdout carries only ``export NAME=value``
 lines, so ``wis2l dev > .env.dev`` (or reading the first three lines from a script) works;
-the human messages (what was migrated, "ready") go to stderr.
+the human messages (what was migrated, "ready") go to stderr. The three server lines come
+first; with the ``auth`` extra the ``WIS2L_OIDC_*`` lines of the local issuer follow.
+
+``wis2l dev token --sub ... [--email --name --role --ttl] [--data-dir]`` prints a token
+signed by the running issuer's key: ``wis2l dev`` keeps the issuer's URL and keys in
+``oidc-issuer.json`` (mode 0600) in its data directory, or in a per-user directory under
+the system's temporary directory when it runs without one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from types import FrameType
 
 from wis2l_core._secrets import scrub, secrets_in
@@ -21,7 +30,7 @@ from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.dev import EmbeddedStack
 from wis2l_core.errors import StartupError, Wis2lError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "default_state_dir", "run", "run_token"]
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -54,6 +63,60 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="keep the data in PATH between runs (default: a temporary directory)",
     )
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="dev_command", metavar="{token}")
+    token = commands.add_parser(
+        "token",
+        help="print a token signed by the running dev issuer",
+        description=(
+            "Print a JWT for SUB signed by the dev OIDC issuer that `wis2l dev` runs "
+            "(its keys are read from the data directory)."
+        ),
+    )
+    token.add_argument("--sub", required=True, help="the subject (the user's stable id)")
+    token.add_argument("--email", default=None, help="the email claim")
+    token.add_argument("--name", default=None, help="the name claim")
+    token.add_argument(
+        "--role",
+        choices=("viewer", "developer", "admin"),
+        default=None,
+        help="the role claim (honoured when WIS2L_OIDC_ROLE_CLAIM is set, as `wis2l dev` does)",
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid (3600)")
+    token.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        default=None,
+        help="the data directory `wis2l dev` was given (default: its per-user one)",
+    )
+    token.set_defaults(func=run_token)
+
+
+def default_state_dir() -> Path:
+    """Where ``wis2l dev`` without ``--data-dir`` keeps the dev issuer's URL and keys."""
+    return Path(tempfile.gettempdir()) / f"wis2l-dev-{os.getuid()}"
+
+
+def run_token(args: argparse.Namespace) -> int:
+    """Print a token from the dev issuer's persisted keys.
+
+    Returns:
+        0, or 1 when no dev issuer state is found.
+    """
+    try:
+        from wis2l_core.dev.issuer import DevIssuer
+    except ImportError:
+        print(
+            "wis2l dev token: needs the auth extra: pip install 'wis2l-core[auth]'", file=sys.stderr
+        )
+        return 1
+    where = Path(args.data_dir).expanduser() if args.data_dir else default_state_dir()
+    try:
+        issuer = DevIssuer.from_state(where)
+    except FileNotFoundError as exc:
+        print(f"wis2l dev token: {exc}", file=sys.stderr)
+        return 1
+    print(issuer.mint(sub=args.sub, email=args.email, name=args.name, role=args.role, ttl=args.ttl))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean stop, 1 when the stack could not start or the migrations failed,
         130 when interrupted during start.
     """
-    stack = EmbeddedStack(args.data_dir)
+    stack = EmbeddedStack(
+        args.data_dir, oidc_state_dir=None if args.data_dir else default_state_dir()
+    )
     stop = threading.Event()
     # A signal inherited as ignored (nohup, a script's background job) stays ignored.
     previous = {
@@ -94,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
         for sig in previous:
             signal.signal(sig, request_stop)
-        for name, value in stack.environ().items():
+        for name, value in (stack.environ() | stack.oidc_environ()).items():
             print(f"export {name}={shlex.quote(value)}")
         sys.stdout.flush()
         where = f" in {stack.data_dir}" if args.data_dir else ""

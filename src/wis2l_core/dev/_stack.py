@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -52,6 +52,12 @@ from wis2l_core.dev._process import (
     _terminate,
 )
 from wis2l_core.errors import StartupError
+
+if TYPE_CHECKING:
+    from wis2l_core.dev.issuer import DevIssuer
+
+ROLE_CLAIM = "wis2l_role"
+"""The dev issuer's role claim (``wis2l_core.dev.issuer.ROLE_CLAIM``, without importing it)."""
 
 _log = logging.getLogger("wis2l_core.dev")
 
@@ -90,15 +96,29 @@ class EmbeddedStack:
             ``logs/``); created when missing and kept at stop. ``None`` uses a temporary
             directory, removed at stop.
         start_timeout: seconds each server may take to answer.
+        oidc: also run a local OpenID Connect issuer (:class:`~wis2l_core.dev.issuer.DevIssuer`)
+            so that ``wis.identity`` works; ``None`` (the default) runs it when the
+            ``auth`` extra is installed.
+        oidc_state_dir: where the issuer keeps its URL and keys, for ``wis2l dev token``
+            (default: ``data_dir``, or nowhere for a temporary stack).
 
     Attributes:
         startup_seconds: how long the last :meth:`start` took until all three answered.
     """
 
     def __init__(
-        self, data_dir: str | os.PathLike[str] | None = None, *, start_timeout: float = 60.0
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        start_timeout: float = 60.0,
+        oidc: bool | None = None,
+        oidc_state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._data_dir = None if data_dir is None else Path(data_dir).expanduser()
+        self._oidc = oidc
+        self._oidc_state = Path(oidc_state_dir) if oidc_state_dir is not None else self._data_dir
+        self.issuer: DevIssuer | None = None
+        """The local OpenID Connect issuer while started (``None`` without the auth extra)."""
         self._start_timeout = start_timeout
         self._state_lock = threading.RLock()  # start/stop, one at a time
         self._children_lock = threading.Lock()  # _children and _cancel, also the spawner's
@@ -167,6 +187,15 @@ class EmbeddedStack:
             "NATS_URL": self.nats_url,
         }
 
+    def oidc_environ(self) -> dict[str, str]:
+        """The variables that point ``wis.identity`` at the dev issuer (empty without
+        one): ``WIS2L_OIDC_ISSUER``, ``WIS2L_OIDC_AUDIENCE`` and
+        ``WIS2L_OIDC_ROLE_CLAIM`` (so ``wis2l dev token --role admin`` makes an admin;
+        leave it unset in production)."""
+        if self.issuer is None or not self._started:
+            return {}
+        return {**self.issuer.environ(), "WIS2L_OIDC_ROLE_CLAIM": ROLE_CLAIM}
+
     def settings(self, **overrides: Any) -> Settings:
         """Return :class:`~wis2l_core.Settings` pointing at this stack.
 
@@ -181,6 +210,12 @@ class EmbeddedStack:
             "redis_url": self.redis_url,
             "nats_urls": (self.nats_url,),
         }
+        if self.issuer is not None:
+            fields |= {
+                "oidc_issuer": self.issuer.issuer,
+                "oidc_audience": self.issuer.audience,
+                "oidc_role_claim": ROLE_CLAIM,
+            }
         return Settings(**(fields | overrides))
 
     def start(self) -> None:
@@ -204,6 +239,7 @@ class EmbeddedStack:
                 _LIVE.add(self)
             try:
                 self._start_all()
+                self._start_issuer()
             except BaseException:
                 self.stop()
                 raise
@@ -230,6 +266,9 @@ class EmbeddedStack:
             self._started = False
             self._ports.clear()
             self._pids.clear()
+            issuer, self.issuer = self.issuer, None
+            if issuer is not None:
+                issuer.stop()
             with _LIVE_LOCK:
                 _LIVE.discard(self)
             if self._owner_pid != os.getpid():  # a forked copy: the servers are not ours
@@ -256,6 +295,19 @@ class EmbeddedStack:
         self.stop()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _start_issuer(self) -> None:
+        if self._oidc is False:
+            return
+        try:
+            from wis2l_core.dev.issuer import DevIssuer
+        except ImportError:
+            if self._oidc:
+                raise StartupError(
+                    "the dev OIDC issuer needs the auth extra: pip install 'wis2l-core[auth]'"
+                ) from None
+            return
+        self.issuer = DevIssuer(state_dir=self._oidc_state).start()
 
     def _port(self, name: str) -> int:
         if not self._started:

@@ -419,7 +419,7 @@ class DevIssuer:
         with self._lock:
             keys = KeySet(list(self._keys)).as_dict(private=True)
         data = {"issuer": self._issuer, "audience": self.audience, "keys": keys}
-        self._state.parent.mkdir(parents=True, exist_ok=True)
+        self._state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self._state.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
