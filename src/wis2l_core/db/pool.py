@@ -213,7 +213,9 @@ class Pool(AsyncConnectionPool[Connection]):
         except asyncio.CancelledError:
             await _return(self, conn, discard=True)
             raise
-        except BaseException:
+        except BaseException as exc:
+            if _lost(conn, exc):
+                await _shielded(self.discard_stale(conn))
             await _return(self, conn, discard=False)
             raise
         if not self.put_idle(conn):
