@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,8 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.authentication import requires
 from starlette.middleware import Middleware
@@ -541,3 +544,29 @@ def test_public_path_matching() -> None:
     assert not public("//health")
     assert not public("/admin")
     assert not _public_matcher([])("/health")
+
+
+TRUSTED = ipaddress.ip_network("10.0.0.0/8")
+untrusted_v4 = st.ip_addresses(v=4).filter(lambda a: a not in TRUSTED)
+proxies_v4 = st.ip_addresses(network="10.0.0.0/8")
+
+
+@settings(max_examples=200)
+@given(
+    spoofed=st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=12)), max_size=4),
+    client=untrusted_v4,
+    hops=st.lists(proxies_v4, min_size=1, max_size=4),
+)
+def test_forwarded_for_property(
+    limiter: RateLimitMiddleware,
+    spoofed: list[str],
+    client: ipaddress.IPv4Address,
+    hops: list[ipaddress.IPv4Address],
+) -> None:
+    """Whatever a client puts in X-Forwarded-For, behind a chain of trusted proxies (each
+    appending the address it saw), the address counted is the client's own."""
+    *inner, peer = hops
+    chain = [*spoofed, str(client), *map(str, inner)]
+    assert address(limiter, str(peer), ", ".join(chain)) == str(client)
+    # ...and without a trusted peer, the header is not read at all
+    assert address(limiter, str(client), ", ".join(chain)) == str(client)
