@@ -233,6 +233,17 @@ async def test_a_bad_token_is_401_invalid_token(url: str, issuer: DevIssuer, bad
     assert answer.headers["www-authenticate"] == 'Bearer realm="wis2l", error="invalid_token"'
 
 
+async def test_a_token_with_another_users_email_is_401(
+    url: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    await wis.users.create(email="taken@example.com", name="First", subject="n|first")
+    token = issuer.mint(sub="n|second", email="taken@example.com", name="Second")
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer = await http.get("/me", headers=bearer(token))
+    problem(answer, 401)
+    assert answer.headers["www-authenticate"].endswith('error="invalid_token"')
+
+
 async def test_a_malformed_header_is_400_invalid_request(url: str, issuer: DevIssuer) -> None:
     token = issuer.mint(sub="n|ada", email="ada@example.com", name="Ada")
     async with httpx.AsyncClient(base_url=url) as http:

@@ -35,6 +35,7 @@ from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.ratelimit import RateLimiter
 from wis2l_core.errors import (
     ConfigError,
+    Conflict,
     Forbidden,
     ServiceUnavailable,
     Unauthenticated,
@@ -181,7 +182,8 @@ class AuthMiddleware:
     Credentials: ``Authorization: Bearer <JWT>`` (checked by
     ``wis.identity.authenticate``), else the session cookie (``wis.identity.from_session``).
     On a private path, no credentials is 401 with ``WWW-Authenticate: Bearer realm=...``
-    (no error code), a bad token 401 ``error="invalid_token"``, a malformed header 400
+    (no error code), a bad token 401 ``error="invalid_token"`` (so is a token whose
+    e-mail belongs to another user), a malformed header 400
     ``error="invalid_request"``, an issuer or Redis outage 503. On a public path the
     request goes through anyway, as :data:`ANONYMOUS` when the credentials do not check
     out. Requests authenticated by cookie with an unsafe method, and WebSocket handshakes
@@ -229,8 +231,10 @@ class AuthMiddleware:
         public = self._is_public(scope["path"])
         try:
             principal, scheme = await self._authenticate(scope)
-        except Unauthenticated as exc:
+        except (Unauthenticated, Conflict) as exc:
             if not public:
+                if isinstance(exc, Conflict):  # a token whose e-mail is another user's
+                    exc = Unauthenticated(f"the token cannot be mapped to a user: {exc}")
                 await self._refuse(scope, receive, send, exc)
                 return
             principal, scheme = None, None
