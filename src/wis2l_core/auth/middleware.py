@@ -194,8 +194,9 @@ class AuthMiddleware:
         app: the ASGI app to guard.
         wis: the runtime (a started :class:`~wis2l_core.Wis2l` with an issuer set).
         public_paths: paths served without credentials; each covers itself and what is
-            below it (``"/health"`` covers ``/health/ready``). Paths with ``.``, ``..`` or
-            empty segments are never public.
+            below it (``"/health"`` covers ``/health/ready``), matched against
+            ``scope["path"]`` (which includes a mount's ``root_path``). Paths with ``.``,
+            ``..`` or empty segments are never public.
         realm: the ``realm`` of ``WWW-Authenticate``.
         cookie: the session cookie's name, or ``None`` to accept Bearer tokens only.
 
