@@ -56,6 +56,7 @@ async def settings(cluster: NatsCluster, wis2l_settings: Settings) -> Settings:
 class Outcome:
     victim: str
     was_leader: bool
+    led_consumer: bool
     deliveries: int
     unique: int
     event_ids: int
@@ -88,7 +89,10 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
         assert info.config.num_replicas == 3
         leader = await cluster.stream_leader(stream)
         own = await _connected_node(wis.bus, cluster)
-        if victim == "leader":
+        if victim == "leader":  # and not the app's own server (that is the last case)
+            if own is leader:
+                await cluster.move_leader(stream, away_from=own)
+                leader = await cluster.stream_leader(stream)
             node = leader
         elif victim == "follower":  # one the app is not connected to, if there is one
             followers = await cluster.stream_followers(stream)
@@ -98,6 +102,7 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
                 await cluster.move_leader(stream, away_from=own)
                 leader = await cluster.stream_leader(stream)
             node = own
+        consumer_leader = await _consumer_leader(wis.bus, stream, "cluster-component-created")
         killed_at = restarted_at = 0.0
         restart: asyncio.Task[None] | None = None
 
@@ -142,6 +147,7 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
     return Outcome(
         victim=f"{victim} ({node.name})",
         was_leader=node is leader,
+        led_consumer=node.name == consumer_leader,
         deliveries=len(arrivals),
         unique=len({e for e, _ in arrivals} & written),
         event_ids=len(set(event_ids)),
@@ -235,3 +241,19 @@ async def _has_consumer(bus: EventBus, stream: str, consumer: str) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def _consumer_leader(bus: EventBus, stream: str, consumer: str) -> str:
+    leader = ""
+
+    async def elected() -> bool:
+        nonlocal leader
+        try:
+            info = await bus.jetstream.consumer_info(stream, consumer)
+        except (nats.js.errors.NotFoundError, TimeoutError):  # not made, or not led yet
+            return False
+        leader = info.cluster.leader or "" if info.cluster is not None else ""
+        return bool(leader)
+
+    await eventually(elected, timeout=20)
+    return leader

@@ -19,7 +19,7 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.api import PubAck, StorageType, StreamConfig, StreamInfo
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
@@ -41,9 +41,12 @@ API_TIMEOUT = 5.0
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
 _TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_ELECTION_PROBE = 1.0
-"""Seconds a replicated stream's info may take in :meth:`EventBus.ensure_stream`: while
-the stream elects a leader nobody answers, and its callers (the relay) retry sooner."""
+_ELECTION_PROBE = 0.5
+"""Seconds one info request about a replicated stream may take: while the stream elects
+a leader nobody answers, so it is asked again (for up to ``_ELECTION_WAIT``)."""
+_ELECTION_WAIT = 10.0
+"""Seconds :meth:`EventBus.ensure_stream` waits for a replicated stream's leader election
+(nats-server 2.15 takes 6-7 s after its leader dies)."""
 _NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
 _NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
@@ -354,10 +357,9 @@ class EventBus:
         js = self.jetstream
         want = self.stream_config()
         name = self.settings.stream_name
-        probe = self._probe if self._probe is not None and want.num_replicas != 1 else js
         try:
             try:
-                info = await probe.stream_info(name)
+                info = await self._stream_info(js)
             except nats.js.errors.NotFoundError:
                 try:
                     await js.add_stream(want)
@@ -392,6 +394,27 @@ class EventBus:
             raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
         except ValueError as exc:  # nats-py checks names before sending
             raise ConfigError(f"nats: stream {name}: {exc}", variable="WIS2L_STREAM") from exc
+
+    async def _stream_info(self, js: JetStreamContext) -> StreamInfo:
+        """The stream's info; a replicated stream's is asked again while it elects a
+        leader (no answer, or JetStream's 503), for up to ``_ELECTION_WAIT`` seconds, so
+        callers that publish next (the relay, :meth:`publish`) do so as soon as it can."""
+        name = self.settings.stream_name
+        if self.settings.stream_replicas == 1 or self._probe is None:
+            return await js.stream_info(name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _ELECTION_WAIT
+        while True:
+            try:
+                return await self._probe.stream_info(name)
+            except (
+                TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError,
+            ):
+                if loop.time() > deadline or not self.connected:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def _until_led(self, js: JetStreamContext) -> None:
         """Wait (up to ``API_TIMEOUT``) until a new replicated stream has elected its

@@ -171,6 +171,7 @@ class Subscriber(Generic[E]):
         self._running: dict[asyncio.Task[None], Msg] = {}
         self._slot_free: asyncio.Event | None = None
         self._fetching: asyncio.Future[list[Msg]] | None = None
+        self._created = False  # the consumer was created (or found) once
 
     def start(self) -> None:
         """Start the fetch loop (it waits for NATS to be ready). Idempotent."""
@@ -293,12 +294,35 @@ class Subscriber(Generic[E]):
             if self.options.deliver == "all"
             else DeliverPolicy.NEW,
         )
+        if self._created and await self._still_there(js, stream, name):
+            return await js.pull_subscribe_bind(durable=name, stream=stream)
         try:
             await js.add_consumer(stream, config)
         except nats.js.errors.BadRequestError as exc:
             # e.g. a deliver policy change, which JetStream refuses: use the consumer as is.
             log.warning("consumer %s kept with its old config: %s", name, exc)
+        self._created = True
         return await js.pull_subscribe_bind(durable=name, stream=stream)
+
+    async def _still_there(self, js: JetStreamContext, stream: str, name: str) -> bool:
+        """After a reconnect: whether the consumer made before is still there.
+
+        Asked of the consumer's own leader, not of the cluster's metadata leader (which
+        creating it needs, and which may be the server that just died). No answer means
+        its replicas are electing a leader: it is bound anyway, and the fetches wait the
+        election out. Only a consumer the server lost (it restarted empty) is made again.
+        """
+        try:
+            await js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            return False
+        except (
+            TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ):
+            log.info("consumer %s does not answer yet (leader election?); binding", name)
+        return True
 
     async def _wait_for_slot(self) -> None:
         assert self._slot_free is not None
