@@ -217,7 +217,12 @@ def test_testing_page_samples_pass_under_pytest(tmp_path: Path, wis2l_servers: S
         first = source.splitlines()[0]
         assert first.startswith("# tests/"), f"a testing.md block names its file: {first!r}"
         modules[first.removeprefix("# tests/")] = source
-    assert sorted(modules) == ["test_handlers.py", "test_schema.py", "test_signup.py"]
+    assert sorted(modules) == [
+        "test_handlers.py",
+        "test_schema.py",
+        "test_sign_in.py",
+        "test_signup.py",
+    ]
     for name, source in modules.items():
         (tmp_path / name).write_text(source, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text(
@@ -240,4 +245,4 @@ def test_testing_page_samples_pass_under_pytest(tmp_path: Path, wis2l_servers: S
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "4 passed" in done.stdout, done.stdout[-2000:]
+    assert "5 passed" in done.stdout, done.stdout[-2000:]
