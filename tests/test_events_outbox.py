@@ -28,7 +28,7 @@ from wis2l_core.db.repository import event_params
 from wis2l_core.db.sql import query_file
 from wis2l_core.events import BuildProgress, BuildStarted, DomainEvent, EventBus, PendingAcks
 from wis2l_core.events.bus import EncodedEvent
-from wis2l_core.events.outbox import OutboxRelay
+from wis2l_core.events.outbox import OutboxRelay, home_partitions
 from wis2l_core.runtime import Repositories
 
 # -- helpers -----------------------------------------------------------------------------
@@ -440,6 +440,7 @@ async def test_relay_options_are_checked(env: Env) -> None:
     for kwargs, field in [
         ({"batch_size": 0}, "batch_size"),
         ({"poll_interval": 0}, "poll_interval"),
+        ({"lease": 0.4}, "lease"),
     ]:
         with pytest.raises(ValidationError) as exc:
             OutboxRelay(env.settings, env.db, env.bus, **kwargs)  # type: ignore[arg-type]
@@ -512,3 +513,33 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
             )
             more = [r["id"] for r in await cur.fetchall()]
     assert more == [first_w.id, second_w.id]
+
+
+def test_home_partitions_split_evenly_and_move_only_a_leavers_share() -> None:
+    relays = frozenset(uuid.uuid4().hex for _ in range(4))
+    homes = {r: set(home_partitions(r, relays, 64)) for r in relays}
+    assert sorted(p for h in homes.values() for p in h) == list(range(64))  # each once
+    assert all(6 <= len(h) <= 26 for h in homes.values())  # about 16 each
+    gone = next(iter(relays))
+    rest = relays - {gone}
+    for r in rest:  # the others keep what they had and share out the leaver's partitions
+        assert homes[r] <= set(home_partitions(r, rest, 64))
+    assert home_partitions(gone, frozenset({gone}), 3) == (0, 1, 2)
+
+
+async def test_partitions_are_locked_by_one_relay_at_a_time(env: Env) -> None:
+    """A pass holds its partitions until it commits: another pass gets none of them."""
+    queries = query_file("outbox")
+    params = {"lease_ms": 5000, "candidates": [0, 1, 2, 3], "lock_key": 77}
+    async with env.db.connection() as a, env.db.connection() as b:
+        async with a.transaction():
+            cur = await a.execute(queries["lock_partitions"].text, params)
+            assert (await cur.fetchone() or {})["held"] == [0, 1, 2, 3]
+            async with b.transaction():
+                cur = await b.execute(
+                    queries["lock_partitions"].text, params | {"candidates": [3, 4]}
+                )
+                assert (await cur.fetchone() or {})["held"] == [4]
+        async with b.transaction():  # a committed: free again
+            cur = await b.execute(queries["lock_partitions"].text, params)
+            assert (await cur.fetchone() or {})["held"] == [0, 1, 2, 3]

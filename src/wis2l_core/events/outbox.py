@@ -103,7 +103,8 @@ class OutboxRelay:
     No I/O in the constructor. Stop it before closing the bus it publishes with.
 
     Args:
-        settings: ``database_url`` (for the ``LISTEN`` connection) and ``shutdown_timeout``.
+        settings: ``direct_database_url`` (for the ``LISTEN`` connection),
+            ``outbox_partitions`` and ``shutdown_timeout``.
         database: the runtime's pool; each batch runs in one of its connections.
         bus: an open :class:`EventBus`.
         batch_size: rows claimed per batch (1 to 2,000); two batches are in flight to
@@ -210,8 +211,8 @@ class OutboxRelay:
         return OutboxBacklog(size=int(row["size"]), oldest_age_s=row["oldest_age_s"])
 
     async def relay_once(self) -> int:
-        """Run one pass now (one transaction, up to 8 batches); return how many events
-        were published and marked.
+        """Run one pass now (one transaction, up to 8 batches) over every partition no
+        other relay holds; return how many events were published and marked.
 
         Raises:
             ServiceUnavailable: PostgreSQL or NATS is down; nothing is marked that was
