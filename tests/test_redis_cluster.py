@@ -66,6 +66,7 @@ from tests.test_cache_tokens import (
 
 from wis2l_core import ConfigError, ServiceUnavailable, Settings
 from wis2l_core.cache import Cache, RateLimiter, RedisClient, SessionStore, TokenCache
+from wis2l_core.health import HealthChecker, HealthStatus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -178,7 +179,18 @@ async def test_a_master_killed_mid_test_fails_open_then_recovers_by_itself(
             outcomes["tokens"].append(await tokens.get_or_load(uuid4(), load))
             await asyncio.sleep(0.02)
 
+    idle = RedisClient(client.settings)  # a client that only runs health checks
+    await idle.open()
+    checker = HealthChecker.for_services(client.settings, redis=idle)
+    health: list[tuple[float, HealthStatus]] = []
+
+    async def probe() -> None:
+        while not stop.is_set():
+            health.append((time.monotonic(), (await checker.run()).status))
+            await asyncio.sleep(0.1)
+
     runners = [asyncio.create_task(traffic()) for _ in range(4)]  # concurrent callers
+    runners.append(asyncio.create_task(probe()))
     await asyncio.sleep(0.3)
     killed = time.monotonic()
     valkey_cluster.kill(victim)
@@ -198,8 +210,18 @@ async def test_a_master_killed_mid_test_fails_open_then_recovers_by_itself(
         await asyncio.sleep(0.02)
     resumed = time.monotonic()
     await asyncio.sleep(0.3)
+    await asyncio.to_thread(
+        wait_for, lambda: bool(health) and health[-1][1] is HealthStatus.OK, 20, "health ok"
+    )
     stop.set()
     await asyncio.gather(*runners)
+    await idle.aclose()
+    assert any(status is not HealthStatus.OK for t, status in health if t > killed)
+    healthy_again = min(
+        t
+        for t, status in health
+        if status is HealthStatus.OK and t > max(t for t, st in health if st is not HealthStatus.OK)
+    )
 
     # During the failover: misses and skipped writes (fail open), sessions either right
     # or ServiceUnavailable; never an exception from a cache, never a wrong "no session".
@@ -216,7 +238,8 @@ async def test_a_master_killed_mid_test_fails_open_then_recovers_by_itself(
     print(
         f"\nMEASURE cluster: promotion {promoted - killed:.2f} s after SIGKILL, "
         f"first write {resumed - killed:.2f} s, first session read "
-        f"{'-' if first_session_ok is None else f'{first_session_ok - killed:.2f}'} s"
+        f"{'-' if first_session_ok is None else f'{first_session_ok - killed:.2f}'} s, "
+        f"health ok again (idle client) {healthy_again - killed:.2f} s"
     )
 
     # Recovered by itself: the sessions written before the crash are all still valid,

@@ -54,6 +54,10 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterExcepti
 """What a Redis call can raise besides cancellation (``OSError`` covers socket errors and
 :class:`TimeoutError`; ``RedisClusterException`` a slot no master serves)."""
 
+_CLUSTER_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, AttributeError)
+"""What a call on ``RedisCluster`` can raise: see ``RedisClient.open`` for the
+``AttributeError``."""
+
 _OUTAGE_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -135,6 +139,15 @@ async def _drop_idle(redis: Redis) -> None:
         await redis.connection_pool.disconnect(inuse_connections=False)
     except REDIS_ERRORS as exc:
         logger.debug("error while dropping connections: %r", exc)
+
+
+async def _reload_slots(cluster: RedisCluster) -> None:
+    """Cluster: reload the slot map now, so that health checks alone (with no other
+    traffic to hit a ``MOVED`` or a dead node) see a failover end."""
+    try:
+        await cluster.nodes_manager.initialize()
+    except _CLUSTER_ERRORS as exc:
+        logger.debug("could not reload the cluster's slot map: %r", exc)
 
 
 def _cure(mode: str) -> str:
@@ -264,7 +277,7 @@ class RedisClient:
             # AttributeError (its writer is None) instead of a RedisError. Load the map
             # once before the first command (``_cold``), and treat that error like a lost
             # connection, so the caches still fail open if it recurs during a failover.
-            self._errors = (*REDIS_ERRORS, AttributeError)
+            self._errors = _CLUSTER_ERRORS
             self._cold = asyncio.Lock()
         logger.debug(
             "redis client open",
@@ -316,6 +329,8 @@ class RedisClient:
                 servers = [_address(redis)]
         except self._errors as exc:
             self.report_failure(exc, op="ping")
+            if self._mode == "cluster":  # a master died: learn who took over
+                await _reload_slots(cast("RedisCluster", redis))
             raise ServiceUnavailable(f"redis did not answer: {exc}", service="redis") from exc
         if self._outage_started is not None:
             self.report_success()
@@ -323,6 +338,8 @@ class RedisClient:
             if role[0] not in ("master", "unknown"):
                 if self._mode == "sentinel":
                     await _drop_idle(redis)
+                elif self._mode == "cluster":
+                    await _reload_slots(cast("RedisCluster", redis))
                 upstream = f" of {role[1]}" if role[1] else ""
                 raise ServiceUnavailable(
                     f"redis at {server} is a read-only {role[0]}{upstream}: writes fail "
