@@ -140,7 +140,7 @@ async def test_cache_control_max_age_is_honoured_within_bounds(oidc_issuer: DevI
 
 
 async def test_issuer_down_stale_keys_serve_then_run_out(oidc_issuer: DevIssuer) -> None:
-    keys = _keys(oidc_issuer, min_ttl=0.0, max_ttl=0.1, stale_for=0.6)
+    keys = _keys(oidc_issuer, min_ttl=0.0, max_ttl=0.1, stale_for=0.6, retry_after=0.0)
     try:
         kid = _rsa_kid(oidc_issuer)
         held = await keys.get(kid, "RS256")
@@ -169,6 +169,31 @@ async def test_cold_start_with_the_issuer_down_is_service_unavailable(
             await keys.get("any", "RS256")
         assert exc.value.service == "oidc"
         assert not isinstance(exc.value, Unauthenticated)
+    finally:
+        await keys.aclose()
+
+
+async def test_an_outage_costs_one_fetch_per_retry_after(oidc_issuer: DevIssuer) -> None:
+    oidc_issuer.failing = 503
+    keys = _keys(oidc_issuer, retry_after=0.5)
+    try:
+        for _ in range(50):  # a cold start: every call is ServiceUnavailable at once
+            with pytest.raises(ServiceUnavailable):
+                await keys.get("any", "RS256")
+        assert oidc_issuer.discovery_fetches == 1
+        await asyncio.sleep(0.55)
+        oidc_issuer.failing = None
+        kid = _rsa_kid(oidc_issuer)
+        assert await keys.get(kid, "RS256") is not None
+        assert oidc_issuer.discovery_fetches == 2
+        # warm, then down with stale keys: they serve, and the issuer is asked once
+        keys.min_ttl = keys.max_ttl = 0.0
+        await keys.refresh()
+        oidc_issuer.failing = 503
+        before = oidc_issuer.jwks_fetches
+        for _ in range(50):
+            assert await keys.get(kid, "RS256") is not None
+        assert oidc_issuer.jwks_fetches + oidc_issuer.discovery_fetches - before <= 3
     finally:
         await keys.aclose()
 

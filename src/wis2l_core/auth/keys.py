@@ -15,6 +15,8 @@ JWKS there holds the public keys. The rules, each one a defence:
 - **Stale keys**: when a refresh fails, the keys held keep working for ``stale_for``
   seconds past their TTL; with no usable keys the issuer is ``ServiceUnavailable``
   (``service="oidc"``), never ``Unauthenticated``: an outage must not look like a bad token.
+  After a failed fetch the next waits ``retry_after`` seconds, so an outage costs one
+  fetch per ``retry_after``, not one per request.
 - **Key choice**: by ``kid``; the key's type (and curve, and ``alg`` when it names one)
   must match the token's algorithm; keys with ``use`` other than ``sig`` are ignored.
 """
@@ -127,6 +129,9 @@ class IssuerKeys:
         cooldown: seconds between refetches caused by an unknown ``kid``.
         stale_for: seconds past their TTL that held keys still serve while the issuer
             cannot be reached.
+        retry_after: seconds after a failed fetch before the next is tried; meanwhile
+            the held keys serve (within ``stale_for``) or the call is
+            ``ServiceUnavailable`` at once.
         transport: an ``httpx`` transport (tests).
     """
 
@@ -138,6 +143,7 @@ class IssuerKeys:
     max_ttl: float = attrs.field(default=86400.0, kw_only=True)
     cooldown: float = attrs.field(default=30.0, kw_only=True)
     stale_for: float = attrs.field(default=3600.0, kw_only=True)
+    retry_after: float = attrs.field(default=2.0, kw_only=True)
     transport: httpx.AsyncBaseTransport | None = attrs.field(default=None, kw_only=True)
     fetches: int = attrs.field(default=0, init=False)
     """How many times the JWKS was fetched (successful or not)."""
@@ -146,6 +152,7 @@ class IssuerKeys:
     _client: httpx.AsyncClient | None = attrs.field(default=None, init=False)
     _inflight: asyncio.Task[_Held] | None = attrs.field(default=None, init=False)
     _last_fetch: float = attrs.field(default=float("-inf"), init=False)
+    _failed_at: float = attrs.field(default=float("-inf"), init=False)
 
     def __attrs_post_init__(self) -> None:
         check_issuer_url(self.issuer, development=self.development)
@@ -202,7 +209,19 @@ class IssuerKeys:
         ``required`` (none held, or past their stale bound): then ServiceUnavailable."""
         task = self._inflight
         if task is None or task.done():
-            self._last_fetch = time.monotonic()
+            now = time.monotonic()
+            if now - self._failed_at < self.retry_after:
+                # the last fetch failed a moment ago: no new one yet (an outage must not
+                # turn every request into a fetch); the held keys serve if they still may
+                held = self._held
+                if required or held is None or now >= held.usable_until:
+                    raise ServiceUnavailable(
+                        f"the issuer {self.issuer} could not be reached; retrying in "
+                        f"{self.retry_after - (now - self._failed_at):.1f} s",
+                        service=SERVICE,
+                    )
+                return held
+            self._last_fetch = now
             task = asyncio.get_running_loop().create_task(self._fetch())
             task.add_done_callback(_retrieve)
             self._inflight = task
@@ -225,6 +244,7 @@ class IssuerKeys:
             jwks, ttl = await self._document(self._jwks_uri)
             held = _parse(jwks, ttl, self.stale_for)
         except ServiceUnavailable as exc:
+            self._failed_at = time.monotonic()
             self._jwks_uri = None  # read discovery again next time
             log.warning("OIDC keys: %s", exc, extra={"issuer": self.issuer})
             raise
