@@ -312,7 +312,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             flag = "--queries-dir" if args.queries_dir else "WIS2L_QUERIES"
             report = await check_queries(
-                settings.database_url,
+                settings.direct_database_url,  # it prepares every query: the server itself
                 directory=args.queries_dir,
                 app_directories=() if args.queries_dir else settings.queries,
                 connect_timeout=settings.db_connect_timeout,
