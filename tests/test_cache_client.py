@@ -177,3 +177,39 @@ async def test_cancelled_calls_leave_the_pool_consistent(settings: Settings) -> 
         assert client.available
     finally:
         await client.aclose()
+
+
+async def test_cluster_and_sentinel_urls_build_their_clients_without_io() -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    cluster = RedisClient(
+        Settings(redis_url="redis+cluster://ada:s%40cret@127.0.0.1:1,127.0.0.1:2", namespace="tc")
+    )
+    await cluster.open()  # makes no connection: nothing listens on these ports
+    try:
+        assert cluster.mode == "cluster"
+        assert isinstance(cluster.redis, RedisCluster)
+        seeds = {(n.host, n.port) for n in cluster.redis.nodes_manager.startup_nodes.values()}
+        assert seeds == {("127.0.0.1", 1), ("127.0.0.1", 2)}
+        kwargs = cluster.redis.nodes_manager.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("ada", "s@cret")
+        assert await Cache(cluster, "x").get("k") is None  # fails open, does not raise
+    finally:
+        await cluster.aclose()
+    sentinel = RedisClient(
+        Settings(
+            redis_url="redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/mymaster/3", namespace="ts"
+        )
+    )
+    await sentinel.open()
+    try:
+        assert sentinel.mode == "sentinel"
+        pool = sentinel.redis.connection_pool
+        assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
+        assert pool.connection_kwargs["db"] == 3
+        assert pool.connection_kwargs["password"] == "pw"
+        assert "pw" not in repr(sentinel)
+        with pytest.raises(ServiceUnavailable):  # no Sentinel answers
+            await sentinel.ping()
+    finally:
+        await sentinel.aclose()
