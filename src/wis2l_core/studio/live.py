@@ -66,6 +66,10 @@ class LiveFeed:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """End every open stream now (a server shutting down must not wait for them)."""
         for queue in list(self._clients):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)

@@ -244,9 +244,13 @@ async def fetch_page(
 async def count_rows(db: Database, table: Table) -> tuple[int, bool]:
     """``(rows, exact)``: an exact count up to :data:`COUNT_CAP`, else the estimate.
 
-    The count stops at ``COUNT_CAP + 1`` rows, so it is cheap on any table; past that,
-    ``pg_class.reltuples`` (kept by autovacuum and ``ANALYZE``) is shown instead.
+    A table whose estimate (``pg_class.reltuples``, kept by autovacuum and ``ANALYZE``)
+    is well past the cap is not counted at all. Otherwise the count stops at
+    ``COUNT_CAP + 1`` rows, so it stays cheap even when the estimate is stale or missing
+    (``-1``: never analyzed).
     """
+    if table.estimate > 2 * COUNT_CAP:
+        return int(table.estimate), False
     query = sql.SQL("SELECT count(*) AS n FROM (SELECT 1 FROM {} LIMIT {}) AS capped").format(
         _ident(table), sql.Literal(COUNT_CAP + 1)
     )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -82,6 +83,19 @@ def guard(app: Any, wis: Any, host: str) -> Any:
     return AuthMiddleware(_AdminOnly(app), wis)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the live streams as soon as a shutdown is asked for
+    (Ctrl-C), so its graceful shutdown does not wait for them to time out."""
+
+    def __init__(self, config: uvicorn.Config, live: LiveFeed) -> None:
+        super().__init__(config)
+        self.live = live
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.live.end_streams()
+        super().handle_exit(sig, frame)
+
+
 class StudioServer:
     """The studio on ``host:port`` (uvicorn's ``Server`` in the current event loop).
 
@@ -107,7 +121,7 @@ class StudioServer:
             access_log=False,
             timeout_graceful_shutdown=2,
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config, self.live)
         self.host = host
         self._port = port
         self._socket: socket.socket | None = None
