@@ -324,7 +324,7 @@ class _IdentityEvent(DomainEvent):
 
 @attrs.frozen(kw_only=True)
 class UserCreated(_IdentityEvent):
-    """A user was created, by a first sign-in or by the repository; ``project_id`` is null.
+    """A first sign-in created a user (``wis.identity``); ``project_id`` is null.
 
     Attributes:
         email: The user's e-mail address.
@@ -353,8 +353,8 @@ class UserSignedIn(_IdentityEvent):
 
 @attrs.frozen(kw_only=True)
 class UserRoleChanged(_IdentityEvent):
-    """A user's role changed (by the repository, or by the role claim at sign-in when
-    ``WIS2L_OIDC_ROLE_CLAIM`` is set); ``project_id`` is null.
+    """A user's role changed (``wis.users.update(role=...)``, or the role claim at sign-in
+    when ``WIS2L_OIDC_ROLE_CLAIM`` is set); ``project_id`` is null.
 
     Attributes:
         previous_role: The role before.

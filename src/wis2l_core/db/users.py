@@ -144,7 +144,8 @@ class UserRepository(Repository):
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
     ) -> User:
-        """Create a user.
+        """Create a user (an import or a seed: no event; a first sign-in through
+        :meth:`sign_in` records ``user.created``).
 
         Raises:
             ValidationError: a field is malformed (``field`` names it).
@@ -157,7 +158,7 @@ class UserRepository(Repository):
             "subject": check_text("subject", subject, max_len=255),
             "role": check_enum("role", role, Role).value,
         }
-        row = await self._write("create", params, _created)
+        row = await self._write("create", params)
         assert row is not None
         return _user(row)
 
@@ -249,7 +250,8 @@ class UserRepository(Repository):
                     f"cannot create the user of {subject!r}: the token has no {missing}",
                     field=missing,
                 )
-        query = self._q("sign_in" if create else "sign_in_existing")
+        name_ = "sign_in" if create else "sign_in_existing"
+        query = self._q(name_)
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
         async with self._db.connection(self._conn) as conn:
