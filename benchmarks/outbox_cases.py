@@ -231,7 +231,7 @@ class _RelayProcesses:
                     [sys.executable, str(WORKER), *args],
                     env=self.env,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=(self.tmp / f"relay-{i}.log").open("wb"),
                 )
             )
 

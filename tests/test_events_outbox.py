@@ -500,7 +500,7 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
         part = {"held": list(range(16)), "partitions": 16}
         async with relay.transaction():
             cur = await relay.execute(
-                queries["claim"].text, {"claimed": [], "limit": 1, **part}, prepare=True
+                queries["claim"].text, {"in_flight": [], "limit": 1, **part}, prepare=True
             )
             batch = await cur.fetchall()
             assert [r["id"] for r in batch] == [v.id]  # W's first is invisible yet
@@ -508,7 +508,7 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
             await env.write(second_w)  # ... and then W's second (seq s3 > s2)
             cur = await relay.execute(
                 queries["claim"].text,
-                {"claimed": [r["id"] for r in batch], "limit": 10, **part},
+                {"in_flight": [r["id"] for r in batch], "limit": 10, **part},
                 prepare=True,
             )
             more = [r["id"] for r in await cur.fetchall()]

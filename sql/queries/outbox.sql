@@ -11,25 +11,29 @@
 -- name: lock_partitions
 -- The first statement of every pass. It bounds the transaction (a relay stopped
 -- mid-pass loses its session, so its locks and row locks, after lease_ms idle), then
--- takes the advisory locks of the candidate partitions that no other relay holds.
+-- takes the advisory locks of the candidate partitions that no other relay holds. Custom
+-- plans for the claims: their arrays become constants, so "NOT (id = ANY(...))" is a hash
+-- lookup, and the plan fits the backlog actually there.
 SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, true),
        set_config('statement_timeout', %(lease_ms)s::text, true),
+       set_config('plan_cache_mode', 'force_custom_plan', true),
        coalesce((SELECT array_agg(p ORDER BY p)
                  FROM unnest(%(candidates)s::int[]) AS p
                  WHERE pg_try_advisory_xact_lock(%(lock_key)s::int, p)), '{}') AS held;
 
 -- name: claim
--- The oldest unpublished rows of the partitions this transaction holds, that it has not
--- claimed yet. Not "seq > the last one claimed": a transaction that committed after the
--- pass's first claim may hold a *lower* seq than rows claimed since, and its writer's
--- later events must not go out before it. NOWAIT and not SKIP LOCKED: nothing else should
+-- The oldest unpublished rows of the partitions this transaction holds, except the batch
+-- in flight (claimed, not yet marked; the batches before it are marked, so no longer
+-- unpublished for this transaction). Not "seq > the last one claimed": a transaction
+-- that committed after the pass's first claim may hold a *lower* seq than rows claimed
+-- since, and its writer's later events must not go out before it. NOWAIT and not SKIP LOCKED: nothing else should
 -- hold these row locks (a previous owner's transaction has ended before the partition
 -- lock could be taken), and skipping a locked row would publish its successors first;
 -- if something does hold one (a cascading project delete), the pass fails and is retried.
 SELECT id, seq, subject, payload
 FROM events
 WHERE published_at IS NULL AND subject IS NOT NULL
-  AND id <> ALL(%(claimed)s::uuid[])
+  AND NOT (id = ANY(%(in_flight)s::uuid[]))
   AND (CASE WHEN project_id IS NULL THEN 0
             ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807,
                      %(partitions)s::bigint) END)::int = ANY(%(held)s::int[])

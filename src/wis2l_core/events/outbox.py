@@ -315,8 +315,9 @@ class OutboxRelay:
         to ``_BATCHES_PER_TX`` batches of their rows.
 
         The next batch is claimed and sent while the previous one's acks are awaited, so
-        the database and NATS work overlap. Returns (events marked, whether rows were
-        left, the error that stopped it).
+        the database and NATS work overlap. No batch is claimed once the pass is half a
+        lease old (a slow server ends passes early instead of failing them). Returns
+        (events marked, whether rows were left, the error that stopped it).
 
         Not in pipeline mode: each statement goes with its Sync, so while the relay waits
         for NATS its session is "idle in transaction" and the lease's
@@ -341,17 +342,25 @@ class OutboxRelay:
                     if not held:
                         return 0, False, None
                     part = {"held": held, "partitions": self.partitions, "limit": size}
-                    rows = await _fetch(conn, claim, claimed=[], **part)
+                    rows = await _fetch(conn, claim, in_flight=[], **part)
                     pending = await self._send(rows, started)
-                    claimed = [r["id"] for r in rows]
+                    claimed = len(rows)
                     while pending is not None:
                         current, acks = rows, pending
                         rows, pending = [], None
                         full = len(current) == size
-                        if full and error is None and len(claimed) < size * _BATCHES_PER_TX:
-                            rows = await _fetch(conn, claim, claimed=claimed, **part)
+                        if (
+                            full
+                            and error is None
+                            and claimed < size * _BATCHES_PER_TX
+                            and time.monotonic() - started < self.lease / 2
+                        ):
+                            # The batches before ``current`` are marked (so no longer
+                            # unpublished in this transaction); ``current`` is not yet.
+                            in_flight = [r["id"] for r in current]
+                            rows = await _fetch(conn, claim, in_flight=in_flight, **part)
                             pending = await self._send(rows, started)
-                            claimed += [r["id"] for r in rows]
+                            claimed += len(rows)
                         count, failed = await self._settle(conn, current, acks, started)
                         marked += count
                         error = error or failed
