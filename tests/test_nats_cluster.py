@@ -207,7 +207,10 @@ async def test_replicas_are_raised_never_lowered_and_consumers_follow(
     assert len(info.cluster.replicas or []) == 2
 
     async def consumer_replicated() -> bool:
-        ci = await bus.jetstream.consumer_info(stream, consumer)
+        try:
+            ci = await bus.jetstream.consumer_info(stream, consumer)
+        except TimeoutError:  # scaling up: not led for a moment
+            return False
         return ci.cluster is not None and len(ci.cluster.replicas or []) == 2
 
     await eventually(consumer_replicated, timeout=20)
@@ -238,7 +241,7 @@ async def test_replicas_are_raised_never_lowered_and_consumers_follow(
 async def _has_consumer(bus: EventBus, stream: str, consumer: str) -> bool:
     try:
         await bus.jetstream.consumer_info(stream, consumer)
-    except nats.js.errors.NotFoundError:
+    except (nats.js.errors.NotFoundError, TimeoutError):  # not made, or not led yet
         return False
     return True
 
