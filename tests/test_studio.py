@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import time
+import types
 from collections.abc import AsyncIterator
 from html import unescape
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import attrs
 import httpx
 import pytest
 
@@ -474,3 +476,61 @@ async def test_a_page_over_a_million_rows_renders_under_200_ms(wis: Wis2l) -> No
     page = await fetch_page(wis.database, (await load_catalog(wis.database)).tables["app_million"])
     assert len(page.rows) == 50
     assert page.next_cursor is not None
+
+
+async def test_outside_loopback_only_admins_get_in(wis2l_settings: Any) -> None:
+    """With an issuer set, a non-loopback studio sits behind AuthMiddleware, and the
+    principal it sets must be an admin."""
+    auth = pytest.importorskip("wis2l_core.auth")
+    settings = attrs.evolve(
+        wis2l_settings, oidc_issuer="https://issuer.example", oidc_audience="studio"
+    )
+
+    class Runtime:
+        pass
+
+    runtime = Runtime()
+    runtime.settings = settings  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guarded = guard(app, runtime, "0.0.0.0")
+    assert isinstance(guarded, auth.AuthMiddleware)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url=BASE) as c:
+        r = await c.get("/")  # no credentials
+    assert r.status_code == 401
+    admin_only = guarded.app  # what runs once AuthMiddleware has set scope["user"]
+    for role, status in (("viewer", 403), ("developer", 403), ("admin", 200)):
+        principal = types.SimpleNamespace(role=role)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=_with_user(admin_only, principal)),
+            base_url=BASE,
+        ) as c:
+            r = await c.get("/t/users")
+        assert r.status_code == status, role
+    assert seen == ["/t/users"]
+
+
+def _with_user(app: Any, user: Any) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        scope["user"] = user
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_event_rows_are_named_by_their_composite_key(
+    client: httpx.AsyncClient, seeded: Wis2l
+) -> None:
+    r = await client.get("/t/events?limit=3")
+    links = _links(r.text, "/t/events/row")
+    assert links
+    key = parse_qsl(urlsplit(links[0]).query)
+    assert [k for k, _ in key] == ["k", "k"]  # (id, created_at): events are partitioned
+    r = await client.get(links[0])
+    assert r.status_code == 200
+    assert key[0][1] in r.text
