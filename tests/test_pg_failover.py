@@ -25,7 +25,12 @@ from wis2l_core.errors import ServiceUnavailable, Wis2lError
 from wis2l_core.testing.plugin import drop_stream
 from wis2l_core.testing.servers import Servers
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.timing,
+    pytest.mark.timeout(180),
+]
 
 log = logging.getLogger(__name__)
 

@@ -232,6 +232,7 @@ async def _latencies(wis: Wis2l, count: int, timeout: float) -> list[float]:
     return seen
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("direct", [True, False], ids=["listen-direct", "polling"])
 async def test_the_relay_delivers_behind_a_transaction_pooler(
     bouncers: Bouncers, wis2l_servers: Servers, direct: bool

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -162,17 +162,34 @@ class Pool(AsyncConnectionPool[Connection]):
             delay = min(delay, self._jitter(RECONNECT_DELAY, -0.2, 0.0))
         await super().schedule_task(task, delay)
 
-    async def discard_stale(self, lost: Connection) -> None:
+    def discard_stale(self, lost: Connection) -> Coroutine[Any, Any, None] | None:
         """``lost`` failed with its server gone: discard it and every older connection.
 
-        Idle connections are closed and replaced at once; connections in use are closed
-        when they come back. A connection made after the last discard is what tells this
-        failure from one already handled, so a burst of failures discards once.
+        Synchronous, so no other task is handed an idle connection in between: every
+        connection made so far is marked stale (those in use are closed when they come
+        back) and the idle ones are taken out of the pool at once. A connection made
+        after the last discard is what tells this failure from one already handled, so a
+        burst of failures discards once.
+
+        Returns:
+            The rest of the work, to await (closing the idle connections and opening
+            their replacements), or ``None`` if this failure was already handled.
         """
         if self._closed or getattr(lost, "_created_at", 0.0) <= self._drained_at:
-            return
+            return None
         log.warning("database connection lost; discarding the pool's connections and reconnecting")
-        await self.drain()
+        if self._lock.locked():  # psycopg_pool is mid-update: drain() does it under the lock
+            self._drained_at = time.monotonic()
+            return self.drain()
+        self._drained_at = time.monotonic()
+        stale = list(self._pool)
+        self._pool.clear()
+        return self._replace(stale)
+
+    async def _replace(self, stale: list[Connection]) -> None:
+        for conn in stale:
+            await self._close_connection(conn)
+            self.run_task(AddConnection(self))
 
     def take_idle(self) -> Connection | None:
         """An idle connection taken from the pool at once, or ``None`` (use ``getconn``)."""
@@ -214,8 +231,8 @@ class Pool(AsyncConnectionPool[Connection]):
             await _return(self, conn, discard=True)
             raise
         except BaseException as exc:
-            if _lost(conn, exc):
-                await _shielded(self.discard_stale(conn))
+            if _lost(conn, exc) and (rest := self.discard_stale(conn)) is not None:
+                await _shielded(rest)
             await _return(self, conn, discard=False)
             raise
         if not self.put_idle(conn):
@@ -380,8 +397,8 @@ class Database(QueryMethods):
             self._tainted.discard(conn)
             await _return(pool, conn, discard=True)
             return
-        if exc is not None and _lost(conn, exc):
-            await _shielded(pool.discard_stale(conn))
+        if exc is not None and _lost(conn, exc) and (rest := pool.discard_stale(conn)) is not None:
+            await _shielded(rest)
         if not pool.put_idle(conn):
             await _return(pool, conn, discard=False)
 
