@@ -134,6 +134,15 @@ async def run_case(cluster: NatsCluster, settings: Settings, victim: Victim) -> 
             missing = len(written - {e for e, _ in arrivals})
             raise AssertionError(f"{missing} of {WRITES} events never delivered") from None
         await asyncio.sleep(0.5)  # late duplicates, if any, would show up now
+
+        async def rejoined() -> bool:  # the restarted node caught up with the stream
+            cl = (await cluster.stream_info(stream)).cluster
+            assert cl is not None
+            return node.name == cl.leader or any(
+                r.name == node.name and r.current for r in cl.replicas or []
+            )
+
+        await eventually(rejoined, timeout=30, interval=0.5)
         nc = await nats.connect(cluster.urls)
         try:
             state = (await nc.jetstream().stream_info(stream, subjects_filter=">")).state
