@@ -162,13 +162,16 @@ async def test_a_master_killed_mid_test_fails_open_then_recovers_by_itself(
 
     outcomes: dict[str, list[Any]] = {"cache": [], "session": [], "limit": [], "tokens": []}
     stop = asyncio.Event()
+    slowest: list[float] = []  # how long each cache write took
 
     async def load() -> str:
         return "loaded"
 
     async def traffic() -> None:
         while not stop.is_set():
+            began = time.monotonic()
             outcomes["cache"].append((time.monotonic(), await cache.set(key, "during")))
+            slowest.append(time.monotonic() - began)
             try:
                 outcomes["session"].append(
                     (time.monotonic(), await sessions.get(on_victim[0].token))
@@ -236,7 +239,8 @@ async def test_a_master_killed_mid_test_fails_open_then_recovers_by_itself(
         default=None,
     )
     print(
-        f"\nMEASURE cluster: promotion {promoted - killed:.2f} s after SIGKILL, "
+        f"\nMEASURE cluster: slowest write {max(slowest):.2f} s, "
+        f"promotion {promoted - killed:.2f} s after SIGKILL, "
         f"first write {resumed - killed:.2f} s, first session read "
         f"{'-' if first_session_ok is None else f'{first_session_ok - killed:.2f}'} s, "
         f"health ok again (idle client) {healthy_again - killed:.2f} s"

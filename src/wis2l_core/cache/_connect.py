@@ -25,7 +25,9 @@ import attrs
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from wis2l_core.cache._pool import BoundedPool
@@ -144,7 +146,13 @@ def build(
         return Built(cluster, mode)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         _hosts(parts.netloc),
-        sentinel_kwargs={k: v for k, v in options.items() if k.startswith("socket_")},
+        sentinel_kwargs={
+            **{k: v for k, v in options.items() if k.startswith("socket_")},
+            # One try per Sentinel: the next Sentinel is the retry. redis-py's default
+            # (3 retries with backoff, per Sentinel, per connection retry) made a call
+            # with no Sentinel reachable take over 20 s instead of failing open.
+            "retry": Retry(NoBackoff(), 0),
+        },
     )
     master = sentinel.master_for(
         path[0],
