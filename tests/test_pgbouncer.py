@@ -124,28 +124,30 @@ async def _mixed_calls(wis: Wis2l, n: int) -> list[BaseException | object]:
     return await asyncio.gather(*(call(i) for i in range(n)), return_exceptions=True)
 
 
-@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("mode", ["transaction", "session", "session-defaults"])
 async def test_200_concurrent_mixed_calls_all_succeed(
-    bouncers: Bouncers, wis2l_servers: Servers, mode: str
+    bouncers: Bouncers, wis2l_servers: Servers, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """``session-defaults``: no setting changed at all (no direct URL, prepared statements
+    on): the pool drops the statement-timeout option PgBouncer refuses, and says so."""
     bouncer = bouncers.transaction if mode == "transaction" else bouncers.session
-    prepared = mode == "session" or PREPARED_IN_TRANSACTION_MODE
-    settings = _settings(
-        wis2l_servers,
-        bouncer.url(),
-        database_direct_url=bouncers.direct(),
-        db_prepared_statements=prepared,
-    )
+    extra: dict[str, Any] = {}
+    if mode != "session-defaults":
+        extra["database_direct_url"] = bouncers.direct()
+        extra["db_prepared_statements"] = mode == "session" or PREPARED_IN_TRANSACTION_MODE
+    settings = _settings(wis2l_servers, bouncer.url(), **extra)
     try:
         await Wis2l(settings).migrate()
         async with Wis2l(settings) as wis:
             results = await _mixed_calls(wis, CALLS)
             failed = [r for r in results if isinstance(r, BaseException)]
             assert not failed, collections.Counter(str(e)[:120] for e in failed)
-            # No startup option went to PgBouncer; the role's timeout applies instead.
+            # No startup option reached the server; the role's timeout applies instead.
             assert await wis.database.fetch_val("SHOW statement_timeout") == "30s"
     finally:
         await drop_stream(settings)
+    refused = [r for r in caplog.records if "refused the statement_timeout" in r.getMessage()]
+    assert bool(refused) is (mode == "session-defaults")
 
 
 async def test_prepared_statements_break_transaction_mode(

@@ -84,7 +84,8 @@ def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any
     itself: PgBouncer refuses that parameter ("unsupported startup parameter: options"),
     and a ``SET`` on a transaction-pooled connection would leak to other clients. Behind
     a pooler (:func:`behind_pooler`) it is left out; set it on the role instead
-    (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md.
+    (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md. A pool
+    whose option is refused anyway drops it and logs a warning (``Pool._connect``).
 
     Args:
         settings: the settings.
@@ -111,6 +112,9 @@ RECONNECT_DELAY = 0.25
 """Seconds between the pool's attempts to replace a lost connection while the database
 is down (psycopg_pool's own back-off doubles from 1 s up to minutes, which kept a
 promoted standby waiting)."""
+
+_REFUSED = "unsupported startup parameter: options"
+"""PgBouncer's answer to a startup parameter it does not know."""
 
 # SQLSTATEs after which the connection's server is gone or no longer the primary:
 # admin/crash shutdown, cannot connect now, read-only transaction (a standby).
@@ -161,6 +165,25 @@ class Pool(AsyncConnectionPool[Connection]):
         if isinstance(task, AddConnection):
             delay = min(delay, self._jitter(RECONNECT_DELAY, -0.2, 0.0))
         await super().schedule_task(task, delay)
+
+    async def _connect(self, timeout: float | None = None) -> Connection:
+        # A pooler that refuses the statement-timeout startup option (PgBouncer without
+        # ``options`` in ``ignore_startup_parameters``) would refuse every connection:
+        # leave the option out from then on, and say where the timeout belongs.
+        try:
+            return await super()._connect(timeout)
+        except psycopg.OperationalError as exc:
+            kwargs = self.kwargs
+            if not isinstance(kwargs, dict) or "options" not in kwargs or _REFUSED not in str(exc):
+                raise
+            log.warning(
+                "the database (a pooler such as PgBouncer?) refused the statement_timeout"
+                " startup option; connecting without it: set statement_timeout on the role"
+                " (ALTER ROLE ... SET statement_timeout), or set DATABASE_DIRECT_URL",
+                extra={"service": "database"},
+            )
+            self.kwargs = {k: v for k, v in kwargs.items() if k != "options"}
+            return await super()._connect(timeout)
 
     def discard_stale(self, lost: Connection) -> Coroutine[Any, Any, None] | None:
         """``lost`` failed with its server gone: discard it and every older connection.
