@@ -5,15 +5,18 @@ claim, the refuse policy, sessions, the warm path, and the audit events."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wis2l_core import Wis2l
 from wis2l_core.auth.access import permissions_for
 from wis2l_core.config import FirstSignIn, Settings
 from wis2l_core.dev.issuer import DevIssuer
-from wis2l_core.errors import ConfigError, Unauthenticated
+from wis2l_core.errors import ConfigError, Conflict, Unauthenticated
 from wis2l_core.models import Role, Subsystem
 
 
@@ -175,3 +178,41 @@ def test_subsystem_of_the_identity_events() -> None:
 
     for cls in (UserCreated, UserRoleChanged, UserSignedIn):
         assert cls.subsystem is Subsystem.IDENTITY
+
+
+async def test_plain_http_issuer_is_refused_outside_development(
+    wis2l_oidc_settings: Settings,
+) -> None:
+    from wis2l_core.config import AppEnvironment
+
+    settings = attrs.evolve(wis2l_oidc_settings, environment=AppEnvironment.PRODUCTION)
+    with pytest.raises(ConfigError, match="development"):
+        _ = Wis2l(settings).identity
+    remote = attrs.evolve(wis2l_oidc_settings, oidc_issuer="http://id.example.org")
+    with pytest.raises(ConfigError, match="https"):
+        _ = Wis2l(remote).identity
+
+
+@given(
+    email=st.emails() | st.text(max_size=40),
+    name=st.none() | st.text(max_size=220),
+)
+async def test_hypothesis_claims_make_a_user_in_step_or_a_clean_refusal(
+    wis_oidc: Wis2l, oidc_issuer: DevIssuer, email: str, name: str | None
+) -> None:
+    """Any e-mail/name claims: the user stored equals the claims, or Unauthenticated
+    (malformed claims) or Conflict (another user has the e-mail: examples share the
+    database) and nothing written; never another error."""
+    sub = f"h-{secrets.token_hex(6)}"
+    token = oidc_issuer.mint(sub=sub, email=email, name=name)
+    try:
+        principal = await wis_oidc.identity.authenticate(token)
+    except (Unauthenticated, Conflict) as exc:
+        assert await wis_oidc.users.find_by_subject(sub) is None
+        if isinstance(exc, Conflict):
+            assert await wis_oidc.users.find_by_email(email) is not None
+        return
+    stored = await wis_oidc.users.find_by_subject(sub)
+    assert stored == principal.user
+    assert stored.email == email
+    assert stored.name == (name or email.split("@", 1)[0])
