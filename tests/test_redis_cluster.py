@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import attrs
 import pytest
 from tests.clusters.valkey import ValkeyCluster, ValkeyNode, wait_for
 
@@ -64,7 +65,7 @@ from tests.test_cache_tokens import (
     test_two_processes_load_once,  # noqa: F401
 )
 
-from wis2l_core import ConfigError, ServiceUnavailable, Settings
+from wis2l_core import ConfigError, ServiceUnavailable, Settings, Wis2l
 from wis2l_core.cache import Cache, RateLimiter, RedisClient, SessionStore, TokenCache
 from wis2l_core.health import HealthChecker, HealthStatus
 
@@ -128,6 +129,25 @@ async def test_keys_spread_over_every_master_and_all_writes_land(
 
 async def test_ping_reports_the_cluster(client: RedisClient) -> None:
     assert await client.ping() == {"mode": "cluster", "role": "master", "masters": 3}
+
+
+async def test_the_runtime_starts_on_the_cluster_and_refuses_a_plain_node_url(
+    wis2l_settings: Settings, valkey_cluster: ValkeyCluster
+) -> None:
+    settings = attrs.evolve(wis2l_settings, redis_url=valkey_cluster.url)
+    async with Wis2l(settings) as wis:
+        report = await wis.health()
+        assert report.checks["redis"].healthy
+        assert report.checks["redis"].details == {"mode": "cluster", "role": "master", "masters": 3}
+        session = await wis.sessions.create(uuid4(), {"k": 1})
+        assert await wis.sessions.get(session.token) == session
+    plain = attrs.evolve(
+        wis2l_settings,
+        redis_url=f"redis://{valkey_cluster.nodes[0].address}/0",
+        environment="production",
+    )
+    with pytest.raises(ConfigError, match=r"redis\+cluster://"):
+        await Wis2l(plain).start()
 
 
 def _session_key(client: RedisClient, token: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import attrs
 import pytest
 from tests.clusters.valkey import ValkeyNode, ValkeySentinel, wait_for
 
@@ -39,7 +40,7 @@ from tests.test_cache_tokens import (
     test_invalidate,  # noqa: F401
 )
 
-from wis2l_core import ServiceUnavailable, Settings
+from wis2l_core import ServiceUnavailable, Settings, StartupError, Wis2l
 from wis2l_core.cache import Cache, RedisClient, SessionStore
 from wis2l_core.health import HealthChecker, HealthStatus
 
@@ -185,3 +186,27 @@ async def test_a_client_pointed_at_the_replica_is_never_ok(
         assert "read-only replica" in (reports[0].checks["redis"].error or "")
     finally:
         await client.aclose()
+
+
+async def test_the_runtime_on_sentinel_and_refusing_a_replica_at_start(
+    wis2l_settings: Settings, valkey_sentinel: ValkeySentinel
+) -> None:
+    settings = attrs.evolve(wis2l_settings, redis_url=valkey_sentinel.url)
+    async with Wis2l(settings) as wis:
+        report = await wis.health()
+        assert report.checks["redis"].details == {"mode": "sentinel", "role": "master"}
+        assert await wis.cache.set("k", 1)
+    replica = next(
+        n
+        for n in valkey_sentinel.data_nodes
+        if n.running and n is not valkey_sentinel.current_master()
+    )
+    on_replica = attrs.evolve(
+        wis2l_settings,
+        redis_url=f"redis://{replica.address}/0",
+        environment="production",
+        critical_services=frozenset({"database", "redis"}),
+    )
+    with pytest.raises(StartupError) as info:
+        await Wis2l(on_replica).start()
+    assert "read-only replica" in info.value.failures["redis"]
