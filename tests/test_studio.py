@@ -534,3 +534,25 @@ async def test_event_rows_are_named_by_their_composite_key(
     r = await client.get(links[0])
     assert r.status_code == 200
     assert key[0][1] in r.text
+
+
+async def test_values_are_escaped(client: httpx.AsyncClient, seeded: Wis2l) -> None:
+    user = (await seeded.database.fetch_one("SELECT id FROM users LIMIT 1")) or {}
+    project = await seeded.projects.create(
+        owner_id=user["id"],
+        name='<img src=x onerror="alert(1)">',
+        slug="xss",
+        engine="web",
+        description="<script>alert(1)</script>" * 10,
+        metadata={"html": "</pre><script>alert(2)</script>"},
+    )
+    await seeded.builds.create(project_id=project.id, target="<b>web</b>")
+    for url in (f"/t/projects/row?k={project.id}", "/t/projects", "/t/builds?limit=500"):
+        r = await client.get(url)
+        assert r.status_code == 200
+        assert "<script>alert" not in r.text, url
+        assert "<img src=x" not in r.text, url
+        assert "<b>web</b>" not in r.text, url
+    r = await client.get(f"/t/projects/row?k={project.id}")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
+    assert "&lt;/pre&gt;&lt;script&gt;alert(2)" in r.text
