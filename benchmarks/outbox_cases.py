@@ -183,18 +183,24 @@ RELAY_PROJECTS = 64
 PARTITIONS = 16
 
 
-def _cpu_of(names: set[str]) -> float:
-    """CPU seconds used so far by every process whose command is in ``names``."""
+def _cpu_of(names: set[str]) -> dict[int, float]:
+    """CPU seconds used so far by each process whose command is in ``names``, by pid."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             text = stat.read_text()
             comm = text[text.index("(") + 1 : text.rindex(")")]
             if comm in names:
                 fields = text[text.rindex(")") + 2 :].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+                out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_since(before: dict[int, float], names: set[str]) -> float:
+    """CPU seconds used since ``before`` by the processes alive now (new ones count from
+    zero; ones that exited meanwhile are left out)."""
+    return sum(used - before.get(pid, 0.0) for pid, used in _cpu_of(names).items())
 
 
 class _RelayProcesses:
@@ -279,7 +285,7 @@ async def _drain_with(env: Env, n: int, projects: list[UUID], count: int, tmp: P
                 break
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - start
-        servers = _cpu_of({"postgres", "nats-server"}) - servers_before
+        servers = _cpu_since(servers_before, {"postgres", "nats-server"})
         await asyncio.sleep(0.2)  # the workers' last status
         after = relays.status()
     per = [a["published"] - b["published"] for a, b in zip(after, before, strict=True)]
@@ -288,6 +294,7 @@ async def _drain_with(env: Env, n: int, projects: list[UUID], count: int, tmp: P
     for i, (done, used) in enumerate(zip(per, cpu, strict=True)):
         res.values[f"relay {i} events/s"] = done / elapsed
         res.values[f"relay {i} CPU (cores)"] = used / elapsed
+        res.values[f"relay {i} home partitions"] = float(len(after[i].get("home", ())))
     res.values["postgres + nats-server CPU (cores)"] = servers / elapsed
     res.values["load average (1 min)"] = os.getloadavg()[0]
     res.notes = (

@@ -71,6 +71,8 @@ async def main(status: Path, lease: float, poll: float, ack_delay: float, batch:
             "home": list(relay.home),
             "relays": len(relay.relays),
             "cpu_s": sum(os.times()[:2]),
+            "bus_ready": bus.ready,
+            "running": relay.running,
             **counters,
         }
         tmp.write_text(json.dumps(state))

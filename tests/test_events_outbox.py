@@ -515,16 +515,15 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
     assert more == [first_w.id, second_w.id]
 
 
-def test_home_partitions_split_evenly_and_move_only_a_leavers_share() -> None:
-    relays = frozenset(uuid.uuid4().hex for _ in range(4))
-    homes = {r: set(home_partitions(r, relays, 64)) for r in relays}
-    assert sorted(p for h in homes.values() for p in h) == list(range(64))  # each once
-    assert all(6 <= len(h) <= 26 for h in homes.values())  # about 16 each
-    gone = next(iter(relays))
-    rest = relays - {gone}
-    for r in rest:  # the others keep what they had and share out the leaver's partitions
-        assert homes[r] <= set(home_partitions(r, rest, 64))
-    assert home_partitions(gone, frozenset({gone}), 3) == (0, 1, 2)
+def test_home_partitions_split_every_partition_once_and_evenly() -> None:
+    for count, partitions in [(1, 16), (3, 16), (4, 16), (5, 3), (7, 1024)]:
+        relays = frozenset(uuid.uuid4().hex for _ in range(count))
+        homes = [home_partitions(r, relays, partitions) for r in relays]
+        assert sorted(p for h in homes for p in h) == list(range(partitions))  # each once
+        sizes = [len(h) for h in homes]
+        assert max(sizes) - min(sizes) <= 1
+    lone = uuid.uuid4().hex  # a relay not (yet) seen by the query counts itself in
+    assert home_partitions(lone, frozenset(), 4) == (0, 1, 2, 3)
 
 
 async def test_partitions_are_locked_by_one_relay_at_a_time(env: Env) -> None:

@@ -6,9 +6,9 @@ wis2l_outbox`` at commit. The relay wakes on that notification (and on a fallbac
 
 Events are split into ``Settings.outbox_partitions`` partitions by project (events with no
 project share partition 0). Relays in several processes share the partitions: each
-relay's ``LISTEN`` session (``application_name`` ``wis2l-outbox <id>``) runs a heartbeat,
-and every relay computes the same *home* partitions for each live relay by rendezvous
-hashing. In one transaction per pass a relay:
+relay's ``LISTEN`` session (``application_name`` ``wis2l-outbox <id>``) runs a heartbeat
+while NATS is up, and every relay computes the same *home* partitions for each live relay
+(round robin over the relays sorted by id). In one transaction per pass a relay:
 
 1. bounds the transaction (``idle_in_transaction_session_timeout`` and
    ``statement_timeout`` = the lease) and takes the transaction-scoped advisory lock of
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -73,15 +72,14 @@ async def _fetch(conn: Connection, query: Query, **params: Any) -> list[DictRow]
 def home_partitions(relay: str, relays: frozenset[str], partitions: int) -> tuple[int, ...]:
     """The partitions that ``relay`` publishes first when ``relays`` are alive.
 
-    Rendezvous hashing: each partition goes to the relay with the highest hash of (relay,
-    partition), so every relay computes the same split, each gets about
-    ``partitions / len(relays)``, and a relay joining or leaving moves only its share.
+    Round robin over the relays sorted by id: every relay computes the same split, and
+    each gets ``partitions / len(relays)`` of them, give or take one. When a relay comes or
+    goes most partitions change hands, which costs nothing: ownership is only ever a lock
+    held for one transaction, and relays that briefly disagree contend for the same lock.
     """
-
-    def score(r: str, p: int) -> tuple[bytes, str]:
-        return hashlib.blake2b(f"{r}:{p}".encode(), digest_size=8).digest(), r
-
-    return tuple(p for p in range(partitions) if max(relays, key=lambda r: score(r, p)) == relay)
+    ordered = sorted(relays | {relay})
+    me, n = ordered.index(relay), len(ordered)
+    return tuple(range(me, partitions, n))
 
 
 @attrs.frozen
@@ -436,8 +434,10 @@ class OutboxRelay:
                     while True:
                         async for _ in conn.notifies(timeout=beat):
                             self._wake.set()
-                        # the heartbeat: moves state_change, which the relays query reads
-                        await conn.execute("SELECT 1")
+                        # The heartbeat moves state_change, which the relays query reads.
+                        # None while NATS is down: the others take this relay's partitions.
+                        if self._bus.ready:
+                            await conn.execute("SELECT 1")
             except Exception as exc:
                 delay = backoff.next()
                 log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
