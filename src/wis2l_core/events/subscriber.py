@@ -203,7 +203,7 @@ class Subscriber(Generic[E]):
         psub: JetStreamContext.PullSubscription | None = None
         generation = -1
         backoff = Backoff.reconnect()
-        leaderless = _Leaderless(self.options.consumer)
+        leaderless = _Leaderless(self.options.consumer, self.bus.settings.stream_replicas > 1)
         try:
             while True:
                 # nats-py turns a cancellation inside its requests into a timeout, which
@@ -449,17 +449,20 @@ class _Leaderless:
     (or JetStream's 503) until the other replicas elect a leader, usually within seconds.
     The consumer itself is fine, so the subscriber keeps it and asks again every half
     second. After ``_ELECTION_GRACE`` seconds of that the consumer may be gone instead
-    (deleted by hand), and the caller creates it again.
+    (deleted by hand), and the caller creates it again. With one replica there is no
+    election: the same answers mean the consumer (or the stream) is gone, and the caller
+    creates it again at once.
     """
 
-    def __init__(self, consumer: str) -> None:
+    def __init__(self, consumer: str, replicated: bool) -> None:
         self.consumer = consumer
+        self.replicated = replicated
         self.since: float | None = None
         self.backoff = Backoff(initial=0.1, cap=_ELECTION_POLL, jitter=0.2)
 
     async def waited(self, exc: BaseException) -> bool:
         """Sleep and return True if ``exc`` says "no leader yet" within the grace period."""
-        if not _electing(exc):
+        if not self.replicated or not _electing(exc):
             return False
         now = asyncio.get_running_loop().time()
         if self.since is None:
