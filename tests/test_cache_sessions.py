@@ -130,6 +130,20 @@ async def test_revoke_all(client: RedisClient) -> None:
     assert await sessions.get(fresh.token) == fresh
 
 
+async def test_revoke_all_while_the_user_signs_in_elsewhere(client: RedisClient) -> None:
+    # revoke_all lists the user's sessions, then deletes them in a script that names
+    # each key; sign-ins racing it must not make it miss a session that existed before.
+    sessions = SessionStore(client)
+    ada = uuid4()
+    before = [await sessions.create(ada) for _ in range(10)]
+    racing = [sessions.create(ada) for _ in range(30)]
+    revoked, *during = await asyncio.gather(sessions.revoke_all(ada), *racing)
+    assert all([await sessions.get(s.token) is None for s in before])
+    alive = [s for s in during if await sessions.get(s.token) is not None]
+    assert revoked + len(alive) == 10 + len(during)  # each one either revoked or alive
+    assert await sessions.revoke_all(ada) == len(alive)
+
+
 async def test_expired_sessions_leave_the_user_set(client: RedisClient) -> None:
     short = SessionStore(client, ttl=timedelta(milliseconds=200))
     user = uuid4()

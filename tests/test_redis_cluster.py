@@ -42,6 +42,7 @@ from tests.test_cache_sessions import (
     test_refresh_slides_the_expiry,  # noqa: F401
     test_revoke,  # noqa: F401
     test_revoke_all,  # noqa: F401
+    test_revoke_all_while_the_user_signs_in_elsewhere,  # noqa: F401
     test_session_expires,  # noqa: F401
     test_tokens_are_unique_and_unguessable,  # noqa: F401
 )
