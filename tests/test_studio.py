@@ -4,6 +4,7 @@ the repositories, CSRF, the non-loopback guard and the 1M-row page time (real da
 from __future__ import annotations
 
 import re
+import socket
 import time
 import types
 from collections.abc import AsyncIterator
@@ -556,3 +557,26 @@ async def test_values_are_escaped(client: httpx.AsyncClient, seeded: Wis2l) -> N
     r = await client.get(f"/t/projects/row?k={project.id}")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
     assert "&lt;/pre&gt;&lt;script&gt;alert(2)" in r.text
+
+
+def test_cli_refuses_a_public_address_and_a_taken_port(
+    wis2l_settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wis2l_core.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", wis2l_settings.database_url)
+    monkeypatch.setenv("REDIS_URL", wis2l_settings.redis_url)
+    monkeypatch.setenv("NATS_URL", wis2l_settings.nats_urls[0])
+    monkeypatch.setenv("WIS2L_NAMESPACE", wis2l_settings.namespace)
+    monkeypatch.setenv("WIS2L_STREAM", wis2l_settings.stream_name)
+    monkeypatch.delenv("WIS2L_OIDC_ISSUER", raising=False)
+    assert main(["studio", "--host", "0.0.0.0", "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert "needs authentication" in err
+    assert "127.0.0.1" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["studio", "--port", str(port), "--no-browser"]) == 3
+    assert "cannot serve the studio" in capsys.readouterr().err
