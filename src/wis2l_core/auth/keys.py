@@ -96,8 +96,8 @@ def key_matches(key: Key, alg: str) -> bool:
         return False
     if kty == "EC":
         return key.get("crv") == _CURVE.get(alg)
-    if kty == "OKP":
-        return key.get("crv") in ("Ed25519", "Ed448")
+    if kty == "OKP":  # "EdDSA" names either curve; RFC 9864's "Ed25519"/"Ed448" one
+        return key.get("crv") in (("Ed25519", "Ed448") if alg == "EdDSA" else (alg,))
     return True
 
 
