@@ -134,6 +134,7 @@ async def test_prune_drops_old_months_in_well_under_a_second_and_keeps_unpublish
     report = await prune_events(url, retention=retention)
     elapsed = time.perf_counter() - start
 
+    print(f"prune: {len(report.partitions)} partitions of 300,000 events in {elapsed:.3f} s")
     assert elapsed < 1.0, f"prune took {elapsed:.3f} s"
     assert {p.name for p in report.removed} == gone
     assert [p.action for p in report.partitions if p.name == kept_old] == [
