@@ -246,10 +246,18 @@ class PgCluster:
 
 
 class PgBouncer:
-    """PgBouncer in front of ``server`` in ``mode`` (``transaction`` or ``session``)."""
+    """PgBouncer in front of ``server`` in ``mode`` (``transaction`` or ``session``).
+
+    ``max_prepared_statements`` (PgBouncer 1.21+) is written only when above zero.
+    """
 
     def __init__(
-        self, cluster: PgCluster, server: PgServer, mode: str, pool_size: int = 20
+        self,
+        cluster: PgCluster,
+        server: PgServer,
+        mode: str,
+        pool_size: int = 20,
+        max_prepared_statements: int = 0,
     ) -> None:
         self.cluster = cluster
         self.mode = mode
@@ -273,6 +281,11 @@ default_pool_size = {pool_size}
 max_client_conn = 1000
 server_reset_query = DISCARD ALL
 """
+            + (
+                f"max_prepared_statements = {max_prepared_statements}\n"
+                if max_prepared_statements
+                else ""
+            )
         )
         self.pid = 0
 
