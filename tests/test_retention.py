@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from wis2l_core.cli import main
-from wis2l_core.db.retention import MONTHS_AHEAD, ensure_partitions, prune_events
+from wis2l_core.db.retention import (
+    MONTHS_AHEAD,
+    PrunedPartition,
+    ensure_partitions,
+    prune_events,
+)
 from wis2l_core.errors import ServiceUnavailable, ValidationError
 
 UTC = datetime.UTC
@@ -164,41 +168,66 @@ async def test_prune_drops_old_months_in_well_under_a_second_and_keeps_unpublish
     assert [p.name for p in again.removed] == [kept_old]
 
 
-async def test_archive_reads_back_with_pandas_to_exactly_the_removed_rows(
-    wis2l_database_url: str, tmp_path: Path
-) -> None:
-    url = wis2l_database_url
-    tricky = 'quote " backslash \\ \\\\n tab \t newline \n unicode ü€😀 nul-free'
-    load(url, 3_000, months=3, note=tricky)
-    retention = keeping(1)  # the 2 oldest go
+TRICKY = 'quote " backslash \\ \\\\n tab \t newline \n unicode ü€😀'
+
+
+async def archived_and_removed(
+    url: str, folder: Path
+) -> tuple[list[PrunedPartition], dict[str, list[dict[str, Any]]]]:
+    """Prune the 2 oldest of 3 months into ``folder``: (what prune reported, the rows
+    each removed partition held just before, as PostgreSQL renders them in JSON)."""
+    load(url, 3_000, months=3, note=TRICKY)
     gone = [f"events_p{month_start(b):%Y%m}" for b in (3, 2)]
-    removed = {part: query(url, f"SELECT to_jsonb(e) AS row FROM {part} e") for part in gone}
+    removed = {
+        part: [r["row"] for r in query(url, f"SELECT to_jsonb(e) AS row FROM {part} e")]
+        for part in gone
+    }
     assert all(len(rows) > 900 for rows in removed.values())
-
-    report = await prune_events(url, retention=retention, archive_dir=tmp_path / "archive")
-
+    report = await prune_events(url, retention=keeping(1), archive_dir=folder)
     assert sorted(p.name for p in report.removed) == sorted(gone)
-    assert sorted(f.name for f in (tmp_path / "archive").iterdir()) == sorted(
+    assert sorted(f.name for f in folder.iterdir()) == sorted(
         f"{part}.jsonl.gz" for part in gone
     )  # no temporary file left behind
-    for part in report.removed:
-        assert part.archive == tmp_path / "archive" / f"{part.name}.jsonl.gz"
-        frame = pd.read_json(part.archive, lines=True, compression="gzip", dtype=False)
-        expected = [r["row"] for r in removed[part.name]]
-        assert part.rows == len(frame) == len(expected)
-        assert list(frame.columns) == COLUMNS
-        assert frame["payload"].map(lambda p: p["note"]).eq(tricky).all()
-        # Exactly the removed rows, every column, as PostgreSQL rendered them.
-        with gzip.open(part.archive, "rt", encoding="utf-8") as lines:
-            archived = [json.loads(line) for line in lines]
-        key = lambda row: row["seq"]  # noqa: E731
-        assert sorted(archived, key=key) == sorted(expected, key=key)
-        assert pd.to_datetime(
-            frame["created_at"], utc=True, format="ISO8601"
-        ).min() >= pd.Timestamp(part.lower or month_start(99))
     assert query(url, "SELECT count(*) AS n FROM events") == [
         {"n": 3_000 - sum(len(r) for r in removed.values())}
     ]
+    return list(report.removed), removed
+
+
+async def test_the_archive_holds_exactly_the_removed_rows(
+    wis2l_database_url: str, tmp_path: Path
+) -> None:
+    parts, removed = await archived_and_removed(wis2l_database_url, tmp_path / "archive")
+    for part in parts:
+        assert part.archive == tmp_path / "archive" / f"{part.name}.jsonl.gz"
+        with gzip.open(part.archive, "rt", encoding="utf-8") as lines:
+            archived = [json.loads(line) for line in lines]
+        assert part.rows == len(archived) == len(removed[part.name])
+        assert [list(row) for row in archived[:1]] == [COLUMNS]  # the table's order
+        key = lambda row: row["seq"]  # noqa: E731
+        # Every row, every column, the values PostgreSQL rendered.
+        assert sorted(archived, key=key) == sorted(removed[part.name], key=key)
+        assert {row["payload"]["note"] for row in archived} == {TRICKY}
+
+
+async def test_the_archive_reads_back_with_pandas(wis2l_database_url: str, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")  # the notebook extra
+    parts, removed = await archived_and_removed(wis2l_database_url, tmp_path / "archive")
+    for part in parts:
+        assert part.archive is not None
+        frame = pd.read_json(part.archive, lines=True, compression="gzip", dtype=False)
+        expected = sorted(removed[part.name], key=lambda row: row["seq"])
+        assert list(frame.columns) == COLUMNS
+        frame = frame.sort_values("seq").reset_index(drop=True)
+        assert frame["id"].tolist() == [row["id"] for row in expected]
+        assert frame["seq"].tolist() == [row["seq"] for row in expected]
+        assert frame["payload"].tolist() == [row["payload"] for row in expected]
+        created = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
+        assert created.tolist() == [
+            pd.Timestamp(row["created_at"]) for row in expected
+        ]  # exact to the microsecond, in UTC
+        assert created.min() >= pd.Timestamp(part.lower or month_start(99))
+        assert created.max() < pd.Timestamp(part.upper)
 
 
 async def test_a_failed_archive_drops_nothing(wis2l_database_url: str, tmp_path: Path) -> None:
