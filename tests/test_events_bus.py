@@ -115,6 +115,9 @@ async def test_replicas_above_one_on_a_single_server_is_a_config_error(
     finally:
         await bus.close(1)
         await drop_stream(wis2l_settings)
+    required = EventBus(attrs.evolve(wis2l_settings, stream_replicas=2))
+    with pytest.raises(ConfigError, match="WIS2L_STREAM_REPLICAS=2 needs a NATS cluster"):
+        await required.open(require=True)  # production: the typed error, not "unreachable"
 
 
 async def test_open_creates_the_stream_and_ping_sees_it_go(bus: EventBus) -> None:

@@ -129,6 +129,7 @@ class EventBus:
         self._setup_task: asyncio.Task[None] | None = None
         self._outage_logged = False
         self._replicas_logged = False
+        self._refusal: ConfigError | None = None  # why the stream cannot be ensured
 
     # -- state -------------------------------------------------------------------------
 
@@ -208,6 +209,8 @@ class EventBus:
 
         Raises:
             ServiceUnavailable: ``require`` is true and NATS is not reachable.
+            ConfigError: ``require`` is true and NATS refused the stream's configuration
+                (e.g. ``WIS2L_STREAM_REPLICAS`` above 1 on a server not in a cluster).
         """
         if self._opened:
             return
@@ -224,6 +227,8 @@ class EventBus:
         urls = ", ".join(self._redacted_urls())
         if require:
             await self.close(0)
+            if self._refusal is not None:
+                raise self._refusal
             raise ServiceUnavailable(f"nats: cannot reach {urls}", service="nats")
         log.warning(
             "NATS is not ready yet (%s unreachable, or JetStream unavailable); "
@@ -312,6 +317,7 @@ class EventBus:
             try:
                 await self.ensure_stream()
             except ConfigError as exc:  # retrying cannot help
+                self._refusal = exc
                 log.error("cannot ensure the stream: %s", exc, extra={"service": "nats"})
                 return
             except ServiceUnavailable as exc:
