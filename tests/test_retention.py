@@ -349,3 +349,38 @@ async def test_prune_and_dry_run_on_an_unmigrated_database(empty_database_url: s
         )
         == 1
     )
+
+
+@pytest.mark.timing
+async def test_writers_and_readers_go_on_while_prune_drops(wis2l_database_url: str) -> None:
+    """Prune's locks are brief: writes (into this month) and reads keep going meanwhile."""
+    url = wis2l_database_url
+    load(url, 20_000, months=4)
+    stop = asyncio.Event()
+    slowest: list[float] = []
+
+    async def writer(n: int) -> int:
+        done = 0
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while not stop.is_set():
+                start = time.perf_counter()
+                await conn.execute(
+                    "INSERT INTO events (type, subsystem, subject) VALUES (%s, 'ignis', 'wis2l.x')",
+                    (f"w{n}",),
+                )
+                await conn.execute("SELECT count(*) FROM events WHERE type = %s", (f"w{n}",))
+                slowest.append(time.perf_counter() - start)
+                done += 1
+        return done
+
+    tasks = [asyncio.create_task(writer(n)) for n in range(3)]
+    await asyncio.sleep(0.2)
+    report = await prune_events(url, retention=keeping(0))
+    await asyncio.sleep(0.2)
+    stop.set()
+    written = await asyncio.gather(*tasks)
+
+    assert [p.action for p in report.partitions] == ["dropped"] * 4
+    assert min(written) > 0
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": sum(written)}]
+    assert max(slowest) < 2.0  # waits at most for a drop, never for the whole prune
