@@ -46,7 +46,7 @@ _ELECTION_PROBE = 0.5
 a leader nobody answers, so it is asked again (for up to ``_ELECTION_WAIT``)."""
 _ELECTION_WAIT = 10.0
 """Seconds :meth:`EventBus.ensure_stream` waits for a replicated stream's leader election
-(nats-server 2.15 takes 6-7 s after its leader dies)."""
+(nats-server 2.15 takes 5-7 s after its leader dies)."""
 _NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
 _NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
