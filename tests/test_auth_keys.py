@@ -278,3 +278,30 @@ async def test_the_key_type_must_match_the_algorithm() -> None:
     finally:
         await keys.aclose()
         issuer.stop()
+
+
+async def test_cancelled_waiters_leave_the_shared_fetch_running(oidc_issuer: DevIssuer) -> None:
+    oidc_issuer.delay = 0.3
+    keys = _keys(oidc_issuer)
+    try:
+        kid = _rsa_kid(oidc_issuer)
+        waiters = [asyncio.create_task(keys.get(kid, "RS256")) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        for waiter in waiters[:9]:
+            waiter.cancel()
+        assert await waiters[9] is not None  # the one left still gets the keys
+        assert all(w.cancelled() for w in waiters[:9])
+        # every waiter cancelled: the fetch still completes and fills the cache
+        later = _keys(oidc_issuer)
+        try:
+            gone = [asyncio.create_task(later.get(kid, "RS256")) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            for waiter in gone:
+                waiter.cancel()
+            await asyncio.sleep(1.0)  # discovery and JWKS, 0.3 s each
+            assert later.cached(kid, "RS256") is not None
+        finally:
+            await later.aclose()
+        assert oidc_issuer.jwks_fetches == 2  # one per key set, none repeated
+    finally:
+        await keys.aclose()
