@@ -45,6 +45,14 @@ async def test_keys_are_independent(client: RedisClient) -> None:
     assert (await limiter.hit("b", limit=1, per=60)).allowed
 
 
+async def test_a_limit_finer_than_a_millisecond(client: RedisClient) -> None:
+    # one hit's share of the period rounds to 0 ms on Redis' clock: the key still gets
+    # a 1 ms expiry, where it used to be "SET ... PX 0" and "invalid expire time"
+    limiter = RateLimiter(client, fail_mode="raise")  # a script error is not swallowed
+    results = [await limiter.hit("fine", limit=10**9, per=1) for _ in range(3)]
+    assert all(r.allowed for r in results)
+
+
 async def test_hits_come_back_over_time(client: RedisClient) -> None:
     limiter = RateLimiter(client)
     for _ in range(4):
