@@ -37,6 +37,8 @@
       fetch("/status.json", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (s) {
         health.textContent = s.health.status;
         health.className = "badge health-" + s.health.status;
+        var live = document.getElementById("live-state");
+        if (live && s.live === false) { live.textContent = "NATS not connected"; live.className = "badge health-unhealthy"; }
         if (s.outbox.size !== undefined) {
           var age = s.outbox.oldest_age_s == null ? "" : ", oldest " + s.outbox.oldest_age_s.toFixed(1) + " s";
           backlog.textContent = s.outbox.size + (s.outbox.size === 1 ? " event" : " events") + " waiting" + age;
