@@ -360,6 +360,24 @@ async def test_create_and_delete_through_the_repositories(
     )
     assert r.status_code == 303
     assert await seeded.builds.find_by_id(build_id) is None
+    # design tokens are created with tokens.upsert (its TokenUpdated event included)
+    r = await writer.post(
+        "/t/design_tokens/new",
+        data={
+            "csrf": token,
+            "project_id": str(project.id),
+            "name": "color.ember",
+            "category": "color",
+            "value": '"#ff5a1f"',
+            "group": "palette",
+        },
+        headers={"Origin": BASE},
+    )
+    assert r.status_code == 303, r.text
+    made_token = await seeded.tokens.find_by_category(project.id, "color")
+    assert {t.name: t.value for t in made_token}["color.ember"] == "#ff5a1f"
+    r = await writer.get(r.headers["location"])
+    assert '<span class="swatch" style="background:#ff5a1f">' in r.text
     # a JSON field that is not JSON is refused before the repository is called
     comp = (await seeded.components.find_by_project_id(project.id, limit=1)).items[0]
     r = await writer.post(
