@@ -232,14 +232,15 @@ class _RelayProcesses:
     def _spawn(self) -> None:
         for i in range(self.n):
             args = [str(self.tmp / f"relay-{i}.json"), "10", "1.0", "0", "1000"]
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), *args],
-                    env=self.env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=(self.tmp / f"relay-{i}.log").open("wb"),
+            with (self.tmp / f"relay-{i}.log").open("wb") as log:  # the child keeps its copy
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(WORKER), *args],
+                        env=self.env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
                 )
-            )
 
     async def __aenter__(self) -> _RelayProcesses:
         self._spawn()

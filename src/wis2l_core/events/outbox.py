@@ -322,6 +322,8 @@ class OutboxRelay:
         ``idle_in_transaction_session_timeout`` applies (within an unsynced pipeline the
         session counts as active and a stopped relay would keep its partitions).
         """
+        if not candidates:
+            return 0, False, None
         size = self.batch_size
         claim = self._queries["claim"]
         marked, full, error = 0, False, None
