@@ -175,7 +175,8 @@ class Identity:
             self._users.pop(subject, None)
 
     async def aclose(self) -> None:
-        """Close the key fetcher's HTTP client (idempotent)."""
+        """Cancel a key fetch in flight (idempotent). Optional: nothing else is held
+        open, each key fetch opens and closes its own HTTP client."""
         await self.keys.aclose()
 
     # -- internals -------------------------------------------------------------------

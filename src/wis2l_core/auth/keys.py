@@ -24,9 +24,12 @@ JWKS there holds the public keys. The rules, each one a defence:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import logging
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -115,9 +118,9 @@ class _Held:
 class IssuerKeys:
     """The signing keys of one issuer, fetched lazily and cached (see the module doc).
 
-    No I/O happens until the first :meth:`get`; the HTTP client is made then, inside the
-    running loop. Call :meth:`aclose` when done (``wis.stop()`` does it for
-    ``wis.identity``).
+    No I/O happens until the first :meth:`get`. Each fetch opens and closes its own HTTP
+    client, so nothing is held open between fetches and no close is needed;
+    :meth:`aclose` only cancels a fetch in flight.
 
     Args:
         issuer: the issuer URL (as in the tokens' ``iss``).
@@ -149,7 +152,6 @@ class IssuerKeys:
     """How many times the JWKS was fetched (successful or not)."""
     _held: _Held | None = attrs.field(default=None, init=False)
     _jwks_uri: str | None = attrs.field(default=None, init=False)
-    _client: httpx.AsyncClient | None = attrs.field(default=None, init=False)
     _inflight: asyncio.Task[_Held] | None = attrs.field(default=None, init=False)
     _last_fetch: float = attrs.field(default=float("-inf"), init=False)
     _failed_at: float = attrs.field(default=float("-inf"), init=False)
@@ -196,13 +198,14 @@ class IssuerKeys:
         await self._refresh(required=True)
 
     async def aclose(self) -> None:
-        """Close the HTTP client and cancel a fetch in flight (idempotent)."""
+        """Cancel a fetch in flight (idempotent). Nothing else stays open: each fetch
+        opens and closes its own HTTP client."""
         task, self._inflight = self._inflight, None
         if task is not None and not task.done():
             task.cancel()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError, ServiceUnavailable):
+                    await task
 
     async def _refresh(self, *, required: bool) -> _Held:
         """Refetch (joining a fetch in flight). On failure return the held keys, unless
@@ -235,13 +238,24 @@ class IssuerKeys:
 
     async def _fetch(self) -> _Held:
         self.fetches += 1
+        # A client per fetch: fetches are minutes apart, so nothing stays open between
+        # them (no close to forget, no client tied to an event loop that has ended).
+        client = httpx.AsyncClient(
+            verify=_ssl_context(),
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            trust_env=not _is_loopback(urlsplit(self.issuer).hostname or ""),
+            transport=self.transport,
+            headers={"Accept": "application/json"},
+        )
         try:
-            if self._jwks_uri is None:
-                discovery, _ = await self._document(
-                    self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                )
-                self._jwks_uri = _jwks_uri(discovery, self.issuer, self.development)
-            jwks, ttl = await self._document(self._jwks_uri)
+            async with client:
+                if self._jwks_uri is None:
+                    discovery, _ = await self._document(
+                        client, self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+                    )
+                    self._jwks_uri = _jwks_uri(discovery, self.issuer, self.development)
+                jwks, ttl = await self._document(client, self._jwks_uri)
             held = _parse(jwks, ttl, self.stale_for)
         except ServiceUnavailable as exc:
             self._failed_at = time.monotonic()
@@ -252,18 +266,10 @@ class IssuerKeys:
         log.debug("OIDC keys fetched", extra={"issuer": self.issuer, "keys": len(held.by_kid)})
         return held
 
-    async def _document(self, url: str) -> tuple[Any, float]:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout),
-                follow_redirects=False,
-                trust_env=not _is_loopback(urlsplit(url).hostname or ""),
-                transport=self.transport,
-                headers={"Accept": "application/json"},
-            )
+    async def _document(self, client: httpx.AsyncClient, url: str) -> tuple[Any, float]:
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._client.stream("GET", url) as response:
+                async with client.stream("GET", url) as response:
                     if response.status_code != 200:
                         raise ServiceUnavailable(
                             f"{url} answered {response.status_code}", service=SERVICE
@@ -288,6 +294,13 @@ class IssuerKeys:
         match = _MAX_AGE.search(cache_control)
         ttl = float(match.group(1)) if match else self.default_ttl
         return min(max(ttl, self.min_ttl), self.max_ttl)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS context of the fetches, made once (loading the CA bundle is the slow part
+    of making an HTTP client)."""
+    return httpx.create_ssl_context()  # as httpx's default: certifi, or SSL_CERT_FILE/DIR
 
 
 def _retrieve(task: asyncio.Task[_Held]) -> None:
