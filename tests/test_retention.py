@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from wis2l_core import Settings, Wis2l
 from wis2l_core.cli import main
 from wis2l_core.db.retention import (
     MONTHS_AHEAD,
@@ -301,6 +302,16 @@ async def test_ensure_partitions_moves_rows_out_of_the_default_partition(
         {"part": f"events_p{later:%Y%m}", "type": "a"},
         {"part": f"events_p{month_start(14):%Y%m}", "type": "b"},
     ]
+
+
+async def test_start_makes_the_months_ahead(wis2l_settings: Settings) -> None:
+    url = wis2l_settings.database_url
+    last = f"events_p{month_start(-MONTHS_AHEAD):%Y%m}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(last)))
+    async with Wis2l(wis2l_settings, seed_subscribers=False):
+        made = query(url, "SELECT relname AS n FROM pg_class WHERE relname = %s", (last,))
+    assert made == [{"n": last}]
 
 
 def test_cli_prune(

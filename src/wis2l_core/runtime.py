@@ -33,7 +33,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.db.pool import Database, connect_kwargs
 from wis2l_core.db.repositories import Repositories, Transaction
-from wis2l_core.errors import ServiceUnavailable, StartupError, Wis2lError
+from wis2l_core.errors import SchemaMissing, ServiceUnavailable, StartupError, Wis2lError
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.events.outbox import OutboxRelay
@@ -173,7 +173,7 @@ class Wis2l(Repositories):
         critical = self.settings.critical_services if self.settings.is_production else set()
         failures: dict[str, str] = {}
         try:
-            await self._open_database(failures, required="database" in critical)
+            database_up = await self._open_database(failures, required="database" in critical)
             await self._open_redis(
                 failures, required="redis" in critical, probe="redis" in critical or not failures
             )
@@ -184,6 +184,8 @@ class Wis2l(Repositories):
                 raise StartupError(
                     f"cannot start, critical service(s) down: {what}", failures=failures
                 )
+            if database_up:
+                await self._ensure_partitions()
             await self.relay.start()
             await self.bus.start_subscribers()
         except BaseException:
@@ -205,21 +207,38 @@ class Wis2l(Repositories):
             extra={"environment": self.settings.environment.value, "seconds": took},
         )
 
-    async def _open_database(self, failures: dict[str, str], *, required: bool) -> None:
+    async def _ensure_partitions(self) -> None:
+        """Have the audit log's month partitions ready ahead (one round trip when they are).
+
+        Never fails start: a database not migrated yet, or a table too busy to lock within
+        a second, is left to the next start or ``wis2l db prune``."""
+        from wis2l_core.db.retention import ensure_partitions
+
+        try:
+            async with self._db.connection() as conn:
+                await ensure_partitions(conn, lock_timeout=1.0)
+        except SchemaMissing:
+            log.debug("events is not partitioned yet: run `wis2l db migrate`")
+        except Wis2lError as exc:
+            log.warning("could not create the audit log's next partitions: %s", exc)
+
+    async def _open_database(self, failures: dict[str, str], *, required: bool) -> bool:
+        """Open the pool; ``True`` if the database answered."""
         try:
             await self._db.open(wait=True)
-            return
+            return True
         except ServiceUnavailable as exc:
             reason = await self._database_reason(exc)
         if required:
             failures["database"] = reason
-            return
+            return False
         log.error(
             "database unreachable at start; the pool keeps trying in the background: %s",
             reason,
             extra={"service": "database"},
         )
         await self._db.open(wait=False)
+        return False
 
     async def _database_reason(self, exc: ServiceUnavailable) -> str:
         """The pool only says it timed out; one direct connection tells why."""
