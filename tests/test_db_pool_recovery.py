@@ -19,7 +19,7 @@ from psycopg import sql
 
 from wis2l_core import Settings
 from wis2l_core.db.pool import Database, connect_kwargs
-from wis2l_core.errors import Wis2lError
+from wis2l_core.errors import ServiceUnavailable, Wis2lError
 from wis2l_core.runtime import Repositories
 
 POOL = 4
@@ -92,7 +92,10 @@ async def test_a_server_turned_read_only_discards_the_pool(
             )
         )
     repos = Repositories(db)
-    assert await _outcomes(repos, POOL + 1, write=True) == [False] + [True] * POOL
+    with pytest.raises(ServiceUnavailable, match="read-only") as refused:
+        await repos.users.create(email="ro@example.com", name="ro", subject="ro")
+    assert refused.value.service == "database"
+    assert await _outcomes(repos, POOL, write=True) == [True] * POOL
 
 
 @pytest.mark.parametrize("prepared", [True, False])

@@ -91,6 +91,10 @@ def translate(exc: BaseException) -> Wis2lError:
         )
     if isinstance(exc, psycopg_pool.PoolClosed):
         return ServiceUnavailable("database: the pool is closed", service="database")
+    if isinstance(exc, pg.ReadOnlySqlTransaction):  # a standby, e.g. after a failover
+        return ServiceUnavailable(
+            f"database: the server is read-only, a standby? ({exc})", service="database"
+        )
     if isinstance(exc, pg.QueryCanceled):
         return ServiceUnavailable(f"database: statement cancelled ({exc})", service="database")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
