@@ -8,7 +8,7 @@ escapes unwrapped, and the driver's exception is kept as ``__cause__``::
      +-- Conflict              a unique key is taken (``field`` names it)
      +-- ValidationError       bad input, refused before any I/O (``field`` names it)
      |    +-- InvalidTransition    a status change the state machine forbids
-     +-- ServiceUnavailable    PostgreSQL, Redis or NATS cannot be reached or timed out
+     +-- ServiceUnavailable    PostgreSQL, Redis, NATS or the token issuer cannot be reached
      +-- ConfigError           a malformed setting (``variable`` names it)
      +-- StartupError          a critical service is down at start (production mode)
      +-- MigrationError        an applied migration file changed, or a file failed to apply
@@ -89,7 +89,7 @@ class ServiceUnavailable(Wis2lError, ConnectionError):
     """A server (PostgreSQL, Redis or NATS) could not be reached, or did not answer in time.
 
     Attributes:
-        service: ``"database"``, ``"redis"`` or ``"nats"``.
+        service: ``"database"``, ``"redis"``, ``"nats"``, or ``"oidc"`` (the token issuer).
     """
 
     def __init__(self, message: str, *, service: str) -> None:
