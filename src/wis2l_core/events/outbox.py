@@ -281,9 +281,9 @@ class OutboxRelay:
             await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _drain(self) -> None:
-        await self._refresh()
-        candidates = self.home + tuple(p for p in self._stale if p not in self.home)
         while not self._stopping and self._bus.ready:
+            await self._refresh()  # before every pass: a busy relay never stops draining
+            candidates = self.home + tuple(p for p in self._stale if p not in self.home)
             _, more, error = await self._pass(candidates)
             if error is not None:
                 raise error
