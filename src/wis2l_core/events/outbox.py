@@ -382,11 +382,15 @@ class OutboxRelay:
     ) -> tuple[int, Wis2lError | None]:
         """Wait for ``rows``' acks and mark the acknowledged ones (in the transaction)."""
         results = await acks.wait(min(API_TIMEOUT, self.lease / 2))
-        acked = [r["id"] for r, res in zip(rows, results, strict=True) if res is None]
+        acked = [r for r, res in zip(rows, results, strict=True) if res is None]
         if acked:
             self._fence(started)
             mark = self._queries["mark_published"].text
-            await conn.execute(mark, {"ids": acked}, prepare=True)
+            params = {
+                "ids": [r["id"] for r in acked],
+                "oldest": min(r["created_at"] for r in acked),
+            }
+            await conn.execute(mark, params, prepare=True)
         failures = [res for res in results if res is not None]
         return len(acked), (await self._failed(failures, len(rows)) if failures else None)
 
