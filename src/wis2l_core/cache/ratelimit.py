@@ -46,7 +46,8 @@ if wait > 1e-6 then
   local remaining = math.floor((period - (tat - now)) / interval + 1e-9)
   return {0, remaining, tostring(wait), tostring(tat - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+local ttl = math.max(1, math.ceil(new_tat - now))
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
 local remaining = math.floor((period - (new_tat - now)) / interval + 1e-9)
 return {1, remaining, '0', tostring(new_tat - now)}
 """)
