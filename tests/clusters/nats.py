@@ -21,19 +21,13 @@ from types import TracebackType
 import attrs
 import nats
 from nats.js.api import StreamInfo
+from tests.clusters import free_port
 
 from wis2l_core.dev._binaries import _nats_binary
 
 __all__ = ["NatsCluster", "NatsNode"]
 
 _START_TIMEOUT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @attrs.define
@@ -77,8 +71,8 @@ class NatsCluster:
         self.nodes = [
             NatsNode(
                 name=f"n{i}",
-                port=_free_port(),
-                cluster_port=_free_port(),
+                port=free_port(),
+                cluster_port=free_port(),
                 store=base / f"n{i}" / "store",
                 log=base / f"n{i}" / "nats.log",
             )

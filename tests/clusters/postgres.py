@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from types import TracebackType
 
 import attrs
 import psycopg
+from tests.clusters import free_port
 
 from wis2l_core.dev._binaries import _pg_locations, _reachable, _run_as, _stage_pginstall
 
@@ -36,13 +36,6 @@ PGBOUNCER = Path("/usr/sbin/pgbouncer")
 """Debian's PgBouncer (``apt-get install pgbouncer``); the PgBouncer tests skip without it."""
 
 _START_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pgbouncer_version() -> tuple[int, int] | None:
@@ -82,7 +75,7 @@ class PgCluster:
             if not (_reachable(pginstall / "bin", uid, gids) and _reachable(libs, uid, gids)):
                 pginstall = _stage_pginstall(pginstall, libs)
         self.bindir = pginstall / "bin"
-        self.primary = PgServer("primary", self.base / "primary", _free_port())
+        self.primary = PgServer("primary", self.base / "primary", free_port())
         self.standby: PgServer | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -172,7 +165,7 @@ class PgCluster:
 
     def add_standby(self) -> PgServer:
         """pg_basebackup the primary into a streaming standby and start it."""
-        standby = PgServer("standby", self.base / "standby", _free_port())
+        standby = PgServer("standby", self.base / "standby", free_port())
         self._mkdir(standby.pgdata)
         self.run(
             "basebackup",
@@ -261,7 +254,7 @@ class PgBouncer:
     ) -> None:
         self.cluster = cluster
         self.mode = mode
-        self.port = _free_port()
+        self.port = free_port()
         self.name = f"pgbouncer-{mode}"
         folder = cluster._mkdir(cluster.base / self.name, 0o755)
         (folder / "userlist.txt").write_text('"postgres" ""\n')

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any, Self
 
 import attrs
 import redis
+from tests.clusters import free_port
 
 from wis2l_core.dev._binaries import _valkey_binary
 
@@ -30,13 +30,6 @@ __all__ = ["ValkeyCluster", "ValkeyNode", "ValkeySentinel", "wait_for"]
 
 _START_TIMEOUT = 20.0
 SLOTS = 16384
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -104,7 +97,7 @@ class _Servers:
         self.nodes = []
 
     def _node(self, name: str, args: Sequence[str]) -> ValkeyNode:
-        node = ValkeyNode(name, _free_port(), self.base / name, list(args))
+        node = ValkeyNode(name, free_port(), self.base / name, list(args))
         node.dir.mkdir(parents=True, exist_ok=True)
         self.nodes.append(node)
         return node
@@ -182,7 +175,7 @@ class ValkeyCluster(_Servers):
         self.node_timeout_ms = node_timeout_ms
         for i in range(masters * 2):
             node = self._node(f"c{i}", [])
-            node.bus_port = _free_port()
+            node.bus_port = free_port()
             node.args = [
                 *_common(node.port),
                 "--cluster-enabled", "yes",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import re
 import ssl
@@ -41,6 +40,7 @@ import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
+from wis2l_core._net import is_loopback
 from wis2l_core.errors import ConfigError, ServiceUnavailable, Unauthenticated
 
 __all__ = ["IssuerKeys", "check_issuer_url", "key_matches"]
@@ -58,15 +58,6 @@ _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 _NO_STORE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\b", re.IGNORECASE)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_issuer_url(url: str, *, development: bool, what: str = "issuer") -> None:
     """Refuse a URL the keys may not come from: not https, unless it is a loopback http
     URL and ``development`` is true.
@@ -77,7 +68,7 @@ def check_issuer_url(url: str, *, development: bool, what: str = "issuer") -> No
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         if development:
             return
         raise ConfigError(
@@ -244,7 +235,7 @@ class IssuerKeys:
             verify=_ssl_context(),
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
-            trust_env=not _is_loopback(urlsplit(self.issuer).hostname or ""),
+            trust_env=not is_loopback(urlsplit(self.issuer).hostname or ""),
             transport=self.transport,
             headers={"Accept": "application/json"},
         )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from wis2l_core._net import is_loopback
 from wis2l_core.errors import ConfigError
 from wis2l_core.studio.app import create_app
 from wis2l_core.studio.live import LiveFeed
@@ -24,16 +24,6 @@ from wis2l_core.studio.live import LiveFeed
 __all__ = ["StudioServer", "guard", "is_loopback"]
 
 _FORBIDDEN = b"<!doctype html><title>Forbidden</title><p>The studio needs the admin role.</p>"
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _AdminOnly:
