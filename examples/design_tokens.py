@@ -33,10 +33,11 @@ TOKENS = [
 async def invalidations(wis: Wis2l, project_id: UUID) -> int:
     """How many times the project's cached tokens were invalidated.
 
-    The cache keeps a generation counter per project (``<ns>:tokens:gen:<id>``), bumped
-    by every invalidation; reading it shows when the subscriber has run.
+    The cache keeps a generation counter per project (``<ns>:tokens:{<id>}:gen``, beside
+    the value's key), bumped by every invalidation; reading it shows when the subscriber
+    has run.
     """
-    raw = await wis.redis.redis.get(wis.redis.key("tokens", f"gen:{project_id}"))
+    raw = await wis.redis.redis.get(f"{wis.token_cache.key(project_id)}:gen")
     return int(raw or 0)
 
 
