@@ -424,6 +424,24 @@ async def test_counts_are_exact_when_small_and_estimated_when_big(wis: Wis2l) ->
     assert n == 0
 
 
+async def test_a_partitioned_table_is_estimated_from_its_partitions(wis: Wis2l) -> None:
+    # events is partitioned by month: PostgreSQL keeps no statistics on the parent
+    rows = 2 * COUNT_CAP + 500
+    await wis.database.execute(
+        "INSERT INTO events (type, subsystem, created_at)"
+        " SELECT 'note.added', 'ignis', now() - mod(g, 40) * interval '1 day'"
+        " FROM generate_series(1, %s) g",
+        [rows],
+    )
+    # what autovacuum does: it analyzes the partitions, never the partitioned parent
+    for part in await wis.database.fetch_all("SELECT name FROM wis2l_events_partitions()"):
+        await wis.database.execute(f'ANALYZE "{part["name"]}"')
+    catalog = await load_catalog(wis.database)
+    n, exact = await count_rows(wis.database, catalog.tables["events"])
+    assert not exact
+    assert abs(n - rows) < rows // 10
+
+
 def test_loopback_and_the_non_loopback_guard(wis2l_settings: Any) -> None:
     assert is_loopback("127.0.0.1")
     assert is_loopback("::1")

@@ -18,7 +18,12 @@ __all__ = ["Catalog", "Column", "ForeignKey", "Table", "load_catalog"]
 # Base and partitioned tables of every non-system schema; partitions are shown through
 # their parent. Columns, keys and indexes as arrays, so one statement answers for all.
 _CATALOG = """
-SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS estimate,
+SELECT n.nspname AS schema, c.relname AS name,
+  CASE WHEN c.relkind = 'p'  -- a partitioned table has no statistics of its own
+    THEN (SELECT sum(greatest(l.reltuples, 0))
+            FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid
+           WHERE t.isleaf)
+    ELSE c.reltuples END::float8 AS estimate,
   (SELECT coalesce(json_agg(json_build_object(
       'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
       'base', t.typname, 'notnull', a.attnotnull) ORDER BY a.attnum), '[]')
@@ -82,7 +87,8 @@ class Table:
     Attributes:
         schema: its schema.
         name: its name.
-        estimate: ``pg_class.reltuples`` (``-1`` when never analyzed).
+        estimate: ``pg_class.reltuples`` (``-1`` when never analyzed); for a partitioned
+            table, the sum over its partitions.
         columns: in table order.
         pk: the primary key's columns (empty without one: paged by ``ctid`` then).
         indexed: columns that lead an index (the ones offered for sorting).
