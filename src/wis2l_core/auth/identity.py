@@ -33,7 +33,6 @@ from wis2l_core.errors import ConfigError, Unauthenticated, ValidationError
 from wis2l_core.models import Role, User
 
 if TYPE_CHECKING:
-    from wis2l_core.auth.access import Action
     from wis2l_core.auth.keys import IssuerKeys
     from wis2l_core.auth.verify import TokenVerifier
     from wis2l_core.cache.sessions import Session
@@ -245,8 +244,4 @@ class Identity:
         return user
 
     def _principal(self, user: User, claims: Mapping[str, Any]) -> Principal:
-        return Principal(user, claims, _permissions(user.role))
-
-
-def _permissions(role: Role) -> frozenset[Action]:
-    return permissions_for(role)
+        return Principal(user, claims, permissions_for(user.role))

@@ -250,16 +250,10 @@ class Pool(AsyncConnectionPool[Connection]):
         conn = self.take_idle() or await self.getconn(timeout)
         try:
             yield conn
-        except asyncio.CancelledError:
-            await _return(self, conn, discard=True)
-            raise
         except BaseException as exc:
-            if _lost(conn, exc) and (rest := self.discard_stale(conn)) is not None:
-                await _shielded(rest)
-            await _return(self, conn, discard=False)
+            await _give_back(self, conn, exc)
             raise
-        if not self.put_idle(conn):
-            await _return(self, conn, discard=False)
+        await _give_back(self, conn, None)
 
 
 _returning: set[asyncio.Task[None]] = set()  # strong references to the return tasks
@@ -293,6 +287,22 @@ async def _return(pool: Pool, conn: Connection, discard: bool) -> None:
     _returning.add(task)
     task.add_done_callback(_returning.discard)
     await asyncio.shield(task)
+
+
+async def _give_back(
+    pool: Pool, conn: Connection, exc: BaseException | None, *, discard: bool = False
+) -> None:
+    """Return ``conn`` after a borrow that ended with ``exc`` (``None``: it went well).
+
+    Closed instead of reused when ``discard`` or cancelled; after a lost connection the
+    pool's older connections go too (a failover: they are as dead as this one)."""
+    if discard or isinstance(exc, asyncio.CancelledError):
+        await _return(pool, conn, discard=True)
+        return
+    if exc is not None and _lost(conn, exc) and (rest := pool.discard_stale(conn)) is not None:
+        await _shielded(rest)
+    if not pool.put_idle(conn):
+        await _return(pool, conn, discard=False)
 
 
 async def _shielded(aw: Awaitable[None]) -> None:
@@ -402,9 +412,9 @@ class Database(QueryMethods):
             with map_errors():
                 yield borrowed
         except BaseException as exc:
-            await self._give_back(pool, borrowed, exc)
+            await _give_back(pool, borrowed, exc, discard=self._untaint(borrowed))
             raise
-        await self._give_back(pool, borrowed, None)
+        await _give_back(pool, borrowed, None, discard=self._untaint(borrowed))
 
     def interrupted(self, conn: Connection) -> bool:
         """True if a cancellation cut a statement on ``conn`` (a caller's transaction) short.
@@ -414,16 +424,12 @@ class Database(QueryMethods):
         """
         return conn in self._tainted
 
-    async def _give_back(self, pool: Pool, conn: Connection, exc: BaseException | None) -> None:
-        """Return ``conn`` after a borrow that ended with ``exc`` (``None``: it went well)."""
-        if isinstance(exc, asyncio.CancelledError) or conn in self._tainted:
+    def _untaint(self, conn: Connection) -> bool:
+        """Whether a cancellation cut a statement on ``conn`` short; forgets it."""
+        if conn in self._tainted:
             self._tainted.discard(conn)
-            await _return(pool, conn, discard=True)
-            return
-        if exc is not None and _lost(conn, exc) and (rest := pool.discard_stale(conn)) is not None:
-            await _shielded(rest)
-        if not pool.put_idle(conn):
-            await _return(pool, conn, discard=False)
+            return True
+        return False
 
     async def run(
         self,
@@ -461,10 +467,10 @@ class Database(QueryMethods):
                     rows = await cur.fetchall() if many else _first(await cur.fetchone())
             except BaseException as exc:
                 if borrowed is not None:
-                    await self._give_back(pool, borrowed, exc)
+                    await _give_back(pool, borrowed, exc)
                 raise
             if not pool.put_idle(borrowed):
-                await self._give_back(pool, borrowed, None)
+                await _return(pool, borrowed, discard=False)
         if self._debug:
             self.log_query(query, start)
         return rows
