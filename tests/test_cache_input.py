@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from helpers import make_project
 from wis2l_core import ValidationError
 from wis2l_core.cache import BuildCache, Cache, RateLimiter, RedisClient, SessionStore, TokenCache
 
@@ -237,6 +238,40 @@ async def test_values_json_cannot_hold_are_refused(client: RedisClient, value: A
     with pytest.raises(ValidationError) as info:
         await SessionStore(client).create(uuid4(), {"v": value})
     assert info.value.field == "data"
+    assert await all_keys(client) == []
+
+
+# Text with no NUL although its JSON holds a backslash then "u0000": one backslash before
+# "u0000", three, and in a key.
+NOT_NUL = ["\\u0000", "a\\\\\\u0000b", {"\\u0000": "\\\\u0000"}]
+
+
+@pytest.mark.parametrize("value", NOT_NUL)
+async def test_backslash_u0000_text_is_no_nul(client: RedisClient, wis: Any, value: Any) -> None:
+    cache = Cache(client, "x", ttl=60)
+    assert await cache.set("k", value)
+    assert await cache.get("k") == value
+    session = await SessionStore(client).create(uuid4(), {"v": value})
+    assert session.data == {"v": value}
+    project_id = await make_project(wis)  # and a JSONB column
+    updated = await wis.projects.update(project_id, metadata={"v": value})
+    assert updated.metadata == {"v": value}
+    found = await wis.projects.find_by_id(project_id)
+    assert found is not None
+    assert found.metadata == {"v": value}
+
+
+@pytest.mark.parametrize("value", ["\x00", "\\\x00", {"\\u0000": "\x00"}, ["\\", "\x00u0000"]])
+async def test_a_real_nul_next_to_backslashes_is_refused(
+    client: RedisClient, wis: Any, value: Any
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await Cache(client, "x", ttl=60).set("k", value)
+    assert info.value.field == "value"
+    project_id = await make_project(wis)
+    with pytest.raises(ValidationError) as info:
+        await wis.projects.update(project_id, metadata={"v": value})
+    assert info.value.field == "metadata"
     assert await all_keys(client) == []
 
 

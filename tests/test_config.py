@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-from urllib.parse import quote
+import subprocess
+import sys
+from collections.abc import Callable
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
+import psycopg.conninfo
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from redis.asyncio.connection import parse_url as redis_parse_url
 
 from wis2l_core import AppEnvironment, ConfigError, Settings
 from wis2l_core._secrets import secrets_in
-from wis2l_core.config import NAME_PATTERN, redact_url
+from wis2l_core.cache._connect import _credentials, mode_of
+from wis2l_core.config import NAME_PATTERN, nats_credentials, redact_url
 from wis2l_core.health import describe_error, secrets_of
 
 
@@ -302,3 +309,125 @@ def test_redact_url_keeps_what_is_not_secret() -> None:
         "postgresql://u:***@h1:5432,h2:5433/db"
     )
     assert redact_url("unix://:pw@/run/redis.sock?db=0") == "unix://:***@/run/redis.sock?db=0"
+
+
+# -- passwords written without percent-encoding ------------------------------------------
+
+
+def _libpq_password(url: str) -> str | None:
+    value = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    return None if value is None else str(value)
+
+
+def _redis_password(url: str) -> str | None:
+    if mode_of(url) == "standalone":
+        value = redis_parse_url(url).get("password")
+        return None if value is None else str(value)
+    return _credentials(urlsplit(url).netloc).get("password")
+
+
+RAW_FORMS: list[tuple[str, str, Callable[[Settings], str | None]]] = [
+    (
+        "DATABASE_URL",
+        "postgresql://ada:{p}@db:5432/wis2l",
+        lambda s: _libpq_password(s.database_url),
+    ),
+    (
+        "DATABASE_URL",
+        "postgresql://ada:{p}@db1:5432,db2:5433/wis2l?target_session_attrs=read-write",
+        lambda s: _libpq_password(s.database_url),
+    ),
+    (
+        "DATABASE_DIRECT_URL",
+        "postgresql://ada:{p}@db:5432/wis2l",
+        lambda s: _libpq_password(s.direct_database_url),
+    ),
+    ("REDIS_URL", "redis://default:{p}@cache:6379/0", lambda s: _redis_password(s.redis_url)),
+    ("REDIS_URL", "redis+cluster://:{p}@c1:7000,c2:7001", lambda s: _redis_password(s.redis_url)),
+    (
+        "REDIS_URL",
+        "redis+sentinel://:{p}@s1:26379,s2:26380/mymaster/1",
+        lambda s: _redis_password(s.redis_url),
+    ),
+    ("NATS_URL", "nats://ada:{p}@n1:4222", lambda s: nats_credentials(s.nats_urls)[1]["password"]),
+    (
+        "NATS_URL",
+        "nats://n0:4222,nats://ada:{p}@n1:4222",
+        lambda s: nats_credentials(s.nats_urls)[1]["password"],
+    ),
+    ("NATS_URL", "nats://{p}@n1:4222", lambda s: nats_credentials(s.nats_urls)[1]["token"]),
+]
+"""(variable, URL with ``{p}`` where the password goes as written, how the driver reads it)."""
+
+RESERVED = ":/?#[]@!$&'()*+,;=% \"<>\\^`{|}~-._"
+raw_password = st.text(
+    alphabet=st.sampled_from(RESERVED) | st.sampled_from("abcXYZ019") | st.just("é"),
+    min_size=4,
+    max_size=16,
+)
+
+
+@settings(max_examples=400)
+@given(password=raw_password, form=st.sampled_from(RAW_FORMS))
+def test_a_password_with_reserved_characters_loads_right_or_is_refused_unseen(
+    password: str, form: tuple[str, str, Callable[[Settings], str | None]]
+) -> None:
+    variable, template, read = form
+    if template.startswith("nats://{p}"):
+        assume(":" not in password)  # "user:password", not a token
+    decoded = unquote(password)
+    background = template + repr(Settings.from_env({variable: template.format(p="x")})) + "***"
+    assume(password not in background and decoded not in background)
+    url = template.format(p=password)
+    error: ConfigError | None = None
+    try:
+        s = Settings.from_env({variable: url})
+    except ConfigError as exc:
+        error = exc
+    if error is not None:
+        assert error.variable == variable
+        assert "percent-encode" in str(error)
+        texts = [str(error), repr(error)]
+    else:
+        assert read(s) == decoded, "loaded, but the driver would read another password"
+        texts = [repr(s), str(s)]
+    texts.append(redact_url(url))
+    for text in texts:
+        assert password not in text
+        assert decoded not in text
+
+
+@given(password=raw_password, form=st.sampled_from(RAW_FORMS))
+def test_a_percent_encoded_password_always_loads_right(
+    password: str, form: tuple[str, str, Callable[[Settings], str | None]]
+) -> None:
+    variable, template, read = form
+    s = Settings.from_env({variable: template.format(p=quote(password, safe=""))})
+    assert read(s) == password
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DATABASE_URL", "postgresql://ada:hunter/2#sekrit@127.0.0.1:1/x"),
+        ("REDIS_URL", "redis://:hunter?2@sekrit@127.0.0.1:1/0"),
+        ("NATS_URL", "nats://127.0.0.1:1,nats://ada:hunter,2sekrit@127.0.0.1:2"),
+    ],
+)
+def test_the_cli_names_the_variable_and_never_the_password(variable: str, url: str) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "NATS_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "wis2l_core.cli", "health"],
+        env=env | {variable: url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr
+    assert "percent-encode" in result.stderr
+    for part in ("hunter", "sekrit"):
+        assert part not in result.stderr + result.stdout

@@ -8,8 +8,13 @@ demoted primary looks like to them. The full failover runs in test_pg_failover.p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import attrs
 import psycopg
@@ -17,7 +22,9 @@ import psycopg.conninfo
 import pytest
 from psycopg import sql
 
-from wis2l_core import Settings
+from helpers import eventually
+from test_lifecycle import PrivateStack
+from wis2l_core import Settings, Wis2l
 from wis2l_core.db.pool import Database, connect_kwargs
 from wis2l_core.errors import ServiceUnavailable, Wis2lError
 from wis2l_core.runtime import Repositories
@@ -169,3 +176,102 @@ def test_libpq_url_forms(url: str, expected: dict[str, str]) -> None:
     parsed = psycopg.conninfo.conninfo_to_dict(url)
     assert {k: parsed[k] for k in expected} == expected
     assert parsed.get("password", "s3cret") == "s3cret"
+
+
+# -- the server stopped: one line per outage, and an answer at once ------------------------
+
+
+@pytest.fixture
+def private_stack() -> Iterator[PrivateStack]:
+    private = PrivateStack()
+    try:
+        private.start()
+        yield private
+    finally:
+        private.close()
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Warnings (and worse) from the pool, the runtime and psycopg_pool."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("wis2l_core", "psycopg"))
+    ]
+
+
+async def _refused_at_once(database: Database, bound: float) -> None:
+    """The pool knows the server is gone: a borrow fails with ServiceUnavailable at once."""
+    await eventually(lambda: database.down, timeout=10)
+    started = time.perf_counter()
+    with pytest.raises(ServiceUnavailable) as info:
+        await database.fetch_val("SELECT 1")
+    took = time.perf_counter() - started
+    assert info.value.service == "database"
+    assert "database unreachable" in str(info.value)
+    assert took < bound, f"waited {took:.2f} s: not at once"  # not the full pool timeout
+
+
+@pytest.mark.disruptive
+@pytest.mark.timing
+@pytest.mark.slow
+async def test_a_stopped_server_is_one_warning_per_outage_and_borrows_fail_at_once(
+    private_stack: PrivateStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = private_stack.settings(db_pool_timeout=8.0, db_pool_min_size=2)
+    database = Database(settings)
+    await database.open()
+    try:
+        for outage in (1, 2):
+            assert await database.fetch_val("SELECT 1") == 1
+            private_stack.kill("database", signal.SIGINT)  # PostgreSQL's fast shutdown
+            with contextlib.suppress(ServiceUnavailable):
+                await database.fetch_val("SELECT 1")  # finds the connection lost
+            await _refused_at_once(database, bound=settings.db_pool_timeout / 4)
+            for _ in range(20):  # about 8 attempts to reconnect meanwhile
+                with pytest.raises(ServiceUnavailable):
+                    await database.fetch_val("SELECT 1")
+                await asyncio.sleep(0.1)
+            lines = _outage_lines(caplog)
+            heads = [r.getMessage().split(":")[0] for r in lines]
+            assert heads == ["database unreachable"] * outage
+            assert "Connection refused" in lines[-1].getMessage()
+
+            private_stack.restart("database")  # recovery needs no call: the pool reconnects
+            await eventually(lambda: not database.down, timeout=10)
+            assert await database.fetch_val("SELECT 1") == 1
+            back = [r for r in caplog.records if "database available again" in r.getMessage()]
+            assert len(back) == outage
+            assert back[-1].levelno == logging.INFO
+    finally:
+        await database.close()
+
+
+@pytest.mark.disruptive
+@pytest.mark.timing
+@pytest.mark.slow
+async def test_development_start_with_the_database_stopped_logs_once_and_recovers(
+    private_stack: PrivateStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = private_stack.settings(db_pool_timeout=8.0, db_connect_timeout=5.0)
+    await Wis2l(settings).migrate()
+    private_stack.kill("database", signal.SIGINT)
+    started = time.perf_counter()
+    async with Wis2l(settings, seed_subscribers=False) as wis:
+        took = time.perf_counter() - started
+        assert took < settings.db_connect_timeout / 2, f"start took {took:.2f} s"
+        assert wis.database.down
+        await _refused_at_once(wis.database, bound=settings.db_pool_timeout / 4)
+        await asyncio.sleep(2)  # the pool, the relay and its LISTEN connection retry
+        with pytest.raises(ServiceUnavailable):
+            await wis.users.find_by_id(uuid.uuid4())
+        lines = _outage_lines(caplog)
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert lines[0].getMessage().startswith("database unreachable at start")
+
+        private_stack.restart("database")
+        await eventually(lambda: not wis.database.down, timeout=10)
+        assert await wis.users.find_by_id(uuid.uuid4()) is None
+    assert len(_outage_lines(caplog)) == 1

@@ -221,7 +221,11 @@ async def test_database_down_is_unhealthy_within_the_timeout() -> None:
         await database.close()
     assert elapsed < 0.3 + BOUND
     assert report.status is HealthStatus.UNHEALTHY
-    assert report.to_dict()["checks"]["database"]["error"] == "timed out after 0.3 s"
+    error = report.to_dict()["checks"]["database"]["error"]
+    # A timeout while the pool's first attempt runs; once it failed, the reason at once.
+    assert error == "timed out after 0.3 s" or error.startswith(
+        "ServiceUnavailable: database unreachable: connection failed"
+    ), error
 
 
 @pytest.mark.timing

@@ -88,10 +88,7 @@ def _redact_one(url: str) -> str:
     else:
         end = len(url) - len(url.lstrip()) + match.end()
         head, rest, scheme = url[:end], url[end:], match[1].lower()
-    # libpq ends the userinfo at the first "/" and takes the last "@" before it (so a
-    # password may hold "?" or "#"); urlsplit agrees whenever the URL is well formed.
-    slash = rest.find("/")
-    at = rest.rfind("@", 0, len(rest) if slash < 0 else slash)
+    at = _userinfo_end(rest)
     if at >= 0:
         userinfo, host = rest[:at], rest[at + 1 :]
         user, colon, _password = userinfo.partition(":")
@@ -101,6 +98,17 @@ def _redact_one(url: str) -> str:
             userinfo = MASK
         rest = f"{userinfo}@{host}"
     return head + _QUERY_PARAM.sub(_mask_param, rest)
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the userinfo of ``rest`` (a URL after ``scheme://``) ends: its last ``@``.
+
+    In a well-formed URL that is the only ``@``. A password with an unencoded ``/``, ``?``,
+    ``#`` or ``@`` is read differently by each parser (libpq stops at the first ``/`` or
+    ``@``, Python at the first ``/?#``); masking up to the last ``@`` hides it under every
+    reading (``Settings`` refuses such URLs; this is for messages about them).
+    """
+    return rest.rfind("@")
 
 
 def _mask_param(match: re.Match[str]) -> str:
@@ -137,8 +145,7 @@ def _secrets_of_one(url: str) -> set[str]:
         return set(raw)
     scheme = "nats" if match is None else match[1].lower()
     rest = url if match is None else url.lstrip()[match.end() :]
-    slash = rest.find("/")
-    at = rest.rfind("@", 0, len(rest) if slash < 0 else slash)
+    at = _userinfo_end(rest)
     if at >= 0:
         userinfo = rest[:at]
         _user, colon, password = userinfo.partition(":")

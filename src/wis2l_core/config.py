@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
@@ -28,6 +28,7 @@ __all__ = [
     "FirstSignIn",
     "MigrationSource",
     "Settings",
+    "nats_credentials",
     "parse_duration",
     "redact_url",
 ]
@@ -576,9 +577,15 @@ def _redis_url(env: Mapping[str, str]) -> str:
 
 def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
     if raw := _get(env, "NATS_URL"):
-        urls = tuple(_nats_scheme(u.strip()) for u in raw.split(",") if u.strip())
-        if not urls:
+        pieces = [u.strip() for u in raw.split(",") if u.strip()]
+        if not pieces:
             raise ConfigError("NATS_URL names no server", variable="NATS_URL")
+        if any("@" in u and "://" not in u for u in pieces[1:]):
+            # "nats://u:p,w@h" split in the password: refuse rather than guess.
+            raise ConfigError(
+                _reserved("NATS_URL", extra=", and ',' in a list"), variable="NATS_URL"
+            )
+        urls = tuple(_nats_scheme(u) for u in pieces)
         for url in urls:
             _check_nats_url(url, "NATS_URL")
         return urls
@@ -607,13 +614,45 @@ def _nats_scheme(url: str) -> str:
     return url if "://" in url else f"nats://{url}"
 
 
+_USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2}|[^\x00-\x7f\s])*")
+"""What a URL's ``user:password`` may hold as written (RFC 3986 userinfo, and non-ASCII
+letters): every other character must be percent-encoded."""
+
+
+def _reserved(variable: str, extra: str = "") -> str:
+    return (
+        f"{variable}: the user name or password is not percent-encoded: percent-encode "
+        f"reserved characters in the password (/ ? # @ [ ] % and blanks{extra}), e.g. with "
+        "urllib.parse.quote(password, safe=''); an '@' anywhere else in the URL is %40"
+    )
+
+
+def _check_userinfo(url: str, variable: str) -> None:
+    """Refuse a URL whose user name or password a parser would read another way.
+
+    libpq ends the password at the first ``/`` (``?``, ``#`` elsewhere) or ``@``, Python at
+    the last ``@``: a password holding one of them was read as a host, a port or a path,
+    and came back in error messages. So the text before a URL's ``@`` must be a
+    well-formed userinfo, and there may be only one ``@``. The message never quotes the
+    URL: it holds the password.
+    """
+    rest = url.partition("://")[2] if "://" in url else url
+    userinfo, at, after = rest.partition("@")
+    if at and ("@" in after or _USERINFO.fullmatch(userinfo) is None):
+        raise ConfigError(_reserved(variable), variable=variable)
+
+
 def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> None:
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
+        # Python's text quotes the port as written: never echo it (nor the URL), it may
+        # be part of a password cut by an unencoded character.
+        problem = "the port must be a number 1-65535" if "Port" in str(exc) else "bad host"
         raise ConfigError(
-            f"{variable} is not a valid {what} URL ({exc}): {redact_url(url)!r}",
+            f"{variable} is not a valid {what} URL ({problem}); if the password holds "
+            "reserved characters, percent-encode them",
             variable=variable,
         ) from None
     if parts.scheme not in schemes:
@@ -627,6 +666,7 @@ def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> 
 
 
 def _check_database_url(url: str, variable: str) -> None:
+    _check_userinfo(url, variable)
     schemes = ("postgresql", "postgres")
     try:
         parts = urlsplit(url)
@@ -651,6 +691,7 @@ REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 def _check_redis_url(url: str, variable: str) -> None:
+    _check_userinfo(url, variable)
     scheme = url.partition("://")[0].lower()
     if scheme in REDIS_CLUSTER_SCHEMES or scheme in REDIS_SENTINEL_SCHEMES:
         _check_redis_hosts(url, variable, scheme)
@@ -675,10 +716,9 @@ def _check_redis_hosts(url: str, variable: str, scheme: str) -> None:
     """A cluster or Sentinel URL: ``scheme://[auth@]host:port[,host:port...][/path]``."""
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
+    except ValueError:
         raise ConfigError(
-            f"{variable} is not a valid Redis URL ({exc}): {redact_url(url)!r}",
-            variable=variable,
+            f"{variable} is not a valid Redis URL (bad host)", variable=variable
         ) from None
     hosts = parts.netloc.rpartition("@")[2]
     if not hosts:
@@ -725,5 +765,38 @@ def _check_oidc(settings: Settings) -> None:
             )
 
 
+def nats_credentials(urls: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """NATS servers for nats-py, and their credentials percent-decoded.
+
+    nats-py reads a URL's user, password or token as written, so a percent-encoded
+    password would reach the server encoded. When the servers share one set of
+    credentials (the usual case), they are taken out of the URLs and returned decoded, as
+    ``connect()``'s ``user``/``password`` or ``token`` (which also serve the servers the
+    cluster announces). Servers with different credentials are left as written.
+
+    Args:
+        urls: ``Settings.nats_urls``.
+
+    Returns:
+        The server URLs, and the keyword arguments to add to ``connect()``.
+    """
+    urls = list(urls)
+    found: set[str] = set()
+    bare = []
+    for url in urls:
+        parts = urlsplit(url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at:
+            found.add(userinfo)
+        bare.append(urlunsplit(parts._replace(netloc=host)))
+    if len(found) != 1:
+        return urls, {}
+    user, colon, password = found.pop().partition(":")
+    if colon:
+        return bare, {"user": unquote(user), "password": unquote(password)}
+    return bare, {"token": unquote(user)}
+
+
 def _check_nats_url(url: str, variable: str) -> None:
+    _check_userinfo(url, variable)
     _check_url(url, variable, ("nats", "tls", "ws", "wss"), "NATS")

@@ -223,22 +223,21 @@ class Wis2l(Repositories):
             log.warning("could not create the audit log's next partitions: %s", exc)
 
     async def _open_database(self, failures: dict[str, str], *, required: bool) -> bool:
-        """Open the pool; ``True`` if the database answered."""
+        """Open the pool; ``True`` if the database answered.
+
+        Required: wait up to the connect timeout for it. Otherwise go on at the pool's
+        first failed attempt: the pool logs the outage once ("database unreachable at
+        start: <reason>"), keeps reconnecting, and calls fail at once until it answers.
+        """
+        if not required:
+            await self._db.open(wait=False)
+            return await self._db.first_answer(self.settings.db_connect_timeout + 1)
         try:
             await self._db.open(wait=True)
             return True
         except ServiceUnavailable as exc:
-            reason = await self._database_reason(exc)
-        if required:
-            failures["database"] = reason
+            failures["database"] = await self._database_reason(exc)
             return False
-        log.error(
-            "database unreachable at start; the pool keeps trying in the background: %s",
-            reason,
-            extra={"service": "database"},
-        )
-        await self._db.open(wait=False)
-        return False
 
     async def _database_reason(self, exc: ServiceUnavailable) -> str:
         """The pool only says it timed out; one direct connection tells why."""

@@ -71,6 +71,12 @@ async def _serve(args: argparse.Namespace) -> int:
             return UNAVAILABLE
         mode = "read-write" if args.write else "read-only"
         print(f"wis2l studio ({mode}) on {url}  (Ctrl-C to stop)", flush=True)
+        if wis.database.down:  # one line per outage: the pages say it too, at once
+            print(
+                "wis2l studio: the database is unreachable; pages answer 503 until it is "
+                "back (it reconnects by itself)",
+                file=sys.stderr,
+            )
         if not args.no_browser:
             await asyncio.to_thread(webbrowser.open, url)
         try:

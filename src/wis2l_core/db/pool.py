@@ -15,7 +15,14 @@ After a failover (a primary killed, a standby promoted) the pool never hands a d
 connection out twice: the first call that fails on a lost connection (closed or broken, a
 server shutting down, or a server that became read-only) discards every connection made
 before it (psycopg_pool's ``drain``), and the pool reconnects at once, retrying every
-:data:`RECONNECT_DELAY` seconds instead of psycopg_pool's exponential back-off.
+:data:`RECONNECT_DELAY` seconds instead of psycopg_pool's exponential back-off, and never
+giving up.
+
+While the database cannot be reached (the pool's last attempt to connect failed and no
+connection is idle), a borrow fails at once with ``ServiceUnavailable(service="database")``
+instead of waiting ``db_pool_timeout`` for a connection that cannot come. The outage is
+logged once when it begins (a warning with the reason) and once when it ends (info);
+psycopg_pool's warning per failed attempt (four a second) is left out.
 
 Behind a transaction-mode pooler (``WIS2L_DB_PREPARED_STATEMENTS=false``) nothing is
 prepared on the server: the connections get ``prepare_threshold=None``, which turns every
@@ -25,6 +32,7 @@ prepared on the server: the connections get ``prepare_threshold=None``, which tu
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import weakref
@@ -42,6 +50,8 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
+from wis2l_core._outage import Outage
+from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
@@ -113,6 +123,9 @@ RECONNECT_DELAY = 0.25
 is down (psycopg_pool's own back-off doubles from 1 s up to minutes, which kept a
 promoted standby waiting)."""
 
+_FIRST_ANSWER_POLL = 0.01
+"""Seconds between looks at a starting pool (:meth:`Database.first_answer`)."""
+
 _REFUSED = "unsupported startup parameter: options"
 """PgBouncer's answer to a startup parameter it does not know."""
 
@@ -141,6 +154,27 @@ def _clean(conn: Connection) -> bool:
     )
 
 
+_ATTEMPTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "wis2l_pool_attempting", default=False
+)
+"""True inside one of our pools' connection attempts (psycopg_pool's worker task)."""
+
+
+def _not_an_attempt_warning(record: logging.LogRecord) -> bool:
+    """A filter on ``psycopg.pool``: drop its "error connecting" warning for our pools.
+
+    They log the outage once themselves (:class:`~wis2l_core._outage.Outage`); other
+    pools in the process keep psycopg_pool's warnings.
+    """
+    return not (_ATTEMPTING.get() and record.msg == "error connecting in %r: %s")
+
+
+def _quiet_attempt_warnings() -> None:
+    psycopg_log = logging.getLogger("psycopg.pool")
+    if _not_an_attempt_warning not in psycopg_log.filters:
+        psycopg_log.addFilter(_not_an_attempt_warning)
+
+
 class Pool(AsyncConnectionPool[Connection]):
     """psycopg_pool's pool with a lock-free fast path for an idle connection.
 
@@ -156,9 +190,25 @@ class Pool(AsyncConnectionPool[Connection]):
     :meth:`Database.connection`).
 
     A connection that could not be made is retried every :data:`RECONNECT_DELAY` seconds
-    (psycopg_pool still gives up after ``reconnect_timeout``), and :meth:`discard_stale`
-    throws away every connection made before a lost one.
+    (until ``reconnect_timeout``: :class:`Database` makes it endless), and
+    :meth:`discard_stale` throws away every connection made before a lost one.
+
+    :attr:`outage` follows the attempts to connect: :meth:`refuse_if_down` fails a borrow
+    at once while the last one failed and no connection is idle.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outage = Outage("database", log)
+        self._connected_once = False
+        _quiet_attempt_warnings()
+
+    async def _add_connection(self, *args: Any, **kwargs: Any) -> None:
+        token = _ATTEMPTING.set(True)
+        try:
+            await super()._add_connection(*args, **kwargs)
+        finally:
+            _ATTEMPTING.reset(token)
 
     async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
         """psycopg_pool's delayed task; reconnect attempts at most ``RECONNECT_DELAY`` apart."""
@@ -167,6 +217,49 @@ class Pool(AsyncConnectionPool[Connection]):
         await super().schedule_task(task, delay)
 
     async def _connect(self, timeout: float | None = None) -> Connection:
+        try:
+            conn = await self._connect_once(timeout)
+        except Exception as exc:
+            if not self._closed:
+                self.outage.failed(
+                    exc,
+                    "database unreachable%s: %s; calls fail at once with ServiceUnavailable "
+                    "while the pool reconnects every %g s",
+                    "" if self._connected_once else " at start",
+                    self.reason(exc),
+                    RECONNECT_DELAY,
+                )
+            raise
+        self._connected_once = True
+        self.outage.recovered()
+        return conn
+
+    def reason(self, exc: BaseException) -> str:
+        """``exc``'s text on one line, without the secrets of the pool's URL."""
+        conninfo = self.conninfo if isinstance(self.conninfo, str) else ""
+        return scrub(" ".join(str(exc).split()), secrets_in([conninfo])) or type(exc).__name__
+
+    def refuse_if_down(self) -> None:
+        """Fail at once while the database is known to be unreachable.
+
+        That is while the pool's last attempt to connect failed and no connection is
+        idle: waiting ``timeout`` for a connection that cannot come would only delay the
+        answer. The pool keeps reconnecting in the background; the first connection it
+        makes ends this.
+
+        Raises:
+            ServiceUnavailable: ``service="database"``, with the last attempt's reason.
+        """
+        outage = self.outage
+        if outage.started is None or self._pool or self._closed:
+            return
+        error = outage.error
+        reason = "no connection" if error is None else self.reason(error)
+        raise ServiceUnavailable(
+            f"database unreachable: {reason} (retrying in the background)", service="database"
+        ) from error
+
+    async def _connect_once(self, timeout: float | None) -> Connection:
         # A pooler that refuses the statement-timeout startup option (PgBouncer without
         # ``options`` in ``ignore_startup_parameters``) would refuse every connection:
         # leave the option out from then on, and say where the timeout belongs.
@@ -200,7 +293,8 @@ class Pool(AsyncConnectionPool[Connection]):
         """
         if self._closed or getattr(lost, "_created_at", 0.0) <= self._drained_at:
             return None
-        log.warning("database connection lost; discarding the pool's connections and reconnecting")
+        # INFO: if the server is gone, the failed reconnection logs the outage (once).
+        log.info("database connection lost; discarding the pool's connections and reconnecting")
         if self._lock.locked():  # psycopg_pool is mid-update: drain() does it under the lock
             self._drained_at = time.monotonic()
             return self.drain()
@@ -246,8 +340,15 @@ class Pool(AsyncConnectionPool[Connection]):
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
-        """Borrow a connection for the block; it goes back even if the task is cancelled."""
-        conn = self.take_idle() or await self.getconn(timeout)
+        """Borrow a connection for the block; it goes back even if the task is cancelled.
+
+        Raises:
+            ServiceUnavailable: the database is known to be unreachable (:meth:`refuse_if_down`).
+        """
+        conn = self.take_idle()
+        if conn is None:
+            self.refuse_if_down()
+            conn = await self.getconn(timeout)
         try:
             yield conn
         except BaseException as exc:
@@ -301,6 +402,9 @@ async def _give_back(
         return
     if exc is not None and _lost(conn, exc) and (rest := pool.discard_stale(conn)) is not None:
         await _shielded(rest)
+    if conn.closed or conn.broken:  # replaced quietly (putconn warns about each one)
+        await _return(pool, conn, discard=True)
+        return
     if not pool.put_idle(conn):
         await _return(pool, conn, discard=False)
 
@@ -357,6 +461,9 @@ class Database(QueryMethods):
             timeout=self.settings.db_pool_timeout,
             configure=configure_connection,
             name="wis2l-core",
+            # Never give up reconnecting: a borrow fails at once during an outage
+            # (Pool.refuse_if_down), so only the background attempts can end it.
+            reconnect_timeout=float("inf"),
             open=False,
         )
         timeout = self.settings.db_connect_timeout + 1
@@ -374,6 +481,26 @@ class Database(QueryMethods):
                 ) from exc.__cause__
             raise
         self._pool = pool
+
+    @property
+    def down(self) -> bool:
+        """True while the pool's last attempt to connect failed (the outage is logged)."""
+        return self._pool is not None and self._pool.outage.down
+
+    async def first_answer(self, timeout: float) -> bool:
+        """After ``open(wait=False)``: wait for the pool's first connection or failure.
+
+        Returns:
+            ``True`` once a connection is made; ``False`` as soon as an attempt fails (the
+            outage is logged once, and the pool keeps trying) or after ``timeout`` seconds.
+        """
+        pool = self.pool
+        deadline = time.monotonic() + timeout
+        while not pool.outage.down and time.monotonic() < deadline:
+            if pool._connected_once:
+                return True
+            await asyncio.sleep(_FIRST_ANSWER_POLL)
+        return pool._connected_once and not pool.outage.down
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the pool (idempotent), waiting up to ``timeout`` for connections in use."""
@@ -393,7 +520,8 @@ class Database(QueryMethods):
 
         Raises:
             ServiceUnavailable: no free connection within ``db_pool_timeout``, the pool is
-                not open, or the database cannot be reached.
+                not open, or the database cannot be reached (at once while the pool knows
+                it is down: its last attempt to connect failed and no connection is idle).
         """
         if conn is not None:
             try:
@@ -406,6 +534,7 @@ class Database(QueryMethods):
         pool = self.pool
         borrowed = pool.take_idle()
         if borrowed is None:
+            pool.refuse_if_down()
             with map_errors():
                 borrowed = await pool.getconn()
         try:
@@ -462,6 +591,7 @@ class Database(QueryMethods):
             try:
                 with map_errors():
                     if borrowed is None:
+                        pool.refuse_if_down()
                         borrowed = await pool.getconn()
                     cur = await borrowed.execute(query.text, params, prepare=True)
                     rows = await cur.fetchall() if many else _first(await cur.fetchone())

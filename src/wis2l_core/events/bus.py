@@ -25,7 +25,7 @@ from nats.js.client import JetStreamContext
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
 from wis2l_core.catalogue import DomainEvent, decode_event, event_payload
-from wis2l_core.config import Settings, redact_url
+from wis2l_core.config import Settings, nats_credentials, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
@@ -273,8 +273,10 @@ class EventBus:
         log.info("event bus closed")
 
     async def _connect(self, nc: NatsClient) -> None:
+        servers, credentials = nats_credentials(self.settings.nats_urls)
         await nc.connect(
-            list(self.settings.nats_urls),
+            servers,
+            **credentials,  # type: ignore[arg-type]
             name="wis2l-core",
             connect_timeout=max(1, round(self.settings.nats_connect_timeout)),
             allow_reconnect=True,

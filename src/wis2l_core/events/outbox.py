@@ -43,6 +43,7 @@ from psycopg.rows import DictRow
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
+from wis2l_core._outage import Outage
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database, connect_kwargs
@@ -261,8 +262,10 @@ class OutboxRelay:
             )
             return
         expected = isinstance(exc, Wis2lError | OSError | TimeoutError)
+        # A database outage is logged once by the pool.
+        pooled = isinstance(exc, ServiceUnavailable) and exc.service == "database" and self._db.down
         log.log(
-            logging.DEBUG if again else logging.WARNING,
+            logging.DEBUG if again or pooled else logging.WARNING,
             "outbox relay: %s; retrying in %.1fs",
             exc,
             delay,
@@ -429,6 +432,7 @@ class OutboxRelay:
         name = APPLICATION_PREFIX + self.relay_id
         kwargs = connect_kwargs(self.settings) | {"application_name": name}
         beat = min(1.0, self.lease / 4)
+        outage = Outage("database", log, name="outbox LISTEN connection")
         while not self._stopping:
             try:
                 url = self.settings.direct_database_url
@@ -437,6 +441,7 @@ class OutboxRelay:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # catch up on anything committed while not listening
                     backoff.reset()
+                    outage.recovered()
                     while True:
                         async for _ in conn.notifies(timeout=beat):
                             self._wake.set()
@@ -446,5 +451,8 @@ class OutboxRelay:
                             await conn.execute("SELECT 1")
             except Exception as exc:
                 delay = backoff.next()
-                log.warning("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
+                if self._db.down:  # logged once by the pool
+                    log.debug("outbox LISTEN connection: %s; reconnecting in %.1fs", exc, delay)
+                else:
+                    outage.failed(exc, "outbox LISTEN connection: %s; reconnecting", exc)
                 await asyncio.sleep(delay)
