@@ -358,14 +358,17 @@ def _prune(args: argparse.Namespace) -> int:
                 archive_dir=args.archive,
                 connect_timeout=settings.db_connect_timeout,
             )
+        except ValidationError as exc:  # an unsafe --archive folder: refused, nothing pruned
+            _error("prune", f"--archive: {exc}")
+            return USAGE
         except OSError as exc:
             _error("prune", f"archive: {exc.strerror or exc}: {exc.filename or args.archive}")
             return PROBLEM
         for name in report.created:
             print(f"{'created':<24} {name}")
         for part in report.partitions:
-            rows = f"{part.rows} rows" if part.archive or part.rows >= 0 else "? rows"
-            if part.archive is None and part.rows >= 0:
+            rows = f"{part.rows} rows" if part.exact or part.rows >= 0 else "? rows"
+            if not part.exact and part.rows >= 0:
                 rows = f"about {rows}"
             since = part.lower.isoformat() if part.lower else "the beginning"
             line = (

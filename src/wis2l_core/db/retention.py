@@ -13,6 +13,17 @@ that does not depend on how many rows a partition holds. Two entry points:
   partition is first written to ``<archive_dir>/<partition>.jsonl.gz`` (gzip JSON Lines,
   one object per row with every column), made durable, and only then dropped.
 
+Old rows waiting in ``events_default`` are part of it: the run first gives their months
+partitions (moving the rows) and then drops those; a dry run reports those months as the
+run would, rows counted, and creates nothing.
+
+The archive folder is trusted only when no one else can plant or swap files in it: it
+must belong to us (or root) and, if group or others may write into it, carry the sticky
+bit (as ``/tmp`` does); otherwise prune refuses before anything is dropped. Each file is
+created new (``O_EXCL|O_NOFOLLOW``, mode 0600) under a random temporary name, relative
+to the folder opened once, and renamed over ``<partition>.jsonl.gz`` only once durable:
+no link is followed and no file someone else made is reused.
+
 Audit-only records (``events.create``: no subject, never published) go with their
 partition like published events.
 """
@@ -20,10 +31,13 @@ partition like published events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gzip
 import logging
 import os
+import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -67,12 +81,15 @@ class PrunedPartition:
             before the table was partitioned).
         lower: its first instant (``None``: from the beginning).
         upper: the instant it ends (exclusive); every row in it is older.
-        rows: rows written to the archive, or else the planner's estimate (``-1``: never
+        rows: how many rows it holds: exact when ``exact`` is true (written to the
+            archive, or counted: a month whose rows were, or in a dry run would be, moved
+            out of ``events_default``), else the planner's estimate (``-1``: never
             analyzed).
         bytes: its size on disk, indexes included, before the drop.
         action: ``"dropped"``, ``"would drop"`` (dry run), ``"kept: unpublished events"``
             or ``"busy"`` (its lock was not granted in time: run prune again).
         archive: the archive file written, if any.
+        exact: ``rows`` is a count, not an estimate.
     """
 
     name: str
@@ -82,6 +99,7 @@ class PrunedPartition:
     bytes: int
     action: PartitionAction
     archive: Path | None = None
+    exact: bool = False
 
 
 @attrs.frozen
@@ -178,9 +196,11 @@ async def prune_events(
     Args:
         database_url: the database (the server itself, not a transaction-mode pooler).
         retention: how long events are kept, e.g. ``timedelta(days=90)``.
-        dry_run: report what would be dropped (and create nothing, archive nothing).
-        archive_dir: write each partition to ``<archive_dir>/<name>.jsonl.gz`` before it
-            is dropped (the folder is created; a failed write drops nothing).
+        dry_run: report what would be dropped, rows of ``events_default`` included (and
+            create nothing, archive nothing; an existing ``archive_dir`` is checked).
+        archive_dir: write each partition to ``<archive_dir>/<name>.jsonl.gz`` (mode
+            0600) before it is dropped (the folder is made 0700 when missing; an unsafe
+            one is refused, a failed write drops nothing).
         lock_timeout: seconds to wait for the table's lock, per partition.
         connect_timeout: seconds to connect.
         now: the current time (tests); default the database's ``now()``.
@@ -189,13 +209,43 @@ async def prune_events(
         What was found and done.
 
     Raises:
-        ValidationError: ``retention`` is not positive.
+        ValidationError: ``retention`` is not positive, or ``archive_dir`` is not safe:
+            it (or the link naming it) belongs to another user, or others may write into
+            it and it has no sticky bit. Raised before anything is dropped.
         SchemaMissing: the database is not migrated.
         ServiceUnavailable: the database cannot be reached.
         OSError: the archive could not be written (the partition is kept).
     """
     if retention <= datetime.timedelta(0):
         raise ValidationError("retention must be positive", field="retention")
+    folder = None
+    if archive_dir is not None:
+        folder = await asyncio.to_thread(_ArchiveFolder.open, archive_dir, create=not dry_run)
+    try:
+        return await _connect_and_prune(
+            database_url,
+            retention=retention,
+            dry_run=dry_run,
+            folder=folder,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+            now=now,
+        )
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+async def _connect_and_prune(
+    database_url: str,
+    *,
+    retention: datetime.timedelta,
+    dry_run: bool,
+    folder: _ArchiveFolder | None,
+    lock_timeout: float,
+    connect_timeout: float,
+    now: datetime.datetime | None,
+) -> PruneReport:
     with map_errors():
         conn = await psycopg.AsyncConnection.connect(
             database_url,
@@ -213,7 +263,7 @@ async def prune_events(
                     conn,
                     retention=retention,
                     dry_run=dry_run,
-                    archive_dir=archive_dir,
+                    folder=None if dry_run else folder,
                     lock_timeout=lock_timeout,
                     now=now,
                 )
@@ -239,7 +289,7 @@ async def _prune(
     *,
     retention: datetime.timedelta,
     dry_run: bool,
-    archive_dir: Path | None,
+    folder: _ArchiveFolder | None,
     lock_timeout: float,
     now: datetime.datetime | None,
 ) -> PruneReport:
@@ -258,11 +308,14 @@ async def _prune(
                 raise
             log.warning("prune: events busy: partitions ahead not created; the next run will")
     cur = await conn.execute(_QUERIES["partitions"].text, {"cutoff": cutoff})
-    found = [
-        row
-        for row in await cur.fetchall()
-        if row["upper_bound"] is not None and row["upper_bound"] <= cutoff
-    ]
+    rows = await cur.fetchall()
+    if dry_run:  # the months the run's ensure_partitions would make of events_default
+        cur = await conn.execute(_QUERIES["default_months"].text, {"cutoff": cutoff})
+        rows += await cur.fetchall()
+    found = sorted(
+        (row for row in rows if row["upper_bound"] is not None and row["upper_bound"] <= cutoff),
+        key=lambda row: row["upper_bound"],
+    )
     done: list[PrunedPartition] = []
     for row in found:
         part = PrunedPartition(
@@ -272,16 +325,19 @@ async def _prune(
             rows=int(row["rows_estimate"]),
             bytes=int(row["bytes"]),
             action="would drop",
+            exact=bool(row["exact"]),
         )
+        if part.name in created:  # just made from events_default: never analyzed
+            part = attrs.evolve(part, rows=await _count(conn, part.name), exact=True)
         if row["pending"]:
             done.append(attrs.evolve(part, action="kept: unpublished events"))
             continue
         if dry_run:
             done.append(part)
             continue
-        if archive_dir is not None:
-            path, rows = await _archive(conn, part.name, archive_dir)
-            part = attrs.evolve(part, rows=rows, archive=path)
+        if folder is not None:
+            path, count = await _archive(conn, part.name, folder)
+            part = attrs.evolve(part, rows=count, archive=path, exact=True)
         done.append(attrs.evolve(part, action=await _drop(conn, part.name, lock_timeout)))
         log.info(
             "prune: %s %s",
@@ -292,6 +348,13 @@ async def _prune(
     return PruneReport(
         cutoff=cutoff, dry_run=dry_run, partitions=tuple(done), created=tuple(created)
     )
+
+
+async def _count(conn: _Conn, name: str) -> int:
+    query = pgsql.SQL("SELECT count(*) AS n FROM {}").format(pgsql.Identifier(name))
+    cur = await conn.execute(query)
+    row = await cur.fetchone()
+    return int(row["n"]) if row is not None else 0
 
 
 def _set_lock_timeout(seconds: float) -> pgsql.Composed:
@@ -324,14 +387,14 @@ class _Pending(Exception):
     """Rolls the drop back: a row became unpublished-visible since the listing."""
 
 
-async def _archive(conn: _Conn, name: str, directory: Path) -> tuple[Path, int]:
-    """Write the partition to ``<directory>/<name>.jsonl.gz``: temp file, fsync, rename.
+async def _archive(conn: _Conn, name: str, folder: _ArchiveFolder) -> tuple[Path, int]:
+    """Write the partition to ``<folder>/<name>.jsonl.gz``: new temp file, fsync, rename.
 
     ``row_to_json`` renders one line per row, columns in table order (JSON escapes every
     control character), so the COPY text format's only escape left in a line is the
     doubled backslash.
     """
-    out = await asyncio.to_thread(_ArchiveFile, directory, name)
+    out = await asyncio.to_thread(_ArchiveFile, folder, name)
     query = pgsql.SQL("COPY (SELECT row_to_json(e) FROM {} e) TO STDOUT").format(
         pgsql.Identifier(name)
     )
@@ -356,18 +419,74 @@ async def _archive(conn: _Conn, name: str, directory: Path) -> tuple[Path, int]:
 
 
 _CHUNK = 1 << 20
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+@attrs.define
+class _ArchiveFolder:
+    """The archive folder, opened once: every file is made relative to this descriptor,
+    so swapping the path for a link after the check changes nothing."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool) -> _ArchiveFolder | None:
+        """Open ``path`` (made 0700 when missing and ``create``; else ``None`` when
+        missing) and check it is safe.
+
+        Raises:
+            ValidationError: it belongs to someone else, or others may write into it and
+                it has no sticky bit (see the module's docstring).
+            OSError: it cannot be made or opened (e.g. a file is in the way).
+        """
+        if create:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif not os.path.lexists(path):
+            return None
+        ours = (os.geteuid(), 0)
+        link = os.lstat(path)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in ours:
+            raise _unsafe(path, f"is a symbolic link made by uid {link.st_uid}, not by you")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid not in ours:
+                raise _unsafe(path, f"belongs to uid {st.st_uid}, not to you")
+            if st.st_mode & _OTHERS_WRITE and not st.st_mode & stat.S_ISVTX:
+                raise _unsafe(
+                    path,
+                    f"may be written by other users (mode {stat.S_IMODE(st.st_mode):04o}) "
+                    "and has no sticky bit",
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        os.close(self.fd)
+
+
+def _unsafe(path: Path, why: str) -> ValidationError:
+    return ValidationError(
+        f"archive folder {path} {why}: another user could plant or swap the archive; "
+        "use a folder only you can write into (chmod go-w, or +t), nothing was pruned",
+        field="archive_dir",
+    )
 
 
 class _ArchiveFile:
-    """A gzip JSON Lines file written under a temporary name, renamed once durable."""
+    """A gzip JSON Lines file written under a new temporary name, renamed once durable."""
 
-    def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.final = directory / f"{name}.jsonl.gz"
-        self.temp = directory / f".{name}.jsonl.gz.tmp"
+    def __init__(self, folder: _ArchiveFolder, name: str) -> None:
+        self.folder = folder
+        self.final = f"{name}.jsonl.gz"
+        self.temp = f".{name}.jsonl.gz.{secrets.token_hex(8)}.tmp"
         self.rows = 0
-        self._raw = self.temp.open("wb")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._raw = os.fdopen(os.open(self.temp, flags, 0o600, dir_fd=folder.fd), "wb")
         self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6)
 
     def write(self, data: bytes) -> None:
@@ -380,19 +499,13 @@ class _ArchiveFile:
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
-        os.replace(self.temp, self.final)
-        _fsync_dir(self.directory)
-        return self.final
+        fd = self.folder.fd
+        os.replace(self.temp, self.final, src_dir_fd=fd, dst_dir_fd=fd)  # a link is replaced
+        os.fsync(fd)
+        return self.folder.path / self.final
 
     def abort(self) -> None:
         self._gzip.close()
         self._raw.close()
-        self.temp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp, dir_fd=self.folder.fd)
