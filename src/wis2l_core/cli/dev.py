@@ -9,7 +9,9 @@ first; with the ``auth`` extra the ``WIS2L_OIDC_*`` lines of the local issuer fo
 ``wis2l dev token --sub ... [--email --name --role --ttl] [--data-dir]`` prints a token
 signed by the running issuer's key: ``wis2l dev`` keeps the issuer's URL and keys in
 ``oidc-issuer.json`` (mode 0600) in its data directory, or in a per-user directory under
-the system's temporary directory when it runs without one.
+the system's temporary directory when it runs without one. Either directory is made
+0700 and refused, as ssh refuses ``~/.ssh``, when it belongs to another user or others
+may write into it: a folder someone else made would hand their key and tokens to us.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from types import FrameType
 from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.dev import EmbeddedStack
+from wis2l_core.dev._binaries import _private_dir
 from wis2l_core.errors import StartupError, Wis2lError
 
 __all__ = ["add_parser", "default_state_dir", "run", "run_token"]
@@ -100,7 +103,8 @@ def run_token(args: argparse.Namespace) -> int:
     """Print a token from the dev issuer's persisted keys.
 
     Returns:
-        0, or 1 when no dev issuer state is found.
+        0, or 1 when no dev issuer state is found, or its directory is not safe (another
+        user's, or writable by others).
     """
     try:
         from wis2l_core.dev.issuer import DevIssuer
@@ -111,8 +115,9 @@ def run_token(args: argparse.Namespace) -> int:
         return 1
     where = Path(args.data_dir).expanduser() if args.data_dir else default_state_dir()
     try:
+        _private_dir(where, "data directory" if args.data_dir else "state directory", create=False)
         issuer = DevIssuer.from_state(where)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
         print(f"wis2l dev token: {exc}", file=sys.stderr)
         return 1
     print(issuer.mint(sub=args.sub, email=args.email, name=args.name, role=args.role, ttl=args.ttl))
