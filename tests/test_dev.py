@@ -493,10 +493,13 @@ def test_wis2l_dev_refuses_a_state_dir_someone_else_made(
     assert main(["dev", "--no-migrate"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert f"state directory {state}" in err
-    assert "another directory" in err
+    assert err.startswith(f"wis2l dev: state directory {state}")
+    assert "--data-dir" in err
     assert main(["dev", "token", "--sub", "ada"]) == 1
     assert f"state directory {state}" in capsys.readouterr().err
+    stack = EmbeddedStack(oidc_state_dir=_foreign(tmp_path / "state", kind))  # its own check
+    with pytest.raises(StartupError, match="state directory"):
+        stack.start()
 
 
 def test_the_state_and_data_dirs_are_made_private(tmp_path: Path) -> None:

@@ -94,6 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token.set_defaults(func=run_token)
 
 
+_ANOTHER_STATE_DIR = "pass --data-dir (or set TMPDIR) to use another directory"
+
+
 def default_state_dir() -> Path:
     """Where ``wis2l dev`` without ``--data-dir`` keeps the dev issuer's URL and keys."""
     return Path(tempfile.gettempdir()) / f"wis2l-dev-{os.getuid()}"
@@ -115,7 +118,10 @@ def run_token(args: argparse.Namespace) -> int:
         return 1
     where = Path(args.data_dir).expanduser() if args.data_dir else default_state_dir()
     try:
-        _private_dir(where, "data directory" if args.data_dir else "state directory", create=False)
+        if args.data_dir:
+            _private_dir(where, "data directory", create=False)
+        else:
+            _private_dir(where, "state directory", create=False, hint=_ANOTHER_STATE_DIR)
         issuer = DevIssuer.from_state(where)
     except (FileNotFoundError, PermissionError) as exc:
         print(f"wis2l dev token: {exc}", file=sys.stderr)
@@ -135,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean stop, 1 when the stack could not start or the migrations failed,
         130 when interrupted during start.
     """
+    if not args.data_dir:  # the stack checks it too; here the advice names the options
+        try:
+            _private_dir(default_state_dir(), "state directory", hint=_ANOTHER_STATE_DIR)
+        except OSError as exc:
+            print(f"wis2l dev: {exc}", file=sys.stderr)
+            return 1
     stack = EmbeddedStack(
         args.data_dir, oidc_state_dir=None if args.data_dir else default_state_dir()
     )

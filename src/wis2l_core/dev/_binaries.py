@@ -92,7 +92,9 @@ def _reachable(path: Path, uid: int, gids: set[int]) -> bool:
     return True
 
 
-def _private_dir(path: Path, what: str, *, create: bool = True) -> Path | None:
+def _private_dir(
+    path: Path, what: str, *, create: bool = True, hint: str = "use another directory"
+) -> Path | None:
     """Make ``path`` (mode 0700) when missing, and refuse it unless it is ours and no one
     else may write into it, as ssh checks ``~/.ssh``: a folder someone else made could
     hand us their keys, data or configuration.
@@ -101,6 +103,7 @@ def _private_dir(path: Path, what: str, *, create: bool = True) -> Path | None:
         path: the directory.
         what: what it is, for the message (``"data directory"``).
         create: make it when missing (else a missing one is left to the caller).
+        hint: what else to do, for the message.
 
     Returns:
         The topmost directory made (``path`` or one of its parents); ``None`` when it was
@@ -123,18 +126,18 @@ def _private_dir(path: Path, what: str, *, create: bool = True) -> Path | None:
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (euid, 0):
         raise PermissionError(
             f"{what} {path} is a symbolic link made by uid {link.st_uid}, not by you: "
-            "remove it or use another directory"
+            f"remove it or {hint}"
         )
     st = path.stat()
     if st.st_uid != euid:
         raise PermissionError(
             f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {euid}): someone "
-            "else made it; remove it or use another directory"
+            f"else made it; remove it or {hint}"
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise PermissionError(
             f"{what} {path} may be written by others (mode {stat.S_IMODE(st.st_mode):04o}): "
-            f"run chmod go-w {path} or use another directory"
+            f"run chmod go-w {path} or {hint}"
         )
     return made
 
