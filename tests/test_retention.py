@@ -457,6 +457,25 @@ async def test_a_dry_run_reports_the_rows_waiting_in_the_default_partition(
     assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 1}]
 
 
+async def test_old_rows_in_the_default_partition_are_busy_when_their_month_cannot_be_made(
+    wis2l_database_url: str,
+) -> None:
+    url = wis2l_database_url
+    load_default(url, 500, month_start(3), month_start(2))
+    with psycopg.connect(url) as holder:  # a long transaction that read events
+        holder.execute("SELECT count(*) FROM events").fetchone()
+        report = await prune_events(url, retention=keeping(1), lock_timeout=0.2)
+        assert [(p.name, p.action, p.rows) for p in report.partitions] == [
+            (f"events_p{month_start(3):%Y%m}", "busy", 500)
+        ]
+        assert not report.ok  # the CLI exits 1: run it again
+        holder.rollback()
+    assert in_default(url) == 500
+    report = await prune_events(url, retention=keeping(1))
+    assert [(p.action, p.rows) for p in report.partitions] == [("dropped", 500)]
+    assert in_default(url) == 0
+
+
 NOBODY = 65534
 
 

@@ -300,16 +300,18 @@ async def _prune(
         now = row["now"]
     cutoff = now - retention
     created: Sequence[str] = ()
+    unmade = dry_run  # the months of events_default are not partitions (yet)
     if not dry_run:
         try:
             created = await ensure_partitions(conn, lock_timeout=lock_timeout)
         except ServiceUnavailable as exc:
             if not isinstance(exc.__cause__, pg.LockNotAvailable):
                 raise
+            unmade = True
             log.warning("prune: events busy: partitions ahead not created; the next run will")
     cur = await conn.execute(_QUERIES["partitions"].text, {"cutoff": cutoff})
     rows = await cur.fetchall()
-    if dry_run:  # the months the run's ensure_partitions would make of events_default
+    if unmade:  # as ensure_partitions makes them of events_default (exact: true)
         cur = await conn.execute(_QUERIES["default_months"].text, {"cutoff": cutoff})
         rows += await cur.fetchall()
     found = sorted(
@@ -334,6 +336,9 @@ async def _prune(
             continue
         if dry_run:
             done.append(part)
+            continue
+        if unmade and row["exact"]:  # still in events_default: its month was not made
+            done.append(attrs.evolve(part, action="busy"))
             continue
         if folder is not None:
             path, count = await _archive(conn, part.name, folder)
