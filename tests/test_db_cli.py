@@ -41,14 +41,32 @@ def rows_of(url: str, query: str) -> list[tuple[Any, ...]]:
         return conn.execute(query.encode()).fetchall()
 
 
-@pytest.mark.parametrize("argv", [["db", "--help"], ["db", "migrate", "--help"]])
-def test_help_documents_the_exit_codes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def help_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as info:
-        main(argv)
+        main([*argv, "--help"])
     assert info.value.code == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_db_help_has_the_whole_exit_code_table(capsys: pytest.CaptureFixture[str]) -> None:
+    out = help_of(["db"], capsys)
     assert "exit codes:" in out
     assert "3  the database cannot be reached" in out
+    for command in ("migrate", "status", "new", "seed", "check", "prune"):
+        assert f"     {command} " in out
+
+
+@pytest.mark.parametrize("command", ["migrate", "status", "new", "seed", "check", "prune"])
+def test_each_command_lists_only_its_own_exits(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = help_of(["db", command], capsys)
+    codes = out[out.index("exit codes") :]
+    assert "wis2l db --help" in codes
+    assert "the command found a problem" not in codes  # not the whole table
+    others = {"migrate", "status", "new", "seed", "check", "prune"} - {command}
+    assert not [name for name in others if f" {name} " in codes]
+    assert ("3  the database cannot be reached" in codes) == (command != "new")
 
 
 def test_db_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:

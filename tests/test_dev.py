@@ -52,16 +52,19 @@ def _wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
 
 
 def _procs_using(path: Path) -> list[int]:
-    """Pids of live processes whose command line mentions ``path``."""
+    """Pids of live processes whose command line mentions ``path`` or that run in it
+    (PostgreSQL in a private data directory is told ``-D /proc/self/cwd``)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
         except OSError:
             continue
-        if str(path).encode() in cmdline and _alive(int(entry)):
+        inside = cwd == str(path) or cwd.startswith(f"{path}/")
+        if (str(path).encode() in cmdline or inside) and _alive(int(entry)):
             found.append(int(entry))
     return found
 
@@ -397,16 +400,115 @@ def test_a_failing_server_stops_the_others_and_shows_its_log(data_root: Path) ->
     assert _wait_dead(_procs_using(data), timeout=2) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root switches users")
-def test_root_refuses_a_data_dir_the_postgres_user_cannot_reach(tmp_path: Path) -> None:
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    stack = EmbeddedStack(private / "data")
-    with pytest.raises(StartupError, match="WIS2L_EMBEDDED_USER") as info:
+def test_root_runs_wis2l_dev_in_a_private_home_directory(tmp_path: Path) -> None:
+    home = tmp_path / "root"  # like /root: mode 0700, PostgreSQL's user cannot enter it
+    home.mkdir(mode=0o700)
+    data = home / ".wis2l"
+    with subprocess.Popen(
+        [sys.executable, "-m", "wis2l_core.cli", "dev", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    ) as proc:
+        _run_dev_session(proc, data, migrated=True)
+    assert _procs_using(data) == []
+    assert home.stat().st_mode & 0o777 == 0o700  # not chmod-ed behind the user's back
+    assert data.stat().st_mode & 0o777 == 0o700
+    run_as = _binaries._run_as()
+    assert run_as is not None
+    assert (data.stat().st_uid, (data / "postgres").stat().st_uid) == (0, run_as[0])
+    with EmbeddedStack(data) as stack, psycopg.connect(stack.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() is not None  # kept
+
+
+@pytest.mark.slow
+def test_a_failed_start_removes_the_data_dir_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_stack, "_nats_binary", lambda: Path("/bin/false"))
+    made = tmp_path / "new" / "data"
+    with pytest.raises(StartupError, match="NATS did not start"):
+        EmbeddedStack(made).start()
+    assert not (tmp_path / "new").exists()  # no half-made folder
+    kept = tmp_path / "kept"
+    kept.mkdir(mode=0o700)
+    (kept / "mine.txt").write_text("x")
+    with pytest.raises(StartupError, match="NATS did not start"):
+        EmbeddedStack(kept).start()
+    assert (kept / "mine.txt").read_text() == "x"  # a folder that was there stays
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="files of another user need root")
+
+
+def _foreign(path: Path, kind: str) -> Path:
+    """A directory at ``path`` that is not safe to use: ``kind`` says why."""
+    if kind == "their link":
+        target = path.with_name(f"{path.name}-target")
+        target.mkdir(mode=0o700)
+        path.symlink_to(target)
+    else:
+        path.mkdir(mode={"theirs": 0o700, "world-writable": 0o777}.get(kind, 0o770))
+        path.chmod({"theirs": 0o700, "world-writable": 0o777}.get(kind, 0o770))
+    if kind in ("theirs", "their link"):
+        os.lchown(path, NOBODY, NOBODY)
+    return path
+
+
+UNSAFE = [
+    pytest.param("theirs", marks=needs_root),
+    pytest.param("their link", marks=needs_root),
+    "world-writable",
+    "group-writable",
+]
+
+
+@pytest.mark.parametrize("kind", UNSAFE)
+def test_a_data_dir_someone_else_could_write_is_refused(tmp_path: Path, kind: str) -> None:
+    data = _foreign(tmp_path / "data", kind)
+    stack = EmbeddedStack(data)
+    with pytest.raises(StartupError, match="data directory") as info:
         stack.start()
-    assert set(info.value.failures) == {"database"}
-    assert _procs_using(private) == []
-    assert private.stat().st_mode & 0o777 == 0o700  # not chmod-ed behind the user's back
+    assert "another directory" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert set(info.value.failures) == {"database", "redis", "nats"}
+    assert stack.pids == {}
+    assert sorted(p.name for p in data.iterdir()) == []  # nothing was made or started in it
+
+
+@pytest.mark.parametrize("kind", UNSAFE)
+def test_wis2l_dev_refuses_a_state_dir_someone_else_made(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wis2l_core.cli import main
+    from wis2l_core.cli.dev import default_state_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    state = _foreign(default_state_dir(), kind)
+    (state / "oidc-issuer.json").write_text("{}")  # their issuer, their key
+    assert main(["dev", "--no-migrate"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"wis2l dev: state directory {state}")
+    assert "--data-dir" in err
+    assert main(["dev", "token", "--sub", "ada"]) == 1
+    assert f"state directory {state}" in capsys.readouterr().err
+    stack = EmbeddedStack(oidc_state_dir=_foreign(tmp_path / "state", kind))  # its own check
+    with pytest.raises(StartupError, match="state directory"):
+        stack.start()
+
+
+def test_the_state_and_data_dirs_are_made_private(tmp_path: Path) -> None:
+    made = _binaries._private_dir(tmp_path / "a" / "b", "data directory")
+    assert made == tmp_path / "a"
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
+    assert _binaries._private_dir(tmp_path / "a" / "b", "data directory") is None
+    assert _binaries._private_dir(tmp_path / "c", "data directory", create=False) is None
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow

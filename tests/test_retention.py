@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import gzip
 import json
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -395,3 +397,168 @@ async def test_writers_and_readers_go_on_while_prune_drops(wis2l_database_url: s
     assert min(written) > 0
     assert query(url, "SELECT count(*) AS n FROM events") == [{"n": sum(written)}]
     assert max(slowest) < 2.0  # waits at most for a drop, never for the whole prune
+
+
+def load_default(url: str, rows: int, start: datetime.datetime, end: datetime.datetime) -> None:
+    """``rows`` events between ``start`` and ``end`` with no partition made for them: they
+    land in events_default (as rows written with an old created_at do)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(LOAD, {"start": start, "end": end, "n": rows, "note": ""})
+
+
+def in_default(url: str) -> int:
+    return int(query(url, "SELECT count(*) AS n FROM events_default")[0]["n"])
+
+
+def removal(report: Any) -> list[tuple[Any, ...]]:
+    return [
+        (p.name, p.lower, p.upper, p.rows, p.exact, p.action.replace("would drop", "dropped"))
+        for p in report.partitions
+    ]
+
+
+async def test_a_dry_run_reports_the_rows_waiting_in_the_default_partition(
+    wis2l_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = wis2l_database_url
+    load_default(url, 10_000, month_start(4), month_start(2))  # two old months
+    with psycopg.connect(url, autocommit=True) as conn:  # an older month, unpublished
+        conn.execute(
+            "INSERT INTO events (type, subsystem, subject, created_at)"
+            " VALUES ('a', 'ignis', 'wis2l.a', %s)",
+            (month_start(6) + DAY,),
+        )
+    names = partitions(url)
+    assert in_default(url) == 10_001
+
+    dry = await prune_events(url, retention=keeping(1), dry_run=True)
+    assert [(p.name, p.action) for p in dry.partitions] == [
+        (f"events_p{month_start(6):%Y%m}", "kept: unpublished events"),
+        (f"events_p{month_start(4):%Y%m}", "would drop"),
+        (f"events_p{month_start(3):%Y%m}", "would drop"),
+    ]
+    assert sum(p.rows for p in dry.removed) == 10_000
+    assert all(p.exact for p in dry.partitions)
+    assert dry.created == ()
+    assert partitions(url) == names  # the dry run changed nothing
+    assert in_default(url) == 10_001
+
+    keep = f"{int(keeping(1).total_seconds())}s"
+    args = ["db", "prune", "--dry-run", "--retention", keep, "--database-url", url]
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "would remove 2 partition(s)" in out
+    shown = [line.split(" rows")[0] for line in out.splitlines() if line.startswith("would drop")]
+    assert sorted(int(text.split()[-1]) for text in shown) == sorted(p.rows for p in dry.removed)
+    assert "about" not in out  # counted, not estimated
+
+    real = await prune_events(url, retention=keeping(1))
+    assert removal(real) == removal(dry)  # what the dry run said is what the run did
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 1}]
+
+
+async def test_old_rows_in_the_default_partition_are_busy_when_their_month_cannot_be_made(
+    wis2l_database_url: str,
+) -> None:
+    url = wis2l_database_url
+    load_default(url, 500, month_start(3), month_start(2))
+    with psycopg.connect(url) as holder:  # a long transaction that read events
+        holder.execute("SELECT count(*) FROM events").fetchone()
+        report = await prune_events(url, retention=keeping(1), lock_timeout=0.2)
+        assert [(p.name, p.action, p.rows) for p in report.partitions] == [
+            (f"events_p{month_start(3):%Y%m}", "busy", 500)
+        ]
+        assert not report.ok  # the CLI exits 1: run it again
+        holder.rollback()
+    assert in_default(url) == 500
+    report = await prune_events(url, retention=keeping(1))
+    assert [(p.action, p.rows) for p in report.partitions] == [("dropped", 500)]
+    assert in_default(url) == 0
+
+
+NOBODY = 65534
+
+
+def as_nobody(path: Path) -> Path:
+    """Make ``path`` (a file, folder or link) another user's, as they would have made it."""
+    os.lchown(path, NOBODY, NOBODY)
+    return path
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="files of another user need root")
+
+
+@needs_root
+async def test_the_archive_follows_no_link_and_reuses_no_file(
+    wis2l_database_url: str, tmp_path: Path
+) -> None:
+    url = wis2l_database_url
+    load(url, 400, months=2)
+    shared = tmp_path / "shared"  # like /tmp: anyone may create files, the sticky bit is set
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victims = {}
+    old, older = (f"events_p{month_start(b):%Y%m}" for b in (1, 2))
+    for name in (f".{old}.jsonl.gz.tmp", f"{old}.jsonl.gz"):  # links at both names
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_bytes(b"precious")
+        (shared / name).symlink_to(victims[name])
+        as_nobody(shared / name)
+    planted = shared / f".{older}.jsonl.gz.tmp"  # a file made ready for prune to reuse
+    planted.write_bytes(b"")
+    planted.chmod(0o666)
+    as_nobody(planted)
+
+    report = await prune_events(url, retention=keeping(0), archive_dir=shared)
+    assert [p.action for p in report.removed] == ["dropped", "dropped"]
+    for victim in victims.values():
+        assert victim.read_bytes() == b"precious"  # no link was followed
+    assert planted.read_bytes() == b""  # not reused
+    assert planted.stat().st_uid == NOBODY
+    for part in report.removed:
+        assert part.archive == shared / f"{part.name}.jsonl.gz"
+        st = part.archive.lstat()
+        assert stat.S_ISREG(st.st_mode)  # the planted link was replaced, not written through
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), 0o600)
+        with gzip.open(part.archive) as fh:
+            assert len(fh.read().splitlines()) == part.rows > 0
+    assert sorted(p.name for p in shared.iterdir() if p.name.startswith(".")) == sorted(
+        [planted.name, f".{old}.jsonl.gz.tmp"]
+    )  # theirs, untouched; no temporary file of ours is left
+
+
+@pytest.mark.parametrize("kind", ["world-writable", "group-writable", "theirs", "their link"])
+async def test_an_unsafe_archive_folder_is_refused_before_anything_is_dropped(
+    wis2l_database_url: str, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = wis2l_database_url
+    load(url, 300, months=2)
+    names = partitions(url)
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    if kind == "world-writable":
+        folder.chmod(0o777)
+    elif kind == "group-writable":
+        folder.chmod(0o770)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("files of another user need root")
+        if kind == "theirs":
+            as_nobody(folder)
+        else:
+            folder = tmp_path / "link"
+            folder.symlink_to(tmp_path / "archive")
+            as_nobody(folder)
+    with pytest.raises(ValidationError, match="nothing was pruned") as caught:
+        await prune_events(url, retention=keeping(0), archive_dir=folder)
+    assert caught.value.field == "archive_dir"
+    code = await asyncio.to_thread(
+        main, ["db", "prune", "--retention", "1d", "--archive", str(folder), "--database-url", url]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert f"--archive: archive folder {folder}" in err
+    assert partitions(url) == names  # every partition is still there, every row too
+    assert query(url, "SELECT count(*) AS n FROM events") == [{"n": 300}]
+    assert list((tmp_path / "archive").iterdir()) == []

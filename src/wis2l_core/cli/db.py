@@ -2,7 +2,8 @@
 
 Each takes ``--database-url`` (default: ``Settings.from_env().database_url``, i.e.
 ``DATABASE_URL`` or the ``DATABASE_*`` variables). Problems print one line on stderr,
-never a traceback; the exit codes are in :data:`EXIT_CODES` (and in ``--help``).
+never a traceback; the exit codes are in :data:`EXIT_CODES` (``wis2l db --help``), and
+each command's own in its ``--help``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import datetime
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -33,19 +35,66 @@ __all__ = ["EXIT_CODES", "add_parser"]
 
 OK, PROBLEM, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
-EXIT_CODES = """\
-exit codes:
-  0  success
-  1  the command found a problem: a drifted or failed migration (migrate, status),
-     a file that already exists (new),
-     pending migrations with --fail-on-pending (status), an unmigrated database or a
-     refused write (seed), a query the database refused or an unmigrated database
-     (check), a partition left because its lock was busy (prune)
-  2  usage or configuration error (bad option, malformed DATABASE_URL, a
-     --queries-dir that is missing or has no .sql file, a WIS2L_MIGRATIONS folder
-     that is missing, a migration name that is not a slug, no folder for `new`, no
-     retention for `prune` ...)
-  3  the database cannot be reached"""
+_PROBLEMS = {  # exit 1, by command
+    "migrate": "a drifted or failed migration",
+    "status": "a drifted migration; pending ones too with --fail-on-pending",
+    "new": "a file that already exists",
+    "seed": "an unmigrated database or a refused write",
+    "check": "a query the database refused, or an unmigrated database",
+    "prune": "an unmigrated database, a failed archive, or a partition left busy",
+}
+_USAGE_ERRORS = {  # exit 2, by command, besides a bad option
+    "migrate": "a WIS2L_MIGRATIONS folder that is missing",
+    "status": "a WIS2L_MIGRATIONS folder that is missing",
+    "new": "a name that is not a slug, no folder (WIS2L_MIGRATIONS or --dir)",
+    "check": "a --queries-dir or WIS2L_QUERIES folder that is missing or has no .sql file",
+    "prune": "no retention or a bad --retention, an --archive folder others may write into",
+}
+_OFFLINE = frozenset({"new"})  # needs no database
+
+
+def _exit_codes(command: str | None = None) -> str:
+    """The exit codes of one command, or (``None``) of every ``db`` command."""
+    url = "a malformed DATABASE_URL"
+    if command is not None:
+        usage = ", ".join(
+            [
+                "a bad option",
+                *([] if command in _OFFLINE else [url]),
+                *([_USAGE_ERRORS[command]] if command in _USAGE_ERRORS else []),
+            ]
+        )
+        lines = [
+            "exit codes (all commands: wis2l db --help):",
+            "  0  success",
+            _wrap(f"1  {_PROBLEMS[command]}"),
+            _wrap(f"2  usage or configuration error: {usage}"),
+        ]
+        if command not in _OFFLINE:
+            lines.append("  3  the database cannot be reached")
+        return "\n".join(lines)
+    width = max(map(len, _PROBLEMS))
+    return "\n".join(
+        [
+            "exit codes:",
+            "  0  success",
+            "  1  the command found a problem:",
+            *(_wrap(f"{c:<{width}}  {text}", 5, width + 2) for c, text in _PROBLEMS.items()),
+            f"  2  usage or configuration error: a bad option, {url} (not for new), or:",
+            *(_wrap(f"{c:<{width}}  {text}", 5, width + 2) for c, text in _USAGE_ERRORS.items()),
+            "  3  the database cannot be reached (every command but new)",
+        ]
+    )
+
+
+def _wrap(text: str, indent: int = 2, hang: int = 3) -> str:
+    return textwrap.fill(
+        text, width=88, initial_indent=" " * indent, subsequent_indent=" " * (indent + hang)
+    )
+
+
+EXIT_CODES = _exit_codes()
+"""The exit codes of every ``wis2l db`` command (shown by ``wis2l db --help``)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,7 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="apply pending migrations",
         description="Apply pending migrations in order, each in its own transaction, under "
         "an advisory lock (concurrent runs apply each file once). Stops on a drifted file.",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("migrate"),
         formatter_class=fmt,
     )
     _common(migrate)
@@ -77,7 +126,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list applied, pending and drifted migrations",
         description="List applied, pending and drifted migrations. Exits 1 on drift; "
         "pending migrations exit 0 unless --fail-on-pending is given.",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("status"),
         formatter_class=fmt,
     )
     _common(status)
@@ -96,7 +145,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "one) with a header comment into --dir, or into the app's migrations folder "
         "(WIS2L_MIGRATIONS; with several folders, --dir is required). Prints its path. "
         "Never overwrites a file. Needs no database.",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("new"),
         formatter_class=fmt,
     )
     new.add_argument("name", help="a slug: lowercase letters, digits and '_' ('-' reads as '_')")
@@ -113,7 +162,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="load idempotent sample data",
         description="Load sample users, templates, projects, components, tokens, builds and "
         "deployments. Running it again changes nothing. The database must be migrated.",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("seed"),
         formatter_class=fmt,
     )
     _common(seed)
@@ -126,7 +175,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "folders (WIS2L_QUERIES) (never executed, rolled back) against a migrated database; "
         "report each failure as file:line. An unmigrated database is one error naming "
         "`wis2l db migrate`.",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("check"),
         formatter_class=fmt,
     )
     _common(check)
@@ -144,7 +193,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "than the retention (WIS2L_EVENTS_RETENTION, or --retention), after creating the "
         "coming months' partitions. A partition that still holds an unpublished event is "
         "kept whole. Time does not depend on the partitions' size (no DELETE, no rewrite).",
-        epilog=EXIT_CODES,
+        epilog=_exit_codes("prune"),
         formatter_class=fmt,
     )
     _common(prune)
@@ -358,14 +407,17 @@ def _prune(args: argparse.Namespace) -> int:
                 archive_dir=args.archive,
                 connect_timeout=settings.db_connect_timeout,
             )
+        except ValidationError as exc:  # an unsafe --archive folder: refused, nothing pruned
+            _error("prune", f"--archive: {exc}")
+            return USAGE
         except OSError as exc:
             _error("prune", f"archive: {exc.strerror or exc}: {exc.filename or args.archive}")
             return PROBLEM
         for name in report.created:
             print(f"{'created':<24} {name}")
         for part in report.partitions:
-            rows = f"{part.rows} rows" if part.archive or part.rows >= 0 else "? rows"
-            if part.archive is None and part.rows >= 0:
+            rows = f"{part.rows} rows" if part.exact or part.rows >= 0 else "? rows"
+            if not part.exact and part.rows >= 0:
                 rows = f"about {rows}"
             since = part.lower.isoformat() if part.lower else "the beginning"
             line = (

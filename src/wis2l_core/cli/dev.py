@@ -9,7 +9,9 @@ first; with the ``auth`` extra the ``WIS2L_OIDC_*`` lines of the local issuer fo
 ``wis2l dev token --sub ... [--email --name --role --ttl] [--data-dir]`` prints a token
 signed by the running issuer's key: ``wis2l dev`` keeps the issuer's URL and keys in
 ``oidc-issuer.json`` (mode 0600) in its data directory, or in a per-user directory under
-the system's temporary directory when it runs without one.
+the system's temporary directory when it runs without one. Either directory is made
+0700 and refused, as ssh refuses ``~/.ssh``, when it belongs to another user or others
+may write into it: a folder someone else made would hand their key and tokens to us.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from types import FrameType
 from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.db.migrate import apply_migrations
 from wis2l_core.dev import EmbeddedStack
+from wis2l_core.dev._binaries import _private_dir
 from wis2l_core.errors import StartupError, Wis2lError
 
 __all__ = ["add_parser", "default_state_dir", "run", "run_token"]
@@ -91,6 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token.set_defaults(func=run_token)
 
 
+_ANOTHER_STATE_DIR = "pass --data-dir (or set TMPDIR) to use another directory"
+
+
 def default_state_dir() -> Path:
     """Where ``wis2l dev`` without ``--data-dir`` keeps the dev issuer's URL and keys."""
     return Path(tempfile.gettempdir()) / f"wis2l-dev-{os.getuid()}"
@@ -100,7 +106,8 @@ def run_token(args: argparse.Namespace) -> int:
     """Print a token from the dev issuer's persisted keys.
 
     Returns:
-        0, or 1 when no dev issuer state is found.
+        0, or 1 when no dev issuer state is found, or its directory is not safe (another
+        user's, or writable by others).
     """
     try:
         from wis2l_core.dev.issuer import DevIssuer
@@ -111,8 +118,12 @@ def run_token(args: argparse.Namespace) -> int:
         return 1
     where = Path(args.data_dir).expanduser() if args.data_dir else default_state_dir()
     try:
+        if args.data_dir:
+            _private_dir(where, "data directory", create=False)
+        else:
+            _private_dir(where, "state directory", create=False, hint=_ANOTHER_STATE_DIR)
         issuer = DevIssuer.from_state(where)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
         print(f"wis2l dev token: {exc}", file=sys.stderr)
         return 1
     print(issuer.mint(sub=args.sub, email=args.email, name=args.name, role=args.role, ttl=args.ttl))
@@ -130,6 +141,12 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean stop, 1 when the stack could not start or the migrations failed,
         130 when interrupted during start.
     """
+    if not args.data_dir:  # the stack checks it too; here the advice names the options
+        try:
+            _private_dir(default_state_dir(), "state directory", hint=_ANOTHER_STATE_DIR)
+        except OSError as exc:
+            print(f"wis2l dev: {exc}", file=sys.stderr)
+            return 1
     stack = EmbeddedStack(
         args.data_dir, oidc_state_dir=None if args.data_dir else default_state_dir()
     )

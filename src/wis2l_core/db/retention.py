@@ -13,17 +13,19 @@ that does not depend on how many rows a partition holds. Two entry points:
   partition is first written to ``<archive_dir>/<partition>.jsonl.gz`` (gzip JSON Lines,
   one object per row with every column), made durable, and only then dropped.
 
-Audit-only records (``events.create``: no subject, never published) go with their
-partition like published events.
+Old rows waiting in ``events_default`` are part of it: the run first gives their months
+partitions (moving the rows) and then drops those; a dry run reports those months as the
+run would, rows counted, and creates nothing.
+
+The archive folder's rules (whose it is, who may write into it, how files are made) are
+in :mod:`wis2l_core.db._archive`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import gzip
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,6 +36,7 @@ from psycopg import errors as pg
 from psycopg import sql as pgsql
 from psycopg.rows import DictRow, dict_row
 
+from wis2l_core.db._archive import ArchiveFolder, archive_partition
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import LOCK_KEY
 from wis2l_core.db.sql import query_file
@@ -67,12 +70,15 @@ class PrunedPartition:
             before the table was partitioned).
         lower: its first instant (``None``: from the beginning).
         upper: the instant it ends (exclusive); every row in it is older.
-        rows: rows written to the archive, or else the planner's estimate (``-1``: never
+        rows: how many rows it holds: exact when ``exact`` is true (written to the
+            archive, or counted: a month whose rows were, or in a dry run would be, moved
+            out of ``events_default``), else the planner's estimate (``-1``: never
             analyzed).
         bytes: its size on disk, indexes included, before the drop.
         action: ``"dropped"``, ``"would drop"`` (dry run), ``"kept: unpublished events"``
             or ``"busy"`` (its lock was not granted in time: run prune again).
         archive: the archive file written, if any.
+        exact: ``rows`` is a count, not an estimate.
     """
 
     name: str
@@ -82,6 +88,7 @@ class PrunedPartition:
     bytes: int
     action: PartitionAction
     archive: Path | None = None
+    exact: bool = False
 
 
 @attrs.frozen
@@ -178,9 +185,11 @@ async def prune_events(
     Args:
         database_url: the database (the server itself, not a transaction-mode pooler).
         retention: how long events are kept, e.g. ``timedelta(days=90)``.
-        dry_run: report what would be dropped (and create nothing, archive nothing).
-        archive_dir: write each partition to ``<archive_dir>/<name>.jsonl.gz`` before it
-            is dropped (the folder is created; a failed write drops nothing).
+        dry_run: report what would be dropped, rows of ``events_default`` included (and
+            create nothing, archive nothing; an existing ``archive_dir`` is checked).
+        archive_dir: write each partition to ``<archive_dir>/<name>.jsonl.gz`` (mode
+            0600) before it is dropped (the folder is made 0700 when missing; an unsafe
+            one is refused, a failed write drops nothing).
         lock_timeout: seconds to wait for the table's lock, per partition.
         connect_timeout: seconds to connect.
         now: the current time (tests); default the database's ``now()``.
@@ -189,13 +198,43 @@ async def prune_events(
         What was found and done.
 
     Raises:
-        ValidationError: ``retention`` is not positive.
+        ValidationError: ``retention`` is not positive, or ``archive_dir`` is not safe:
+            it (or the link naming it) belongs to another user, or others may write into
+            it and it has no sticky bit. Raised before anything is dropped.
         SchemaMissing: the database is not migrated.
         ServiceUnavailable: the database cannot be reached.
         OSError: the archive could not be written (the partition is kept).
     """
     if retention <= datetime.timedelta(0):
         raise ValidationError("retention must be positive", field="retention")
+    folder = None
+    if archive_dir is not None:
+        folder = await asyncio.to_thread(ArchiveFolder.open, archive_dir, create=not dry_run)
+    try:
+        return await _connect_and_prune(
+            database_url,
+            retention=retention,
+            dry_run=dry_run,
+            folder=folder,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+            now=now,
+        )
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+async def _connect_and_prune(
+    database_url: str,
+    *,
+    retention: datetime.timedelta,
+    dry_run: bool,
+    folder: ArchiveFolder | None,
+    lock_timeout: float,
+    connect_timeout: float,
+    now: datetime.datetime | None,
+) -> PruneReport:
     with map_errors():
         conn = await psycopg.AsyncConnection.connect(
             database_url,
@@ -213,7 +252,7 @@ async def prune_events(
                     conn,
                     retention=retention,
                     dry_run=dry_run,
-                    archive_dir=archive_dir,
+                    folder=None if dry_run else folder,
                     lock_timeout=lock_timeout,
                     now=now,
                 )
@@ -239,7 +278,7 @@ async def _prune(
     *,
     retention: datetime.timedelta,
     dry_run: bool,
-    archive_dir: Path | None,
+    folder: ArchiveFolder | None,
     lock_timeout: float,
     now: datetime.datetime | None,
 ) -> PruneReport:
@@ -250,19 +289,24 @@ async def _prune(
         now = row["now"]
     cutoff = now - retention
     created: Sequence[str] = ()
+    unmade = dry_run  # the months of events_default are not partitions (yet)
     if not dry_run:
         try:
             created = await ensure_partitions(conn, lock_timeout=lock_timeout)
         except ServiceUnavailable as exc:
             if not isinstance(exc.__cause__, pg.LockNotAvailable):
                 raise
+            unmade = True
             log.warning("prune: events busy: partitions ahead not created; the next run will")
     cur = await conn.execute(_QUERIES["partitions"].text, {"cutoff": cutoff})
-    found = [
-        row
-        for row in await cur.fetchall()
-        if row["upper_bound"] is not None and row["upper_bound"] <= cutoff
-    ]
+    rows = await cur.fetchall()
+    if unmade:  # as ensure_partitions makes them of events_default (exact: true)
+        cur = await conn.execute(_QUERIES["default_months"].text, {"cutoff": cutoff})
+        rows += await cur.fetchall()
+    found = sorted(
+        (row for row in rows if row["upper_bound"] is not None and row["upper_bound"] <= cutoff),
+        key=lambda row: row["upper_bound"],
+    )
     done: list[PrunedPartition] = []
     for row in found:
         part = PrunedPartition(
@@ -272,16 +316,22 @@ async def _prune(
             rows=int(row["rows_estimate"]),
             bytes=int(row["bytes"]),
             action="would drop",
+            exact=bool(row["exact"]),
         )
+        if part.name in created:  # just made from events_default: never analyzed
+            part = attrs.evolve(part, rows=await _count(conn, part.name), exact=True)
         if row["pending"]:
             done.append(attrs.evolve(part, action="kept: unpublished events"))
             continue
         if dry_run:
             done.append(part)
             continue
-        if archive_dir is not None:
-            path, rows = await _archive(conn, part.name, archive_dir)
-            part = attrs.evolve(part, rows=rows, archive=path)
+        if unmade and row["exact"]:  # still in events_default: its month was not made
+            done.append(attrs.evolve(part, action="busy"))
+            continue
+        if folder is not None:
+            path, count = await archive_partition(conn, part.name, folder)
+            part = attrs.evolve(part, rows=count, archive=path, exact=True)
         done.append(attrs.evolve(part, action=await _drop(conn, part.name, lock_timeout)))
         log.info(
             "prune: %s %s",
@@ -292,6 +342,13 @@ async def _prune(
     return PruneReport(
         cutoff=cutoff, dry_run=dry_run, partitions=tuple(done), created=tuple(created)
     )
+
+
+async def _count(conn: _Conn, name: str) -> int:
+    query = pgsql.SQL("SELECT count(*) AS n FROM {}").format(pgsql.Identifier(name))
+    cur = await conn.execute(query)
+    row = await cur.fetchone()
+    return int(row["n"]) if row is not None else 0
 
 
 def _set_lock_timeout(seconds: float) -> pgsql.Composed:
@@ -322,77 +379,3 @@ async def _drop(conn: _Conn, name: str, lock_timeout: float) -> PartitionAction:
 
 class _Pending(Exception):
     """Rolls the drop back: a row became unpublished-visible since the listing."""
-
-
-async def _archive(conn: _Conn, name: str, directory: Path) -> tuple[Path, int]:
-    """Write the partition to ``<directory>/<name>.jsonl.gz``: temp file, fsync, rename.
-
-    ``row_to_json`` renders one line per row, columns in table order (JSON escapes every
-    control character), so the COPY text format's only escape left in a line is the
-    doubled backslash.
-    """
-    out = await asyncio.to_thread(_ArchiveFile, directory, name)
-    query = pgsql.SQL("COPY (SELECT row_to_json(e) FROM {} e) TO STDOUT").format(
-        pgsql.Identifier(name)
-    )
-    try:
-        buffer = bytearray()
-        async with conn.cursor().copy(query) as copy:
-            async for block in copy:
-                buffer += block
-                if len(buffer) >= _CHUNK:  # whole rows only: never half an escape
-                    cut = buffer.rfind(b"\n") + 1
-                    await asyncio.to_thread(out.write, bytes(buffer[:cut]))
-                    del buffer[:cut]
-        if buffer and not buffer.endswith(b"\n"):  # pragma: no cover - COPY ends rows so
-            raise OSError(f"archive of {name}: the last row was cut short")
-        await asyncio.to_thread(out.write, bytes(buffer))
-        path = await asyncio.to_thread(out.commit)
-    except BaseException:
-        await asyncio.shield(asyncio.to_thread(out.abort))
-        raise
-    log.info("archived %s: %d rows to %s", name, out.rows, path, extra={"partition": name})
-    return path, out.rows
-
-
-_CHUNK = 1 << 20
-
-
-class _ArchiveFile:
-    """A gzip JSON Lines file written under a temporary name, renamed once durable."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.final = directory / f"{name}.jsonl.gz"
-        self.temp = directory / f".{name}.jsonl.gz.tmp"
-        self.rows = 0
-        self._raw = self.temp.open("wb")
-        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6)
-
-    def write(self, data: bytes) -> None:
-        """Append whole rows of COPY text output (one JSON object per line)."""
-        self.rows += data.count(b"\n")
-        self._gzip.write(data.replace(b"\\\\", b"\\"))
-
-    def commit(self) -> Path:
-        self._gzip.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.temp, self.final)
-        _fsync_dir(self.directory)
-        return self.final
-
-    def abort(self) -> None:
-        self._gzip.close()
-        self._raw.close()
-        self.temp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,7 +17,12 @@ Why it is built the way it is:
 - PostgreSQL refuses to run as root. As root it runs as ``WIS2L_EMBEDDED_USER`` (default
   ``nobody``); when that user cannot reach the installed binaries (a venv under ``/root``),
   they are staged once, hard-linked, into a world-readable cache directory. No directory of
-  the user's is ever chmod-ed.
+  the user's is ever chmod-ed: when that user cannot reach the data directory (under
+  ``/root``), only the ``postgres/`` subfolder is theirs, and PostgreSQL is started in it
+  (entered before the uid switch) with ``-D /proc/self/cwd``.
+- A persistent data directory (and the dev issuer's state directory) is made 0700 and
+  refused when it belongs to someone else or others may write into it, as ssh does; a
+  start that fails removes the one it made.
 - A temporary stack trades durability for speed (``fsync=off``; gone at stop anyway). A
   persistent ``data_dir`` keeps ``fsync`` and full-page writes on, so an OS crash cannot
   corrupt it, and only turns ``synchronous_commit`` off (an OS crash may lose the last few

@@ -92,6 +92,56 @@ def _reachable(path: Path, uid: int, gids: set[int]) -> bool:
     return True
 
 
+def _private_dir(
+    path: Path, what: str, *, create: bool = True, hint: str = "use another directory"
+) -> Path | None:
+    """Make ``path`` (mode 0700) when missing, and refuse it unless it is ours and no one
+    else may write into it, as ssh checks ``~/.ssh``: a folder someone else made could
+    hand us their keys, data or configuration.
+
+    Args:
+        path: the directory.
+        what: what it is, for the message (``"data directory"``).
+        create: make it when missing (else a missing one is left to the caller).
+        hint: what else to do, for the message.
+
+    Returns:
+        The topmost directory made (``path`` or one of its parents); ``None`` when it was
+        there already (or is missing and ``create`` is false).
+
+    Raises:
+        PermissionError: it (or the link naming it) belongs to another user, or group or
+            others may write into it; the message says what to do.
+        OSError: it cannot be made (e.g. a file is in the way).
+    """
+    made = None
+    if create:
+        missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+        made = missing[-1] if missing else None
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not os.path.lexists(path):
+        return None
+    euid = os.geteuid()
+    link = path.lstat()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (euid, 0):
+        raise PermissionError(
+            f"{what} {path} is a symbolic link made by uid {link.st_uid}, not by you: "
+            f"remove it or {hint}"
+        )
+    st = path.stat()
+    if st.st_uid != euid:
+        raise PermissionError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {euid}): someone "
+            f"else made it; remove it or {hint}"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(
+            f"{what} {path} may be written by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"run chmod go-w {path} or {hint}"
+        )
+    return made
+
+
 def _stage_pginstall(pginstall: Path, libs: Path) -> Path:
     """Hard-link the PostgreSQL tree once into a world-readable cache; return its pginstall.
 

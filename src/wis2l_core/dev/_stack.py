@@ -29,6 +29,7 @@ from wis2l_core.dev._binaries import (
     _nats_binary,
     _pg_locations,
     _pg_version,
+    _private_dir,
     _reachable,
     _run_as,
     _RunAs,
@@ -67,6 +68,7 @@ _LOG_NAMES = {"database": "postgres", "redis": "valkey", "nats": "nats"}
 _PORT_ATTEMPTS = 3
 _POLL = 0.02
 _TEMPLATE = "template-1"  # bump when the initdb options change
+_OWN_CWD = Path("/proc/self/cwd")  # Linux: the process's working directory, by a magic link
 
 
 _LIVE: set[EmbeddedStack] = set()
@@ -93,14 +95,17 @@ class EmbeddedStack:
 
     Args:
         data_dir: where the servers keep their data (``postgres/``, ``valkey/``, ``nats/``,
-            ``logs/``); created when missing and kept at stop. ``None`` uses a temporary
+            ``logs/``); created (mode 0700) when missing and kept at stop, or removed
+            again when the start that created it fails. One that belongs to another user,
+            or that group or others may write into, is refused. ``None`` uses a temporary
             directory, removed at stop.
         start_timeout: seconds each server may take to answer.
         oidc: also run a local OpenID Connect issuer (:class:`~wis2l_core.dev.issuer.DevIssuer`)
             so that ``wis.identity`` works; ``None`` (the default) runs it when the
             ``auth`` extra is installed.
         oidc_state_dir: where the issuer keeps its URL and keys, for ``wis2l dev token``
-            (default: ``data_dir``, or nowhere for a temporary stack).
+            (default: ``data_dir``, or nowhere for a temporary stack); created 0700 and
+            checked like ``data_dir``.
 
     Attributes:
         startup_seconds: how long the last :meth:`start` took until all three answered.
@@ -127,6 +132,7 @@ class EmbeddedStack:
         self._ports: dict[str, int] = {}
         self._pids: dict[str, int] = {}
         self._base: Path | None = None
+        self._made: Path | None = None  # the directory this start created, until it succeeds
         self._owner_pid = 0
         self._started = False
         self.startup_seconds = 0.0
@@ -227,6 +233,8 @@ class EmbeddedStack:
         Raises:
             StartupError: a server could not start; the message names it and ends with the
                 last lines of its log, ``failures`` maps each failed service to a reason.
+                Also when ``data_dir`` or ``oidc_state_dir`` belongs to another user or
+                others may write into it (nothing is started).
         """
         with self._state_lock:
             if self._started:
@@ -242,7 +250,11 @@ class EmbeddedStack:
                 self._start_issuer()
             except BaseException:
                 self.stop()
+                made, self._made = self._made, None
+                if made is not None:  # never leave a half-made data directory behind
+                    shutil.rmtree(made, ignore_errors=True)
                 raise
+            self._made = None
             self._started = True
             self.startup_seconds = time.monotonic() - began
             _log.info(
@@ -320,6 +332,8 @@ class EmbeddedStack:
             base = self._prepare_base(run_as)
         except OSError as exc:
             reason = f"cannot use data directory {self._data_dir}: {exc}"
+            if isinstance(exc, PermissionError) and not exc.filename:  # _private_dir's
+                reason = str(exc)
             raise StartupError(
                 f"embedded stack: {reason}", failures=dict.fromkeys(_LABELS, reason)
             ) from exc
@@ -354,14 +368,17 @@ class EmbeddedStack:
         ) from first
 
     def _prepare_base(self, run_as: _RunAs | None) -> Path:
+        state = self._oidc_state
+        if self._oidc is not False and state is not None and state != self._data_dir:
+            _private_dir(state, "state directory")
         if self._data_dir is None:
             base = Path(tempfile.mkdtemp(prefix="wis2l-embedded-"))
             self._base = base
             if run_as is not None:
                 base.chmod(0o711)  # our own directory: let the PostgreSQL user through
         else:
+            self._made = _private_dir(self._data_dir, "data directory")
             base = self._data_dir.resolve()
-            base.mkdir(parents=True, exist_ok=True)
             self._base = base
         for sub in ("logs", "valkey", "nats"):
             (base / sub).mkdir(exist_ok=True)
@@ -375,6 +392,7 @@ class EmbeddedStack:
         *,
         run_as: _RunAs | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        cwd: Path | None = None,
     ) -> _Child:
         log = base / "logs" / f"{log_name}.log"
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
@@ -390,7 +408,7 @@ class EmbeddedStack:
                         stdin=subprocess.DEVNULL,
                         stdout=fh,
                         stderr=subprocess.STDOUT,
-                        cwd=base,
+                        cwd=cwd or base,  # entered before the uid switch
                         env=env,
                         start_new_session=True,  # a terminal's Ctrl-C is ours to handle
                         preexec_fn=_pdeathsig_preexec(stop_signal),  # noqa: PLW1509
@@ -415,13 +433,19 @@ class EmbeddedStack:
         *,
         run_as: _RunAs | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        cwd: Path | None = None,
     ) -> int:
         """Start a server on a free port (another one if it was taken); return the port."""
         began = time.monotonic()
         for _attempt in range(_PORT_ATTEMPTS):
             port = _free_port()
             child = self._spawn(
-                argv_for(port), base, _LOG_NAMES[name], run_as=run_as, stop_signal=stop_signal
+                argv_for(port),
+                base,
+                _LOG_NAMES[name],
+                run_as=run_as,
+                stop_signal=stop_signal,
+                cwd=cwd,
             )
             try:
                 self._wait_ready(child, functools.partial(probe, port))
@@ -466,14 +490,21 @@ class EmbeddedStack:
 
     def _start_postgres(self, base: Path, run_as: _RunAs | None) -> None:
         pginstall, libs = _pg_locations()
+        via_cwd = False
         if run_as is not None:
             uid, gids = run_as[0], {run_as[1], *run_as[2]}
             if not _reachable(base, uid, gids):
-                raise _ServerError(
-                    f"PostgreSQL runs as user {_user_name()!r} (it refuses root), who cannot "
-                    f"reach {base}; use a data directory outside private home directories, "
-                    "or set WIS2L_EMBEDDED_USER"
-                )
+                # A private home such as /root: the cluster is the PostgreSQL user's, its
+                # parents stay private. PostgreSQL starts in it (we enter it as root,
+                # before the uid switch) and is told /proc/self/cwd, which the kernel
+                # resolves without searching the path again.
+                if not _OWN_CWD.is_dir():
+                    raise _ServerError(
+                        f"PostgreSQL runs as user {_user_name()!r} (it refuses root), who "
+                        f"cannot reach {base}; use a data directory outside private home "
+                        "directories, or set WIS2L_EMBEDDED_USER"
+                    )
+                via_cwd = True
             if not (_reachable(pginstall / "bin", uid, gids) and _reachable(libs, uid, gids)):
                 pginstall = _stage_pginstall(pginstall, libs)
         pgdata = base / "postgres"
@@ -489,14 +520,14 @@ class EmbeddedStack:
             # cluster in a persistent data directory.
             fresh = base / "postgres.initdb"
             shutil.rmtree(fresh, ignore_errors=True)
-            self._initdb(pginstall / "bin", fresh, base, run_as, sync=True)
+            self._initdb(pginstall / "bin", fresh, base, run_as, sync=True, via_cwd=via_cwd)
             fresh.rename(pgdata)
         durability = [] if not temporary else ["-c", "fsync=off", "-c", "full_page_writes=off"]
 
         def argv(port: int) -> list[str]:
             return [
                 str(pginstall / "bin" / "postgres"),
-                "-D", str(pgdata),
+                "-D", str(_OWN_CWD if via_cwd else pgdata),
                 "-h", "127.0.0.1",
                 "-p", str(port),
                 "-k", "",  # no Unix socket: no directory to share, no path-length limit
@@ -512,6 +543,7 @@ class EmbeddedStack:
             lambda port: _probe_postgres(_pg_url(port, "postgres")),
             run_as=run_as,
             stop_signal=signal.SIGINT,  # fast shutdown; SIGTERM would wait for clients
+            cwd=pgdata if via_cwd else None,
         )
         try:
             url = _pg_url(port, "postgres")
@@ -525,15 +557,23 @@ class EmbeddedStack:
             raise _ServerError(f"cannot create database {DATABASE_NAME!r}: {exc}") from exc
 
     def _initdb(
-        self, bindir: Path, target: Path, base: Path, run_as: _RunAs | None, *, sync: bool
+        self,
+        bindir: Path,
+        target: Path,
+        base: Path,
+        run_as: _RunAs | None,
+        *,
+        sync: bool,
+        via_cwd: bool = False,
     ) -> None:
-        """Create a cluster in ``target`` (which must not exist yet)."""
+        """Create a cluster in ``target`` (which must not exist yet); ``via_cwd``: run in
+        it and name it ``/proc/self/cwd`` (see :meth:`_start_postgres`)."""
         target.mkdir(mode=0o700)
         if run_as is not None:
             os.chown(target, run_as[0], run_as[1])
         argv = [
             str(bindir / "initdb"),
-            "-D", str(target),
+            "-D", str(_OWN_CWD if via_cwd else target),
             "-U", "postgres",
             "--auth=trust",
             "--encoding=UTF8",
@@ -544,7 +584,7 @@ class EmbeddedStack:
             *([] if sync else ["--no-sync"]),
         ]  # fmt: skip
         began = time.monotonic()
-        child = self._spawn(argv, base, "initdb", run_as=run_as)
+        child = self._spawn(argv, base, "initdb", run_as=run_as, cwd=target if via_cwd else None)
         while True:
             try:
                 code = child.popen.wait(timeout=_POLL * 5)
