@@ -7,10 +7,13 @@ What is checked, in this order (cheap refusals first, crypto last):
 2. Header: ``alg`` among the allowed algorithms (``none`` and ``HS*`` are never allowed,
    whatever the settings say), no ``crit`` (no extension is understood here, so any
    critical one is refused, RFC 7515 4.1.11).
-3. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
-4. Signature (joserfc, with only the header's ``alg`` allowed).
-5. Claims: ``iss`` exactly ours, ``aud`` ours or a list containing it, ``exp`` required,
-   ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty string.
+3. Issuer: the (not yet verified) payload's ``iss`` must be ours, so a token of another
+   issuer is refused with a message naming both, rather than as an unknown key.
+4. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
+5. Signature (joserfc, with only the header's ``alg`` allowed).
+6. Claims: ``iss`` exactly ours (again, now signed), ``aud`` ours or a list containing
+   it, ``exp`` required, ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty
+   string.
 
 Every refusal is :class:`~wis2l_core.errors.Unauthenticated` (``code="invalid_token"``);
 an unreachable issuer with no usable keys is ``ServiceUnavailable``.
@@ -115,8 +118,20 @@ class TokenVerifier:
         if seen is None or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             seen = self._header(token)
         alg, kid = seen
+        self._check_issuer(token)
         key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
         return self.check(token, key, alg)
+
+    def _check_issuer(self, token: str) -> None:
+        """Step 3: refuse a token whose ``iss`` is not ours before any key is looked up.
+        The payload is not verified yet: this only picks the clearer refusal."""
+        payload = _b64json(token.split(".", 2)[1], "payload")
+        issuer = payload.get("iss") if isinstance(payload, dict) else None
+        if issuer != self.issuer:
+            shown = repr(issuer)[:200]
+            raise Unauthenticated(
+                f"token issuer {shown} is not the expected issuer {self.issuer!r}"
+            )
 
     def _header(self, token: str) -> tuple[str, str | None]:
         """``(alg, kid)`` of an acceptable header; remembered by its encoded form, since
