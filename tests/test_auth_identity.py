@@ -190,6 +190,18 @@ async def test_a_new_user_without_a_usable_email_gets_a_placeholder(
     assert p.user.email == "found@ex.io"
 
 
+async def test_a_known_user_signs_in_with_a_token_without_email_or_name(
+    wis_oidc: Wis2l, oidc_issuer: DevIssuer
+) -> None:
+    """What ``wis2l dev token --sub ...`` mints: only the subject. The user it names
+    exists, so it signs in and keeps what is stored."""
+    made = await wis_oidc.users.create(email="k@example.io", name="Kay", subject="k|1")
+    p = await wis_oidc.identity.authenticate(oidc_issuer.mint(sub="k|1"))
+    assert p.user == made
+    principal, _ = await wis_oidc.identity.sign_in(oidc_issuer.mint(sub="k|1"))
+    assert principal.user.id == made.id
+
+
 async def test_an_unverified_email_is_not_used_unless_trusted(
     wis_oidc: Wis2l, wis2l_oidc_settings: Settings, oidc_issuer: DevIssuer
 ) -> None:

@@ -250,10 +250,14 @@ class UserRepository(Repository):
             "role": None if role is None else check_enum("role", role, Role).value,
         }
         params["new_email"] = params["email"] or f"{id.hex}@{NO_EMAIL_DOMAIN}"
-        if create and name is None and await self.find_by_subject(subject) is None:
-            raise ValidationError(
-                f"cannot create the user of {subject!r}: the token has no name", field="name"
-            )
+        if create and name is None:
+            # the insert's row needs a name (PostgreSQL checks it before ON CONFLICT), so
+            # without one only an existing user can sign in
+            if await self.find_by_subject(subject) is None:
+                raise ValidationError(
+                    f"cannot create the user of {subject!r}: the token has no name", field="name"
+                )
+            create = False
         name_ = "sign_in" if create else "sign_in_existing"
         query = self._q(name_)
         record = query_file("events")["insert_outbox"]
