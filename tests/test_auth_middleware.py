@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -403,6 +405,44 @@ async def test_issuer_down_on_a_cold_start_is_503(wis2l_settings: Settings) -> N
                 assert public.json()["authenticated"] is False
     finally:
         down.stop()
+
+
+# -- the app docs/guides/identity.md shows ---------------------------------------------------
+
+IDENTITY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "identity.md"
+
+
+def documented_fastapi_app(wis: Wis2l) -> Any:
+    """The FastAPI block of the identity guide, run as the page shows it, its ``app``."""
+    blocks = re.findall(r"```python\n(.*?)```", IDENTITY_PAGE.read_text(), re.DOTALL)
+    (block,) = [b for b in blocks if "app = FastAPI()" in b]
+    namespace: dict[str, Any] = {"wis": wis}
+    exec(compile(block, str(IDENTITY_PAGE), "exec"), namespace)
+    return namespace["app"]
+
+
+async def test_the_fastapi_app_of_the_identity_guide(wis: Wis2l, issuer: DevIssuer) -> None:
+    """The guide's FastAPI app under uvicorn: the owner starts a build, another developer
+    gets 403 (with the RateLimit fields), no token 401."""
+    owner = issuer.mint(sub="n|doc-own", email="doc-own@example.com", name="Owner")
+    other = issuer.mint(sub="n|doc-oth", email="doc-oth@example.com", name="Other")
+    async with serve(documented_fastapi_app(wis)) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/health")).status_code == 404  # public: no 401 first
+        assert (await http.get("/me", headers=bearer(owner))).status_code == 404
+        found = await wis.users.find_by_subject("n|doc-own")
+        assert found is not None
+        await wis.projects.create(owner_id=found.id, name="D", slug="doc-1", engine=Engine.WEB)
+        path = "/projects/doc-1/builds"
+        made = await http.post(path, headers=bearer(owner))
+        assert made.status_code == 200, made.text
+        build = await wis.builds.find_by_id(made.json()["id"])
+        assert build is not None
+        assert build.target == "html5"
+        refused = await http.post(path, headers=bearer(other))
+        body = problem(refused, 403)
+        assert "build:create" in body["detail"]
+        assert refused.headers["ratelimit-policy"] == '"default";q=100;w=60'
+        problem(await http.post(path), 401)
 
 
 # -- rate limiting -------------------------------------------------------------------------
