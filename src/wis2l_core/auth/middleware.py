@@ -236,6 +236,7 @@ class AuthMiddleware:
         if kind not in _CONNECTIONS:
             await self.app(scope, receive, send)
             return
+        scope.pop(_RATELIMIT_HEADERS, None)  # an outer limiter's: it adds them itself
         public = self._is_public(scope["path"])
         try:
             principal, scheme = await self._authenticate(scope)
