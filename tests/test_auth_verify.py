@@ -261,7 +261,7 @@ def test_hypothesis_forged_headers_are_unauthenticated(
 
 
 async def test_a_token_of_another_issuer_is_named_before_any_key_lookup(
-    issuer: DevIssuer,
+    issuer: DevIssuer, warm: TokenVerifier
 ) -> None:
     """A token of another issuer (``wis2l dev token`` against an app with its own issuer)
     is refused as such, naming the issuer expected, not as "no signing key fits kid"; and
@@ -276,3 +276,6 @@ async def test_a_token_of_another_issuer_is_named_before_any_key_lookup(
         assert other.issuer in str(refused.value)
         assert (issuer.discovery_fetches, issuer.jwks_fetches) == fetches
         await cold.keys.aclose()
+    # signed by a key we hold (so found in the cache), the message is the same
+    with pytest.raises(Unauthenticated, match="not the expected issuer"):
+        await warm.verify(issuer.wrong_issuer())

@@ -7,11 +7,12 @@ What is checked, in this order (cheap refusals first, crypto last):
 2. Header: ``alg`` among the allowed algorithms (``none`` and ``HS*`` are never allowed,
    whatever the settings say), no ``crit`` (no extension is understood here, so any
    critical one is refused, RFC 7515 4.1.11).
-3. Issuer: the (not yet verified) payload's ``iss`` must be ours, so a token of another
-   issuer is refused with a message naming both, rather than as an unknown key.
+3. Issuer, when no cached key fits: the (not yet verified) payload's ``iss`` must be
+   ours, so a token of another issuer is refused with a message naming both before the
+   issuer is asked for a key (and not as an unknown key).
 4. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
 5. Signature (joserfc, with only the header's ``alg`` allowed).
-6. Claims: ``iss`` exactly ours (again, now signed), ``aud`` ours or a list containing
+6. Claims: ``iss`` exactly ours (named as in step 3), ``aud`` ours or a list containing
    it, ``exp`` required, ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty
    string.
 
@@ -118,15 +119,16 @@ class TokenVerifier:
         if seen is None or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             seen = self._header(token)
         alg, kid = seen
-        self._check_issuer(token)
-        key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
+        key = self.keys.cached(kid, alg)
+        if key is None:  # before asking the issuer for a key (a cached key: step 6 names it)
+            payload = _b64json(token.split(".", 2)[1], "payload")
+            self._check_issuer(payload.get("iss") if isinstance(payload, dict) else None)
+            key = await self.keys.get(kid, alg)
         return self.check(token, key, alg)
 
-    def _check_issuer(self, token: str) -> None:
-        """Step 3: refuse a token whose ``iss`` is not ours before any key is looked up.
-        The payload is not verified yet: this only picks the clearer refusal."""
-        payload = _b64json(token.split(".", 2)[1], "payload")
-        issuer = payload.get("iss") if isinstance(payload, dict) else None
+    def _check_issuer(self, issuer: object) -> None:
+        """Refuse a token whose ``iss`` is not ours, naming both (the expected issuer is
+        public; the token's is the caller's own claim)."""
         if issuer != self.issuer:
             shown = repr(issuer)[:200]
             raise Unauthenticated(
@@ -159,6 +161,7 @@ class TokenVerifier:
                 claims = jwt.decode(token, key, algorithms=[alg]).claims
         except JoseError as exc:
             raise Unauthenticated(f"token refused: {exc.error}: {exc.description}") from exc
+        self._check_issuer(claims.get("iss"))
         try:
             self._registry.validate(claims)
         except ExpiredTokenError as exc:

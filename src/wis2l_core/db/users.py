@@ -241,15 +241,15 @@ class UserRepository(Repository):
             ValidationError: a claim is malformed, or a new user lacks a name.
             Conflict: the e-mail belongs to another user.
         """
-        id = uuid7()
+        new_id = uuid7()
         params: dict[str, Any] = {
-            "id": id,
+            "id": new_id,
             "subject": check_text("subject", subject, max_len=255),
             "email": None if email is None else check_email("email", email),
             "name": None if name is None else check_text("name", name, max_len=200),
             "role": None if role is None else check_enum("role", role, Role).value,
         }
-        params["new_email"] = params["email"] or f"{id.hex}@{NO_EMAIL_DOMAIN}"
+        params["new_email"] = params["email"] or f"{new_id.hex}@{NO_EMAIL_DOMAIN}"
         if create and name is None:
             # the insert's row needs a name (PostgreSQL checks it before ON CONFLICT), so
             # without one only an existing user can sign in
