@@ -5,17 +5,27 @@ Every route asks ``wis.access`` (the permission table of the identity guide) bef
 reads or writes, and every write records its event in the same transaction; a
 subscriber prints the events as the outbox relay publishes them::
 
-    pip install -e ".[examples,auth]" starlette
+    pip install -e ".[examples]"
     python examples/api_app.py --port 8080
 
-Tokens come from a local OpenID Connect issuer (``DevIssuer``, the one ``wis2l dev``
-runs) standing in for nocturnaID.org: the script makes four users and prints a token for
-each (``token <who> <role> <jwt>``); then, for example::
+Tokens: with ``WIS2L_OIDC_ISSUER`` set (``wis2l dev`` exports it), that issuer's; the
+script makes the four users and ``wis2l dev token --sub nocturna|ada`` prints a token
+for Ada. Without it, the script starts a local issuer of its own (``DevIssuer``,
+standing in for nocturnaID.org) and prints a token for each user (``token <who> <role>
+<jwt>``). Then, for example::
 
     curl -s -H "Authorization: Bearer $ADA" localhost:8080/projects -d \
         '{"name": "Tide Keeper", "slug": "tide-keeper", "engine": "godot"}'
     curl -s -H "Authorization: Bearer $ADA" -X PATCH \
         localhost:8080/builds/<id> -d '{"status": "building"}'
+
+``uvicorn examples.api_app:app --no-proxy-headers`` serves the same app (nothing runs at
+import; the lifespan starts the runtime). ``--no-proxy-headers`` matters: by default
+uvicorn believes ``X-Forwarded-For`` from 127.0.0.1 and rewrites the client address
+before the middleware sees it, so a client on the host could pick a new address, and a
+fresh rate-limit bucket, with each request. Behind a proxy, name it in
+``--trusted-proxy`` (``API_TRUSTED_PROXIES`` for ``uvicorn``) and let
+``RateLimitMiddleware`` read the header.
 
 Routes (all JSON; ``/health`` is public and not rate limited):
 
@@ -25,9 +35,12 @@ Routes (all JSON; ``/health`` is public and not rate limited):
 - ``GET /projects/{slug}/tokens``; ``PUT /projects/{slug}/tokens/{name}``
 - ``GET /projects/{slug}/events`` (the project's audit log)
 
-``--port 0`` picks a free port (the line ``serving http://127.0.0.1:<port>`` tells which).
-SIGINT or SIGTERM stops the server and the runtime. Set DATABASE_URL / REDIS_URL /
-NATS_URL to use your servers, else an embedded stack runs.
+Two limits: ``--limit`` requests per ``--per`` seconds per user, and ``--ip-limit`` per
+client address for every request, refused ones included (policies ``api`` and
+``client`` in the ``RateLimit`` fields). ``--port 0`` picks a free port (the line
+``serving http://127.0.0.1:<port>`` tells which). SIGINT or SIGTERM stops the server and
+the runtime. Set DATABASE_URL / REDIS_URL / NATS_URL to use your servers, else an
+embedded stack runs.
 """
 
 from __future__ import annotations
@@ -35,20 +48,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import uvicorn
-from _common import runtime
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from wis2l_core import (
     Action,
@@ -70,6 +85,11 @@ from wis2l_core import (
 from wis2l_core.dev.issuer import DevIssuer
 from wis2l_core.errors import Conflict, NotFound, ValidationError
 from wis2l_core.models import Build, Deployment, DesignToken, Project
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # imported as examples.api_app (uvicorn): _common is beside it
+    sys.path.insert(0, _HERE)
+from _common import runtime  # noqa: E402
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -114,6 +134,25 @@ def as_json(model: Project | Build | Deployment | DesignToken) -> dict[str, Any]
     }
 
 
+class BadRequest(Exception):
+    """The request body is not a JSON object (answered 400)."""
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object.
+
+    Raises:
+        BadRequest: the body is not JSON, or not an object.
+    """
+    try:
+        body = await request.json()
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise BadRequest("the body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
 class Api:
     """The endpoints: each asks ``wis.access`` before it reads or writes."""
 
@@ -146,7 +185,7 @@ class Api:
             page = await self.wis.projects.find_all()
             return JSONResponse([as_json(p) for p in page.items])
         self.wis.access.require(request.user, Action.PROJECT_CREATE)
-        body = await request.json()
+        body = await json_body(request)
         project = await self.wis.projects.create(
             owner_id=self.caller(request).user.id,
             name=body["name"],
@@ -159,7 +198,7 @@ class Api:
         if request.method == "GET":
             return JSONResponse(as_json(await self.project_for(request, Action.PROJECT_READ)))
         found = await self.project_for(request, Action.PROJECT_UPDATE)
-        body = await request.json()
+        body = await json_body(request)
         changes = {k: body[k] for k in ("name", "description") if k in body}
         return JSONResponse(as_json(await self.wis.projects.update(found.id, **changes)))
 
@@ -169,7 +208,7 @@ class Api:
             page = await self.wis.builds.find_by_project_id(found.id)
             return JSONResponse([as_json(b) for b in page.items])
         found = await self.project_for(request, Action.BUILD_CREATE)
-        body = await request.json()
+        body = await json_body(request)
         build = await self.wis.builds.create(project_id=found.id, target=body["target"])
         return JSONResponse(as_json(build), status_code=201)
 
@@ -178,7 +217,7 @@ class Api:
         if found is None:
             raise NotFound("no such build")
         await self.owning(found.project_id, Action.BUILD_UPDATE, request)
-        body = await request.json()
+        body = await json_body(request)
         changes = {k: body[k] for k in ("status", "progress") if k in body}
         return JSONResponse(as_json(await self.wis.builds.update(found.id, **changes)))
 
@@ -188,7 +227,7 @@ class Api:
             page = await self.wis.deployments.find_by_project_id(found.id)
             return JSONResponse([as_json(d) for d in page.items])
         found = await self.project_for(request, Action.DEPLOYMENT_CREATE)
-        body = await request.json()
+        body = await json_body(request)
         made = await self.wis.deployments.create(
             project_id=found.id,
             environment=body["environment"],
@@ -202,7 +241,7 @@ class Api:
         if found is None:
             raise NotFound("no such deployment")
         await self.owning(found.project_id, Action.DEPLOYMENT_UPDATE, request)
-        body = await request.json()
+        body = await json_body(request)
         changes = {k: body[k] for k in ("status", "url") if k in body}
         return JSONResponse(as_json(await self.wis.deployments.update(found.id, **changes)))
 
@@ -213,7 +252,7 @@ class Api:
 
     async def token(self, request: Request) -> Response:
         found = await self.project_for(request, Action.TOKEN_UPDATE)
-        body = await request.json()
+        body = await json_body(request)
         saved = await self.wis.tokens.upsert(
             project_id=found.id,
             name=request.path_params["name"],
@@ -239,8 +278,24 @@ def error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     return handle
 
 
-def api(wis: Wis2l, *, limit: int, per: float) -> Starlette:
-    """The Starlette app: routes, error mapping, and both middlewares."""
+def api(
+    wis: Wis2l,
+    *,
+    limit: int,
+    per: float,
+    ip_limit: int | None = None,
+    trusted_proxies: Sequence[str] = (),
+) -> Starlette:
+    """The Starlette app: routes, error mapping, and the middlewares.
+
+    Args:
+        wis: a started runtime with an issuer.
+        limit: requests per ``per`` seconds per user.
+        per: the window, in seconds.
+        ip_limit: requests per ``per`` seconds per client address, refused ones too
+            (default: five times ``limit``).
+        trusted_proxies: reverse proxies whose ``X-Forwarded-For`` is believed.
+    """
     a = Api(wis)
     return Starlette(
         routes=[
@@ -256,7 +311,17 @@ def api(wis: Wis2l, *, limit: int, per: float) -> Starlette:
             Route("/projects/{slug}/tokens/{name}", a.token, methods=["PUT"]),
             Route("/projects/{slug}/events", a.events),
         ],
-        middleware=[  # the first is the outermost: authenticate, then count per user
+        middleware=[  # the first is the outermost: count per address, authenticate,
+            # then count per user
+            Middleware(
+                RateLimitMiddleware,
+                wis=wis,
+                limit=ip_limit or 5 * limit,
+                per=per,
+                policy="client",
+                trusted_proxies=trusted_proxies,
+                exempt_paths=("/health",),
+            ),
             Middleware(AuthMiddleware, wis=wis, public_paths=("/health",)),
             Middleware(
                 RateLimitMiddleware,
@@ -268,6 +333,7 @@ def api(wis: Wis2l, *, limit: int, per: float) -> Starlette:
             ),
         ],
         exception_handlers={
+            BadRequest: error(400),
             NotFound: error(404),
             Conflict: error(409),
             ValidationError: error(422),
@@ -295,16 +361,105 @@ def print_events(wis: Wis2l) -> None:
         wis.bus.subscribe(kind, show, durable="api-app-log", concurrency=1)
 
 
-async def make_users(wis: Wis2l, issuer: DevIssuer) -> None:
-    """One user per role, and a token (an hour) for each."""
+async def make_users(wis: Wis2l, issuer: DevIssuer | None) -> None:
+    """One user per role, and, with our own issuer, a token (an hour) for each."""
     for who, role in USERS:
         subject = f"nocturna|{who}"
         user = await wis.users.find_by_subject(subject)
         if user is None:
             email = f"{who}@example.com"
             user = await wis.users.create(email=email, name=who.title(), subject=subject, role=role)
-        token = issuer.mint(sub=subject, email=user.email, name=user.name, ttl=3600)
-        print(f"token      {who:<6} {user.role.value:<10} {token}")
+        if issuer is None:
+            print(f"user       {who:<6} {user.role.value:<10} wis2l dev token --sub '{subject}'")
+        else:
+            token = issuer.mint(sub=subject, email=user.email, name=user.name, ttl=3600)
+            print(f"token      {who:<6} {user.role.value:<10} {token}")
+
+
+@contextlib.asynccontextmanager
+async def started(
+    *, limit: int, per: float, ip_limit: int | None, trusted_proxies: Sequence[str]
+) -> AsyncIterator[Starlette]:
+    """The issuer (``WIS2L_OIDC_ISSUER``, else a ``DevIssuer`` of our own), the runtime,
+    the users and the event printer; yields the API, stops them all after."""
+    async with contextlib.AsyncExitStack() as stack:
+        issuer: DevIssuer | None = None
+        configured = os.environ.get("WIS2L_OIDC_ISSUER")
+        settings: dict[str, Any]
+        if configured:
+            settings = {
+                "oidc_issuer": configured,
+                "oidc_audience": os.environ.get("WIS2L_OIDC_AUDIENCE"),
+                "oidc_role_claim": os.environ.get("WIS2L_OIDC_ROLE_CLAIM"),
+            }
+            print(f"issuer     {configured} (WIS2L_OIDC_ISSUER)")
+        else:
+            issuer = stack.enter_context(DevIssuer())
+            settings = {"oidc_issuer": issuer.issuer, "oidc_audience": issuer.audience}
+            print(f"issuer     {issuer.issuer} (audience {issuer.audience})")
+        wis = await stack.enter_async_context(runtime(**settings))
+        await make_users(wis, issuer)
+        print_events(wis)
+        yield api(wis, limit=limit, per=per, ip_limit=ip_limit, trusted_proxies=trusted_proxies)
+        print("server stopped; stopping the runtime", flush=True)
+
+
+class App:
+    """The ASGI app ``uvicorn examples.api_app:app`` serves: nothing happens at import;
+    the lifespan startup runs :func:`started` and shutdown stops it."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = 120,
+        per: float = 60.0,
+        ip_limit: int | None = None,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "limit": limit,
+            "per": per,
+            "ip_limit": ip_limit,
+            "trusted_proxies": tuple(trusted_proxies),
+        }
+        self._api: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif self._api is None:
+            raise RuntimeError("examples.api_app.App needs the lifespan (uvicorn's default)")
+        else:
+            await self._api(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                self._api = await stack.enter_async_context(started(**self._options))
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        self._api = None
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _proxies_from_env() -> tuple[str, ...]:
+    raw = os.environ.get("API_TRUSTED_PROXIES", "")
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+app = App(trusted_proxies=_proxies_from_env())
+"""For ``uvicorn examples.api_app:app --no-proxy-headers``."""
+
+
+def server_config(asgi: Any, *, host: str, port: int) -> uvicorn.Config:
+    """How this example runs uvicorn: ``proxy_headers=False``, so the client address is
+    the connection's peer and only ``RateLimitMiddleware``'s ``trusted_proxies`` may
+    replace it (uvicorn's default believes ``X-Forwarded-For`` from 127.0.0.1)."""
+    return uvicorn.Config(asgi, host=host, port=port, log_level="warning", proxy_headers=False)
 
 
 class Server(uvicorn.Server):
@@ -329,17 +484,14 @@ class Server(uvicorn.Server):
             print(f"serving    http://{host}:{port}", flush=True)
 
 
-async def main(host: str, port: int, limit: int, per: float) -> None:
-    with DevIssuer() as issuer:
-        print(f"issuer     {issuer.issuer} (audience {issuer.audience})")
-        async with runtime(oidc_issuer=issuer.issuer, oidc_audience=issuer.audience) as wis:
-            await make_users(wis, issuer)
-            print_events(wis)
-            config = uvicorn.Config(
-                api(wis, limit=limit, per=per), host=host, port=port, log_level="warning"
-            )
-            await Server(config).serve()
-            print("server stopped; stopping the runtime")
+async def main(args: argparse.Namespace) -> None:
+    asgi = App(
+        limit=args.limit,
+        per=args.per,
+        ip_limit=args.ip_limit,
+        trusted_proxies=args.trusted_proxy,
+    )
+    await Server(server_config(asgi, host=args.host, port=args.port)).serve()
     print("stopped cleanly")
 
 
@@ -347,8 +499,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    parser.add_argument("--limit", type=int, default=120, help="requests per --per seconds")
+    parser.add_argument("--limit", type=int, default=120, help="requests per --per per user")
+    parser.add_argument("--ip-limit", type=int, default=None, help="per address (5x --limit)")
     parser.add_argument("--per", type=float, default=60.0)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy (address or network) whose X-Forwarded-For is believed",
+    )
+    arguments = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    asyncio.run(main(args.host, args.port, args.limit, args.per))
+    asyncio.run(main(arguments))

@@ -258,3 +258,24 @@ def test_hypothesis_forged_headers_are_unauthenticated(
     token = f"{_b64(header)}.{_b64(payload)}.c2ln"
     with pytest.raises(Unauthenticated):
         asyncio.run(warm.verify(token))
+
+
+async def test_a_token_of_another_issuer_is_named_before_any_key_lookup(
+    issuer: DevIssuer, warm: TokenVerifier
+) -> None:
+    """A token of another issuer (``wis2l dev token`` against an app with its own issuer)
+    is refused as such, naming the issuer expected, not as "no signing key fits kid"; and
+    no key is fetched for it."""
+    with DevIssuer() as other:
+        token = other.mint(sub="elsewhere")
+        cold = _verifier(issuer)
+        fetches = (issuer.discovery_fetches, issuer.jwks_fetches)
+        with pytest.raises(Unauthenticated, match="not the expected issuer") as refused:
+            await cold.verify(token)
+        assert issuer.issuer in str(refused.value)
+        assert other.issuer in str(refused.value)
+        assert (issuer.discovery_fetches, issuer.jwks_fetches) == fetches
+        await cold.keys.aclose()
+    # signed by a key we hold (so found in the cache), the message is the same
+    with pytest.raises(Unauthenticated, match="not the expected issuer"):
+        await warm.verify(issuer.wrong_issuer())

@@ -103,3 +103,18 @@ async def test_the_embedded_stack_runs_an_issuer_wis_identity_trusts() -> None:
             await wis.identity.aclose()
     assert stack.issuer is None
     assert stack.oidc_environ() == {}
+
+
+async def test_embedded_with_another_issuer_leaves_the_role_claim_off() -> None:
+    """Only the stack's own dev issuer turns the role claim on: another issuer passed to
+    ``Wis2l.embedded`` cannot grant a role through its tokens (issue 19)."""
+    with DevIssuer() as other:
+        async with Wis2l.embedded(
+            oidc_issuer=other.issuer, oidc_audience=other.audience, namespace="embother"
+        ) as wis:
+            assert wis.settings.oidc_issuer == other.issuer
+            assert wis.settings.oidc_role_claim is None
+            token = other.mint(sub="o-1", email="o@x.io", name="O", role="admin")
+            principal = await wis.identity.authenticate(token)
+            assert principal.role.value == "developer"
+            await wis.identity.aclose()

@@ -55,9 +55,10 @@ RETURNING u.id, u.email, u.name, u.subject, u.role, u.created_at, u.updated_at,
 -- (the loser of the insert race takes the DO UPDATE branch). email, name and role are
 -- kept in step with the token when given (NULL keeps the stored value). created is true
 -- when this statement inserted the row (it carries the id we proposed); old_role is the
--- role before the statement (NULL when the row was not visible to it).
+-- role before the statement (NULL when the row was not visible to it). new_email is the
+-- e-mail a new user gets: the token's, or a placeholder when it has no usable one.
 INSERT INTO users AS u (id, email, name, subject, role)
-VALUES (%(id)s::uuid, %(email)s::text, %(name)s::text, %(subject)s::text,
+VALUES (%(id)s::uuid, %(new_email)s::text, %(name)s::text, %(subject)s::text,
         COALESCE(%(role)s::text, 'developer'))
 ON CONFLICT (subject) DO UPDATE SET
     email = COALESCE(%(email)s::text, u.email),

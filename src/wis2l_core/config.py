@@ -296,6 +296,10 @@ class Settings:
     oidc_first_sign_in: FirstSignIn = attrs.field(default=FirstSignIn.CREATE, converter=FirstSignIn)
     """What a token with an unknown ``sub`` does (``WIS2L_OIDC_FIRST_SIGN_IN``):
     ``create`` the user from its ``email`` and ``name`` claims, or ``refuse`` it."""
+    oidc_trust_unverified_email: bool = False
+    """Use a token's ``email`` claim even without ``email_verified: true``
+    (``WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL``). Off by default: an issuer that lets anyone
+    type any address would let a stranger claim another person's e-mail."""
 
     namespace: str = attrs.field(
         default="wis2l", validator=_name_validator("a Redis key and NATS subject prefix")
@@ -513,6 +517,7 @@ _TUNABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
     ("outbox_partitions", "WIS2L_OUTBOX_PARTITIONS", _positive_int),
     ("events_retention", "WIS2L_EVENTS_RETENTION", parse_duration),
     ("oidc_leeway", "WIS2L_OIDC_LEEWAY", _non_negative_float),
+    ("oidc_trust_unverified_email", "WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL", _bool),
     ("namespace", "WIS2L_NAMESPACE", _name),
     ("health_timeout", "WIS2L_HEALTH_TIMEOUT", _non_negative_float),
     ("shutdown_timeout", "WIS2L_SHUTDOWN_TIMEOUT", _non_negative_float),

@@ -487,6 +487,9 @@ class Wis2l(Repositories):
             data_dir: keep the servers' data here between runs; a temporary directory
                 (removed at the end) when omitted.
             overrides: :class:`Settings` fields to change, e.g. ``namespace="demo"``.
+                The stack's dev issuer is used, with its role claim on, unless
+                ``oidc_issuer`` names another; then the role claim is on only when
+                ``oidc_role_claim`` is given too.
         """
         try:
             from wis2l_core.dev import EmbeddedStack
@@ -497,6 +500,9 @@ class Wis2l(Repositories):
         stack = EmbeddedStack(data_dir)
         await asyncio.to_thread(stack.start)
         try:
+            dev_issuer = None if stack.issuer is None else stack.issuer.issuer
+            if overrides.get("oidc_issuer", dev_issuer) != dev_issuer:
+                overrides.setdefault("oidc_role_claim", None)  # only the dev issuer sets roles
             runtime = cls(stack.settings(**overrides))
             await runtime.migrate()
             async with runtime:

@@ -13,6 +13,14 @@ and ``user.signed_in`` for each :meth:`Identity.sign_in`. A plain
 :meth:`Identity.authenticate` (every API request) records nothing unless it creates or
 changes the user: recording each request would put a database write on every call.
 
+Which e-mail is used: the ``email`` claim only when the issuer vouches for it
+(``email_verified: true``; ``WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL=true`` drops that
+condition), and only when no other user has it. Otherwise the stored e-mail is kept (a new
+user gets a placeholder, see :data:`~wis2l_core.db.users.NO_EMAIL_DOMAIN`): a stranger's
+token carrying someone's address neither takes it nor locks its owner out. Why a token
+was refused, or its e-mail left aside, goes to the ``wis2l_core.auth`` log (with
+``extra=``), never to the caller.
+
 The warm path: a verified token whose user was seen less than ``user_ttl`` seconds ago
 with the same e-mail, name (and role claim) costs no database round trip. A role changed
 elsewhere (``wis.users.update(role=...)`` in another process) is seen within
@@ -21,6 +29,8 @@ elsewhere (``wis.users.update(role=...)`` in another process) is seen within
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from wis2l_core.auth.access import permissions_for
 from wis2l_core.auth.principal import Principal
 from wis2l_core.config import AppEnvironment, FirstSignIn
-from wis2l_core.errors import ConfigError, Unauthenticated, ValidationError
+from wis2l_core.errors import ConfigError, Conflict, Unauthenticated, ValidationError
 from wis2l_core.models import Role, User
 
 if TYPE_CHECKING:
@@ -39,6 +49,8 @@ if TYPE_CHECKING:
     from wis2l_core.runtime import Wis2l
 
 __all__ = ["Identity"]
+
+log = logging.getLogger("wis2l_core.auth")
 
 SESSION_CLAIMS = "claims"
 """The key of the verified claims in a session's data."""
@@ -97,20 +109,22 @@ class Identity:
         self.max_users = max_users
         self._role_claim = settings.oidc_role_claim
         self._create = settings.oidc_first_sign_in is FirstSignIn.CREATE
+        self._trust_unverified_email = settings.oidc_trust_unverified_email
         self._users: OrderedDict[str, tuple[float, tuple[Any, ...], User]] = OrderedDict()
 
     async def authenticate(self, token: str) -> Principal:
         """The caller a bearer token names.
 
         Verifies the token (see :mod:`wis2l_core.auth.verify`), then finds the user by
-        ``sub``; a first sight creates it from the ``email`` and ``name`` claims (unless
-        ``WIS2L_OIDC_FIRST_SIGN_IN=refuse``), and later ones keep e-mail and name in step.
+        ``sub``; a first sight creates it from the ``name`` and verified ``email`` claims
+        (unless ``WIS2L_OIDC_FIRST_SIGN_IN=refuse``), and later ones keep e-mail and name
+        in step.
 
         Raises:
             Unauthenticated: the token is refused, or its subject is unknown and the
-                policy refuses new users, or it lacks the claims to create one.
+                policy refuses new users, or its claims cannot make a user (the cause is
+                the ``ValidationError`` naming the field).
             ServiceUnavailable: the issuer's keys or the database cannot be reached.
-            Conflict: the token's e-mail belongs to another user.
         """
         claims = await self.verifier.verify(token)
         user = await self._user(claims, record_sign_in=False)
@@ -180,9 +194,27 @@ class Identity:
 
     # -- internals -------------------------------------------------------------------
 
+    @property
+    def issuer(self) -> str:
+        """The issuer whose tokens are accepted (``WIS2L_OIDC_ISSUER``)."""
+        return self.verifier.issuer
+
     def _wanted(self, claims: Mapping[str, Any]) -> tuple[Any, ...]:
-        """What the stored user must agree with: e-mail, name, and the claimed role."""
-        return (claims.get("email"), claims.get("name"), self._claimed_role(claims))
+        """What the stored user must agree with: the usable e-mail, the name, and the
+        claimed role."""
+        return (self._email(claims), claims.get("name"), self._claimed_role(claims))
+
+    def _email(self, claims: Mapping[str, Any]) -> object:
+        """The ``email`` claim if the issuer verified it (or unverified ones are trusted),
+        else ``None``."""
+        email = claims.get("email")
+        if email is None or self._trust_unverified_email or claims.get("email_verified") is True:
+            return email
+        log.debug(
+            "token e-mail not verified: not used",
+            extra={"sub": claims.get("sub"), "issuer": self.issuer},
+        )
+        return None
 
     def _claimed_role(self, claims: Mapping[str, Any]) -> Role | None:
         if self._role_claim is None:
@@ -222,22 +254,38 @@ class Identity:
             if user is not None:
                 return user
         email, name, role = wanted
-        email = email if isinstance(email, str) else None
-        name = name if isinstance(name, str) and name else None
-        if name is None and email is not None and self._create:
-            name = claims.get("preferred_username") or email.split("@", 1)[0]
+        name = name or None
+        if name is None and self._create:
+            name = _fallback_name(claims.get("preferred_username"), claims.get("email"))
+        sign_in = functools.partial(
+            self._wis.users.sign_in,
+            subject,
+            name=name,
+            role=role,
+            create=self._create,
+            record_sign_in=record_sign_in,
+        )
         try:
-            found = await self._wis.users.sign_in(
-                subject,
-                email=email,
-                name=name,
-                role=role,
-                create=self._create,
-                record_sign_in=record_sign_in,
-            )
+            try:
+                found = await sign_in(email=email)
+            except Conflict as exc:
+                if exc.field != "email":
+                    raise
+                log.info(
+                    "token e-mail belongs to another user: not used",
+                    extra={"sub": subject, "issuer": self.issuer},
+                )
+                found = await sign_in(email=None)
         except ValidationError as exc:
-            raise Unauthenticated(f"the token's claims cannot make a user: {exc}") from exc
+            log.info(
+                "token refused: its claims cannot make a user",
+                extra={"sub": subject, "field": exc.field, "reason": str(exc)},
+            )
+            raise Unauthenticated(
+                f"the token's claims cannot make a user ({exc.field}): {exc}"
+            ) from exc
         if found is None:
+            log.info("token refused: unknown subject, new users refused", extra={"sub": subject})
             raise Unauthenticated(f"unknown subject {subject!r}: new users are refused")
         user = found[0]
         self._remember(user, wanted)
@@ -245,3 +293,14 @@ class Identity:
 
     def _principal(self, user: User, claims: Mapping[str, Any]) -> Principal:
         return Principal(user, claims, permissions_for(user.role))
+
+
+def _fallback_name(preferred_username: object, email: object) -> object:
+    """A new user's name when the token has none: ``preferred_username``, else the
+    ``email`` claim's local part (verified or not: it only names; cut to the 200
+    characters a name may have), else ``None``."""
+    if preferred_username:
+        return preferred_username
+    if isinstance(email, str) and "@" in email:
+        return email.split("@", 1)[0][:200] or None
+    return None

@@ -35,7 +35,6 @@ from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.ratelimit import RateLimiter
 from wis2l_core.errors import (
     ConfigError,
-    Conflict,
     Forbidden,
     ServiceUnavailable,
     Unauthenticated,
@@ -60,6 +59,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ANONYMOUS = Anonymous()
 """``scope["user"]`` on a public path when no valid credentials came."""
 
+_RATELIMIT_HEADERS = "wis2l.ratelimit_headers"
+"""The scope key where ``RateLimitMiddleware`` leaves its fields, so that a refusal
+``AuthMiddleware`` answers for the app (a ``Forbidden`` it raised) carries them too."""
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _CONNECTIONS = frozenset({"http", "websocket"})
 _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
@@ -74,6 +76,9 @@ _TITLES = {
 
 
 class _IdentitySource(Protocol):
+    @property
+    def issuer(self) -> str: ...
+
     async def authenticate(self, token: str) -> Principal: ...
 
     async def from_session(self, token: str) -> Principal: ...
@@ -182,9 +187,11 @@ class AuthMiddleware:
     Credentials: ``Authorization: Bearer <JWT>`` (checked by
     ``wis.identity.authenticate``), else the session cookie (``wis.identity.from_session``).
     On a private path, no credentials is 401 with ``WWW-Authenticate: Bearer realm=...``
-    (no error code), a bad token 401 ``error="invalid_token"`` (so is a token whose
-    e-mail belongs to another user), a malformed header 400
-    ``error="invalid_request"``, an issuer or Redis outage 503. On a public path the
+    (no error code), a bad token or session 401 ``error="invalid_token"``, a malformed
+    header 400 ``error="invalid_request"``, an issuer or Redis outage 503. A 401 body says
+    only which issuer's tokens are accepted; why the credentials were refused is logged
+    (``wis2l_core.auth``, debug, with ``extra=``), since it may tell a caller more than
+    their own mistake. On a public path the
     request goes through anyway, as :data:`ANONYMOUS` when the credentials do not check
     out. Requests authenticated by cookie with an unsafe method, and WebSocket handshakes
     authenticated by cookie, must come from the same origin (``Sec-Fetch-Site``, else
@@ -229,13 +236,17 @@ class AuthMiddleware:
         if kind not in _CONNECTIONS:
             await self.app(scope, receive, send)
             return
+        scope.pop(_RATELIMIT_HEADERS, None)  # an outer limiter's: it adds them itself
         public = self._is_public(scope["path"])
         try:
             principal, scheme = await self._authenticate(scope)
-        except (Unauthenticated, Conflict) as exc:
+        except Unauthenticated as exc:
+            log.debug(
+                "credentials refused: %s",
+                exc,
+                extra={"reason": str(exc), "code": exc.code, "path": scope["path"]},
+            )
             if not public:
-                if isinstance(exc, Conflict):  # a token whose e-mail is another user's
-                    exc = Unauthenticated(f"the token cannot be mapped to a user: {exc}")
                 await self._refuse(scope, receive, send, exc)
                 return
             principal, scheme = None, None
@@ -293,8 +304,20 @@ class AuthMiddleware:
         if code is not None:
             challenge += f', error="{code}"'.encode()
         status = 400 if code == "invalid_request" else 401
-        detail = str(exc) if exc is not None else "credentials required"
-        await _respond(scope, receive, send, status, detail, [(b"www-authenticate", challenge)])
+        if exc is None or code is None:
+            detail = "credentials required"
+        elif code == "invalid_request":
+            detail = str(exc)  # about the request's own form: a second header, a space
+        else:
+            detail = f"the credentials are not valid; tokens are accepted from {self._issuer()}"
+        headers = [(b"www-authenticate", challenge), *scope.get(_RATELIMIT_HEADERS, ())]
+        await _respond(scope, receive, send, status, detail, headers)
+
+    def _issuer(self) -> str:
+        try:
+            return self.wis.identity.issuer
+        except ConfigError:  # pragma: no cover - a runtime without an issuer refuses earlier
+            return "the configured issuer"
 
     async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app; a Forbidden or Unauthenticated it raises before answering becomes
@@ -314,7 +337,8 @@ class AuthMiddleware:
             if scope["type"] == "websocket":  # it may have read websocket.connect
                 await send({"type": "websocket.close", "code": 1008})
             elif isinstance(exc, Forbidden):
-                await _respond(scope, receive, send, 403, str(exc))
+                headers = scope.get(_RATELIMIT_HEADERS, ())
+                await _respond(scope, receive, send, 403, str(exc), headers)
             else:
                 await self._refuse(scope, receive, send, exc)
 
@@ -428,6 +452,7 @@ class RateLimitMiddleware:
                 headers = [self._policy_header, (b"retry-after", b"1")]
                 await _respond(scope, receive, send, 503, detail, headers)
                 return
+            scope[_RATELIMIT_HEADERS] = [self._policy_header]
             await self.app(scope, receive, self._with_headers(send, [self._policy_header]))
             return
         if self._down_logged:
@@ -440,6 +465,7 @@ class RateLimitMiddleware:
                 f'"{self.policy}";r={hit.remaining};t={math.ceil(hit.reset_after)}'.encode(),
             ),
         ]
+        scope[_RATELIMIT_HEADERS] = headers
         if not hit.allowed:
             retry = max(1, math.ceil(hit.retry_after))
             headers.append((b"retry-after", str(retry).encode()))

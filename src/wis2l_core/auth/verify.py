@@ -7,10 +7,14 @@ What is checked, in this order (cheap refusals first, crypto last):
 2. Header: ``alg`` among the allowed algorithms (``none`` and ``HS*`` are never allowed,
    whatever the settings say), no ``crit`` (no extension is understood here, so any
    critical one is refused, RFC 7515 4.1.11).
-3. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
-4. Signature (joserfc, with only the header's ``alg`` allowed).
-5. Claims: ``iss`` exactly ours, ``aud`` ours or a list containing it, ``exp`` required,
-   ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty string.
+3. Issuer, when no cached key fits: the (not yet verified) payload's ``iss`` must be
+   ours, so a token of another issuer is refused with a message naming both before the
+   issuer is asked for a key (and not as an unknown key).
+4. Key: by ``kid`` from :class:`~wis2l_core.auth.keys.IssuerKeys`, of the ``alg``'s type.
+5. Signature (joserfc, with only the header's ``alg`` allowed).
+6. Claims: ``iss`` exactly ours (named as in step 3), ``aud`` ours or a list containing
+   it, ``exp`` required, ``exp``/``nbf``/``iat`` within the leeway, ``sub`` a non-empty
+   string.
 
 Every refusal is :class:`~wis2l_core.errors.Unauthenticated` (``code="invalid_token"``);
 an unreachable issuer with no usable keys is ``ServiceUnavailable``.
@@ -115,8 +119,21 @@ class TokenVerifier:
         if seen is None or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             seen = self._header(token)
         alg, kid = seen
-        key = self.keys.cached(kid, alg) or await self.keys.get(kid, alg)
+        key = self.keys.cached(kid, alg)
+        if key is None:  # before asking the issuer for a key (a cached key: step 6 names it)
+            payload = _b64json(token.split(".", 2)[1], "payload")
+            self._check_issuer(payload.get("iss") if isinstance(payload, dict) else None)
+            key = await self.keys.get(kid, alg)
         return self.check(token, key, alg)
+
+    def _check_issuer(self, issuer: object) -> None:
+        """Refuse a token whose ``iss`` is not ours, naming both (the expected issuer is
+        public; the token's is the caller's own claim)."""
+        if issuer != self.issuer:
+            shown = repr(issuer)[:200]
+            raise Unauthenticated(
+                f"token issuer {shown} is not the expected issuer {self.issuer!r}"
+            )
 
     def _header(self, token: str) -> tuple[str, str | None]:
         """``(alg, kid)`` of an acceptable header; remembered by its encoded form, since
@@ -144,6 +161,7 @@ class TokenVerifier:
                 claims = jwt.decode(token, key, algorithms=[alg]).claims
         except JoseError as exc:
             raise Unauthenticated(f"token refused: {exc.error}: {exc.description}") from exc
+        self._check_issuer(claims.get("iss"))
         try:
             self._registry.validate(claims)
         except ExpiredTokenError as exc:

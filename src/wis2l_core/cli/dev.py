@@ -76,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     token.add_argument("--sub", required=True, help="the subject (the user's stable id)")
-    token.add_argument("--email", default=None, help="the email claim")
+    token.add_argument("--email", default=None, help="the email claim (with email_verified: true)")
     token.add_argument("--name", default=None, help="the name claim")
     token.add_argument(
         "--role",

@@ -18,7 +18,12 @@ from wis2l_core.ids import uuid7
 from wis2l_core.models import Page, Role, User
 from wis2l_core.sentinel import UNSET, Unset
 
-__all__ = ["UserRepository"]
+__all__ = ["NO_EMAIL_DOMAIN", "UserRepository"]
+
+NO_EMAIL_DOMAIN = "no-email.invalid"
+"""The domain of the placeholder e-mail (``<user id hex>@no-email.invalid``) a user gets
+when its first sign-in carries no usable address; ``.invalid`` is reserved (RFC 2606), so
+nothing is ever sent there, and the next token with a usable address replaces it."""
 
 
 def _user(row: DictRow) -> User:
@@ -220,7 +225,8 @@ class UserRepository(Repository):
 
         Args:
             subject: the token's ``sub``.
-            email: the ``email`` claim (``None`` keeps the stored one; a new user needs it).
+            email: the ``email`` claim (``None`` keeps the stored one; a new user then gets
+                the placeholder ``<id hex>@`` :data:`NO_EMAIL_DOMAIN`).
             name: the ``name`` claim (``None`` keeps the stored one; a new user needs it).
             role: the role the token grants (``None`` keeps the stored one; new users get
                 ``developer``).
@@ -232,24 +238,26 @@ class UserRepository(Repository):
             this subject.
 
         Raises:
-            ValidationError: a claim is malformed, or a new user lacks e-mail or name.
+            ValidationError: a claim is malformed, or a new user lacks a name.
             Conflict: the e-mail belongs to another user.
         """
+        new_id = uuid7()
         params: dict[str, Any] = {
-            "id": uuid7(),
+            "id": new_id,
             "subject": check_text("subject", subject, max_len=255),
             "email": None if email is None else check_email("email", email),
             "name": None if name is None else check_text("name", name, max_len=200),
             "role": None if role is None else check_enum("role", role, Role).value,
         }
-        if create and (email is None or name is None):
-            found = await self.find_by_subject(subject)
-            if found is None:
-                missing = "email" if email is None else "name"
+        params["new_email"] = params["email"] or f"{new_id.hex}@{NO_EMAIL_DOMAIN}"
+        if create and name is None:
+            # the insert's row needs a name (PostgreSQL checks it before ON CONFLICT), so
+            # without one only an existing user can sign in
+            if await self.find_by_subject(subject) is None:
                 raise ValidationError(
-                    f"cannot create the user of {subject!r}: the token has no {missing}",
-                    field=missing,
+                    f"cannot create the user of {subject!r}: the token has no name", field="name"
                 )
+            create = False
         name_ = "sign_in" if create else "sign_in_existing"
         query = self._q(name_)
         record = query_file("events")["insert_outbox"]

@@ -68,7 +68,7 @@ def check_optional_text(field: str, value: object, *, max_len: int) -> str | Non
 def check_email(field: str, value: object) -> str:
     """A plausible e-mail address (one ``@``, a dotted domain, at most 320 characters)."""
     email = check_text(field, value, max_len=320, min_len=3)
-    if not _EMAIL.match(email):
+    if not _EMAIL.fullmatch(email):  # match() let a trailing newline through ($)
         raise ValidationError(f"{field} is not an e-mail address: {email!r}", field=field)
     return email
 
