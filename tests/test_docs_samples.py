@@ -365,10 +365,13 @@ def test_testing_page_samples_pass_under_pytest(tmp_path: Path, wis2l_servers: S
     ]
     for name, source in modules.items():
         (tmp_path / name).write_text(source, encoding="utf-8")
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n",
-        encoding="utf-8",
-    )
+    text = page.read_text(encoding="utf-8")
+    # The page's own pyproject.toml and install line, not a configuration of ours.
+    (pyproject,) = re.findall(r"```toml\n(# pyproject.toml.*?)```", text, re.DOTALL)
+    (tmp_path / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    (install,) = re.findall(r'pip install "wis2l-core\[([\w,]+)\]"', text)
+    if any(re.search(r"wis2l_core\.(auth|dev\.issuer)", source) for source in modules.values()):
+        assert "auth" in install.split(","), f"the install line lacks the auth extra: {install}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("WIS2L_", "PYTEST_"))},
         "WIS2L_TEST_DATABASE_URL": wis2l_servers.database_url,
@@ -386,6 +389,8 @@ def test_testing_page_samples_pass_under_pytest(tmp_path: Path, wis2l_servers: S
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "5 passed" in done.stdout, done.stdout[-2000:]
+    # The page's configuration is clean: no warning in the summary or at start-up.
+    assert "warning" not in done.stdout.lower() + done.stderr.lower(), done.stderr[-2000:]
 
 
 # Leaving the REPL does not stop what a page started; the test does (as run_page does).
