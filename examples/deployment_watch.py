@@ -4,8 +4,10 @@
 ``DeploymentCompleted`` and ``DeploymentFailed`` on a durable JetStream consumer
 (``deployment-watch``): the first run starts at the beginning of the stream, later runs
 resume where the last one stopped, so nothing is missed while the watcher is down. Each
-event type is its own consumer: events of one type arrive in order, but a deployment's
-completion may arrive before its start; the time printed first is when it happened.
+event type is its own consumer (``deployment-watch-deployment-started``, ...), pulled by
+its own task: events of one type arrive in stream order, but nothing orders two
+consumers, so a deployment's ``failed`` may print before its ``started`` (about one run in
+three). The time printed first is when it happened. See docs/events.md, "Ordering".
 
 By default the script also plays a demo while it watches: it deploys a build to staging
 (which completes) and to production (which fails), and waits until the subscriber has
@@ -55,6 +57,11 @@ def watch(wis: Wis2l, only: set[UUID] | None, seen: asyncio.Queue[DeploymentEven
 
     for event_type in (DeploymentStarted, DeploymentCompleted, DeploymentFailed):
         wis.bus.subscribe(event_type, on_deployment, durable="deployment-watch", concurrency=1)
+    print(
+        "watching   started, completed, failed: one consumer each, not ordered with each"
+        " other (a failure may print before its start; the time is when it happened)",
+        flush=True,
+    )
 
 
 async def demo(wis: Wis2l, seen: asyncio.Queue[DeploymentEvent], project_ids: set[UUID]) -> None:
