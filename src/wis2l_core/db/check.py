@@ -23,7 +23,8 @@ __all__ = ["CheckReport", "QueryFailure", "check_queries"]
 # A placeholder not followed by a cast: the server would have to guess its type.
 _UNCAST = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s(?!::)")
 _COMMENT = re.compile(r"--[^\n]*")
-_PREPARE = "PREPARE wis2l_check_0 AS "
+PREPARE = "PREPARE wis2l_check_0 AS "
+"""How a query is prepared (also by ``wis2l db generate``): error positions count from it."""
 
 
 @attrs.frozen
@@ -78,12 +79,13 @@ def _body_start(lines: list[str], query: Query) -> int:
     return line
 
 
-def _error_line(lines: list[str], query: Query, sql: str, exc: psycopg.Error) -> int:
+def error_line(lines: list[str], query: Query, sql: str, exc: psycopg.Error) -> int:
+    """The file line of the server's error position in ``PREPARE + sql``, else ``-- name:``'s."""
     position = exc.diag.statement_position
     if not position or not position.isdigit():
         return query.line
     # PREPARE <name> AS <sql>: the server counts from the start of the whole statement.
-    offset = int(position) - 1 - len(_PREPARE)
+    offset = int(position) - 1 - len(PREPARE)
     return _body_start(lines, query) + sql.count("\n", 0, max(0, offset))
 
 
@@ -192,11 +194,11 @@ async def _check_one(
     sql = query.positional()
     try:
         async with conn.transaction():  # a savepoint: one failure does not end the check
-            await conn.execute(_PREPARE + sql)
+            await conn.execute(PREPARE + sql)
             await conn.execute("DEALLOCATE wis2l_check_0")
     except psycopg.OperationalError:
         raise
     except psycopg.Error as exc:
         message = exc.diag.message_primary or str(exc)
-        found.append(QueryFailure(file, _error_line(lines, query, sql, exc), query.name, message))
+        found.append(QueryFailure(file, error_line(lines, query, sql, exc), query.name, message))
     return found

@@ -1,0 +1,578 @@
+"""``wis2l db generate``: typed Python modules from the app's ``.sql`` files.
+
+Each named query is prepared on a migrated database (``PREPARE``, never executed) and
+PostgreSQL describes it: the type of each parameter and of each result column, and for a
+column read straight from a table, that table and column. From that:
+
+- a column read from a ``NOT NULL`` table column is not optional, unless the table sits on
+  the nullable side of an outer join in the query's generic plan (``EXPLAIN (VERBOSE)``
+  tells which side each scan is on); any other column is optional, unless its alias ends
+  with ``!`` (``AS "n!"``: not null) or ``?`` (nullable); the attribute drops the suffix;
+- a parameter is optional when the query tests it with ``IS NULL`` (an optional filter);
+- types map to what psycopg returns (:data:`SCALARS`), arrays to lists, enums to
+  ``StrEnum`` classes written into the module; any other type is refused by name.
+
+One module per ``.sql`` file, written only when its text changes (see :func:`render`).
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg import pq
+
+from wis2l_core.db.check import PREPARE, error_line
+from wis2l_core.db.sql import Query, QueryFile, parse_queries
+from wis2l_core.errors import ValidationError, Wis2lError
+
+__all__ = [
+    "LINE_LENGTH",
+    "MARKER",
+    "SCALARS",
+    "Column",
+    "Described",
+    "GenerateError",
+    "Param",
+    "describe_files",
+    "read_folders",
+    "render",
+    "stale_files",
+    "write_modules",
+]
+
+MARKER = "written by ``wis2l db generate``"
+"""In the first line of every generated module: how ``--check`` tells them apart."""
+
+SCALARS: dict[str, str] = {
+    "bool": "bool",
+    "int2": "int",
+    "int4": "int",
+    "int8": "int",
+    "oid": "int",
+    "float4": "float",
+    "float8": "float",
+    "numeric": "decimal.Decimal",
+    "text": "str",
+    "varchar": "str",
+    "bpchar": "str",
+    "char": "str",
+    "name": "str",
+    "citext": "str",
+    "regclass": "str",
+    "uuid": "uuid.UUID",
+    "bytea": "bytes",
+    "timestamptz": "datetime.datetime",
+    "timestamp": "datetime.datetime",
+    "date": "datetime.date",
+    "time": "datetime.time",
+    "timetz": "datetime.time",
+    "interval": "datetime.timedelta",
+    "json": "typed.JSON",
+    "jsonb": "typed.JSON",
+}
+"""PostgreSQL type name -> the Python type psycopg returns for it (as written in code)."""
+
+LINE_LENGTH = 88
+"""ruff's default line length, which the generated code is formatted for by default."""
+_OUTER = re.compile(r"\b(?:left|right|full)\s+(?:outer\s+)?join\b", re.IGNORECASE)
+_STATEMENT = "wis2l_check_0"
+
+
+class GenerateError(Wis2lError):
+    """Queries the generator cannot type: one ``<file>:<line> <name>: <why>`` line each.
+
+    Attributes:
+        lines: those lines, in file order.
+    """
+
+    def __init__(self, message: str, *, lines: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.lines = tuple(lines) or (message,)
+
+
+@attrs.frozen
+class Param:
+    """A parameter of a query: its name, Python type and whether ``None`` is allowed."""
+
+    name: str
+    type: str
+    optional: bool
+
+
+@attrs.frozen
+class Column:
+    """A result column: attribute name, Python type, nullability, an enum converter."""
+
+    name: str
+    type: str
+    optional: bool
+    enum: str | None = None
+
+
+@attrs.frozen
+class Described:
+    """One query as PostgreSQL described it."""
+
+    query: Query
+    where: str
+    shape: str
+    params: tuple[Param, ...]
+    columns: tuple[Column, ...]
+
+
+def read_folders(folders: Sequence[Path]) -> list[tuple[Path, QueryFile]]:
+    """Every ``.sql`` file of ``folders`` (sorted in each), parsed.
+
+    Raises:
+        ValidationError: a folder is missing or holds no ``.sql`` file, a file does not
+            parse, or two folders hold files of one name (they would write one module).
+    """
+    found: dict[str, tuple[Path, QueryFile]] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValidationError(f"{folder}: no such folder of query files", field="queries")
+        paths = sorted(folder.glob("*.sql"))
+        if not paths:
+            raise ValidationError(f"{folder}: no .sql files", field="queries")
+        for path in paths:
+            if path.stem in found:
+                raise ValidationError(
+                    f"{path} and {found[path.stem][0]} would both write {path.stem}.py",
+                    field="queries",
+                )
+            try:
+                parsed = parse_queries(
+                    path.stem, path.read_text(encoding="utf-8"), origin=str(path)
+                )
+            except ValueError as exc:
+                raise ValidationError(str(exc), field="queries") from None
+            found[path.stem] = (path, parsed)
+    return [found[stem] for stem in sorted(found)]
+
+
+class _Catalog:
+    """What the generator reads from the catalog, once per run."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = conn
+        self.types: dict[int, tuple[str, str, int, int]] = {
+            oid: (name, kind, elem, base)
+            for oid, name, kind, elem, base in conn.execute(
+                "SELECT oid::int, typname::text, typtype::text, typelem::int, typbasetype::int "
+                "FROM pg_type"
+            )
+        }
+        self.enums: dict[int, list[str]] = {}
+        for oid, label in conn.execute(
+            "SELECT enumtypid::int, enumlabel::text FROM pg_enum ORDER BY enumtypid, enumsortorder"
+        ):
+            self.enums.setdefault(oid, []).append(label)
+        self.not_null: set[tuple[int, int]] = set(
+            conn.execute(
+                "SELECT attrelid::int, attnum::int FROM pg_attribute "
+                "WHERE attnotnull AND attnum > 0 AND NOT attisdropped"
+            )
+        )
+        self.used_enums: dict[str, list[str]] = {}
+
+    def python(self, oid: int, what: str) -> tuple[str, str | None]:
+        """(Python type, enum class when it is one) of type ``oid``.
+
+        Raises:
+            ValueError: a type with no mapping, or a parameter with no type at all.
+        """
+        if oid == 0 or oid not in self.types:
+            raise ValueError(f"{what} has no type: add a ::type cast")
+        name, kind, elem, base = self.types[oid]
+        if kind == "d":
+            return self.python(base, what)
+        if kind == "e":
+            cls = _camel(name)
+            self.used_enums[cls] = self.enums.get(oid, [])
+            return cls, cls
+        if elem and name.startswith("_"):
+            inner, of_enum = self.python(elem, what)
+            if of_enum is not None:
+                raise ValueError(f"{what} is an array of the enum {name[1:]}: cast it to text[]")
+            return f"list[{inner}]", None
+        if name in SCALARS:
+            return SCALARS[name], None
+        raise ValueError(
+            f"{what} has the type {name}, which the generator does not map: cast it (e.g. ::text)"
+        )
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
+
+
+def _nullable_tables(catalog: _Catalog, positional_params: int) -> set[int]:
+    """The tables (and their partitioned parents) scanned on the nullable side of an
+    outer join in the generic plan of the prepared statement."""
+    nulls = ", ".join(["NULL"] * positional_params)
+    args = f"({nulls})" if positional_params else ""
+    (plan,) = catalog.conn.execute(
+        f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE {_STATEMENT}{args}"
+    ).fetchone() or ([],)
+    names: set[str] = set()
+
+    def walk(node: dict[str, Any], nullable: bool) -> None:
+        if nullable and "Relation Name" in node:
+            names.add(f'"{node.get("Schema", "public")}"."{node["Relation Name"]}"')
+        children = node.get("Plans", [])
+        join = node.get("Join Type")
+        for index, child in enumerate(children):
+            side = (
+                join == "Full"
+                or (join == "Left" and index == 1)
+                or (join == "Right" and index == 0)
+            )
+            walk(child, nullable or side)
+
+    for entry in plan:
+        walk(entry["Plan"], False)
+    if not names:
+        return set()
+    rows = catalog.conn.execute(
+        "SELECT DISTINCT a.relid::oid::int FROM unnest(%s::text[]) AS r(name), "
+        "pg_partition_ancestors(r.name::regclass) AS a",
+        [sorted(names)],
+    )
+    return {oid for (oid,) in rows}
+
+
+def _optional_params(query: Query) -> set[str]:
+    return {
+        m.group(1)
+        for m in re.finditer(
+            r"%\(([a-z_][a-z0-9_]*)\)s(?:::[\w\[\] ]+)?\s+IS\s+(?:NOT\s+)?NULL",
+            query.text,
+            re.IGNORECASE,
+        )
+    }
+
+
+def _describe(catalog: _Catalog, where: str, query: Query, lines: list[str]) -> Described:
+    conn = catalog.conn
+    sql = query.positional()
+
+    def fail(message: str, line: int | None = None) -> GenerateError:
+        return GenerateError(f"{where}:{line or query.line} {query.name}: {message}")
+
+    try:
+        conn.execute(PREPARE + sql)
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        message = " ".join((exc.diag.message_primary or str(exc)).split())
+        raise fail(message, error_line(lines, query, sql, exc)) from None
+    try:
+        result = conn.pgconn.describe_prepared(_STATEMENT.encode())
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise fail(result.get_error_message())
+        try:
+            params = _params(catalog, query, [result.param_type(i) for i in range(result.nparams)])
+            nullable = set()
+            if result.nfields and _OUTER.search(query.text):
+                nullable = _nullable_tables(catalog, result.nparams)
+            columns = tuple(
+                _column(
+                    catalog,
+                    (result.fname(i) or b"?").decode(),
+                    result.ftype(i),
+                    (result.ftable(i), result.ftablecol(i)),
+                    nullable,
+                )
+                for i in range(result.nfields)
+            )
+            shape = _shape(query, params, columns)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    finally:
+        conn.execute(f"DEALLOCATE {_STATEMENT}")
+    if shape == "page":
+        params = tuple(p for p in params if p.name not in ("after", "limit"))
+    return Described(query, where, shape, params, columns)
+
+
+def _params(catalog: _Catalog, query: Query, oids: list[int]) -> tuple[Param, ...]:
+    optional = _optional_params(query)
+    found = []
+    for name, oid in zip(query.params, oids, strict=True):
+        if keyword.iskeyword(name) or name == "db":
+            raise ValueError(f"parameter %({name})s: rename it (not usable as a Python name)")
+        kind, _ = catalog.python(oid, f"parameter %({name})s")
+        found.append(Param(name, kind, name in optional))
+    return tuple(found)
+
+
+def _column(
+    catalog: _Catalog, label: str, oid: int, origin: tuple[int, int], nullable: set[int]
+) -> Column:
+    name = label.rstrip("!?")
+    if label.endswith("!"):
+        optional = False
+    elif label.endswith("?"):
+        optional = True
+    else:
+        optional = origin not in catalog.not_null or origin[0] in nullable
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise ValueError(f"column {label!r} is not a Python name: alias it (AS name)")
+    kind, enum = catalog.python(oid, f"column {name}")
+    return Column(name, kind, optional, enum)
+
+
+def _shape(query: Query, params: Sequence[Param], columns: Sequence[Column]) -> str:
+    shape = query.shape or ("many" if columns else "exec")
+    names = [c.name for c in columns]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"two columns are named {name!r}: alias one")
+    if shape != "exec" and not columns:
+        raise ValueError(f"returns no rows, so it cannot be :{shape}: use :exec")
+    if shape == "page":
+        given = {p.name: p.type for p in params}
+        key = next((c for c in columns if c.name == "id"), None)
+        if given.get("after") != "uuid.UUID" or given.get("limit") != "int":
+            raise ValueError(":page takes %(after)s::uuid and %(limit)s::int")
+        if key is None or key.type != "uuid.UUID" or key.optional:
+            raise ValueError(":page needs a uuid column 'id' that is not null")
+    return shape
+
+
+def describe_files(
+    database_url: str, files: Sequence[tuple[Path, QueryFile]], *, connect_timeout: float = 5.0
+) -> list[tuple[Path, list[Described], dict[str, list[str]]]]:
+    """Prepare and describe every query of ``files`` on the database (never executed).
+
+    Returns:
+        Per file: its path, its queries described, and the enums they use (class name ->
+        labels).
+
+    Raises:
+        GenerateError: a query that does not prepare, or that cannot be typed.
+        ServiceUnavailable: the database cannot be reached.
+    """
+    from wis2l_core.db.errors import map_errors
+
+    with map_errors():
+        conn = psycopg.Connection.connect(
+            database_url,
+            autocommit=True,
+            connect_timeout=max(1, round(connect_timeout)),
+            application_name="wis2l-core generate",
+        )
+    with conn, map_errors():
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        catalog = _Catalog(conn)
+        described = []
+        failures: list[str] = []
+        for path, parsed in files:
+            catalog.used_enums = {}
+            lines = path.read_text(encoding="utf-8").splitlines()
+            queries = []
+            for query in parsed:
+                try:
+                    queries.append(_describe(catalog, str(path), query, lines))
+                except GenerateError as exc:
+                    failures.extend(exc.lines)
+            described.append((path, queries, dict(sorted(catalog.used_enums.items()))))
+    if failures:
+        raise GenerateError("\n".join(failures), lines=failures)
+    return described
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _bracket(head: str, items: Sequence[str], tail: str, indent: int, width: int) -> list[str]:
+    """``head(items)tail`` on one line when it fits, else one item a line (trailing comma,
+    which ruff format keeps)."""
+    pad = " " * indent
+    line = f"{pad}{head}{', '.join(items)}{tail}"
+    if len(line) <= width and "\n" not in line:
+        return [line]
+    inner = " " * (indent + 4)
+    return [f"{pad}{head}", *(f"{inner}{item}," for item in items), f"{pad}{tail.lstrip()}"]
+
+
+def _doc(text: str, indent: int) -> list[str]:
+    pad = " " * indent
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    lines = text.splitlines()
+    if len(lines) == 1:
+        return [f'{pad}"""{lines[0]}"""']
+    body = [f"{pad}{line}".rstrip() for line in lines[1:]]
+    return [f'{pad}"""{lines[0]}', *body, f'{pad}"""']
+
+
+def _comment(query: Query) -> list[str]:
+    """The comment lines between ``-- name:`` and the SQL, without ``--``."""
+    found = []
+    for line in query.text.splitlines():
+        if not line.strip().startswith("--"):
+            break
+        found.append(line.strip()[2:].strip())
+    return found
+
+
+def _annotation(kind: str, optional: bool) -> str:
+    return f"{kind} | None" if optional else kind
+
+
+def _row_class(d: Described) -> str:
+    return _camel(d.query.name) + "Row"
+
+
+def _render_query(d: Described, width: int) -> list[str]:
+    q = d.query
+    const = "_" + q.name.upper()
+    out: list[str] = []
+    if d.columns:
+        row = _row_class(d)
+        out += ["", "", "@typed.frozen", f"class {row}:"]
+        out += _doc(f"A row of :func:`{q.name}`.", 4)
+        out.append("")
+        for col in d.columns:
+            annotation = _annotation(col.type, col.optional)
+            if col.enum is None:
+                out.append(f"    {col.name}: {annotation}")
+            else:
+                converter = f"typed.optional({col.enum})" if col.optional else col.enum
+                out.append(f"    {col.name}: {annotation} = typed.field(converter={converter})")
+    text = q.text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    out += ["", "", f"{const} = typed.Query(", f'    name="{q.name}",', f'    text="""{text}""",']
+    out += [f'    file="{q.file}",', f"    line={q.line},", f'    shape="{d.shape}",', ")"]
+    args = ["db: typed.QueryMethods", "/"]
+    if d.params or d.shape == "page":
+        args.append("*")
+    args += [f"{p.name}: {_annotation(p.type, p.optional)}" for p in d.params]
+    if d.shape == "page":
+        args += ["limit: int = 50", "after: str | None = None"]
+    returns = {
+        "one": f"{_row_class(d)} | None",
+        "many": f"list[{_row_class(d)}]",
+        "exec": "int",
+        "page": f"typed.Page[{_row_class(d)}]",
+    }[d.shape]
+    out += ["", ""]
+    out += _bracket(f"async def {q.name}(", args, f") -> {returns}:", 0, width)
+    comment = _comment(q)
+    where = f"``{Path(d.where).name}:{q.line}``"
+    if comment:
+        out += _doc("\n".join([comment[0], *comment[1:], "", f"From {where}."]), 4)
+    else:
+        out += _doc(f"Run ``{q.name}`` of {where}.", 4)
+    values = "{" + ", ".join(f'"{p.name}": {p.name}' for p in d.params) + "}"
+    if d.shape == "exec":
+        head, call = "return await db.execute(", [const, "values"]
+    elif d.shape == "page":
+        head = "return await typed.page("
+        call = ["db", const, "values", _row_class(d), "limit=limit", "after=after"]
+    else:
+        head, call = f"return await typed.{d.shape}(", ["db", const, "values", _row_class(d)]
+    inline = _bracket(head, [values if c == "values" else c for c in call], ")", 4, width)
+    if len(inline) == 1:
+        return out + inline
+    pairs = [f'"{p.name}": {p.name}' for p in d.params]
+    return out + _bracket("values = {", pairs, "}", 4, width) + _bracket(head, call, ")", 4, width)
+
+
+def render(
+    path: Path,
+    described: Sequence[Described],
+    enums: dict[str, list[str]],
+    *,
+    line_length: int = LINE_LENGTH,
+) -> str:
+    """The module for the ``.sql`` file at ``path``: enums, row classes and functions.
+
+    Signatures and calls are split the way ruff format splits them at ``line_length``
+    (with a trailing comma, which keeps them split at any longer limit); a module whose
+    SQL or comments hold a longer line starts with ``# ruff: noqa: E501``.
+    """
+    body: list[str] = []
+    for name, labels in enums.items():
+        body += ["", "", f"class {name}(StrEnum):"]
+        body += _doc(f"The PostgreSQL enum ``{name}``.", 4)
+        body.append("")
+        for label in labels:
+            member = re.sub(r"\W+", "_", label).strip("_").upper() or "EMPTY"
+            if not member.isidentifier():
+                member = f"V_{member}"
+            body.append(f'    {member} = "{label}"')
+    for d in described:
+        body += _render_query(d, line_length)
+    code = "\n".join(body)
+    imports = [
+        f"import {module}"
+        for module in ("datetime", "decimal", "uuid")
+        if re.search(rf"\b{module}\.", code)
+    ]
+    if enums:
+        imports.append("from enum import StrEnum")
+    head = [
+        f'"""Typed queries of ``{path.name}``: {MARKER}, do not edit.',
+        "",
+        "Run ``wis2l db generate`` again after changing the ``.sql`` file or a migration.",
+        '"""',
+        "",
+    ]
+    if imports:
+        head += [*imports, ""]
+    head.append("from wis2l_core.db import typed")
+    if body[2].startswith("_"):  # a constant right after the imports: one blank line
+        body = body[1:]
+    lines = [*head, *body, ""]
+    if any(len(line) > line_length for line in lines):
+        lines.insert(0, "# ruff: noqa: E501")
+    return "\n".join(lines)
+
+
+def write_modules(
+    out: Path,
+    described: Iterable[tuple[Path, list[Described], dict[str, list[str]]]],
+    *,
+    check: bool = False,
+    line_length: int = LINE_LENGTH,
+) -> list[Path]:
+    """Write (or with ``check``, only compare) each module; return the files that changed
+    (or would), generated files with no ``.sql`` file left among them (removed)."""
+    modules = {
+        out / f"{path.stem}.py": render(path, d, enums, line_length=line_length)
+        for path, d, enums in described
+    }
+    changed = stale_files(out, modules)
+    if check:
+        return changed
+    out.mkdir(parents=True, exist_ok=True)
+    for target in changed:
+        if target in modules:
+            tmp = target.with_suffix(".py.tmp")
+            tmp.write_text(modules[target], encoding="utf-8")
+            os.replace(tmp, target)
+        else:
+            target.unlink()
+    return changed
+
+
+def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
+    """The files of ``out`` that differ from ``modules``, and generated files (their first
+    line holds :data:`MARKER`) that ``modules`` no longer has."""
+    changed = [
+        target
+        for target, text in modules.items()
+        if not target.is_file() or target.read_text(encoding="utf-8") != text
+    ]
+    if out.is_dir():
+        for existing in sorted(out.glob("*.py")):
+            if existing not in modules and MARKER in existing.read_text(encoding="utf-8")[:300]:
+                changed.append(existing)
+    return sorted(changed)
