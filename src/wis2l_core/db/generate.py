@@ -17,6 +17,7 @@ One module per ``.sql`` file, written only when its text changes (see :func:`ren
 
 from __future__ import annotations
 
+import asyncio
 import keyword
 import os
 import re
@@ -28,9 +29,12 @@ import attrs
 import psycopg
 from psycopg import pq
 
+from wis2l_core.config import Settings
 from wis2l_core.db.check import PREPARE, error_line
+from wis2l_core.db.errors import map_errors
+from wis2l_core.db.migrate import apply_migrations, migration_status
 from wis2l_core.db.sql import Query, QueryFile, parse_queries
-from wis2l_core.errors import ValidationError, Wis2lError
+from wis2l_core.errors import ConfigError, ValidationError, Wis2lError
 
 __all__ = [
     "LINE_LENGTH",
@@ -41,6 +45,8 @@ __all__ = [
     "GenerateError",
     "Param",
     "describe_files",
+    "generate",
+    "line_length_of",
     "read_folders",
     "render",
     "stale_files",
@@ -48,7 +54,7 @@ __all__ = [
 ]
 
 MARKER = "written by ``wis2l db generate``"
-"""In the first line of every generated module: how ``--check`` tells them apart."""
+"""In the docstring of every generated module: how ``--check`` tells them apart."""
 
 SCALARS: dict[str, str] = {
     "bool": "bool",
@@ -241,9 +247,10 @@ def _nullable_tables(catalog: _Catalog, positional_params: int) -> set[int]:
     if not names:
         return set()
     rows = catalog.conn.execute(
-        "SELECT DISTINCT a.relid::oid::int FROM unnest(%s::text[]) AS r(name), "
+        "SELECT r.name::regclass::oid::int FROM unnest(%(names)s::text[]) AS r(name) "
+        "UNION SELECT a.relid::oid::int FROM unnest(%(names)s::text[]) AS r(name), "
         "pg_partition_ancestors(r.name::regclass) AS a",
-        [sorted(names)],
+        {"names": sorted(names)},
     )
     return {oid for (oid,) in rows}
 
@@ -360,8 +367,6 @@ def describe_files(
         GenerateError: a query that does not prepare, or that cannot be typed.
         ServiceUnavailable: the database cannot be reached.
     """
-    from wis2l_core.db.errors import map_errors
-
     with map_errors():
         conn = psycopg.Connection.connect(
             database_url,
@@ -427,6 +432,10 @@ def _annotation(kind: str, optional: bool) -> str:
     return f"{kind} | None" if optional else kind
 
 
+def _value(param: Param) -> str:
+    return f"typed.jsonb({param.name})" if param.type == "typed.JSON" else param.name
+
+
 def _row_class(d: Described) -> str:
     return _camel(d.query.name) + "Row"
 
@@ -470,7 +479,8 @@ def _render_query(d: Described, width: int) -> list[str]:
         out += _doc("\n".join([comment[0], *comment[1:], "", f"From {where}."]), 4)
     else:
         out += _doc(f"Run ``{q.name}`` of {where}.", 4)
-    values = "{" + ", ".join(f'"{p.name}": {p.name}' for p in d.params) + "}"
+    pairs = [f'"{p.name}": {_value(p)}' for p in d.params]
+    values = "{" + ", ".join(pairs) + "}"
     if d.shape == "exec":
         head, call = "return await db.execute(", [const, "values"]
     elif d.shape == "page":
@@ -481,7 +491,6 @@ def _render_query(d: Described, width: int) -> list[str]:
     inline = _bracket(head, [values if c == "values" else c for c in call], ")", 4, width)
     if len(inline) == 1:
         return out + inline
-    pairs = [f'"{p.name}": {p.name}' for p in d.params]
     return out + _bracket("values = {", pairs, "}", 4, width) + _bracket(head, call, ")", 4, width)
 
 
@@ -518,10 +527,12 @@ def render(
     ]
     if enums:
         imports.append("from enum import StrEnum")
+    option = "" if line_length == LINE_LENGTH else f" --line-length {line_length}"
     head = [
-        f'"""Typed queries of ``{path.name}``: {MARKER}, do not edit.',
+        f'"""Typed queries of ``{path.name}``.',
         "",
-        "Run ``wis2l db generate`` again after changing the ``.sql`` file or a migration.",
+        f"This module is {MARKER}: do not edit it. After changing",
+        f"the ``.sql`` file or a migration, run ``wis2l db generate{option}``.",
         '"""',
         "",
     ]
@@ -531,7 +542,7 @@ def render(
     if body[2].startswith("_"):  # a constant right after the imports: one blank line
         body = body[1:]
     lines = [*head, *body, ""]
-    if any(len(line) > line_length for line in lines):
+    if any(len(line) > line_length for line in "\n".join(lines).splitlines()):
         lines.insert(0, "# ruff: noqa: E501")
     return "\n".join(lines)
 
@@ -576,3 +587,73 @@ def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
             if existing not in modules and MARKER in existing.read_text(encoding="utf-8")[:300]:
                 changed.append(existing)
     return sorted(changed)
+
+
+async def generate(
+    settings: Settings,
+    out: Path,
+    *,
+    check: bool = False,
+    embedded: bool = False,
+    line_length: int = LINE_LENGTH,
+) -> tuple[int, list[Path]]:
+    """Type every query of the app's folders (``settings.queries``) and write the modules.
+
+    Args:
+        settings: the app's settings: its query folders, its migrations, its database.
+        out: the folder of the modules (created when missing).
+        check: write nothing; only report what would change.
+        embedded: start an embedded PostgreSQL, apply every migration (the library's and
+            ``settings.migrations``) and describe the queries there, instead of on
+            ``settings.direct_database_url`` (which must have every migration applied).
+        line_length: the line length the code is formatted for.
+
+    Returns:
+        How many queries were typed, and the files that changed (or would, with ``check``).
+
+    Raises:
+        ConfigError: no query folder, or an app migrations folder that is missing.
+        ValidationError: a query folder is missing or empty, or a file does not parse.
+        GenerateError: a query that does not prepare or cannot be typed, or migrations
+            pending on the database.
+        ServiceUnavailable: the database cannot be reached.
+    """
+    if not settings.queries:
+        raise ConfigError("no query folders: set WIS2L_QUERIES", variable="WIS2L_QUERIES")
+    files = read_folders(settings.queries)
+    count = sum(len(parsed) for _, parsed in files)
+    if embedded:
+        from wis2l_core.dev import EmbeddedStack
+
+        stack = EmbeddedStack(oidc=False)
+        await asyncio.to_thread(stack.start)
+        try:
+            await apply_migrations(stack.database_url, sources=settings.migrations)
+            described = await asyncio.to_thread(describe_files, stack.database_url, files)
+        finally:
+            await asyncio.to_thread(stack.stop)
+    else:
+        url = settings.direct_database_url
+        status = await migration_status(
+            url, sources=settings.migrations, connect_timeout=settings.db_connect_timeout
+        )
+        if status.pending or status.drifted:
+            raise GenerateError(
+                f"the database is not migrated ({len(status.pending)} pending, "
+                f"{len(status.drifted)} drifted): run `wis2l db migrate` first, or unset "
+                "DATABASE_URL to use an embedded database"
+            )
+        described = await asyncio.to_thread(
+            describe_files, url, files, connect_timeout=settings.db_connect_timeout
+        )
+    return count, write_modules(out, described, check=check, line_length=line_length)
+
+
+def line_length_of(out: Path) -> int:
+    """The ``--line-length`` the modules in ``out`` were written with (for ``--check``)."""
+    for existing in sorted(out.glob("*.py")) if out.is_dir() else ():
+        text = existing.read_text(encoding="utf-8")[:400]
+        if MARKER in text:
+            found = re.search(r"--line-length (\d+)", text)
+            return int(found.group(1)) if found else LINE_LENGTH
+    return LINE_LENGTH

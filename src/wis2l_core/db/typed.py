@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 from attrs import field, frozen
 from attrs.converters import optional
 from psycopg.rows import args_row
+from psycopg.types.json import Jsonb
 
 from wis2l_core.db.cursor import decode_cursor, encode_cursor
 from wis2l_core.db.errors import map_errors
@@ -41,6 +42,7 @@ __all__ = [
     "QueryMethods",
     "field",
     "frozen",
+    "jsonb",
     "many",
     "one",
     "optional",
@@ -60,6 +62,11 @@ class Keyed(Protocol):
 
 
 K = TypeVar("K", bound=Keyed)
+
+
+def jsonb(value: JSON) -> Jsonb | None:
+    """A JSON parameter as psycopg sends it; ``None`` is SQL ``NULL``."""
+    return None if value is None else Jsonb(value)
 
 
 async def _fetch(
