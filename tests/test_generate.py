@@ -89,6 +89,9 @@ SELECT count(*) AS total, count(*) AS "counted!", upper(min(body)) AS shout,
        min(body) AS "any_body?"
 FROM notes;
 
+-- name: rescore :exec
+UPDATE notes SET score = %(score)s::numeric, body = %(body)s::text WHERE id = %(id)s::uuid;
+
 -- name: calm_down :exec
 UPDATE notes SET mood = 'calm' WHERE mood = %(mood)s::mood;
 
@@ -193,16 +196,22 @@ def test_expressions_are_optional_unless_the_alias_says_otherwise(app: App) -> N
     }
 
 
-def test_params_are_typed_from_their_casts_and_optional_when_tested_for_null(app: App) -> None:
+def test_params_are_typed_from_their_casts_and_optional_when_null_is_allowed(app: App) -> None:
     described = describe(app)
     add = {p.name: (p.type, p.optional) for p in described["add_note"].params}
     assert add == {
         "body": ("str", False),
         "mood": ("Mood", False),
-        "score": ("decimal.Decimal", False),
+        "score": ("decimal.Decimal", True),  # into a nullable column
         "tags": ("list[str]", False),
         "extra": ("typed.JSON", False),
-        "build_id": ("uuid.UUID", False),
+        "build_id": ("uuid.UUID", True),
+    }
+    rescore = {p.name: (p.type, p.optional) for p in described["rescore"].params}
+    assert rescore == {
+        "score": ("decimal.Decimal", True),
+        "body": ("str", False),
+        "id": ("uuid.UUID", False),
     }
     page = {p.name: (p.type, p.optional) for p in described["by_build"].params}
     assert page == {"build_id": ("uuid.UUID", True)}  # after/limit belong to the page
@@ -324,7 +333,7 @@ def test_check_names_each_stale_file_and_db_check_fails_on_them(
     assert main(["db", "generate", "--out", out, "--check"]) == 1
     assert f"stale {app.out / 'playtest.py'}" in capsys.readouterr().out
     assert main(["db", "generate", "--out", out]) == 0
-    assert "typed 10 queries: 1 module(s) written" in capsys.readouterr().out
+    assert "typed 11 queries: 1 module(s) written" in capsys.readouterr().out
     assert main(["db", "generate", "--out", out, "--check"]) == 0
 
     monkeypatch.setenv("WIS2L_GENERATED", out)
@@ -374,7 +383,7 @@ def test_zero_setup_uses_an_embedded_database(
     for name in ("DATABASE_URL", "DATABASE_HOST", "DATABASE_DIRECT_URL"):
         monkeypatch.delenv(name, raising=False)
     assert main(["db", "generate", "--out", str(app.out)]) == 0
-    assert "typed 10 queries" in capsys.readouterr().out
+    assert "typed 11 queries" in capsys.readouterr().out
     assert hasattr(load(app.out / "playtest.py"), "by_build")
 
 

@@ -255,15 +255,51 @@ def _nullable_tables(catalog: _Catalog, positional_params: int) -> set[int]:
     return {oid for (oid,) in rows}
 
 
-def _optional_params(query: Query) -> set[str]:
-    return {
-        m.group(1)
-        for m in re.finditer(
-            r"%\(([a-z_][a-z0-9_]*)\)s(?:::[\w\[\] ]+)?\s+IS\s+(?:NOT\s+)?NULL",
-            query.text,
-            re.IGNORECASE,
+_PLACEHOLDER = r"%\(([a-z_][a-z0-9_]*)\)s(?:::[\w\[\] ]+)?"
+_TESTED = re.compile(_PLACEHOLDER + r"\s+IS\s+(?:NOT\s+)?NULL", re.IGNORECASE)
+_INSERT = re.compile(
+    r"\bINSERT\s+INTO\s+([\w.\"]+)(?:\s+AS\s+\w+)?\s*\(([^)]*)\)\s*VALUES\s*\((.*?)\)\s*"
+    r"(?:RETURNING|ON\s+CONFLICT|$)",
+    re.IGNORECASE | re.DOTALL,
+)
+_UPDATE = re.compile(r"\bUPDATE\s+([\w.\"]+)", re.IGNORECASE)
+_SET = re.compile(r"(?:\bSET|,)\s*(\w+)\s*=\s*" + _PLACEHOLDER + r"\s*(?=,|\bWHERE\b|\bFROM\b|$)")
+
+
+def _split(text: str) -> list[str]:
+    """``text`` split at its top-level commas."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
+
+
+def _optional_params(catalog: _Catalog, query: Query) -> set[str]:
+    """Parameters that may be ``None``: tested with ``IS NULL``, or written as they are
+    into a nullable column (``INSERT ... (col) VALUES (%(p)s::t)``, ``SET col = %(p)s::t``)."""
+    text = re.sub(r"--[^\n]*", "", query.text)
+    found = {m.group(1) for m in _TESTED.finditer(text)}
+    targets: list[tuple[str, str, str]] = []  # (table, column, parameter)
+    for insert in _INSERT.finditer(text):
+        columns, values = _split(insert.group(2)), _split(insert.group(3))
+        for column, value in zip(columns, values, strict=False):
+            if m := re.fullmatch(_PLACEHOLDER, value):
+                targets.append((insert.group(1), column.strip('"'), m.group(1)))
+    if update := _UPDATE.search(text):
+        set_clause = text[update.end() :]
+        targets += [(update.group(1), m.group(1), m.group(2)) for m in _SET.finditer(set_clause)]
+    if targets:
+        rows = catalog.conn.execute(
+            "SELECT t.p FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(rel, col, p) "
+            "JOIN pg_attribute a ON a.attrelid = to_regclass(t.rel) AND a.attname = t.col "
+            "WHERE NOT a.attnotnull",
+            [[t[0] for t in targets], [t[1] for t in targets], [t[2] for t in targets]],
         )
-    }
+        found.update(name for (name,) in rows)
+    return found
 
 
 def _describe(catalog: _Catalog, where: str, query: Query, lines: list[str]) -> Described:
@@ -310,7 +346,7 @@ def _describe(catalog: _Catalog, where: str, query: Query, lines: list[str]) -> 
 
 
 def _params(catalog: _Catalog, query: Query, oids: list[int]) -> tuple[Param, ...]:
-    optional = _optional_params(query)
+    optional = _optional_params(catalog, query)
     found = []
     for name, oid in zip(query.params, oids, strict=True):
         if keyword.iskeyword(name) or name == "db":
