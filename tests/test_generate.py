@@ -345,11 +345,12 @@ def test_check_names_each_stale_file_and_db_check_fails_on_them(
     assert f"stale {app.out / 'playtest.py'}: run `wis2l db generate`" in capsys.readouterr().out
     assert main(["db", "generate", "--out", out, "--check"]) == 1
     # A generated module whose .sql file is gone is stale too.
-    (app.out / "old.py").write_text(
-        '"""x.\n\nThis module is written by ``wis2l db generate``."""\n'
-    )
+    old = (app.out / "playtest.py").read_text().replace("playtest.sql", "old.sql")
+    (app.out / "old.py").write_text(old)
+    (app.out / "__init__.py").write_text('"""Written by ``wis2l db generate``; kept."""\n')
     assert main(["db", "generate", "--out", out]) == 0
     assert not (app.out / "old.py").exists()
+    assert (app.out / "__init__.py").exists()  # not a generated module: left alone
 
 
 def test_a_query_that_does_not_prepare_is_one_line_and_exit_1(
@@ -447,3 +448,17 @@ def test_generated_code_passes_mypy_strict_and_ruff(app: App, tmp_path: Path) ->
     )
     assert fmt.returncode == 0, fmt.stdout
     assert "type: ignore" not in "".join(p.read_text() for p in out.glob("*.py"))
+
+
+def test_the_examples_generated_module_is_current(
+    wis2l_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/playtest_db is what `wis2l db generate` writes for examples/own_tables."""
+    examples = ROOT / "examples"
+    monkeypatch.setenv("DATABASE_URL", wis2l_database_url)
+    monkeypatch.setenv("WIS2L_MIGRATIONS", f"own_tables={examples / 'own_tables' / 'migrations'}")
+    monkeypatch.setenv("WIS2L_QUERIES", str(examples / "own_tables" / "queries"))
+    assert main(["db", "migrate"]) == 0
+    out = str(examples / "playtest_db")
+    assert main(["db", "generate", "--out", out, "--line-length", "100", "--check"]) == 0
+    assert capsys.readouterr().out.endswith("typed 3 queries: 0 module(s) stale\n")

@@ -610,9 +610,16 @@ def write_modules(
     return changed
 
 
+def _generated(text: str) -> bool:
+    """Whether ``text`` is a module this generator wrote (its header, with :data:`MARKER`)."""
+    return bool(re.match(r'(# ruff: noqa: E501\n)?"""Typed queries of ``', text)) and (
+        MARKER in text[:500]
+    )
+
+
 def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
-    """The files of ``out`` that differ from ``modules``, and generated files (their first
-    line holds :data:`MARKER`) that ``modules`` no longer has."""
+    """The files of ``out`` that differ from ``modules``, and generated files (their header
+    holds :data:`MARKER`) that ``modules`` no longer has."""
     changed = [
         target
         for target, text in modules.items()
@@ -620,7 +627,7 @@ def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
     ]
     if out.is_dir():
         for existing in sorted(out.glob("*.py")):
-            if existing not in modules and MARKER in existing.read_text(encoding="utf-8")[:300]:
+            if existing not in modules and _generated(existing.read_text(encoding="utf-8")):
                 changed.append(existing)
     return sorted(changed)
 
@@ -688,8 +695,8 @@ async def generate(
 def line_length_of(out: Path) -> int:
     """The ``--line-length`` the modules in ``out`` were written with (for ``--check``)."""
     for existing in sorted(out.glob("*.py")) if out.is_dir() else ():
-        text = existing.read_text(encoding="utf-8")[:400]
-        if MARKER in text:
+        text = existing.read_text(encoding="utf-8")
+        if _generated(text):
             found = re.search(r"--line-length (\d+)", text)
             return int(found.group(1)) if found else LINE_LENGTH
     return LINE_LENGTH
