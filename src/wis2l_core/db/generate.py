@@ -186,7 +186,7 @@ class _Catalog:
                 "WHERE attnotnull AND attnum > 0 AND NOT attisdropped"
             )
         )
-        self.used_enums: dict[str, list[str]] = {}
+        self.used_enums: dict[str, tuple[str, list[str]]] = {}
 
     def python(self, oid: int, what: str) -> tuple[str, str | None]:
         """(Python type, enum class when it is one) of type ``oid``.
@@ -201,7 +201,7 @@ class _Catalog:
             return self.python(base, what)
         if kind == "e":
             cls = _camel(name)
-            self.used_enums[cls] = self.enums.get(oid, [])
+            self.used_enums[cls] = (name, self.enums.get(oid, []))
             return cls, cls
         if elem and name.startswith("_"):
             inner, of_enum = self.python(elem, what)
@@ -392,12 +392,12 @@ def _shape(query: Query, params: Sequence[Param], columns: Sequence[Column]) -> 
 
 def describe_files(
     database_url: str, files: Sequence[tuple[Path, QueryFile]], *, connect_timeout: float = 5.0
-) -> list[tuple[Path, list[Described], dict[str, list[str]]]]:
+) -> list[tuple[Path, list[Described], dict[str, tuple[str, list[str]]]]]:
     """Prepare and describe every query of ``files`` on the database (never executed).
 
     Returns:
         Per file: its path, its queries described, and the enums they use (class name ->
-        labels).
+        the type's name and its labels).
 
     Raises:
         GenerateError: a query that does not prepare, or that cannot be typed.
@@ -533,7 +533,7 @@ def _render_query(d: Described, width: int) -> list[str]:
 def render(
     path: Path,
     described: Sequence[Described],
-    enums: dict[str, list[str]],
+    enums: dict[str, tuple[str, list[str]]],
     *,
     line_length: int = LINE_LENGTH,
 ) -> str:
@@ -544,9 +544,9 @@ def render(
     SQL or comments hold a longer line starts with ``# ruff: noqa: E501``.
     """
     body: list[str] = []
-    for name, labels in enums.items():
+    for name, (pg_name, labels) in enums.items():
         body += ["", "", f"class {name}(StrEnum):"]
-        body += _doc(f"The PostgreSQL enum ``{name}``.", 4)
+        body += _doc(f"The PostgreSQL enum ``{pg_name}``.", 4)
         body.append("")
         for label in labels:
             member = re.sub(r"\W+", "_", label).strip("_").upper() or "EMPTY"
@@ -585,7 +585,7 @@ def render(
 
 def write_modules(
     out: Path,
-    described: Iterable[tuple[Path, list[Described], dict[str, list[str]]]],
+    described: Iterable[tuple[Path, list[Described], dict[str, tuple[str, list[str]]]]],
     *,
     check: bool = False,
     line_length: int = LINE_LENGTH,
