@@ -79,13 +79,15 @@ def _body_start(lines: list[str], query: Query) -> int:
     return line
 
 
-def error_line(lines: list[str], query: Query, sql: str, exc: psycopg.Error) -> int:
-    """The file line of the server's error position in ``PREPARE + sql``, else ``-- name:``'s."""
+def error_line(
+    lines: list[str], query: Query, sql: str, exc: psycopg.Error, prefix: str = PREPARE
+) -> int:
+    """The file line of the server's error position in ``prefix + sql``, else ``-- name:``'s."""
     position = exc.diag.statement_position
     if not position or not position.isdigit():
         return query.line
     # PREPARE <name> AS <sql>: the server counts from the start of the whole statement.
-    offset = int(position) - 1 - len(PREPARE)
+    offset = int(position) - 1 - len(prefix)
     return _body_start(lines, query) + sql.count("\n", 0, max(0, offset))
 
 

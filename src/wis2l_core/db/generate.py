@@ -187,6 +187,23 @@ class _Catalog:
             )
         )
         self.used_enums: dict[str, tuple[str, list[str]]] = {}
+        self._columns: dict[tuple[str, str], bool] | None = None
+
+    def nullable_column(self, table: str, column: str) -> bool:
+        """Whether ``table.column`` (as the SQL names them) may hold ``NULL``."""
+        if self._columns is None:
+            self._columns = {}
+            for names, attname, notnull in self.conn.execute(
+                "SELECT ARRAY[c.oid::regclass::text, n.nspname || '.' || c.relname], "
+                "a.attname::text, a.attnotnull FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'f')"
+            ):
+                for name in names:
+                    self._columns[(name, attname)] = not notnull
+        name = table.strip('"') if table.startswith('"') else table.lower()
+        return self._columns.get((name, column), False)
 
     def python(self, oid: int, what: str) -> tuple[str, str | None]:
         """(Python type, enum class when it is one) of type ``oid``.
@@ -219,14 +236,18 @@ def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
 
 
-def _nullable_tables(catalog: _Catalog, positional_params: int) -> set[int]:
+def _nullable_tables(catalog: _Catalog, sql: str, positional_params: int) -> set[int]:
     """The tables (and their partitioned parents) scanned on the nullable side of an
-    outer join in the generic plan of the prepared statement."""
+    outer join in the generic plan of ``sql``."""
     nulls = ", ".join(["NULL"] * positional_params)
     args = f"({nulls})" if positional_params else ""
-    (plan,) = catalog.conn.execute(
-        f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE {_STATEMENT}{args}"
-    ).fetchone() or ([],)
+    catalog.conn.execute(PREPARE + sql)
+    try:
+        (plan,) = catalog.conn.execute(
+            f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE {_STATEMENT}{args}"
+        ).fetchone() or ([],)
+    finally:
+        catalog.conn.execute(f"DEALLOCATE {_STATEMENT}")
     names: set[str] = set()
 
     def walk(node: dict[str, Any], nullable: bool) -> None:
@@ -291,14 +312,7 @@ def _optional_params(catalog: _Catalog, query: Query) -> set[str]:
     if update := _UPDATE.search(text):
         set_clause = text[update.end() :]
         targets += [(update.group(1), m.group(1), m.group(2)) for m in _SET.finditer(set_clause)]
-    if targets:
-        rows = catalog.conn.execute(
-            "SELECT t.p FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(rel, col, p) "
-            "JOIN pg_attribute a ON a.attrelid = to_regclass(t.rel) AND a.attname = t.col "
-            "WHERE NOT a.attnotnull",
-            [[t[0] for t in targets], [t[1] for t in targets], [t[2] for t in targets]],
-        )
-        found.update(name for (name,) in rows)
+    found.update(p for table, column, p in targets if catalog.nullable_column(table, column))
     return found
 
 
@@ -309,37 +323,33 @@ def _describe(catalog: _Catalog, where: str, query: Query, lines: list[str]) -> 
     def fail(message: str, line: int | None = None) -> GenerateError:
         return GenerateError(f"{where}:{line or query.line} {query.name}: {message}")
 
-    try:
-        conn.execute(PREPARE + sql)
-    except psycopg.OperationalError:
-        raise
-    except psycopg.Error as exc:
+    # The unnamed statement: one round trip to prepare, one to describe, nothing to free.
+    result = conn.pgconn.prepare(b"", sql.encode())
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        exc = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
         message = " ".join((exc.diag.message_primary or str(exc)).split())
-        raise fail(message, error_line(lines, query, sql, exc)) from None
+        raise fail(message, error_line(lines, query, sql, exc, prefix=""))
+    result = conn.pgconn.describe_prepared(b"")
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        raise fail(result.get_error_message().strip())
     try:
-        result = conn.pgconn.describe_prepared(_STATEMENT.encode())
-        if result.status != pq.ExecStatus.COMMAND_OK:
-            raise fail(result.get_error_message())
-        try:
-            params = _params(catalog, query, [result.param_type(i) for i in range(result.nparams)])
-            nullable = set()
-            if result.nfields and _OUTER.search(query.text):
-                nullable = _nullable_tables(catalog, result.nparams)
-            columns = tuple(
-                _column(
-                    catalog,
-                    (result.fname(i) or b"?").decode(),
-                    result.ftype(i),
-                    (result.ftable(i), result.ftablecol(i)),
-                    nullable,
-                )
-                for i in range(result.nfields)
+        params = _params(catalog, query, [result.param_type(i) for i in range(result.nparams)])
+        nullable = set()
+        if result.nfields and _OUTER.search(query.text):
+            nullable = _nullable_tables(catalog, sql, result.nparams)
+        columns = tuple(
+            _column(
+                catalog,
+                (result.fname(i) or b"?").decode(),
+                result.ftype(i),
+                (result.ftable(i), result.ftablecol(i)),
+                nullable,
             )
-            shape = _shape(query, params, columns)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-    finally:
-        conn.execute(f"DEALLOCATE {_STATEMENT}")
+            for i in range(result.nfields)
+        )
+        shape = _shape(query, params, columns)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if shape == "page":
         params = tuple(p for p in params if p.name not in ("after", "limit"))
     return Described(query, where, shape, params, columns)
