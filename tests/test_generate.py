@@ -462,3 +462,52 @@ def test_the_examples_generated_module_is_current(
     out = str(examples / "playtest_db")
     assert main(["db", "generate", "--out", out, "--line-length", "100", "--check"]) == 0
     assert capsys.readouterr().out.endswith("typed 3 queries: 0 module(s) stale\n")
+
+
+# -- wis2l db check --lint ----------------------------------------------------------------
+
+LINTED = """\
+-- name: wipe :exec
+DELETE FROM reactions;
+
+-- name: by_emoji
+SELECT id FROM reactions WHERE emoji = %(emoji)s::text;
+
+-- name: by_body :page
+SELECT id, body FROM notes WHERE id > %(after)s::uuid ORDER BY body, id LIMIT %(limit)s::int;
+
+-- name: by_id :page
+SELECT id, body FROM notes WHERE id > %(after)s::uuid ORDER BY id LIMIT %(limit)s::int;
+
+-- name: touch :exec
+UPDATE notes SET done = true WHERE id = %(id)s::uuid;
+"""
+
+
+def test_lint_reports_unbounded_writes_unserved_keysets_and_large_seq_scans(
+    app: App, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    env(monkeypatch, app)
+    (app.queries / "playtest.sql").write_text(LINTED)
+    with psycopg.connect(app.settings.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO notes (body, mood) VALUES ('n', 'calm')")
+        conn.execute(
+            "INSERT INTO reactions (note_id, emoji) SELECT id, 'x' || g FROM notes,"
+            " generate_series(1, 3000) AS g"
+        )
+        conn.execute("ANALYZE notes; ANALYZE reactions")
+    assert main(["db", "check"]) == 0  # without --lint: all prepare
+    capsys.readouterr()
+    assert main(["db", "check", "--lint", "--lint-seq-scan-rows", "1000"]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "lint:" in line]
+    where = f"{app.queries}/playtest.sql"
+    assert lines == [
+        f"{where}:1: wipe: lint: DELETE without WHERE touches every row",
+        f"{where}:1: wipe: lint: sequential scan of public.reactions (about 3000 rows,"
+        " above 1000): no index serves the query",
+        f"{where}:4: by_emoji: lint: sequential scan of public.reactions (about 3000 rows,"
+        " above 1000): no index serves the query",
+        f"{where}:7: by_body: lint: keyset ORDER BY that no index serves (the plan sorts)",
+    ]

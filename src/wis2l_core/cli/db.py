@@ -136,6 +136,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         help="check the query files of this folder instead of the package's and WIS2L_QUERIES",
     )
+    check.add_argument(
+        "--lint",
+        action="store_true",
+        help="also fail on UPDATE/DELETE without WHERE, a keyset ORDER BY no index serves, "
+        "and a sequential scan of a large table (from each query's generic plan)",
+    )
+    check.add_argument(
+        "--lint-seq-scan-rows",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="with --lint: the table size (estimated rows) above which a sequential scan "
+        "is reported (default: 10000)",
+    )
     check.set_defaults(func=_check)
 
     generate = sub.add_parser(
@@ -348,6 +362,8 @@ def _check(args: argparse.Namespace) -> int:
                 directory=args.queries_dir,
                 app_directories=() if args.queries_dir else settings.queries,
                 connect_timeout=settings.db_connect_timeout,
+                lint=args.lint,
+                seq_scan_rows=args.lint_seq_scan_rows,
             )
         except ValidationError as exc:  # a folder is missing or has no .sql file
             _error("check", f"{flag} {exc}")
