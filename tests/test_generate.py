@@ -310,6 +310,11 @@ async def test_a_page_carries_signed_cursors(app: App, module: ModuleType, wis: 
         page = await mod.by_build(wis.database, build_id=None, limit=2, after=after)
         seen += page.items
         after = page.next_cursor
+    # The same cursors as wis.database.page on the same query.
+    same = await wis.database.page(
+        mod._BY_BUILD, {"build_id": None}, limit=2, after=first.next_cursor
+    )
+    assert [row["id"] for row in same] == [r.id for r in seen[2:4]]
     assert [r.id for r in seen] == sorted(r.id for r in seen)
     assert sorted(r.body for r in seen) == ["0", "1", "2", "3", "4"]
     with pytest.raises(ValidationError, match="cursor"):
