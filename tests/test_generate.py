@@ -227,6 +227,24 @@ def test_a_type_it_does_not_map_is_refused_by_name(app: App) -> None:
     )
 
 
+def test_queries_it_cannot_write_are_refused_each_on_its_line(app: App) -> None:
+    (app.queries / "playtest.sql").write_text(
+        '-- name: typed\nSELECT 1 AS "x!";\n\n'
+        "-- name: listing :page\nSELECT id FROM notes ORDER BY id;\n\n"
+        '-- name: pair\nSELECT 1 AS "a!", 2 AS "a!";\n\n'
+        "-- name: nothing :one\nDELETE FROM reactions WHERE id = %(id)s::uuid;\n"
+    )
+    with pytest.raises(GenerateError) as info:
+        describe(app)
+    where = app.queries / "playtest.sql"
+    assert info.value.lines == (
+        f"{where}:1 typed: the name 'typed' is taken in the module: rename the query",
+        f"{where}:4 listing: :page takes %(after)s::uuid and %(limit)s::int",
+        f"{where}:7 pair: two columns are named 'a': alias one",
+        f"{where}:10 nothing: returns no rows, so it cannot be :one: use :exec",
+    )
+
+
 def test_an_unknown_shape_is_refused_with_its_line() -> None:
     with pytest.raises(ValueError, match=r"x.sql:2: 'find' ends with :single"):
         parse_queries("x", "\n-- name: find :single\nSELECT 1")

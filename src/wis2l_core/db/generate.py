@@ -89,6 +89,9 @@ LINE_LENGTH = 88
 """ruff's default line length, which the generated code is formatted for by default."""
 _OUTER = re.compile(r"\b(?:left|right|full)\s+(?:outer\s+)?join\b", re.IGNORECASE)
 _STATEMENT = "wis2l_check_0"
+# Names the module or a function body uses: a parameter or query of one of these names
+# would shadow them.
+_RESERVED = frozenset({"db", "typed", "values", "datetime", "decimal", "uuid", "StrEnum"})
 
 
 class GenerateError(Wis2lError):
@@ -359,7 +362,7 @@ def _params(catalog: _Catalog, query: Query, oids: list[int]) -> tuple[Param, ..
     optional = _optional_params(catalog, query)
     found = []
     for name, oid in zip(query.params, oids, strict=True):
-        if keyword.iskeyword(name) or name == "db":
+        if keyword.iskeyword(name) or name in _RESERVED:
             raise ValueError(f"parameter %({name})s: rename it (not usable as a Python name)")
         kind, _ = catalog.python(oid, f"parameter %({name})s")
         found.append(Param(name, kind, name in optional))
@@ -383,6 +386,8 @@ def _column(
 
 
 def _shape(query: Query, params: Sequence[Param], columns: Sequence[Column]) -> str:
+    if query.name in _RESERVED:
+        raise ValueError(f"the name {query.name!r} is taken in the module: rename the query")
     shape = query.shape or ("many" if columns else "exec")
     names = [c.name for c in columns]
     for name in names:
