@@ -8,11 +8,13 @@ column read straight from a table, that table and column. From that:
   the nullable side of an outer join in the query's generic plan (``EXPLAIN (VERBOSE)``
   tells which side each scan is on); any other column is optional, unless its alias ends
   with ``!`` (``AS "n!"``: not null) or ``?`` (nullable); the attribute drops the suffix;
-- a parameter is optional when the query tests it with ``IS NULL`` (an optional filter);
+- a parameter is optional when the query tests it with ``IS NULL`` (an optional filter)
+  or writes it as it is into a nullable column (``INSERT ... VALUES``, ``UPDATE ... SET``);
 - types map to what psycopg returns (:data:`SCALARS`), arrays to lists, enums to
   ``StrEnum`` classes written into the module; any other type is refused by name.
 
-One module per ``.sql`` file, written only when its text changes (see :func:`render`).
+One module per ``.sql`` file (:func:`~wis2l_core.db.codegen.render`), written only when its
+text changes.
 """
 
 from __future__ import annotations
@@ -25,36 +27,36 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import psycopg
 from psycopg import pq
 
 from wis2l_core.config import Settings
 from wis2l_core.db.check import PREPARE, error_line
+from wis2l_core.db.codegen import (
+    LINE_LENGTH,
+    RESERVED,
+    Column,
+    Described,
+    Param,
+    camel,
+    is_generated,
+    render,
+)
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import apply_migrations, migration_status
 from wis2l_core.db.sql import Query, QueryFile, parse_queries
 from wis2l_core.errors import ConfigError, ValidationError, Wis2lError
 
 __all__ = [
-    "LINE_LENGTH",
-    "MARKER",
     "SCALARS",
-    "Column",
-    "Described",
     "GenerateError",
-    "Param",
     "describe_files",
     "generate",
     "line_length_of",
     "read_folders",
-    "render",
     "stale_files",
     "write_modules",
 ]
-
-MARKER = "written by ``wis2l db generate``"
-"""In the docstring of every generated module: how ``--check`` tells them apart."""
 
 SCALARS: dict[str, str] = {
     "bool": "bool",
@@ -85,13 +87,8 @@ SCALARS: dict[str, str] = {
 }
 """PostgreSQL type name -> the Python type psycopg returns for it (as written in code)."""
 
-LINE_LENGTH = 88
-"""ruff's default line length, which the generated code is formatted for by default."""
 _OUTER = re.compile(r"\b(?:left|right|full)\s+(?:outer\s+)?join\b", re.IGNORECASE)
 _STATEMENT = "wis2l_check_0"
-# Names the module or a function body uses: a parameter or query of one of these names
-# would shadow them.
-_RESERVED = frozenset({"db", "typed", "values", "datetime", "decimal", "uuid", "StrEnum"})
 
 
 class GenerateError(Wis2lError):
@@ -104,36 +101,6 @@ class GenerateError(Wis2lError):
     def __init__(self, message: str, *, lines: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.lines = tuple(lines) or (message,)
-
-
-@attrs.frozen
-class Param:
-    """A parameter of a query: its name, Python type and whether ``None`` is allowed."""
-
-    name: str
-    type: str
-    optional: bool
-
-
-@attrs.frozen
-class Column:
-    """A result column: attribute name, Python type, nullability, an enum converter."""
-
-    name: str
-    type: str
-    optional: bool
-    enum: str | None = None
-
-
-@attrs.frozen
-class Described:
-    """One query as PostgreSQL described it."""
-
-    query: Query
-    where: str
-    shape: str
-    params: tuple[Param, ...]
-    columns: tuple[Column, ...]
 
 
 def read_folders(folders: Sequence[Path]) -> list[tuple[Path, QueryFile]]:
@@ -220,7 +187,7 @@ class _Catalog:
         if kind == "d":
             return self.python(base, what)
         if kind == "e":
-            cls = _camel(name)
+            cls = camel(name)
             self.used_enums[cls] = (name, self.enums.get(oid, []))
             return cls, cls
         if elem and name.startswith("_"):
@@ -233,10 +200,6 @@ class _Catalog:
         raise ValueError(
             f"{what} has the type {name}, which the generator does not map: cast it (e.g. ::text)"
         )
-
-
-def _camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
 
 
 def _nullable_tables(catalog: _Catalog, sql: str, positional_params: int) -> set[int]:
@@ -362,7 +325,7 @@ def _params(catalog: _Catalog, query: Query, oids: list[int]) -> tuple[Param, ..
     optional = _optional_params(catalog, query)
     found = []
     for name, oid in zip(query.params, oids, strict=True):
-        if keyword.iskeyword(name) or name in _RESERVED:
+        if keyword.iskeyword(name) or name in RESERVED:
             raise ValueError(f"parameter %({name})s: rename it (not usable as a Python name)")
         kind, _ = catalog.python(oid, f"parameter %({name})s")
         found.append(Param(name, kind, name in optional))
@@ -386,7 +349,7 @@ def _column(
 
 
 def _shape(query: Query, params: Sequence[Param], columns: Sequence[Column]) -> str:
-    if query.name in _RESERVED:
+    if query.name in RESERVED:
         raise ValueError(f"the name {query.name!r} is taken in the module: rename the query")
     shape = query.shape or ("many" if columns else "exec")
     names = [c.name for c in columns]
@@ -445,159 +408,6 @@ def describe_files(
     return described
 
 
-# -- rendering ----------------------------------------------------------------------------
-
-
-def _bracket(head: str, items: Sequence[str], tail: str, indent: int, width: int) -> list[str]:
-    """``head(items)tail`` on one line when it fits, else one item a line (trailing comma,
-    which ruff format keeps)."""
-    pad = " " * indent
-    line = f"{pad}{head}{', '.join(items)}{tail}"
-    if len(line) <= width and "\n" not in line:
-        return [line]
-    inner = " " * (indent + 4)
-    return [f"{pad}{head}", *(f"{inner}{item}," for item in items), f"{pad}{tail.lstrip()}"]
-
-
-def _doc(text: str, indent: int) -> list[str]:
-    pad = " " * indent
-    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    lines = text.splitlines()
-    if len(lines) == 1:
-        return [f'{pad}"""{lines[0]}"""']
-    body = [f"{pad}{line}".rstrip() for line in lines[1:]]
-    return [f'{pad}"""{lines[0]}', *body, f'{pad}"""']
-
-
-def _comment(query: Query) -> list[str]:
-    """The comment lines between ``-- name:`` and the SQL, without ``--``."""
-    found = []
-    for line in query.text.splitlines():
-        if not line.strip().startswith("--"):
-            break
-        found.append(line.strip()[2:].strip())
-    return found
-
-
-def _annotation(kind: str, optional: bool) -> str:
-    return f"{kind} | None" if optional else kind
-
-
-def _value(param: Param) -> str:
-    return f"typed.jsonb({param.name})" if param.type == "typed.JSON" else param.name
-
-
-def _row_class(d: Described) -> str:
-    return _camel(d.query.name) + "Row"
-
-
-def _render_query(d: Described, width: int) -> list[str]:
-    q = d.query
-    const = "_" + q.name.upper()
-    out: list[str] = []
-    if d.columns:
-        row = _row_class(d)
-        out += ["", "", "@typed.frozen", f"class {row}:"]
-        out += _doc(f"A row of :func:`{q.name}`.", 4)
-        out.append("")
-        for col in d.columns:
-            annotation = _annotation(col.type, col.optional)
-            if col.enum is None:
-                out.append(f"    {col.name}: {annotation}")
-            else:
-                converter = f"typed.optional({col.enum})" if col.optional else col.enum
-                out.append(f"    {col.name}: {annotation} = typed.field(converter={converter})")
-    text = q.text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    out += ["", "", f"{const} = typed.Query(", f'    name="{q.name}",', f'    text="""{text}""",']
-    out += [f'    file="{q.file}",', f"    line={q.line},", f'    shape="{d.shape}",', ")"]
-    args = ["db: typed.QueryMethods", "/"]
-    if d.params or d.shape == "page":
-        args.append("*")
-    args += [f"{p.name}: {_annotation(p.type, p.optional)}" for p in d.params]
-    if d.shape == "page":
-        args += ["limit: int = 50", "after: str | None = None"]
-    returns = {
-        "one": f"{_row_class(d)} | None",
-        "many": f"list[{_row_class(d)}]",
-        "exec": "int",
-        "page": f"typed.Page[{_row_class(d)}]",
-    }[d.shape]
-    out += ["", ""]
-    out += _bracket(f"async def {q.name}(", args, f") -> {returns}:", 0, width)
-    comment = _comment(q)
-    where = f"``{Path(d.where).name}:{q.line}``"
-    if comment:
-        out += _doc("\n".join([comment[0], *comment[1:], "", f"From {where}."]), 4)
-    else:
-        out += _doc(f"Run ``{q.name}`` of {where}.", 4)
-    pairs = [f'"{p.name}": {_value(p)}' for p in d.params]
-    values = "{" + ", ".join(pairs) + "}"
-    if d.shape == "exec":
-        head, call = "return await db.execute(", [const, "values"]
-    elif d.shape == "page":
-        head = "return await typed.page("
-        call = ["db", const, "values", _row_class(d), "limit=limit", "after=after"]
-    else:
-        head, call = f"return await typed.{d.shape}(", ["db", const, "values", _row_class(d)]
-    inline = _bracket(head, [values if c == "values" else c for c in call], ")", 4, width)
-    if len(inline) == 1:
-        return out + inline
-    return out + _bracket("values = {", pairs, "}", 4, width) + _bracket(head, call, ")", 4, width)
-
-
-def render(
-    path: Path,
-    described: Sequence[Described],
-    enums: dict[str, tuple[str, list[str]]],
-    *,
-    line_length: int = LINE_LENGTH,
-) -> str:
-    """The module for the ``.sql`` file at ``path``: enums, row classes and functions.
-
-    Signatures and calls are split the way ruff format splits them at ``line_length``
-    (with a trailing comma, which keeps them split at any longer limit); a module whose
-    SQL or comments hold a longer line starts with ``# ruff: noqa: E501``.
-    """
-    body: list[str] = []
-    for name, (pg_name, labels) in enums.items():
-        body += ["", "", f"class {name}(StrEnum):"]
-        body += _doc(f"The PostgreSQL enum ``{pg_name}``.", 4)
-        body.append("")
-        for label in labels:
-            member = re.sub(r"\W+", "_", label).strip("_").upper() or "EMPTY"
-            if not member.isidentifier():
-                member = f"V_{member}"
-            body.append(f'    {member} = "{label}"')
-    for d in described:
-        body += _render_query(d, line_length)
-    code = "\n".join(body)
-    imports = [
-        f"import {module}"
-        for module in ("datetime", "decimal", "uuid")
-        if re.search(rf"\b{module}\.", code)
-    ]
-    if enums:
-        imports.append("from enum import StrEnum")
-    option = "" if line_length == LINE_LENGTH else f" --line-length {line_length}"
-    head = [
-        f'"""Typed queries of ``{path.name}``.',
-        "",
-        f"This module is {MARKER}: do not edit it. After changing",
-        f"the ``.sql`` file or a migration, run ``wis2l db generate{option}``.",
-        '"""',
-        "",
-    ]
-    if imports:
-        head += [*imports, ""]
-    head.append("from wis2l_core.db import typed")
-    if body[2].startswith("_"):  # a constant right after the imports: one blank line
-        body = body[1:]
-    lines = [*head, *body, ""]
-    if any(len(line) > line_length for line in "\n".join(lines).splitlines()):
-        lines.insert(0, "# ruff: noqa: E501")
-    return "\n".join(lines)
-
-
 def write_modules(
     out: Path,
     described: Iterable[tuple[Path, list[Described], dict[str, tuple[str, list[str]]]]],
@@ -625,16 +435,9 @@ def write_modules(
     return changed
 
 
-def _generated(text: str) -> bool:
-    """Whether ``text`` is a module this generator wrote (its header, with :data:`MARKER`)."""
-    return bool(re.match(r'(# ruff: noqa: E501\n)?"""Typed queries of ``', text)) and (
-        MARKER in text[:500]
-    )
-
-
 def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
     """The files of ``out`` that differ from ``modules``, and generated files (their header
-    holds :data:`MARKER`) that ``modules`` no longer has."""
+    holds :data:`~wis2l_core.db.codegen.MARKER`) that ``modules`` no longer has."""
     changed = [
         target
         for target, text in modules.items()
@@ -642,7 +445,7 @@ def stale_files(out: Path, modules: dict[Path, str]) -> list[Path]:
     ]
     if out.is_dir():
         for existing in sorted(out.glob("*.py")):
-            if existing not in modules and _generated(existing.read_text(encoding="utf-8")):
+            if existing not in modules and is_generated(existing.read_text(encoding="utf-8")):
                 changed.append(existing)
     return sorted(changed)
 
@@ -711,7 +514,7 @@ def line_length_of(out: Path) -> int:
     """The ``--line-length`` the modules in ``out`` were written with (for ``--check``)."""
     for existing in sorted(out.glob("*.py")) if out.is_dir() else ():
         text = existing.read_text(encoding="utf-8")
-        if _generated(text):
+        if is_generated(text):
             found = re.search(r"--line-length (\d+)", text)
             return int(found.group(1)) if found else LINE_LENGTH
     return LINE_LENGTH
