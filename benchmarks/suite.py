@@ -17,6 +17,7 @@ from benchmarks import (
     outbox_cases,
     peer_cases,
     studio_cases,
+    typed_cases,
 )
 from benchmarks.env import Env, run_env, servers_and_database
 from benchmarks.harness import Config, Result
@@ -37,6 +38,7 @@ GROUPS: dict[str, Group] = {
     "auth": auth_cases.run,
     "studio": studio_cases.run,
     "peer": peer_cases.run,
+    "typed": typed_cases.run,
 }
 """The case groups, in the order they run."""
 

@@ -14,9 +14,9 @@
 -- takes the advisory locks of the candidate partitions that no other relay holds. Custom
 -- plans for the claims: their arrays become constants, so "NOT (id = ANY(...))" is a hash
 -- lookup, and the plan fits the backlog actually there.
-SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, true),
-       set_config('statement_timeout', %(lease_ms)s::text, true),
-       set_config('plan_cache_mode', 'force_custom_plan', true),
+SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, true) AS idle,
+       set_config('statement_timeout', %(lease_ms)s::text, true) AS statement,
+       set_config('plan_cache_mode', 'force_custom_plan', true) AS plans,
        coalesce((SELECT array_agg(p ORDER BY p)
                  FROM unnest(%(candidates)s::int[]) AS p
                  WHERE pg_try_advisory_xact_lock(%(lock_key)s::int, p)), '{}') AS held;

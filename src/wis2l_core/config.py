@@ -243,6 +243,9 @@ class Settings:
     queries: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     """The app's own query folders that ``wis2l db check`` prepares besides the library's
     (``WIS2L_QUERIES``: comma- or ``os.pathsep``-separated)."""
+    generated: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    """Where ``wis2l db generate`` writes the typed modules of those queries, and where
+    ``wis2l db check`` looks for stale ones (``WIS2L_GENERATED``; ``None``: not checked)."""
 
     redis_max_connections: int = 50
     """Size of the Redis connection pool (``WIS2L_REDIS_MAX_CONNECTIONS``)."""
@@ -385,6 +388,8 @@ class Settings:
             kwargs["migrations"] = raw_migrations
         if raw_queries := _get(env, "WIS2L_QUERIES"):
             kwargs["queries"] = raw_queries
+        if raw_generated := _get(env, "WIS2L_GENERATED"):
+            kwargs["generated"] = raw_generated
         if raw_critical := _get(env, "WIS2L_CRITICAL_SERVICES"):
             kwargs["critical_services"] = frozenset(
                 s.strip() for s in raw_critical.split(",") if s.strip()
@@ -540,6 +545,7 @@ _VARIABLE_OF_FIELD: dict[str, str] = {
     "critical_services": "WIS2L_CRITICAL_SERVICES",
     "migrations": "WIS2L_MIGRATIONS",
     "queries": "WIS2L_QUERIES",
+    "generated": "WIS2L_GENERATED",
     **{field: variable for field, variable, _ in _TUNABLES},
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Coroutine
@@ -40,7 +41,10 @@ _PROBLEMS = {  # exit 1, by command
     "status": "a drifted migration; pending ones too with --fail-on-pending",
     "new": "a file that already exists",
     "seed": "an unmigrated database or a refused write",
-    "check": "a query the database refused, or an unmigrated database",
+    "check": "a query the database refused, or an unmigrated database; with --lint, a "
+    "finding; with WIS2L_GENERATED, a stale generated module",
+    "generate": "a query that does not prepare or type, pending migrations, or with --check "
+    "a stale module",
     "prune": "an unmigrated database, a failed archive, or a partition left busy",
 }
 _USAGE_ERRORS = {  # exit 2, by command, besides a bad option
@@ -184,7 +188,52 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         help="check the query files of this folder instead of the package's and WIS2L_QUERIES",
     )
+    check.add_argument(
+        "--lint",
+        action="store_true",
+        help="also fail on UPDATE/DELETE without WHERE, a keyset ORDER BY no index serves, "
+        "and a sequential scan of a large table (from each query's generic plan)",
+    )
+    check.add_argument(
+        "--lint-seq-scan-rows",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="with --lint: the table size (estimated rows) above which a sequential scan "
+        "is reported (default: 10000)",
+    )
     check.set_defaults(func=_check)
+
+    generate = sub.add_parser(
+        "generate",
+        help="write typed Python modules for the app's queries (WIS2L_QUERIES)",
+        description="Prepare every query of the app's query folders (WIS2L_QUERIES) on a "
+        "database with every migration applied and write DIR/<file stem>.py per .sql file: "
+        "frozen attrs rows and one typed async function per query. With no DATABASE_URL "
+        "(and no --database-url) an embedded PostgreSQL is started and migrated for it. "
+        "--check writes nothing and exits 1 naming each file that would change; a query "
+        "that does not prepare prints <file>:<line> <name>: <message> and exits 1.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    _common(generate)
+    generate.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="the folder of the generated modules (default: WIS2L_GENERATED)",
+    )
+    generate.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a module would change"
+    )
+    generate.add_argument(
+        "--line-length",
+        type=int,
+        default=88,
+        metavar="N",
+        help="format the modules for this line length, as ruff does (default: 88)",
+    )
+    generate.set_defaults(func=_generate)
 
     prune = sub.add_parser(
         "prune",
@@ -365,6 +414,8 @@ def _check(args: argparse.Namespace) -> int:
                 directory=args.queries_dir,
                 app_directories=() if args.queries_dir else settings.queries,
                 connect_timeout=settings.db_connect_timeout,
+                lint=args.lint,
+                seq_scan_rows=args.lint_seq_scan_rows,
             )
         except ValidationError as exc:  # a folder is missing or has no .sql file
             _error("check", f"{flag} {exc}")
@@ -375,9 +426,63 @@ def _check(args: argparse.Namespace) -> int:
             f"checked {report.checked} queries in {report.files} files: "
             f"{len(report.failures)} failed"
         )
+        if report.ok and settings.generated is not None and not args.queries_dir:
+            return await _check_generated(settings, settings.generated)
         return OK if report.ok else PROBLEM
 
     return _run("check", action, args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from wis2l_core.db.generate import GenerateError, generate
+
+    async def action(settings: Settings) -> int:
+        out = args.out or settings.generated
+        if out is None:
+            raise ConfigError(
+                "no output folder: pass --out or set WIS2L_GENERATED", variable="WIS2L_GENERATED"
+            )
+        given = args.database_url or any(
+            os.environ.get(name)
+            for name in ("DATABASE_URL", "DATABASE_HOST", "DATABASE_DIRECT_URL")
+        )
+        try:
+            count, changed = await generate(
+                settings,
+                out,
+                check=args.check,
+                embedded=not given,
+                line_length=args.line_length,
+            )
+        except ValidationError as exc:
+            _error("generate", str(exc))
+            return USAGE
+        except GenerateError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return PROBLEM
+        for path in changed:
+            print(f"{'stale' if args.check else 'wrote'} {path}")
+        verb = "stale" if args.check else "written"
+        print(f"typed {count} queries: {len(changed)} module(s) {verb}")
+        return PROBLEM if args.check and changed else OK
+
+    return _run("generate", action, args)
+
+
+async def _check_generated(settings: Settings, out: Path) -> int:
+    """``wis2l db check`` with ``WIS2L_GENERATED``: the typed modules must be current."""
+    from wis2l_core.db.generate import GenerateError, generate, line_length_of
+
+    try:
+        _, stale = await generate(settings, out, check=True, line_length=line_length_of(out))
+    except GenerateError as exc:
+        for line in exc.lines:
+            print(line)
+        return PROBLEM
+    for path in stale:
+        print(f"stale {path}: run `wis2l db generate`")
+    return PROBLEM if stale else OK
 
 
 def _prune(args: argparse.Namespace) -> int:

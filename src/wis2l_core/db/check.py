@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psycopg
@@ -23,7 +24,8 @@ __all__ = ["CheckReport", "QueryFailure", "check_queries"]
 # A placeholder not followed by a cast: the server would have to guess its type.
 _UNCAST = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s(?!::)")
 _COMMENT = re.compile(r"--[^\n]*")
-_PREPARE = "PREPARE wis2l_check_0 AS "
+PREPARE = "PREPARE wis2l_check_0 AS "
+"""How a query is prepared (also by ``wis2l db generate``): error positions count from it."""
 
 
 @attrs.frozen
@@ -78,12 +80,15 @@ def _body_start(lines: list[str], query: Query) -> int:
     return line
 
 
-def _error_line(lines: list[str], query: Query, sql: str, exc: psycopg.Error) -> int:
+def error_line(
+    lines: list[str], query: Query, sql: str, exc: psycopg.Error, prefix: str = PREPARE
+) -> int:
+    """The file line of the server's error position in ``prefix + sql``, else ``-- name:``'s."""
     position = exc.diag.statement_position
     if not position or not position.isdigit():
         return query.line
     # PREPARE <name> AS <sql>: the server counts from the start of the whole statement.
-    offset = int(position) - 1 - len(_PREPARE)
+    offset = int(position) - 1 - len(prefix)
     return _body_start(lines, query) + sql.count("\n", 0, max(0, offset))
 
 
@@ -93,6 +98,8 @@ async def check_queries(
     directory: Path | None = None,
     app_directories: Sequence[Path] = (),
     connect_timeout: float = 5.0,
+    lint: bool = False,
+    seq_scan_rows: int = 10_000,
 ) -> CheckReport:
     """Prepare every query of every ``*.sql`` file in ``directory``; report the failures.
 
@@ -102,6 +109,13 @@ async def check_queries(
         app_directories: the app's own query folders (``Settings.queries``), checked
             after ``directory``; their failures show the folder's path.
         connect_timeout: seconds to connect.
+        lint: also report, as failures whose message starts with ``lint:``, an
+            ``UPDATE``/``DELETE`` without ``WHERE``, a keyset query (``%(after)s`` with
+            ``ORDER BY``) whose order no index serves, and a sequential scan of a table
+            PostgreSQL estimates above ``seq_scan_rows`` rows, from each query's generic
+            plan (``EXPLAIN``, never executed).
+        seq_scan_rows: the table size (``pg_class.reltuples``) above which a sequential
+            scan is reported.
 
     Raises:
         SchemaMissing: the database was never migrated (one error, not one per query).
@@ -128,9 +142,13 @@ async def check_queries(
             # One transaction, always rolled back; each query gets a savepoint so that one
             # failure does not abort the rest.
             async with conn.transaction(force_rollback=True):
+                linter = None
+                if lint:
+                    await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                    linter = _Linter(seq_scan_rows)
                 for shown, file, text in sources:
                     found: list[QueryFailure] = []
-                    checked += await _check_file(conn, file, text, found)
+                    checked += await _check_file(conn, file, text, found, linter)
                     failures.extend(attrs.evolve(f, folder=shown) for f in found)
     return CheckReport(checked=checked, files=len(sources), failures=tuple(failures))
 
@@ -166,6 +184,7 @@ async def _check_file(
     file: str,
     text: str,
     failures: list[QueryFailure],
+    linter: _Linter | None = None,
 ) -> int:
     lines = text.splitlines()
     try:
@@ -178,12 +197,16 @@ async def _check_file(
     checked = 0
     for query in queries:
         checked += 1
-        failures.extend(await _check_one(conn, lines, query, file))
+        failures.extend(await _check_one(conn, lines, query, file, linter))
     return checked
 
 
 async def _check_one(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], lines: list[str], query: Query, file: str
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    lines: list[str],
+    query: Query,
+    file: str,
+    linter: _Linter | None = None,
 ) -> list[QueryFailure]:
     found = [
         QueryFailure(file, query.line, query.name, f"parameter %({name})s has no ::type cast")
@@ -192,11 +215,96 @@ async def _check_one(
     sql = query.positional()
     try:
         async with conn.transaction():  # a savepoint: one failure does not end the check
-            await conn.execute(_PREPARE + sql)
+            await conn.execute(PREPARE + sql)
+            if linter is not None:
+                found.extend(
+                    QueryFailure(file, query.line, query.name, f"lint: {problem}")
+                    for problem in await linter.lint(conn, query)
+                )
             await conn.execute("DEALLOCATE wis2l_check_0")
     except psycopg.OperationalError:
         raise
     except psycopg.Error as exc:
         message = exc.diag.message_primary or str(exc)
-        found.append(QueryFailure(file, _error_line(lines, query, sql, exc), query.name, message))
+        found.append(QueryFailure(file, error_line(lines, query, sql, exc), query.name, message))
+    return found
+
+
+_WRITE = re.compile(r"^\s*(?:WITH\b.*?\)\s*)?(UPDATE|DELETE)\b", re.IGNORECASE | re.DOTALL)
+_KEYSET = re.compile(r"%\(after\)s.*\bORDER\s+BY\b", re.IGNORECASE | re.DOTALL)
+
+
+@attrs.define
+class _Linter:
+    """``wis2l db check --lint``: what a query's text and generic plan say about it."""
+
+    seq_scan_rows: int
+    _sizes: dict[str, float] = attrs.Factory(dict)
+
+    async def lint(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], query: Query
+    ) -> list[str]:
+        """The problems of ``query``, prepared as ``wis2l_check_0`` on ``conn``."""
+        text = _COMMENT.sub("", query.text)
+        problems = []
+        write = _WRITE.match(text)
+        if write and not re.search(r"\bWHERE\b", text[write.start(1) :], re.IGNORECASE):
+            problems.append(f"{write.group(1).upper()} without WHERE touches every row")
+        args = f"({', '.join(['NULL'] * len(query.params))})" if query.params else ""
+        explain = f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE wis2l_check_0{args}"
+        nodes = _nodes(await _plan(conn, explain))
+        for node in nodes:
+            if node.get("Node Type") != "Seq Scan":
+                continue
+            table = f"{node.get('Schema', 'public')}.{node['Relation Name']}"
+            rows = await self._size(conn, table)
+            if rows > self.seq_scan_rows:
+                problems.append(
+                    f"sequential scan of {table} (about {rows:.0f} rows, above"
+                    f" {self.seq_scan_rows}): no index serves the query"
+                )
+        if _KEYSET.search(text):
+            # Would the planner sort even when sorting and scanning are all but forbidden?
+            # Then no index can give the ORDER BY.
+            switches = ("enable_sort", "enable_seqscan", "enable_bitmapscan")
+            try:
+                for setting in switches:
+                    await conn.execute(f"SET LOCAL {setting} = off")
+                # A statement of its own: wis2l_check_0's generic plan is cached already.
+                await conn.execute("PREPARE wis2l_check_1 AS " + query.positional())
+                forced = _nodes(await _plan(conn, explain.replace("check_0", "check_1")))
+                await conn.execute("DEALLOCATE wis2l_check_1")
+            finally:
+                for setting in switches:
+                    await conn.execute(f"SET LOCAL {setting} = DEFAULT")
+            if any(n.get("Node Type") in ("Sort", "Incremental Sort") for n in forced):
+                problems.append("keyset ORDER BY that no index serves (the plan sorts)")
+        return problems
+
+    async def _size(self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: str) -> float:
+        if table not in self._sizes:
+            cur = await conn.execute(
+                "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = %s::regclass",
+                [table],
+            )
+            row = await cur.fetchone()
+            value = row[0] if row else 0.0
+            self._sizes[table] = value if isinstance(value, float) else 0.0
+        return self._sizes[table]
+
+
+async def _plan(conn: psycopg.AsyncConnection[tuple[object, ...]], explain: str) -> Any:
+    cur = await conn.execute(explain)
+    row = await cur.fetchone()
+    return row[0] if row else []
+
+
+def _nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan."""
+    found: list[dict[str, Any]] = []
+    stack = [entry["Plan"] for entry in plan]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.get("Plans", []))
     return found

@@ -19,6 +19,7 @@ import attrs
 from wis2l_core.errors import ValidationError
 
 __all__ = [
+    "SHAPES",
     "Migration",
     "Query",
     "QueryFile",
@@ -30,7 +31,9 @@ __all__ = [
     "sql_root",
 ]
 
-_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)(?:\s+:([a-z]+))?\s*$")
+SHAPES = ("one", "many", "exec", "page")
+"""The result shapes a ``-- name: <name> :<shape>`` line may end with (sqlc's words)."""
 _PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -43,6 +46,8 @@ class Query:
     text: str
     file: str
     line: int
+    shape: str | None = None
+    """``one``, ``many``, ``exec`` or ``page`` from the name line, ``None`` when not given."""
 
     @functools.cached_property
     def params(self) -> tuple[str, ...]:
@@ -125,11 +130,13 @@ def parse_queries(table: str, text: str, *, origin: str | None = None) -> QueryF
         origin: the file as messages name it (default ``sql/queries/<table>.sql``).
 
     Raises:
-        ValueError: text before the first ``-- name:``, a name used twice, or an empty query.
+        ValueError: text before the first ``-- name:``, a name used twice, an empty query,
+            or an unknown ``:shape`` after the name.
     """
     where = origin or f"sql/queries/{table}.sql"
     found: dict[str, Query] = {}
     name: str | None = None
+    shape: str | None = None
     start = 0
     body: list[str] = []
 
@@ -139,13 +146,18 @@ def parse_queries(table: str, text: str, *, origin: str | None = None) -> QueryF
         sql = "\n".join(body).strip().rstrip(";").strip()
         if not sql:
             raise ValueError(f"{where}:{start}: query {name!r} is empty")
-        found[name] = Query(name=name, text=sql, file=f"{table}.sql", line=start)
+        found[name] = Query(name=name, text=sql, file=f"{table}.sql", line=start, shape=shape)
 
     for lineno, line in enumerate(text.splitlines(), 1):
         match = _NAME.match(line.strip())
         if match:
             close()
-            name, start, body = match.group(1), lineno, []
+            name, shape, start, body = match.group(1), match.group(2), lineno, []
+            if shape is not None and shape not in SHAPES:
+                raise ValueError(
+                    f"{where}:{lineno}: {name!r} ends with :{shape}, not one of"
+                    f" :{', :'.join(SHAPES)}"
+                )
             if name in found:
                 raise ValueError(f"{where}:{lineno}: {name!r} is defined twice")
         elif name is None:
