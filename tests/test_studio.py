@@ -24,7 +24,7 @@ from wis2l_core.studio.catalog import load_catalog
 from wis2l_core.studio.queries import COUNT_CAP, count_rows, fetch_page
 from wis2l_core.studio.server import StudioServer, guard, is_loopback
 
-BASE = "http://studio.test"
+BASE = "http://127.0.0.1:5555"
 LIBRARY_TABLES = {
     "users",
     "templates",

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from wis2l_core.errors import NotFound, ValidationError, Wis2lError
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.edit import new_row, row_delete, row_update
+from wis2l_core.studio.hosts import HostGuard
 from wis2l_core.studio.live import LiveFeed
 from wis2l_core.studio.pages import Studio, error_page, page, row_context, row_key
 from wis2l_core.studio.queries import Filter, count_rows, fetch_page, fetch_row
@@ -205,17 +206,29 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(wis: Any, *, write: bool = False, live: LiveFeed | None = None) -> Starlette:
+def create_app(
+    wis: Any,
+    *,
+    write: bool = False,
+    live: LiveFeed | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5555,
+) -> Starlette:
     """The studio as an ASGI app over a started ``Wis2l``.
 
     Args:
         wis: the runtime (its pool, repositories, relay and health are used).
         write: allow create, update and delete through the repositories.
         live: the live feed behind ``/live`` (``None``: no live panel).
+        host: the address it is served on: requests must name it (or loopback) in
+            ``Host``, and writes must come from pages there (DNS rebinding, CSRF).
+        port: the port it is served on (:meth:`Studio.serve_on` changes both later).
 
     Returns:
         A Starlette app; ``app.state.studio`` is its :class:`Studio`.
     """
+    studio = Studio(wis=wis, write=write, live=live)
+    studio.serve_on(host, port)
     static = StaticFiles(packages=[("wis2l_core.studio", "static")])
     app = Starlette(
         routes=[
@@ -229,7 +242,10 @@ def create_app(wis: Any, *, write: bool = False, live: LiveFeed | None = None) -
             Route("/t/{table}/new", new_row, methods=["GET", "POST"]),
             Mount("/static", static, name="static"),
         ],
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[
+            Middleware(_SecurityHeaders),
+            Middleware(HostGuard, accepted=lambda: studio.hosts),  # before any handler
+        ],
     )
-    app.state.studio = Studio(wis=wis, write=write, live=live)
+    app.state.studio = studio
     return app

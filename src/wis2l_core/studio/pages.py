@@ -25,6 +25,7 @@ from wis2l_core.errors import (
 )
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.catalog import Catalog, ForeignKey, Table, load_catalog
+from wis2l_core.studio.hosts import host_names, origins
 from wis2l_core.studio.live import LiveFeed
 from wis2l_core.studio.queries import OPERATORS, fetch_related
 
@@ -42,14 +43,24 @@ class Studio:
         write: whether create, update and delete are allowed.
         live: the live feed (started and stopped by whoever serves the app).
         csrf_token: the per-process token every form carries (synchronizer token).
+        hosts: the ``Host`` values answered (see :meth:`serve_on`); none until then.
+        origins: the origins a write may come from (the pages under :attr:`hosts`).
     """
 
     wis: Any
     write: bool = False
     live: LiveFeed | None = None
     csrf_token: str = attrs.field(factory=lambda: secrets.token_urlsafe(32))
+    hosts: frozenset[str] = frozenset()
+    origins: frozenset[str] = frozenset()
     _catalog: Catalog | None = None
     _loaded_at: float = 0.0
+
+    def serve_on(self, host: str, port: int) -> None:
+        """Answer to the names of ``host:port`` (and loopback's), and take writes only
+        from pages there (see ``studio.hosts``)."""
+        self.hosts = host_names(host, port)
+        self.origins = origins(self.hosts)
 
     async def catalog(self, *, fresh: bool = False) -> Catalog:
         """The catalog, re-read at most every few seconds (or now with ``fresh``)."""
