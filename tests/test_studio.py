@@ -21,6 +21,7 @@ from wis2l_core.db.seed import seed
 from wis2l_core.errors import ConfigError
 from wis2l_core.studio import create_app
 from wis2l_core.studio.catalog import load_catalog
+from wis2l_core.studio.hosts import host_names
 from wis2l_core.studio.queries import COUNT_CAP, count_rows, fetch_page
 from wis2l_core.studio.server import StudioServer, guard, is_loopback
 
@@ -305,8 +306,13 @@ FORGERIES: list[tuple[str | None, dict[str, str]]] = [
     (None, {"Origin": BASE}),
     ("forged", {"Origin": BASE}),
     ("ok", {"Origin": "http://evil.example"}),
+    ("ok", {"Origin": "http://rebind.evil.example:5555"}),  # not the request's own URL
+    ("ok", {"Origin": "http://127.0.0.1:8080"}),  # another local server's page
+    ("ok", {"Origin": "null"}),
     ("ok", {}),
     ("ok", {"Referer": "http://evil.example/t/builds"}),
+    ("ok", {"Sec-Fetch-Site": "cross-site"}),
+    ("ok", {"Sec-Fetch-Site": "same-site", "Referer": f"{BASE}/t/builds"}),
 ]
 
 
@@ -322,10 +328,28 @@ async def test_writes_need_the_csrf_token_and_same_origin(
         r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers=headers)
         assert r.status_code == 403, (token, headers)
         assert (await seeded.builds.find_by_id(build.id)) == build
-    # the same form with the token and the origin goes through
+    # the same form with the token, from the studio's own pages, goes through
     data = {"status": "failed", "csrf": _csrf(page.text)}
     r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers={"Origin": BASE})
     assert r.status_code == 303
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://localhost:5555"},  # another name of the same address
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Referer": "http://[::1]:5555/t/builds/row"},
+    ],
+)
+async def test_writes_from_the_studios_pages_pass_the_one_csrf_rule(
+    writer: httpx.AsyncClient, seeded: Wis2l, headers: dict[str, str]
+) -> None:
+    build = await _build_in(seeded, "pending")
+    page = await writer.get("/t/builds/row", params={"k": str(build.id)})
+    data = {"status": "building", "csrf": _csrf(page.text)}
+    r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers=headers)
+    assert r.status_code == 303, r.text
 
 
 async def test_create_and_delete_through_the_repositories(
@@ -473,6 +497,57 @@ async def test_server_binds_loopback_and_refuses_a_used_port(wis: Wis2l) -> None
             await other.start()
     finally:
         await server.stop()
+
+
+async def test_a_rebound_name_is_refused_before_any_handler(seeded: Wis2l) -> None:
+    """DNS rebinding: a page on rebind.evil.example, its name now pointing at 127.0.0.1,
+    reaches the studio with its own name in Host. Pages, static files, the live stream
+    and writes are refused (421, the name not echoed); the bound address's names pass."""
+    server = StudioServer(seeded, port=0, write=True)
+    url = await server.start()
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    forged = f"rebind.evil.example:{port}"
+    build = await _build_in(seeded, "pending")
+    try:
+        async with httpx.AsyncClient(base_url=url) as c:
+            token = _csrf((await c.get("/t/builds/row", params={"k": str(build.id)})).text)
+            for path in ("/", "/t/users", "/status.json", "/static/studio.js", "/live"):
+                r = await c.get(path, headers={"Host": forged})
+                assert r.status_code == 421, path
+                assert "rebind" not in r.text
+                assert r.headers["content-type"].startswith("text/plain")
+            for host in (forged, f"localhost:{port + 1}", "127.0.0.1", f"127.0.0.1.:{port}"):
+                r = await c.post(
+                    f"/t/builds/row/update?k={build.id}",
+                    data={"status": "failed", "csrf": token},
+                    headers={"Host": host, "Origin": f"http://{host}"},
+                )
+                assert r.status_code == 421, host
+            assert (await seeded.builds.find_by_id(build.id)) == build
+            for name in ("127.0.0.1", "localhost", "LOCALHOST", "[::1]"):
+                r = await c.get("/t/users", headers={"Host": f"{name}:{port}"})
+                assert r.status_code == 200, name
+            async with c.stream("GET", "/live", headers={"Host": f"localhost:{port}"}) as live:
+                assert live.status_code == 200
+                assert live.headers["content-type"].startswith("text/event-stream")
+                async for chunk in live.aiter_text():
+                    assert chunk.startswith("retry:")
+                    break
+            r = await c.post(
+                f"/t/builds/row/update?k={build.id}",
+                data={"status": "failed", "csrf": token},
+                headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+            )
+            assert r.status_code == 303, r.text
+    finally:
+        await server.stop()
+
+
+def test_host_names_are_the_bound_address_and_loopback() -> None:
+    assert host_names("127.0.0.1", 5555) == {"127.0.0.1:5555", "localhost:5555", "[::1]:5555"}
+    assert "[::1]:80" in host_names("::1", 80)
+    assert "localhost" in host_names("::1", 80)  # port 80: Host may leave it out
+    assert "studio.lan:8080" in host_names("Studio.LAN", 8080)
 
 
 @pytest.mark.slow
