@@ -43,13 +43,17 @@ def _filters(request: Request) -> list[Filter]:
 
 
 async def index(request: Request) -> Response:
-    """The overview: every table with its row count, health, outbox backlog, live panel."""
+    """The overview: every table with its row count, health, outbox backlog, the newest
+    events of the audit log, and the live panel."""
     studio: Studio = request.app.state.studio
+    db = studio.wis.database
     try:
         catalog = await studio.catalog(fresh=True)
-        counts = {
-            key: await count_rows(studio.wis.database, t) for key, t in catalog.tables.items()
-        }
+        counts = {key: await count_rows(db, t) for key, t in catalog.tables.items()}
+        events = catalog.by_name("public", "events")
+        # Newest first by key: ids are UUIDv7, and each partition's key index is read
+        # backwards, so this reads about _NEWEST rows per partition, whatever the size.
+        newest = (await fetch_page(db, events, desc=True, limit=_NEWEST)).rows if events else []
     except Wis2lError as exc:
         return error_page(request, exc)
     health = await studio.wis.health()
@@ -66,8 +70,13 @@ async def index(request: Request) -> Response:
         counts=counts,
         health=health,
         backlog=backlog,
+        events=events,
+        newest=newest,
         live=studio.live is not None,
     )
+
+
+_NEWEST = 12
 
 
 async def table_page(request: Request) -> Response:
@@ -122,6 +131,7 @@ async def table_page(request: Request) -> Response:
         first=bool(q.get("after")),
         elapsed_ms=elapsed_ms,
         editor=writes.editor(table),
+        wide=True,
     )
 
 

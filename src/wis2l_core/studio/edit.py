@@ -3,7 +3,8 @@
 Every write needs the studio started with ``--write``, a request from the studio's own
 pages (the one CSRF rule of :mod:`wis2l_core._origin` against :attr:`Studio.origins`:
 ``Origin``, else ``Sec-Fetch-Site``, else ``Referer``) and the per-process CSRF token the
-forms carry (compared in constant time). The body is read as ``application/x-www-form-urlencoded`` (no multipart parser).
+forms carry (compared in constant time). The body is read as
+``application/x-www-form-urlencoded`` (no multipart parser).
 """
 
 from __future__ import annotations

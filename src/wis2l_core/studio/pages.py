@@ -32,6 +32,7 @@ from wis2l_core.studio.queries import OPERATORS, fetch_related
 __all__ = ["Studio", "error_page", "page", "row_context", "row_key", "status_of"]
 
 _CATALOG_TTL_S = 10.0
+_RETRY_S = 5
 
 
 @attrs.define
@@ -68,6 +69,11 @@ class Studio:
         if fresh or self._catalog is None or now - self._loaded_at > _CATALOG_TTL_S:
             self._catalog = await load_catalog(self.wis.database)
             self._loaded_at = now
+        return self._catalog
+
+    @property
+    def last_catalog(self) -> Catalog | None:
+        """The catalog last read, however old (``None`` before the first read)."""
         return self._catalog
 
     async def table(self, key: str) -> tuple[Catalog, Table]:
@@ -124,8 +130,31 @@ def status_of(exc: Wis2lError) -> int:
 
 
 def error_page(request: Request, exc: Wis2lError) -> HTMLResponse:
-    """A page naming the error and its message, with its status (never a traceback)."""
-    return page(request, "error.html", status_of(exc), title=type(exc).__name__, message=str(exc))
+    """A page naming the error and its message, with its status and the navigation (from
+    the catalog last read: no I/O), never a traceback. The database out of reach is a 503
+    page saying so, which reloads itself every few seconds."""
+    studio: Studio = request.app.state.studio
+    common: dict[str, Any] = {"catalog": studio.last_catalog}
+    if isinstance(exc, ServiceUnavailable) and exc.service == "database":
+        response = page(
+            request,
+            "unavailable.html",
+            503,
+            title="Database unreachable",
+            detail=str(exc),
+            retry_s=_RETRY_S,
+            **common,
+        )
+        response.headers["retry-after"] = str(_RETRY_S)
+        return response
+    return page(
+        request,
+        "error.html",
+        status_of(exc),
+        title=type(exc).__name__,
+        message=str(exc),
+        **common,
+    )
 
 
 async def row_context(

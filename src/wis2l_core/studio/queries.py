@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import attrs
@@ -52,6 +53,7 @@ OPERATORS: dict[str, str] = {
 
 _SQL_OPS = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _CTID = "ctid"
+_PARAMETER = re.compile(r"\bparameter \$(\d+)")
 
 
 @attrs.frozen
@@ -228,7 +230,10 @@ async def fetch_page(
         order,
         sql.Literal(limit + 1),
     )
-    rows = await db.fetch_all(query, params)
+    try:
+        rows = await db.fetch_all(query, params)
+    except ValidationError as exc:  # a value the column's type refuses
+        raise _refused_value(exc, table, filters) from exc.__cause__
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
@@ -239,6 +244,29 @@ async def fetch_page(
         for i in range(len(keys)):
             row.pop(f"__k{i}", None)
     return Page(rows=rows, next_cursor=next_cursor)
+
+
+def _refused_value(exc: ValidationError, table: Table, filters: list[Filter]) -> ValidationError:
+    """Which filter value PostgreSQL refused, in plain words. Its error names the parameter
+    ("unnamed portal parameter $N"); the filters' values are the first parameters, in
+    order, and the cursor's come after them."""
+    diag = getattr(exc.__cause__, "diag", None)
+    found = _PARAMETER.search(getattr(diag, "context", None) or "")
+    if found is None:
+        return exc
+    n = int(found.group(1))
+    valued = [f for f in filters if f.op not in ("null", "notnull")]
+    if n > len(valued):
+        return ValidationError("this cursor is not from this table and order", field="after")
+    f = valued[n - 1]
+    column = table.column(f.column)
+    kind = column.type if column is not None else "value"
+    value = f.value if len(f.value) <= 60 else f.value[:60] + "…"
+    return ValidationError(
+        f"the filter {f.column} {OPERATORS[f.op]} “{value}” cannot be applied: “{value}” is "
+        f"not a valid {kind}, the type of {f.column}",
+        field=f.column,
+    )
 
 
 async def count_rows(db: Database, table: Table) -> tuple[int, bool]:
