@@ -235,6 +235,11 @@ BAD_REQUESTS = [
     ("/t/no_such_table", 404, "no table"),
     ("/t/builds/row?k=00000000-0000-0000-0000-000000000000", 404, "has no row"),
     ("/t/builds/row", 400, "primary key"),
+    (
+        "/t/builds/row?k=nope",
+        400,
+        "the key id = “nope” cannot be applied: “nope” is not a valid uuid",
+    ),
 ]
 
 

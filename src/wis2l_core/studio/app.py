@@ -51,6 +51,8 @@ async def index(request: Request) -> Response:
         catalog = await studio.catalog(fresh=True)
         counts = {key: await count_rows(db, t) for key, t in catalog.tables.items()}
         events = catalog.by_name("public", "events")
+        if events is not None and not {c.name for c in events.columns} >= _EVENT_COLUMNS:
+            events = None  # an app's own table of that name
         # Newest first by key: ids are UUIDv7, and each partition's key index is read
         # backwards, so this reads about _NEWEST rows per partition, whatever the size.
         newest = (await fetch_page(db, events, desc=True, limit=_NEWEST)).rows if events else []
@@ -77,6 +79,7 @@ async def index(request: Request) -> Response:
 
 
 _NEWEST = 12
+_EVENT_COLUMNS = {"created_at", "type", "subsystem", "project_id", "subject", "published_at"}
 
 
 async def table_page(request: Request) -> Response:

@@ -247,25 +247,33 @@ async def fetch_page(
 
 
 def _refused_value(exc: ValidationError, table: Table, filters: list[Filter]) -> ValidationError:
-    """Which filter value PostgreSQL refused, in plain words. Its error names the parameter
-    ("unnamed portal parameter $N"); the filters' values are the first parameters, in
-    order, and the cursor's come after them."""
-    diag = getattr(exc.__cause__, "diag", None)
-    found = _PARAMETER.search(getattr(diag, "context", None) or "")
-    if found is None:
-        return exc
-    n = int(found.group(1))
+    """Which filter value PostgreSQL refused, in plain words. The filters' values are the
+    first parameters, in order; the cursor's come after them."""
+    n = _refused_parameter(exc)
     valued = [f for f in filters if f.op not in ("null", "notnull")]
+    if n is None:
+        return exc
     if n > len(valued):
         return ValidationError("this cursor is not from this table and order", field="after")
     f = valued[n - 1]
-    column = table.column(f.column)
+    return _not_valid(table, f.column, f.value, f"the filter {f.column} {OPERATORS[f.op]}")
+
+
+def _refused_parameter(exc: ValidationError) -> int | None:
+    """The number of the parameter PostgreSQL refused (its error's context says
+    "unnamed portal parameter $N"), or ``None``."""
+    diag = getattr(exc.__cause__, "diag", None)
+    found = _PARAMETER.search(getattr(diag, "context", None) or "")
+    return int(found.group(1)) if found else None
+
+
+def _not_valid(table: Table, name: str, value: str, what: str) -> ValidationError:
+    column = table.column(name)
     kind = column.type if column is not None else "value"
-    value = f.value if len(f.value) <= 60 else f.value[:60] + "…"
+    shown = value if len(value) <= 60 else value[:60] + "…"
     return ValidationError(
-        f"the filter {f.column} {OPERATORS[f.op]} “{value}” cannot be applied: “{value}” is "
-        f"not a valid {kind}, the type of {f.column}",
-        field=f.column,
+        f"{what} “{shown}” cannot be applied: “{shown}” is not a valid {kind}, the type of {name}",
+        field=name,
     )
 
 
@@ -301,7 +309,14 @@ async def fetch_row(db: Database, table: Table, key: list[str]) -> dict[str, Any
         sql.SQL(", ").join(sql.Identifier(k) for k in table.pk),
         sql.SQL(", ").join(sql.Placeholder() for _ in table.pk),
     )
-    return await db.fetch_one(query, key)
+    try:
+        return await db.fetch_one(query, key)
+    except ValidationError as exc:  # a key value the column's type refuses
+        n = _refused_parameter(exc)
+        if n is None or n > len(key):
+            raise
+        name = table.pk[n - 1]
+        raise _not_valid(table, name, key[n - 1], f"the key {name} =") from exc.__cause__
 
 
 async def fetch_related(
