@@ -47,7 +47,7 @@ async def table_page(env: Env, config: Config) -> Result:
         await db.execute("ANALYZE bench_studio")
         app = create_app(env.wis)
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://studio"
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:5555"
         ) as client:
             deep = await client.get("/t/bench_studio?limit=500")
             for _ in range(19):

@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from wis2l_core import Action, AuthMiddleware, RateLimitMiddleware, Settings, Wis2l
+from wis2l_core._origin import origin_of
 from wis2l_core.auth.middleware import Credentials
 from wis2l_core.dev.issuer import DevIssuer
 from wis2l_core.models import Engine, Role
@@ -355,6 +356,59 @@ async def test_session_cookie_and_cross_site_requests(
     project = await wis.projects.find_by_slug("p-c")
     assert project is not None
     assert project.name == "D"
+
+
+# (headers, allowed) for a cookie write: the one CSRF rule of wis2l_core._origin
+CSRF_CASES: list[tuple[dict[str, str], bool]] = [
+    ({"Referer": "https://evil.example/page"}, False),  # what broke: no Origin, cross-site
+    ({}, False),  # a browser sends at least one of the three
+    ({"Origin": "null"}, False),
+    ({"Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"}, False),
+    ({"Sec-Fetch-Site": "same-site"}, False),
+    ({"Sec-Fetch-Site": "cross-site", "Referer": "{url}/page"}, False),
+    ({"Referer": "{url}/projects/p-r"}, True),
+    ({"Sec-Fetch-Site": "none"}, True),
+    ({"Origin": "{url}", "Referer": "https://evil.example/"}, True),
+]
+
+
+async def test_cookie_writes_follow_the_one_csrf_rule(
+    url: str, wis: Wis2l, issuer: DevIssuer
+) -> None:
+    """Origin, else Sec-Fetch-Site, else a same-origin Referer, else refused (the studio
+    applies the same rule, see test_studio.py)."""
+    token = issuer.mint(sub="n|csrf", email="csrf@example.com", name="Csrf")
+    principal, session = await wis.identity.sign_in(token)
+    await wis.projects.create(owner_id=principal.user.id, name="P", slug="p-r", engine=Engine.GODOT)
+    cookies = {"wis2l_session": session.token}
+    async with httpx.AsyncClient(base_url=url, cookies=cookies) as http:
+        for i, (template, allowed) in enumerate(CSRF_CASES):
+            headers = {k: v.replace("{url}", url) for k, v in template.items()}
+            answer = await http.patch("/projects/p-r", json={"name": f"N{i}"}, headers=headers)
+            if allowed:
+                assert answer.status_code == 200, (headers, answer.text)
+            else:
+                assert problem(answer, 403)["detail"] == "cross-site request refused", headers
+            project = await wis.projects.find_by_slug("p-r")
+            assert project is not None
+            assert (project.name == f"N{i}") is allowed, headers
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("HTTP://Example.COM:80/a?b", "http://example.com"),
+        ("https://example.com:443", "https://example.com"),
+        ("https://example.com:8443/", "https://example.com:8443"),
+        ("http://[::1]:5555/t/users", "http://[::1]:5555"),
+        ("null", None),
+        ("/relative/path", None),
+        ("http://example.com:port/", None),
+        ("http://[::1", None),
+    ],
+)
+def test_origin_of_normalizes_what_the_csrf_rule_compares(url: str, origin: str | None) -> None:
+    assert origin_of(url) == origin
 
 
 async def test_websocket_is_authenticated_before_accept(url: str, issuer: DevIssuer) -> None:

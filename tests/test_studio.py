@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import httpx
+import psycopg
 import pytest
 
 from wis2l_core import Wis2l
@@ -21,10 +22,12 @@ from wis2l_core.db.seed import seed
 from wis2l_core.errors import ConfigError
 from wis2l_core.studio import create_app
 from wis2l_core.studio.catalog import load_catalog
+from wis2l_core.studio.hosts import host_names
 from wis2l_core.studio.queries import COUNT_CAP, count_rows, fetch_page
 from wis2l_core.studio.server import StudioServer, guard, is_loopback
+from wis2l_core.testing.servers import with_database
 
-BASE = "http://studio.test"
+BASE = "http://127.0.0.1:5555"
 LIBRARY_TABLES = {
     "users",
     "templates",
@@ -101,6 +104,60 @@ async def test_index_lists_every_table_with_counts_health_and_backlog(
     assert "size" in status["outbox"]
 
 
+async def test_index_shows_the_newest_events_first(
+    client: httpx.AsyncClient, seeded: Wis2l
+) -> None:
+    project = await seeded.projects.find_by_slug("starfall")
+    assert project is not None
+    build = await seeded.builds.create(project_id=project.id, target="web")
+    r = await client.get("/")
+    assert r.status_code == 200
+    newest = r.text.split('id="newest"', 1)[1].split("</section>", 1)[0]
+    ids = [
+        parse_qsl(urlsplit(u).query)[0][1]  # the key is (id, created_at)
+        for u in _links(newest, "/t/events/row")
+    ]
+    expected = await seeded.database.fetch_all(
+        "SELECT id, type, project_id FROM events ORDER BY id DESC LIMIT 12"
+    )
+    assert ids == [str(e["id"]) for e in expected]
+    first = newest.split("</tr>", 2)[1]  # the event of the build just made
+    assert f"<td>{expected[0]['type']}</td>" in first
+    assert expected[0]["project_id"] == build.project_id
+    assert str(project.id)[-8:] in first
+
+
+async def test_database_unreachable_is_a_503_page_with_the_navigation(
+    wis2l_settings: Any, wis2l_database_url: str
+) -> None:
+    """PostgreSQL refuses the studio's database (a real outage of it: connections ended,
+    new ones refused): every page says so in plain words, keeps the navigation, and asks
+    the browser to try again."""
+    settings = attrs.evolve(wis2l_settings, db_pool_timeout=1.0)
+    name = urlsplit(wis2l_database_url).path.lstrip("/")
+    async with Wis2l(settings) as wis, _client(wis) as c:
+        assert (await c.get("/")).status_code == 200  # the catalog is known
+        with psycopg.connect(
+            with_database(wis2l_database_url, "postgres"), autocommit=True
+        ) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [name],
+                )
+                for url in ("/", "/t/builds", "/t/builds?fc=status&fo=eq&fv=failed"):
+                    r = await c.get(url)
+                    assert r.status_code == 503, url
+                    assert "The database is unreachable" in r.text
+                    assert 'href="/t/users"' in r.text  # the navigation
+                    assert r.headers["retry-after"] == "5"
+                    assert '<meta http-equiv="refresh" content="5">' in r.text
+                    assert "Traceback" not in r.text
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 async def test_keyset_pages_cover_the_table_once_in_key_order(
     client: httpx.AsyncClient, seeded: Wis2l
 ) -> None:
@@ -165,8 +222,9 @@ async def test_filters(client: httpx.AsyncClient, seeded: Wis2l) -> None:
 
 
 BAD_REQUESTS = [
-    ("/t/builds?fc=progress&fo=eq&fv=abc", 400, "invalid input syntax for type integer"),
-    ("/t/builds?fc=id&fo=eq&fv=nope", 400, "uuid"),
+    ("/t/builds?fc=progress&fo=eq&fv=abc", 400, "progress = “abc” cannot be applied"),
+    ("/t/builds?fc=status&fo=eq&fv=x&fc=id&fo=gt&fv=nope", 400, "“nope” is not a valid uuid"),
+    ("/t/builds?fc=progress&fo=lt&fv=99999999999", 400, "“99999999999” is not a valid integer"),
     ('/t/builds?fc=id";drop table builds;--&fo=eq&fv=1', 400, "has no column"),
     ("/t/builds?fc=status&fo=like&fv=x", 400, "unknown filter operator"),
     ("/t/builds?fc=status&fc=target&fo=eq", 400, "triples"),
@@ -177,6 +235,11 @@ BAD_REQUESTS = [
     ("/t/no_such_table", 404, "no table"),
     ("/t/builds/row?k=00000000-0000-0000-0000-000000000000", 404, "has no row"),
     ("/t/builds/row", 400, "primary key"),
+    (
+        "/t/builds/row?k=nope",
+        400,
+        "the key id = “nope” cannot be applied: “nope” is not a valid uuid",
+    ),
 ]
 
 
@@ -186,6 +249,9 @@ async def test_bad_requests_are_clear_pages(client: httpx.AsyncClient, seeded: W
         assert r.status_code == status, url
         assert message in unescape(r.text), url
         assert "Traceback" not in r.text
+        assert "CONTEXT" not in r.text
+        assert "portal" not in r.text
+        assert 'href="/t/users"' in r.text, url  # the navigation stays
     assert await seeded.database.fetch_val("SELECT count(*) FROM builds")
 
 
@@ -305,8 +371,13 @@ FORGERIES: list[tuple[str | None, dict[str, str]]] = [
     (None, {"Origin": BASE}),
     ("forged", {"Origin": BASE}),
     ("ok", {"Origin": "http://evil.example"}),
+    ("ok", {"Origin": "http://rebind.evil.example:5555"}),  # not the request's own URL
+    ("ok", {"Origin": "http://127.0.0.1:8080"}),  # another local server's page
+    ("ok", {"Origin": "null"}),
     ("ok", {}),
     ("ok", {"Referer": "http://evil.example/t/builds"}),
+    ("ok", {"Sec-Fetch-Site": "cross-site"}),
+    ("ok", {"Sec-Fetch-Site": "same-site", "Referer": f"{BASE}/t/builds"}),
 ]
 
 
@@ -322,10 +393,30 @@ async def test_writes_need_the_csrf_token_and_same_origin(
         r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers=headers)
         assert r.status_code == 403, (token, headers)
         assert (await seeded.builds.find_by_id(build.id)) == build
-    # the same form with the token and the origin goes through
+    # the same form with the token, from the studio's own pages, goes through
     data = {"status": "failed", "csrf": _csrf(page.text)}
     r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers={"Origin": BASE})
     assert r.status_code == 303
+
+
+async def test_writes_from_the_studios_pages_pass_the_one_csrf_rule(
+    writer: httpx.AsyncClient, seeded: Wis2l
+) -> None:
+    build = await _build_in(seeded, "pending")
+    page = await writer.get("/t/builds/row", params={"k": str(build.id)})
+    for progress, headers in enumerate(
+        [
+            {"Origin": "http://localhost:5555"},  # another name of the same address
+            {"Sec-Fetch-Site": "same-origin"},
+            {"Referer": "http://[::1]:5555/t/builds/row"},
+        ]
+    ):
+        data = {"status": "building", "progress": str(progress + 1), "csrf": _csrf(page.text)}
+        r = await writer.post(f"/t/builds/row/update?k={build.id}", data=data, headers=headers)
+        assert r.status_code == 303, (headers, r.text)
+        after = await seeded.builds.find_by_id(build.id)
+        assert after is not None
+        assert after.progress == progress + 1
 
 
 async def test_create_and_delete_through_the_repositories(
@@ -473,6 +564,57 @@ async def test_server_binds_loopback_and_refuses_a_used_port(wis: Wis2l) -> None
             await other.start()
     finally:
         await server.stop()
+
+
+async def test_a_rebound_name_is_refused_before_any_handler(seeded: Wis2l) -> None:
+    """DNS rebinding: a page on rebind.evil.example, its name now pointing at 127.0.0.1,
+    reaches the studio with its own name in Host. Pages, static files, the live stream
+    and writes are refused (421, the name not echoed); the bound address's names pass."""
+    server = StudioServer(seeded, port=0, write=True)
+    url = await server.start()
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    forged = f"rebind.evil.example:{port}"
+    build = await _build_in(seeded, "pending")
+    try:
+        async with httpx.AsyncClient(base_url=url) as c:
+            token = _csrf((await c.get("/t/builds/row", params={"k": str(build.id)})).text)
+            for path in ("/", "/t/users", "/status.json", "/static/studio.js", "/live"):
+                r = await c.get(path, headers={"Host": forged})
+                assert r.status_code == 421, path
+                assert "rebind" not in r.text
+                assert r.headers["content-type"].startswith("text/plain")
+            for host in (forged, f"localhost:{port + 1}", "127.0.0.1", f"127.0.0.1.:{port}"):
+                r = await c.post(
+                    f"/t/builds/row/update?k={build.id}",
+                    data={"status": "failed", "csrf": token},
+                    headers={"Host": host, "Origin": f"http://{host}"},
+                )
+                assert r.status_code == 421, host
+            assert (await seeded.builds.find_by_id(build.id)) == build
+            for name in ("127.0.0.1", "localhost", "LOCALHOST", "[::1]"):
+                r = await c.get("/t/users", headers={"Host": f"{name}:{port}"})
+                assert r.status_code == 200, name
+            async with c.stream("GET", "/live", headers={"Host": f"localhost:{port}"}) as live:
+                assert live.status_code == 200
+                assert live.headers["content-type"].startswith("text/event-stream")
+                async for chunk in live.aiter_text():
+                    assert chunk.startswith("retry:")
+                    break
+            r = await c.post(
+                f"/t/builds/row/update?k={build.id}",
+                data={"status": "failed", "csrf": token},
+                headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+            )
+            assert r.status_code == 303, r.text
+    finally:
+        await server.stop()
+
+
+def test_host_names_are_the_bound_address_and_loopback() -> None:
+    assert host_names("127.0.0.1", 5555) == {"127.0.0.1:5555", "localhost:5555", "[::1]:5555"}
+    assert "[::1]:80" in host_names("::1", 80)
+    assert "localhost" in host_names("::1", 80)  # port 80: Host may leave it out
+    assert "studio.lan:8080" in host_names("Studio.LAN", 8080)
 
 
 @pytest.mark.slow

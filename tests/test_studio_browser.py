@@ -15,13 +15,16 @@ import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.db.seed import seed
 from wis2l_core.testing.plugin import drop_stream
-from wis2l_core.testing.servers import Servers, TemplateDatabase
+from wis2l_core.testing.servers import Servers, TemplateDatabase, with_database
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -102,6 +105,7 @@ def studio(wis2l_servers: Servers, wis2l_template: TemplateDatabase) -> Iterator
         stream_name=f"T{tag.upper()}",
         db_pool_min_size=1,
         db_pool_max_size=5,
+        db_pool_timeout=2.0,  # the outage test's pages wait this long
     )
     thread = StudioThread(settings)
     try:
@@ -130,7 +134,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def page(browser: Any, studio: StudioThread) -> Iterator[Any]:
-    context = browser.new_context(base_url=studio.url, viewport={"width": 1280, "height": 860})
+    context = browser.new_context(base_url=studio.url, viewport={"width": 1400, "height": 900})
     context.set_default_timeout(10_000)
     p = context.new_page()
     yield p
@@ -181,6 +185,52 @@ def test_overview_paging_and_filters(page: Any, shots: Path) -> None:
     _expect(page.locator(".swatch").first).to_be_visible()
     page.goto("/t/builds?sort=status&desc=1")
     page.screenshot(path=shots / "studio-table.png")
+
+
+_SIZES = (
+    "b => ({scroll: b.scrollWidth, client: b.clientWidth,"
+    " bottom: b.getBoundingClientRect().bottom, view: window.innerHeight,"
+    " page: document.documentElement.scrollWidth, width: window.innerWidth})"
+)
+
+
+def test_the_builds_table_is_not_cut_off(page: Any) -> None:
+    """At 1400 px the builds table fits (its last column is on screen); narrower, it
+    scrolls inside its box, whose scroll bar is on screen, not below 50 rows."""
+    page.goto("/t/builds")
+    box = page.locator(".scroll").first
+    last = page.locator("#rows thead th").last
+    sizes = box.evaluate(_SIZES)
+    assert sizes["scroll"] <= sizes["client"], sizes
+    _expect(last).to_be_in_viewport(ratio=0.99)
+
+    page.set_viewport_size({"width": 1000, "height": 800})
+    sizes = box.evaluate(_SIZES)
+    assert sizes["scroll"] > sizes["client"], sizes  # wider than its box now
+    assert sizes["bottom"] <= sizes["view"], sizes  # its horizontal scroll bar is visible
+    assert sizes["page"] <= sizes["width"], sizes  # the page itself does not overflow
+    box.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
+    _expect(last).to_be_in_viewport(ratio=0.99)
+
+
+def test_a_wrong_filter_value_is_named_with_the_navigation_kept(page: Any, shots: Path) -> None:
+    page.goto("/t/builds")
+    page.select_option("select[name=fc]", "progress")
+    page.select_option("select[name=fo]", "gt")
+    page.fill("input[name=fv]", "half")
+    page.click("button:has-text('Filter')")
+    alert = page.locator(".alert.error")
+    _expect(alert).to_contain_text("progress > “half” cannot be applied")
+    _expect(alert).to_contain_text("“half” is not a valid integer")
+    _expect(alert).not_to_contain_text("CONTEXT")
+    _expect(page.locator("nav.tables a.here")).to_have_text("builds")
+    _expect(page.locator("nav.tables a[href='/t/users']")).to_be_visible()
+    page.screenshot(path=shots / "studio-filter-error.png", clip=_TOP)
+    page.click("text=builds, without filters")
+    _expect(page).to_have_url(re.compile(r"/t/builds$"))
+
+
+_TOP = {"x": 0, "y": 0, "width": 1400, "height": 180}
 
 
 def test_project_to_build_and_its_deployments(page: Any, shots: Path) -> None:
@@ -242,3 +292,34 @@ def test_a_legal_move_appears_in_the_live_panel(
     _expect(item).to_be_visible(timeout=15_000)
     _expect(item).to_contain_text(build_id)
     page.screenshot(path=shots / "studio-live.png")
+
+
+def test_the_database_out_of_reach_is_said_with_the_navigation(
+    page: Any, studio: StudioThread, shots: Path
+) -> None:
+    """Connections to the studio's database ended and refused (a real outage of it): the
+    pages say so at once in plain words, keep the navigation, and come back by themselves
+    once the database is back."""
+    page.goto("/t/builds")
+    name = urlsplit(studio.settings.database_url).path.lstrip("/")
+    admin_url = with_database(studio.settings.database_url, "postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [name],
+            )
+            answer = page.goto("/t/builds")
+            assert answer is not None
+            assert answer.status == 503
+            _expect(page.locator("#unavailable")).to_contain_text("database is unreachable")
+            _expect(page.locator("nav.tables a[href='/t/users']")).to_be_visible()
+            page.screenshot(path=shots / "studio-unavailable.png", clip=_TOP)
+        finally:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+            )
+    _expect(page.locator("#rows")).to_be_visible(timeout=15_000)  # the page reloaded itself

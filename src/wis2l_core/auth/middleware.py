@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import attrs
 import orjson
 
+from wis2l_core._origin import same_origin
 from wis2l_core.auth.access import Anonymous
 from wis2l_core.auth.principal import Principal
 from wis2l_core.cache.client import RedisClient
@@ -194,8 +195,9 @@ class AuthMiddleware:
     their own mistake. On a public path the
     request goes through anyway, as :data:`ANONYMOUS` when the credentials do not check
     out. Requests authenticated by cookie with an unsafe method, and WebSocket handshakes
-    authenticated by cookie, must come from the same origin (``Sec-Fetch-Site``, else
-    ``Origin`` against ``Host``), else 403: browsers send cookies with cross-site forms.
+    authenticated by cookie, must come from the same origin (``Origin`` against ``Host``,
+    else ``Sec-Fetch-Site``, else the ``Referer``; none of them: refused), else 403:
+    browsers send cookies with cross-site forms.
 
     Args:
         app: the ASGI app to guard.
@@ -344,14 +346,21 @@ class AuthMiddleware:
 
 
 def _same_origin(scope: Scope) -> bool:
-    site = _header(scope, b"sec-fetch-site")
-    if site:
-        return site[0] in (b"same-origin", b"none")
-    origin = _header(scope, b"origin")
-    if not origin:
-        return True  # not a browser request made by a page (a browser sends one or the other)
-    host = _header(scope, b"host")
-    return bool(host) and origin[0].partition(b"://")[2] == host[0]
+    """The one CSRF rule (:mod:`wis2l_core._origin`) against the request's own origin: its
+    ``Host``, over http or https (an app behind a TLS proxy sees http)."""
+    host = _first(scope, b"host")
+    own = [f"{scheme}://{host}" for scheme in ("http", "https")] if host else []
+    return same_origin(
+        own,
+        origin=_first(scope, b"origin"),
+        fetch_site=_first(scope, b"sec-fetch-site"),
+        referer=_first(scope, b"referer"),
+    )
+
+
+def _first(scope: Scope, name: bytes) -> str | None:
+    values = _header(scope, name)
+    return values[0].decode("latin-1") if values else None
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -2,8 +2,9 @@
 
 Serves a local web UI on 127.0.0.1 (``--host``/``--port``) over the database named by
 the environment, and opens the browser (``--no-browser`` to skip). Read-only unless
-``--write``, which edits through the repositories. A non-loopback ``--host`` needs the
-auth extra and an issuer (admin role required); without them the command refuses to start.
+``--write``, which edits through the repositories. It answers only to the names of the
+bound address (see ``studio.hosts``). A non-loopback ``--host`` needs the auth extra and an
+issuer (admin role required); without them the command refuses to start.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "rows with their relations, a live panel of events, health and the outbox backlog. "
         "DATABASE_URL, REDIS_URL, NATS_URL and WIS2L_NAMESPACE apply.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); requests must name it, or 127.0.0.1, "
+        "localhost or [::1], in Host",
+    )
     parser.add_argument("--port", type=int, default=5555, help="port (default 5555; 0: any)")
     parser.add_argument(
         "--write",

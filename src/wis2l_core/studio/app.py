@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from wis2l_core.errors import NotFound, ValidationError, Wis2lError
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.edit import new_row, row_delete, row_update
+from wis2l_core.studio.hosts import HostGuard
 from wis2l_core.studio.live import LiveFeed
 from wis2l_core.studio.pages import Studio, error_page, page, row_context, row_key
 from wis2l_core.studio.queries import Filter, count_rows, fetch_page, fetch_row
@@ -42,13 +43,19 @@ def _filters(request: Request) -> list[Filter]:
 
 
 async def index(request: Request) -> Response:
-    """The overview: every table with its row count, health, outbox backlog, live panel."""
+    """The overview: every table with its row count, health, outbox backlog, the newest
+    events of the audit log, and the live panel."""
     studio: Studio = request.app.state.studio
+    db = studio.wis.database
     try:
         catalog = await studio.catalog(fresh=True)
-        counts = {
-            key: await count_rows(studio.wis.database, t) for key, t in catalog.tables.items()
-        }
+        counts = {key: await count_rows(db, t) for key, t in catalog.tables.items()}
+        events = catalog.by_name("public", "events")
+        if events is not None and not {c.name for c in events.columns} >= _EVENT_COLUMNS:
+            events = None  # an app's own table of that name
+        # Newest first by key: ids are UUIDv7, and each partition's key index is read
+        # backwards, so this reads about _NEWEST rows per partition, whatever the size.
+        newest = (await fetch_page(db, events, desc=True, limit=_NEWEST)).rows if events else []
     except Wis2lError as exc:
         return error_page(request, exc)
     health = await studio.wis.health()
@@ -65,8 +72,14 @@ async def index(request: Request) -> Response:
         counts=counts,
         health=health,
         backlog=backlog,
+        events=events,
+        newest=newest,
         live=studio.live is not None,
     )
+
+
+_NEWEST = 12
+_EVENT_COLUMNS = {"created_at", "type", "subsystem", "project_id", "subject", "published_at"}
 
 
 async def table_page(request: Request) -> Response:
@@ -121,6 +134,7 @@ async def table_page(request: Request) -> Response:
         first=bool(q.get("after")),
         elapsed_ms=elapsed_ms,
         editor=writes.editor(table),
+        wide=True,
     )
 
 
@@ -205,17 +219,29 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(wis: Any, *, write: bool = False, live: LiveFeed | None = None) -> Starlette:
+def create_app(
+    wis: Any,
+    *,
+    write: bool = False,
+    live: LiveFeed | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5555,
+) -> Starlette:
     """The studio as an ASGI app over a started ``Wis2l``.
 
     Args:
         wis: the runtime (its pool, repositories, relay and health are used).
         write: allow create, update and delete through the repositories.
         live: the live feed behind ``/live`` (``None``: no live panel).
+        host: the address it is served on: requests must name it (or loopback) in
+            ``Host``, and writes must come from pages there (DNS rebinding, CSRF).
+        port: the port it is served on (:meth:`Studio.serve_on` changes both later).
 
     Returns:
         A Starlette app; ``app.state.studio`` is its :class:`Studio`.
     """
+    studio = Studio(wis=wis, write=write, live=live)
+    studio.serve_on(host, port)
     static = StaticFiles(packages=[("wis2l_core.studio", "static")])
     app = Starlette(
         routes=[
@@ -229,7 +255,10 @@ def create_app(wis: Any, *, write: bool = False, live: LiveFeed | None = None) -
             Route("/t/{table}/new", new_row, methods=["GET", "POST"]),
             Mount("/static", static, name="static"),
         ],
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[
+            Middleware(_SecurityHeaders),
+            Middleware(HostGuard, accepted=lambda: studio.hosts),  # before any handler
+        ],
     )
-    app.state.studio = Studio(wis=wis, write=write, live=live)
+    app.state.studio = studio
     return app

@@ -1,18 +1,21 @@
 """The write handlers (``wis2l studio --write``): forms to repository calls, guarded.
 
-Every write needs the studio started with ``--write``, a same-origin request (``Origin``,
-else ``Referer``) and the per-process CSRF token the forms carry (compared in constant
-time). The body is read as ``application/x-www-form-urlencoded`` (no multipart parser).
+Every write needs the studio started with ``--write``, a request from the studio's own
+pages (the one CSRF rule of :mod:`wis2l_core._origin` against :attr:`Studio.origins`:
+``Origin``, else ``Sec-Fetch-Site``, else ``Referer``) and the per-process CSRF token the
+forms carry (compared in constant time). The body is read as
+``application/x-www-form-urlencoded`` (no multipart parser).
 """
 
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from wis2l_core._origin import same_origin
 from wis2l_core.errors import NotFound, ValidationError, Wis2lError
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.pages import Studio, error_page, page, row_context, row_key, status_of
@@ -23,20 +26,18 @@ __all__ = ["new_row", "row_delete", "row_update"]
 _MAX_FORM = 2 * 1024 * 1024
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin:
-        return False
-    parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
-
-
 async def _checked_form(request: Request) -> dict[str, str]:
     studio: Studio = request.app.state.studio
     if not studio.write:
         raise _Refused(403, "the studio is read-only: start it with --write to edit")
-    if not _same_origin(request):
-        raise _Refused(403, "cross-origin write refused (Origin does not match)")
+    headers = request.headers
+    if not same_origin(
+        studio.origins,
+        origin=headers.get("origin"),
+        fetch_site=headers.get("sec-fetch-site"),
+        referer=headers.get("referer"),
+    ):
+        raise _Refused(403, "cross-origin write refused: it does not come from the studio's pages")
     form = await _form(request)
     token = form.pop("csrf", "")
     if not hmac.compare_digest(token.encode(), studio.csrf_token.encode()):

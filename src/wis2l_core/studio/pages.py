@@ -25,12 +25,14 @@ from wis2l_core.errors import (
 )
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.catalog import Catalog, ForeignKey, Table, load_catalog
+from wis2l_core.studio.hosts import host_names, origins
 from wis2l_core.studio.live import LiveFeed
 from wis2l_core.studio.queries import OPERATORS, fetch_related
 
 __all__ = ["Studio", "error_page", "page", "row_context", "row_key", "status_of"]
 
 _CATALOG_TTL_S = 10.0
+_RETRY_S = 5
 
 
 @attrs.define
@@ -42,14 +44,24 @@ class Studio:
         write: whether create, update and delete are allowed.
         live: the live feed (started and stopped by whoever serves the app).
         csrf_token: the per-process token every form carries (synchronizer token).
+        hosts: the ``Host`` values answered (see :meth:`serve_on`); none until then.
+        origins: the origins a write may come from (the pages under :attr:`hosts`).
     """
 
     wis: Any
     write: bool = False
     live: LiveFeed | None = None
     csrf_token: str = attrs.field(factory=lambda: secrets.token_urlsafe(32))
+    hosts: frozenset[str] = frozenset()
+    origins: frozenset[str] = frozenset()
     _catalog: Catalog | None = None
     _loaded_at: float = 0.0
+
+    def serve_on(self, host: str, port: int) -> None:
+        """Answer to the names of ``host:port`` (and loopback's), and take writes only
+        from pages there (see ``studio.hosts``)."""
+        self.hosts = host_names(host, port)
+        self.origins = origins(self.hosts)
 
     async def catalog(self, *, fresh: bool = False) -> Catalog:
         """The catalog, re-read at most every few seconds (or now with ``fresh``)."""
@@ -57,6 +69,11 @@ class Studio:
         if fresh or self._catalog is None or now - self._loaded_at > _CATALOG_TTL_S:
             self._catalog = await load_catalog(self.wis.database)
             self._loaded_at = now
+        return self._catalog
+
+    @property
+    def last_catalog(self) -> Catalog | None:
+        """The catalog last read, however old (``None`` before the first read)."""
         return self._catalog
 
     async def table(self, key: str) -> tuple[Catalog, Table]:
@@ -113,8 +130,31 @@ def status_of(exc: Wis2lError) -> int:
 
 
 def error_page(request: Request, exc: Wis2lError) -> HTMLResponse:
-    """A page naming the error and its message, with its status (never a traceback)."""
-    return page(request, "error.html", status_of(exc), title=type(exc).__name__, message=str(exc))
+    """A page naming the error and its message, with its status and the navigation (from
+    the catalog last read: no I/O), never a traceback. The database out of reach is a 503
+    page saying so, which reloads itself every few seconds."""
+    studio: Studio = request.app.state.studio
+    common: dict[str, Any] = {"catalog": studio.last_catalog}
+    if isinstance(exc, ServiceUnavailable) and exc.service == "database":
+        response = page(
+            request,
+            "unavailable.html",
+            503,
+            title="Database unreachable",
+            detail=str(exc),
+            retry_s=_RETRY_S,
+            **common,
+        )
+        response.headers["retry-after"] = str(_RETRY_S)
+        return response
+    return page(
+        request,
+        "error.html",
+        status_of(exc),
+        title=type(exc).__name__,
+        message=str(exc),
+        **common,
+    )
 
 
 async def row_context(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import attrs
@@ -52,6 +53,7 @@ OPERATORS: dict[str, str] = {
 
 _SQL_OPS = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _CTID = "ctid"
+_PARAMETER = re.compile(r"\bparameter \$(\d+)")
 
 
 @attrs.frozen
@@ -228,7 +230,10 @@ async def fetch_page(
         order,
         sql.Literal(limit + 1),
     )
-    rows = await db.fetch_all(query, params)
+    try:
+        rows = await db.fetch_all(query, params)
+    except ValidationError as exc:  # a value the column's type refuses
+        raise _refused_value(exc, table, filters) from exc.__cause__
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
@@ -239,6 +244,37 @@ async def fetch_page(
         for i in range(len(keys)):
             row.pop(f"__k{i}", None)
     return Page(rows=rows, next_cursor=next_cursor)
+
+
+def _refused_value(exc: ValidationError, table: Table, filters: list[Filter]) -> ValidationError:
+    """Which filter value PostgreSQL refused, in plain words. The filters' values are the
+    first parameters, in order; the cursor's come after them."""
+    n = _refused_parameter(exc)
+    valued = [f for f in filters if f.op not in ("null", "notnull")]
+    if n is None:
+        return exc
+    if n > len(valued):
+        return ValidationError("this cursor is not from this table and order", field="after")
+    f = valued[n - 1]
+    return _not_valid(table, f.column, f.value, f"the filter {f.column} {OPERATORS[f.op]}")
+
+
+def _refused_parameter(exc: ValidationError) -> int | None:
+    """The number of the parameter PostgreSQL refused (its error's context says
+    "unnamed portal parameter $N"), or ``None``."""
+    diag = getattr(exc.__cause__, "diag", None)
+    found = _PARAMETER.search(getattr(diag, "context", None) or "")
+    return int(found.group(1)) if found else None
+
+
+def _not_valid(table: Table, name: str, value: str, what: str) -> ValidationError:
+    column = table.column(name)
+    kind = column.type if column is not None else "value"
+    shown = value if len(value) <= 60 else value[:60] + "…"
+    return ValidationError(
+        f"{what} “{shown}” cannot be applied: “{shown}” is not a valid {kind}, the type of {name}",
+        field=name,
+    )
 
 
 async def count_rows(db: Database, table: Table) -> tuple[int, bool]:
@@ -273,7 +309,14 @@ async def fetch_row(db: Database, table: Table, key: list[str]) -> dict[str, Any
         sql.SQL(", ").join(sql.Identifier(k) for k in table.pk),
         sql.SQL(", ").join(sql.Placeholder() for _ in table.pk),
     )
-    return await db.fetch_one(query, key)
+    try:
+        return await db.fetch_one(query, key)
+    except ValidationError as exc:  # a key value the column's type refuses
+        n = _refused_parameter(exc)
+        if n is None or n > len(key):
+            raise
+        name = table.pk[n - 1]
+        raise _not_valid(table, name, key[n - 1], f"the key {name} =") from exc.__cause__
 
 
 async def fetch_related(

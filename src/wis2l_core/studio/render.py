@@ -89,12 +89,23 @@ def _json(value: Any) -> Markup:
     return _html(f'<details class="json"><summary>{summary}</summary><pre>{text}</pre></details>')
 
 
+def _time(value: dt.datetime, *, full: bool) -> Markup:
+    """In full on a row page; to the minute in a list (``Z`` for UTC), the full value in
+    its tooltip, so that a table of timestamps fits the page."""
+    whole = value.isoformat(sep=" ", timespec="seconds")
+    if full:
+        return _html(f'<time datetime="{value.isoformat()}">{whole}</time>')
+    offset = value.utcoffset()
+    zone = "" if offset is None else "Z" if not offset else value.strftime("%z")
+    return _html(
+        f'<time datetime="{value.isoformat()}" title="{whole}">'
+        f"{value.strftime('%Y-%m-%d %H:%M')}{zone}</time>"
+    )
+
+
 def _text(value: Any) -> Markup:
     if isinstance(value, dt.datetime):
-        return _html(
-            f'<time datetime="{value.isoformat()}">'
-            f"{value.isoformat(sep=' ', timespec='seconds')}</time>"
-        )
+        return _time(value, full=False)
     text = str(value) if not isinstance(value, list) else ", ".join(map(str, value))
     if len(text) > _TEXT_MAX:
         return _html(f'<span title="{_e(text[:2000])}">{_e(text[:_TEXT_MAX])}…</span>')
@@ -144,5 +155,5 @@ def cell(
     if full:
         if isinstance(value, str) and ("\n" in value or len(value) > _TEXT_MAX):
             return _html(f"<pre>{_e(value)}</pre>")
-        return _e(value) if not isinstance(value, dt.datetime) else _text(value)
+        return _e(value) if not isinstance(value, dt.datetime) else _time(value, full=True)
     return _text(value)

@@ -101,7 +101,7 @@ class StudioServer:
 
     def __init__(self, wis: Any, *, host: str = "127.0.0.1", port: int = 5555, write: bool = False):
         self.live = LiveFeed(wis.settings)
-        self.app = create_app(wis, write=write, live=self.live)
+        self.app = create_app(wis, write=write, live=self.live, host=host, port=port)
         config = uvicorn.Config(
             guard(self.app, wis, host),
             host=host,
@@ -140,6 +140,7 @@ class StudioServer:
             sock.close()
             raise
         self._socket = sock
+        self.app.state.studio.serve_on(self.host, sock.getsockname()[1])
         await self.live.start()
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="wis2l-studio")
         while not self.server.started:

@@ -53,5 +53,12 @@
       });
     });
   }
-  document.addEventListener("DOMContentLoaded", function () { startLive(); pollStatus(); confirmDeletes(); });
+  function backLinks() {  // no inline script (CSP): "Back" goes back when there is a page to go to
+    document.querySelectorAll("a.back").forEach(function (link) {
+      link.addEventListener("click", function (e) {
+        if (window.history.length > 1) { e.preventDefault(); window.history.back(); }
+      });
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { startLive(); pollStatus(); confirmDeletes(); backLinks(); });
 })();
