@@ -153,9 +153,7 @@ class Recorder:
 
 # Pages of other work in flight whose prints are not marked with `# ->` yet: their
 # output is not compared until they are (remove a page from here when it is).
-OUTPUT_NOT_MARKED = {
-    "docs/studio.md",
-}
+OUTPUT_NOT_MARKED: set[str] = set()
 
 
 class AwaitingEvaluator:
