@@ -503,16 +503,16 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
                 queries["claim"].text, {"in_flight": [], "limit": 1, **part}, prepare=True
             )
             batch = await cur.fetchall()
-            assert [r["id"] for r in batch] == [v.id]  # W's first is invisible yet
+            assert [r["id"] for r in batch] == [str(v.id)]  # W's first is invisible yet
             await w.execute("COMMIT")  # W's first commits ...
             await env.write(second_w)  # ... and then W's second (seq s3 > s2)
             cur = await relay.execute(
                 queries["claim"].text,
-                {"in_flight": [r["id"] for r in batch], "limit": 10, **part},
+                {"in_flight": [r["seq"] for r in batch], "limit": 10, **part},
                 prepare=True,
             )
             more = [r["id"] for r in await cur.fetchall()]
-    assert more == [first_w.id, second_w.id]
+    assert more == [str(first_w.id), str(second_w.id)]
 
 
 def test_home_partitions_split_every_partition_once_and_evenly() -> None:

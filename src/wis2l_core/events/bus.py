@@ -47,6 +47,8 @@ a leader nobody answers, so it is asked again (for up to ``_ELECTION_WAIT``)."""
 _ELECTION_WAIT = 10.0
 """Seconds :meth:`EventBus.ensure_stream` waits for a replicated stream's leader election
 (nats-server 2.15 takes 5-7 s after its leader dies)."""
+_SEND_CHUNK = 250
+"""Messages :meth:`EventBus.send_encoded` encodes before it yields to the event loop."""
 _NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
 _NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
@@ -555,18 +557,26 @@ class EventBus:
         js = self.jetstream
         futures: list[asyncio.Future[PubAck]] = []
         failed: BaseException | None = None
-        for msg in messages:
+        subjects: dict[str, str] = {}
+        for n, msg in enumerate(messages):
             try:
+                subject = subjects.get(msg.type) or subjects.setdefault(
+                    msg.type, self.subject(msg.type)
+                )
                 # No wait_stall: with one, every call goes through wait_for, which yields
                 # to the loop, so each message would be flushed in its own write.
                 headers = cloudevent_headers(
                     msg.type, msg.id, namespace=self.namespace, time=msg.time
                 )
-                fut = await js.publish_async(self.subject(msg.type), msg.payload, headers=headers)
+                fut = await js.publish_async(subject, msg.payload, headers=headers)
             except (nats.errors.Error, OSError, ValueError) as exc:
                 failed = exc
                 break
             futures.append(fut)
+            if n % _SEND_CHUNK == _SEND_CHUNK - 1:
+                # Let the client write what is queued, and other tasks (the relay's
+                # database work) run, while the rest is encoded.
+                await asyncio.sleep(0)
         return PendingAcks(futures, len(messages), failed)
 
     # -- subscribing ---------------------------------------------------------------------
