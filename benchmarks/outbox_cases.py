@@ -16,8 +16,14 @@ partitions, batches of 1,000) with the runtime's relay stopped. Once every proce
 the others, a backlog spread over 64 projects is committed at once and timed until the
 last row is marked; each process reports what it published and the CPU it used, and the
 CPU of the machine's postgres and nats-server processes is read from /proc over the same
-interval, which shows where the time goes. Then the latency case again, with 4 relay
-processes publishing and the writes spread over the 64 projects.
+interval, which shows where the time goes. Then the latency case again, with 1 and then
+4 relay processes publishing and the writes spread over the 64 projects (each
+notification wakes only the relay that publishes its partition: sql/migrations/0006).
+
+Writer cost of that trigger: single-event write transactions (``insert_outbox`` and
+commit, as a repository write makes) and 1,000-row batches, timed with the 0006 row
+trigger (a NOTIFY per row with the partition key) and with the statement trigger it
+replaced (one empty NOTIFY per statement), in alternating rounds on the run's database.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from nats.aio.msg import Msg
 from benchmarks.env import Env
 from benchmarks.harness import Config, Result, Target, stats_of
 from wis2l_core.db.repository import event_params
-from wis2l_core.db.sql import query_file
+from wis2l_core.db.sql import migrations, query_file
 from wis2l_core.events import BuildProgress, ComponentCreated
 from wis2l_core.events.outbox import OutboxRelay
 
@@ -316,11 +322,97 @@ async def relays(env: Env, config: Config) -> list[Result]:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (1, 2, 4):
                 out.append(await _drain_with(env, n, projects, count, Path(tmp)))
-            async with _RelayProcesses(env, 4, Path(tmp)):
-                out.append(await latency(env, config, projects, name=", 4 relay processes"))
+            lat: dict[int, Result] = {}
+            for n in (1, 4):
+                async with _RelayProcesses(env, n, Path(tmp)):
+                    lat[n] = await latency(env, config, projects, name=f", {n} relay processes")
     finally:
         await env.wis.relay.start()
-    return out
+    one, four = (lat[n].ops["commit -> delivery"].median_ms for n in (1, 4))
+    lat[4].ratios["p50 with 4 relays / with 1"] = four / one
+    lat[4].targets.append(
+        Target("p50 vs 1 relay", four / one, 2.0, "<=", ratio="p50 with 4 relays / with 1")
+    )
+    return [*out, *lat.values()]
+
+
+_STATEMENT_TRIGGER = """
+CREATE OR REPLACE FUNCTION wis2l_bench_notify_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('wis2l_outbox', ''); RETURN NULL; END; $$;
+DROP TRIGGER events_notify ON events;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION wis2l_bench_notify_statement();
+"""
+
+
+async def _run_sql(env: Env, script: str) -> None:
+    """Run ``script`` (several statements, no parameters) in one transaction."""
+    async with env.wis.database.connection() as conn, conn.transaction():
+        await conn.execute(script.encode())
+
+
+async def _timed_writes(env: Env, projects: list[UUID], count: int) -> tuple[list[float], float]:
+    """``count`` one-event write transactions (ms each), then the rows/s of one batch."""
+    text = query_file("events")["insert_outbox"].text
+    samples = []
+    async with env.wis.database.connection() as conn:
+        for i in range(count):
+            params = event_params(
+                BuildProgress(
+                    project_id=projects[i % len(projects)], build_id=projects[0], progress=i % 101
+                )
+            )
+            start = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute(text, params, prepare=True)
+            samples.append((time.perf_counter() - start) * 1000)
+        batch = [
+            event_params(BuildProgress(project_id=p, build_id=p, progress=1))
+            for i in range(1000)
+            for p in [projects[i % len(projects)]]
+        ]
+        start = time.perf_counter()
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(text, batch)
+        return samples, len(batch) / (time.perf_counter() - start)
+
+
+async def writer_cost(env: Env, config: Config) -> Result:
+    """What the per-partition NOTIFY costs a writer, against the statement NOTIFY."""
+    res = Result("outbox NOTIFY: writer cost")
+    count, rounds = (50, 2) if config.quick else (500, 3)
+    projects = [await env.new_project() for _ in range(8)]
+    row_trigger = next(m.text for m in migrations() if m.name.startswith("0006_"))
+    lat: dict[str, list[float]] = {"row trigger (0006)": [], "statement trigger (before)": []}
+    rate: dict[str, list[float]] = {name: [] for name in lat}
+    await env.wis.relay.stop(5)
+    try:
+        for i in range(rounds):
+            for name in sorted(lat, reverse=bool(i % 2)):  # alternate which goes first
+                ddl = row_trigger if name.startswith("row") else _STATEMENT_TRIGGER
+                await _run_sql(env, ddl)
+                samples, per_s = await _timed_writes(env, projects, count)
+                lat[name] += samples
+                rate[name].append(per_s)
+    finally:
+        await _run_sql(env, row_trigger)
+        await _run_sql(env, "UPDATE events SET published_at = now() WHERE published_at IS NULL")
+        await env.wis.relay.start()
+    for name, samples in lat.items():
+        res.ops[f"one-event write, {name}"] = stats_of(samples, unit_ns=False)
+        res.values[f"1,000-row batch rows/s, {name}"] = statistics.median(rate[name])
+    now, before = (f"one-event write, {n}" for n in lat)
+    res.ratio("write latency, row / statement trigger", now, before)
+    res.ratios["batch rows/s, row / statement trigger"] = (
+        res.values["1,000-row batch rows/s, row trigger (0006)"]
+        / res.values["1,000-row batch rows/s, statement trigger (before)"]
+    )
+    res.notes = (
+        f"{count} one-event transactions (insert_outbox, commit) per round over 8 projects,"
+        f" then one 1,000-row executemany; {rounds} alternating rounds per trigger; the"
+        " relay stopped meanwhile"
+    )
+    return res
 
 
 async def run(env: Env, config: Config) -> list[Result]:
@@ -329,4 +421,5 @@ async def run(env: Env, config: Config) -> list[Result]:
         await throughput(env, config),
         await latency(env, config),
         *await relays(env, config),
+        await writer_cost(env, config),
     ]

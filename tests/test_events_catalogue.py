@@ -297,7 +297,11 @@ def test_an_event_is_checked_as_it_is_built() -> None:
     assert exc.value.field == "build_id"
     with pytest.raises(ValidationError) as exc:
         ComponentCreated(  # not one of the Language values
-            project_id=p, component_id=p, name="x", language="cobol", version=1  # type: ignore[arg-type]
+            project_id=p,
+            component_id=p,
+            name="x",
+            language="cobol",
+            version=1,  # type: ignore[arg-type]
         )
     assert exc.value.field == "language"
     with pytest.raises(ValidationError) as exc:
@@ -305,7 +309,12 @@ def test_an_event_is_checked_as_it_is_built() -> None:
     assert exc.value.field == "progress"
     # What a consumer reads back is accepted, and kept in its decoded form.
     event = ComponentCreated(
-        project_id=str(p), component_id=p, name="x", language="lua", version=1  # type: ignore[arg-type]
+        project_id=str(p),
+        component_id=p,
+        name="x",
+        language="lua",
+        version=1,  # type: ignore[arg-type]
     )
-    assert event.project_id == p and event.language is Language.LUA
+    assert event.project_id == p
+    assert event.language is Language.LUA
     assert decode_event(encode_event(event)) == event

@@ -367,7 +367,16 @@ class OutboxRelay:
         marked, full, error = 0, False, None
         while acks is not None:
             settling = asyncio.create_task(
-                self._settle_and_claim(conn, rows, acks, started, part, upcoming, claimed, error)
+                self._settle_and_claim(
+                    conn,
+                    rows,
+                    acks,
+                    started=started,
+                    part=part,
+                    upcoming=upcoming,
+                    claimed=claimed,
+                    error=error,
+                )
             )
             try:
                 upcoming_acks = await self._send(upcoming, started)
@@ -407,6 +416,7 @@ class OutboxRelay:
         conn: Connection,
         rows: list[_Row],
         acks: PendingAcks,
+        *,
         started: float,
         part: dict[str, Any],
         upcoming: list[_Row],
