@@ -89,8 +89,9 @@ class PendingAcks:
             One entry per message, in order: ``None`` if acknowledged, else the error (a
             ``TimeoutError`` when no ack came in time).
         """
-        if self._futures:
-            _, pending = await asyncio.wait(self._futures, timeout=timeout)
+        waiting = [f for f in self._futures if not f.done()]  # most have come already
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=timeout)
             for late in pending:
                 late.cancel()
         results: list[BaseException | None] = []
