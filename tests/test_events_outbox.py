@@ -608,3 +608,39 @@ async def test_a_relay_wakes_only_for_the_partitions_it_publishes(env: Env) -> N
     assert len(woken) == 1  # b ignored a's five
     assert a.published == 5
     assert b.published == 1
+
+
+async def test_a_batch_is_settled_while_the_next_one_is_sent(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlap: batch 1's acks are awaited and it is marked while batch 2 is being
+    written to NATS. Each side waits for the other to have begun, so a relay that does
+    one after the other (either way round) never gets past the second batch."""
+    p = await env.project()
+    events = [progress(p, i) for i in range(6)]
+    await env.write(*events)
+    relay = env.relay(batch_size=2)
+    sending, settled = asyncio.Event(), asyncio.Event()
+    settle, send = relay._settle, env.bus.send_encoded
+    sends = 0
+
+    async def first_settle_waits_for_the_second_send(*args: Any, **kwargs: Any) -> Any:
+        if not settled.is_set():
+            await asyncio.wait_for(sending.wait(), 10)
+        result = await settle(*args, **kwargs)
+        settled.set()
+        return result
+
+    async def second_send_waits_for_the_first_settle(messages: Sequence[EncodedEvent]) -> Any:
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            sending.set()
+            await asyncio.wait_for(settled.wait(), 10)
+        return await send(messages)
+
+    monkeypatch.setattr(relay, "_settle", first_settle_waits_for_the_second_send)
+    monkeypatch.setattr(env.bus, "send_encoded", second_send_waits_for_the_first_settle)
+    assert await relay.relay_once() == 6
+    assert await env.unpublished() == 0
+    assert ids(await read_all(env.bus)) == [str(e.id) for e in events]  # in order
