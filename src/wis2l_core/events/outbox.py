@@ -385,6 +385,8 @@ class OutboxRelay:
                 raise
             except BaseException:
                 await asyncio.wait({settling})  # the connection is in use until it ends
+                if not settling.cancelled():
+                    settling.exception()  # seen: the send's error is the one raised
                 raise
             count, failed, after = await settling
             full = len(rows) == self.batch_size
