@@ -4,7 +4,10 @@ Throughput: the runtime's relay is paused, ``count`` committed event rows are wr
 and a fresh :class:`OutboxRelay` drains them (``relay_once()`` passes: claim, publish
 asynchronously, wait for the acks, mark, commit) while the clock runs. The raw baseline
 publishes the same number of messages with nats-py ``publish_async`` in windows of
-2,000 and waits for every ack, with no database at all. Library and raw alternate.
+2,000 and waits for every ack, with no database at all: once with only ``Nats-Msg-Id``
+and once with the eight headers the relay sends (the CloudEvents ones; nats-py encodes
+each header of each message, which alone costs the raw client about a third of its
+rate). Library and raw alternate.
 
 Latency: with the runtime's relay running, ``components.create`` is called at a steady
 200 per second; a plain NATS subscription on the event's subject records when each
@@ -16,8 +19,14 @@ partitions, batches of 1,000) with the runtime's relay stopped. Once every proce
 the others, a backlog spread over 64 projects is committed at once and timed until the
 last row is marked; each process reports what it published and the CPU it used, and the
 CPU of the machine's postgres and nats-server processes is read from /proc over the same
-interval, which shows where the time goes. Then the latency case again, with 4 relay
-processes publishing and the writes spread over the 64 projects.
+interval, which shows where the time goes. Then the latency case again, with 1 and then
+4 relay processes publishing and the writes spread over the 64 projects (each
+notification wakes only the relay that publishes its partition: sql/migrations/0005).
+
+Writer cost of that trigger: single-event write transactions (``insert_outbox`` and
+commit, as a repository write makes) and 1,000-row batches, timed with the 0005 row
+trigger (a NOTIFY per row with the partition key) and with the statement trigger it
+replaced (one empty NOTIFY per statement), in alternating rounds on the run's database.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -44,7 +54,7 @@ from nats.aio.msg import Msg
 from benchmarks.env import Env
 from benchmarks.harness import Config, Result, Target, stats_of
 from wis2l_core.db.repository import event_params
-from wis2l_core.db.sql import query_file
+from wis2l_core.db.sql import migrations, query_file
 from wis2l_core.events import BuildProgress, ComponentCreated
 from wis2l_core.events.outbox import OutboxRelay
 
@@ -74,17 +84,36 @@ async def _library_drain(env: Env, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def _raw_publish(js: nats.js.JetStreamContext, subject: str, count: int) -> float:
+async def _raw_publish(
+    js: nats.js.JetStreamContext, subject: str, count: int, *, cloudevents: bool = False
+) -> float:
+    """Publish ``count`` messages in windows, waiting for every ack; messages per second.
+
+    With ``cloudevents`` each message carries the eight headers the relay sends (built
+    by hand per message), else only ``Nats-Msg-Id``.
+    """
     bodies = [
         orjson.dumps({"id": str(uuid.uuid4()), "type": "build.progress", "progress": i % 101})
         for i in range(count)
     ]
+    source = "/wis2l-core/" + subject.split(".", 1)[0]
     start = time.perf_counter()
     for first in range(0, count, WINDOW):
-        futures = [
-            await js.publish_async(subject, body, headers={"Nats-Msg-Id": str(uuid.uuid4())})
-            for body in bodies[first : first + WINDOW]
-        ]
+        futures = []
+        for body in bodies[first : first + WINDOW]:
+            id_ = str(uuid.uuid4())
+            headers = {"Nats-Msg-Id": id_}
+            if cloudevents:
+                headers |= {
+                    "ce-specversion": "1.0",
+                    "ce-type": "wis2l.build.progress",
+                    "ce-source": source,
+                    "ce-id": id_,
+                    "ce-time": datetime.now(UTC).isoformat(),
+                    "ce-datacontenttype": "application/json",
+                    "content-type": "application/json",
+                }
+            futures.append(await js.publish_async(subject, body, headers=headers))
         await asyncio.gather(*futures)
     return count / (time.perf_counter() - start)
 
@@ -100,27 +129,36 @@ async def throughput(env: Env, config: Config) -> Result:
     subject = env.wis.bus.subject(BuildProgress)
     lib: list[float] = []
     raw: list[float] = []
+    ce: list[float] = []
     try:
         for i in range(repeats):  # alternate which side goes first
             if i % 2:
                 raw.append(await _raw_publish(js, subject, count))
+                ce.append(await _raw_publish(js, subject, count, cloudevents=True))
             lib.append(await _library_drain(env, count))
             if not i % 2:
                 raw.append(await _raw_publish(js, subject, count))
+                ce.append(await _raw_publish(js, subject, count, cloudevents=True))
     finally:
         await nc.close()
         await env.wis.relay.start()
-    lib_rate, raw_rate = statistics.median(lib), statistics.median(raw)
-    res.values |= {"library events/s": lib_rate, "raw publish_async msgs/s": raw_rate}
+    lib_rate, raw_rate, ce_rate = (statistics.median(x) for x in (lib, raw, ce))
+    res.values |= {
+        "library events/s": lib_rate,
+        "raw publish_async msgs/s": raw_rate,
+        "raw publish_async, CloudEvents headers, msgs/s": ce_rate,
+    }
     share = lib_rate / raw_rate
     res.ratios["library / raw (throughput)"] = share
+    res.ratios["library / raw with the same headers (throughput)"] = lib_rate / ce_rate
     res.targets.append(Target("events/s", lib_rate, 2000, ">=", "ev/s"))
     res.targets.append(
-        Target("share of raw publishing", share, 0.5, ">=", ratio="library / raw (throughput)")
+        Target("share of raw publishing", share, 0.8, ">=", ratio="library / raw (throughput)")
     )
     res.notes = (
         f"{count} committed rows drained by relay_once() passes (batches of 1,000, 8 per"
-        f" transaction), median of {repeats}; raw: publish_async in windows of {WINDOW}"
+        f" transaction), median of {repeats}; raw: publish_async in windows of {WINDOW},"
+        " with the Nats-Msg-Id header only, and with the relay's eight headers"
     )
     return res
 
@@ -316,11 +354,97 @@ async def relays(env: Env, config: Config) -> list[Result]:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (1, 2, 4):
                 out.append(await _drain_with(env, n, projects, count, Path(tmp)))
-            async with _RelayProcesses(env, 4, Path(tmp)):
-                out.append(await latency(env, config, projects, name=", 4 relay processes"))
+            lat: dict[int, Result] = {}
+            for n in (1, 4):
+                async with _RelayProcesses(env, n, Path(tmp)):
+                    lat[n] = await latency(env, config, projects, name=f", {n} relay processes")
     finally:
         await env.wis.relay.start()
-    return out
+    one, four = (lat[n].ops["commit -> delivery"].median_ms for n in (1, 4))
+    lat[4].ratios["p50 with 4 relays / with 1"] = four / one
+    lat[4].targets.append(
+        Target("p50 vs 1 relay", four / one, 2.0, "<=", ratio="p50 with 4 relays / with 1")
+    )
+    return [*out, *lat.values()]
+
+
+_STATEMENT_TRIGGER = """
+CREATE OR REPLACE FUNCTION wis2l_bench_notify_statement() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('wis2l_outbox', ''); RETURN NULL; END; $$;
+DROP TRIGGER events_notify ON events;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION wis2l_bench_notify_statement();
+"""
+
+
+async def _run_sql(env: Env, script: str) -> None:
+    """Run ``script`` (several statements, no parameters) in one transaction."""
+    async with env.wis.database.connection() as conn, conn.transaction():
+        await conn.execute(script.encode())
+
+
+async def _timed_writes(env: Env, projects: list[UUID], count: int) -> tuple[list[float], float]:
+    """``count`` one-event write transactions (ms each), then the rows/s of one batch."""
+    text = query_file("events")["insert_outbox"].text
+    samples = []
+    async with env.wis.database.connection() as conn:
+        for i in range(count):
+            params = event_params(
+                BuildProgress(
+                    project_id=projects[i % len(projects)], build_id=projects[0], progress=i % 101
+                )
+            )
+            start = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute(text, params, prepare=True)
+            samples.append((time.perf_counter() - start) * 1000)
+        batch = [
+            event_params(BuildProgress(project_id=p, build_id=p, progress=1))
+            for i in range(1000)
+            for p in [projects[i % len(projects)]]
+        ]
+        start = time.perf_counter()
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(text, batch)
+        return samples, len(batch) / (time.perf_counter() - start)
+
+
+async def writer_cost(env: Env, config: Config) -> Result:
+    """What the per-partition NOTIFY costs a writer, against the statement NOTIFY."""
+    res = Result("outbox NOTIFY: writer cost")
+    count, rounds = (50, 2) if config.quick else (500, 3)
+    projects = [await env.new_project() for _ in range(8)]
+    row_trigger = next(m.text for m in migrations() if m.name.startswith("0005_"))
+    lat: dict[str, list[float]] = {"row trigger (0005)": [], "statement trigger (before)": []}
+    rate: dict[str, list[float]] = {name: [] for name in lat}
+    await env.wis.relay.stop(5)
+    try:
+        for i in range(rounds):
+            for name in sorted(lat, reverse=bool(i % 2)):  # alternate which goes first
+                ddl = row_trigger if name.startswith("row") else _STATEMENT_TRIGGER
+                await _run_sql(env, ddl)
+                samples, per_s = await _timed_writes(env, projects, count)
+                lat[name] += samples
+                rate[name].append(per_s)
+    finally:
+        await _run_sql(env, row_trigger)
+        await _run_sql(env, "UPDATE events SET published_at = now() WHERE published_at IS NULL")
+        await env.wis.relay.start()
+    for name, samples in lat.items():
+        res.ops[f"one-event write, {name}"] = stats_of(samples, unit_ns=False)
+        res.values[f"1,000-row batch rows/s, {name}"] = statistics.median(rate[name])
+    now, before = (f"one-event write, {n}" for n in lat)
+    res.ratio("write latency, row / statement trigger", now, before)
+    res.ratios["batch rows/s, row / statement trigger"] = (
+        res.values["1,000-row batch rows/s, row trigger (0005)"]
+        / res.values["1,000-row batch rows/s, statement trigger (before)"]
+    )
+    res.notes = (
+        f"{count} one-event transactions (insert_outbox, commit) per round over 8 projects,"
+        f" then one 1,000-row executemany; {rounds} alternating rounds per trigger; the"
+        " relay stopped meanwhile"
+    )
+    return res
 
 
 async def run(env: Env, config: Config) -> list[Result]:
@@ -329,4 +453,5 @@ async def run(env: Env, config: Config) -> list[Result]:
         await throughput(env, config),
         await latency(env, config),
         *await relays(env, config),
+        await writer_cost(env, config),
     ]

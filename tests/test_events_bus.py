@@ -622,10 +622,17 @@ async def test_a_type_that_contradicts_the_subject_is_dead_lettered(bus: EventBu
 
 
 async def test_publish_refuses_a_malformed_event_before_sending(bus: EventBus) -> None:
-    bad_id = BuildProgress(project_id="*", build_id=uuid.uuid4(), progress=1)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError) as exc:
-        await bus.publish(bad_id)
+    with pytest.raises(ValidationError) as exc:  # refused as it is built
+        BuildProgress(project_id="*", build_id=uuid.uuid4(), progress=1)  # type: ignore[arg-type]
     assert exc.value.field == "project_id"
+    # What a JSON object field holds is checked as the body is encoded: still refused
+    # before anything is sent.
+    event = BuildCompleted(
+        project_id=uuid.uuid4(), build_id=uuid.uuid4(), target="webgl", artifacts={"x": object()}
+    )
+    with pytest.raises(ValidationError) as exc:
+        await bus.publish(event)
+    assert exc.value.field == "event"
     with pytest.raises(ValidationError):
         await bus.publish("build.progress")  # type: ignore[arg-type]
     with pytest.raises(ValidationError) as exc:

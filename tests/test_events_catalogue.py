@@ -29,6 +29,7 @@ from wis2l_core.events import (
     CATALOGUE,
     BuildCompleted,
     BuildProgress,
+    ComponentCreated,
     DomainEvent,
     asyncapi_document,
     decode_event,
@@ -36,6 +37,7 @@ from wis2l_core.events import (
     event_class,
 )
 from wis2l_core.events.asyncapi import event_schema, to_yaml
+from wis2l_core.models import Language
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
@@ -285,3 +287,34 @@ def test_attrs_fields_are_frozen() -> None:
     event = BuildProgress(project_id=p, build_id=p, progress=1)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         event.progress = 2  # type: ignore[misc]
+
+
+def test_an_event_is_checked_as_it_is_built() -> None:
+    """bus.publish no longer decodes each event again: the check is at construction."""
+    p = uuid.uuid4()
+    with pytest.raises(ValidationError) as exc:
+        BuildProgress(project_id=p, build_id="not a uuid", progress=1)  # type: ignore[arg-type]
+    assert exc.value.field == "build_id"
+    with pytest.raises(ValidationError) as exc:
+        ComponentCreated(  # not one of the Language values
+            project_id=p,
+            component_id=p,
+            name="x",
+            language="cobol",
+            version=1,  # type: ignore[arg-type]
+        )
+    assert exc.value.field == "language"
+    with pytest.raises(ValidationError) as exc:
+        attrs.evolve(BuildProgress(project_id=p, build_id=p, progress=1), progress="many")
+    assert exc.value.field == "progress"
+    # What a consumer reads back is accepted, and kept in its decoded form.
+    event = ComponentCreated(
+        project_id=str(p),
+        component_id=p,
+        name="x",
+        language="lua",
+        version=1,  # type: ignore[arg-type]
+    )
+    assert event.project_id == p
+    assert event.language is Language.LUA
+    assert decode_event(encode_event(event)) == event

@@ -17,11 +17,13 @@ from typing import Any
 import attrs
 import nats
 import nats.errors
+import psycopg
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from tests.helpers import eventually
 
+from wis2l_core.catalogue import UserSignedIn
 from wis2l_core.config import Settings
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.repository import event_params
@@ -29,6 +31,7 @@ from wis2l_core.db.sql import query_file
 from wis2l_core.events import BuildProgress, BuildStarted, DomainEvent, EventBus, PendingAcks
 from wis2l_core.events.bus import EncodedEvent
 from wis2l_core.events.outbox import OutboxRelay, home_partitions
+from wis2l_core.models import Role
 from wis2l_core.runtime import Repositories
 
 # -- helpers -----------------------------------------------------------------------------
@@ -503,16 +506,16 @@ async def test_a_late_commit_is_claimed_before_its_writers_later_events(env: Env
                 queries["claim"].text, {"in_flight": [], "limit": 1, **part}, prepare=True
             )
             batch = await cur.fetchall()
-            assert [r["id"] for r in batch] == [v.id]  # W's first is invisible yet
+            assert [r["id"] for r in batch] == [str(v.id)]  # W's first is invisible yet
             await w.execute("COMMIT")  # W's first commits ...
             await env.write(second_w)  # ... and then W's second (seq s3 > s2)
             cur = await relay.execute(
                 queries["claim"].text,
-                {"in_flight": [r["id"] for r in batch], "limit": 10, **part},
+                {"in_flight": [r["seq"] for r in batch], "limit": 10, **part},
                 prepare=True,
             )
             more = [r["id"] for r in await cur.fetchall()]
-    assert more == [first_w.id, second_w.id]
+    assert more == [str(first_w.id), str(second_w.id)]
 
 
 def test_home_partitions_split_every_partition_once_and_evenly() -> None:
@@ -542,3 +545,102 @@ async def test_partitions_are_locked_by_one_relay_at_a_time(env: Env) -> None:
         async with b.transaction():  # a committed: free again
             cur = await b.execute(queries["lock_partitions"].text, params)
             assert (await cur.fetchone() or {})["held"] == [0, 1, 2, 3]
+
+
+# -- waking only the relay concerned (sql/migrations/0005) --------------------------------
+
+KEY = "uuid_hash_extended(%(p)s::uuid, 0) & 9223372036854775807"
+
+
+async def _key(env: Env, project: uuid.UUID | None) -> int:
+    if project is None:
+        return 0
+    async with env.db.connection() as c:
+        row = await (await c.execute(f"SELECT {KEY} AS k", {"p": project})).fetchone()
+    assert row is not None
+    return int(row["k"])
+
+
+async def test_a_notification_names_the_partition_key_of_an_outbox_row(env: Env) -> None:
+    p = await env.project()
+    url = env.settings.direct_database_url
+    listener = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    async with listener:
+        await listener.execute("LISTEN wis2l_outbox")
+        audit = query_file("events")["create"].text
+        async with env.db.connection() as c, c.transaction():  # audit-only: wakes nobody
+            await c.execute(audit, event_params(progress(p, 0)))
+        await env.write(progress(p, 1), progress(p, 2))  # one project: folded into one
+        await env.write(UserSignedIn(user_id=uuid.uuid4(), sub="s", role=Role.VIEWER))
+        got = [n.payload async for n in listener.notifies(timeout=5, stop_after=2)]
+    assert got == [str(await _key(env, p)), "0"]  # no project: partition 0
+
+
+async def test_a_relay_wakes_only_for_the_partitions_it_publishes(env: Env) -> None:
+    a, b = env.relay(poll_interval=0.2), env.relay(poll_interval=0.2)
+    await a.start()
+    await b.start()
+    await eventually(lambda: len(a.relays) == len(b.relays) == 2)
+    await eventually(lambda: not set(a.home) & set(b.home))
+
+    async def project_of(relay: OutboxRelay) -> uuid.UUID:
+        while True:
+            p = await env.project()
+            if await _key(env, p) % relay.partitions in relay.home:
+                return p
+
+    p_a, p_b = await project_of(a), await project_of(b)
+    woken: list[int] = []
+    wake = b._wake
+    assert wake is not None
+
+    class Counting(asyncio.Event):
+        def set(self) -> None:
+            woken.append(1)
+            super().set()
+
+    b._wake = Counting()
+    for i in range(5):
+        await env.write(progress(p_a, i))  # five notifications for a's partition
+    await env.write(progress(p_b, 9))  # then one for b's: delivered after those five
+    await eventually(lambda: _zero(env), timeout=15)
+    await eventually(lambda: len(woken) >= 1)
+    assert len(woken) == 1  # b ignored a's five
+    assert a.published == 5
+    assert b.published == 1
+
+
+async def test_a_batch_is_settled_while_the_next_one_is_sent(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlap: batch 1's acks are awaited and it is marked while batch 2 is being
+    written to NATS. Each side waits for the other to have begun, so a relay that does
+    one after the other (either way round) never gets past the second batch."""
+    p = await env.project()
+    events = [progress(p, i) for i in range(6)]
+    await env.write(*events)
+    relay = env.relay(batch_size=2)
+    sending, settled = asyncio.Event(), asyncio.Event()
+    settle, send = relay._settle, env.bus.send_encoded
+    sends = 0
+
+    async def first_settle_waits_for_the_second_send(*args: Any, **kwargs: Any) -> Any:
+        if not settled.is_set():
+            await asyncio.wait_for(sending.wait(), 10)
+        result = await settle(*args, **kwargs)
+        settled.set()
+        return result
+
+    async def second_send_waits_for_the_first_settle(messages: Sequence[EncodedEvent]) -> Any:
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            sending.set()
+            await asyncio.wait_for(settled.wait(), 10)
+        return await send(messages)
+
+    monkeypatch.setattr(relay, "_settle", first_settle_waits_for_the_second_send)
+    monkeypatch.setattr(env.bus, "send_encoded", second_send_waits_for_the_first_settle)
+    assert await relay.relay_once() == 6
+    assert await env.unpublished() == 0
+    assert ids(await read_all(env.bus)) == [str(e.id) for e in events]  # in order

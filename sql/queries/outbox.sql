@@ -23,17 +23,20 @@ SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, tru
 
 -- name: claim
 -- The oldest unpublished rows of the partitions this transaction holds, except the batch
--- in flight (claimed, not yet marked; the batches before it are marked, so no longer
--- unpublished for this transaction). Not "seq > the last one claimed": a transaction
--- that committed after the pass's first claim may hold a *lower* seq than rows claimed
--- since, and its writer's later events must not go out before it. NOWAIT and not SKIP LOCKED: nothing else should
--- hold these row locks (a previous owner's transaction has ended before the partition
--- lock could be taken), and skipping a locked row would publish its successors first;
--- if something does hold one (a cascading project delete), the pass fails and is retried.
-SELECT id, seq, subject, payload, created_at
+-- in flight (claimed, not yet marked, by seq; the batches before it are marked, so no
+-- longer unpublished for this transaction). Not "seq > the last one claimed": a
+-- transaction that committed after the pass's first claim may hold a *lower* seq than
+-- rows claimed since, and its writer's later events must not go out before it. NOWAIT and
+-- not SKIP LOCKED: nothing else should hold these row locks (a previous owner's
+-- transaction has ended before the partition lock could be taken), and skipping a locked
+-- row would publish its successors first; if something does hold one (a cascading
+-- project delete), the pass fails and is retried. The id comes as text and occurred_at
+-- is read here: the relay sends both as headers, so it parses neither.
+SELECT seq, id::text AS id, subject, payload, payload ->> 'occurred_at' AS occurred_at,
+       created_at
 FROM events
 WHERE published_at IS NULL AND subject IS NOT NULL
-  AND NOT (id = ANY(%(in_flight)s::uuid[]))
+  AND seq <> ALL(%(in_flight)s::bigint[])
   AND (CASE WHEN project_id IS NULL THEN 0
             ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807,
                      %(partitions)s::bigint) END)::int = ANY(%(held)s::int[])
@@ -42,11 +45,14 @@ LIMIT %(limit)s::int
 FOR UPDATE NOWAIT;
 
 -- name: mark_published
--- `created_at >= oldest` lets PostgreSQL skip the month partitions before the batch's
--- oldest row: an id alone does not name its partition (10x faster with months of events).
-UPDATE events SET published_at = now()
-WHERE id = ANY(%(ids)s::uuid[]) AND created_at >= %(oldest)s::timestamptz
-  AND published_at IS NULL;
+-- One statement per batch. By seq, through the partial index of unpublished rows (its
+-- size is the backlog, not the table's), and `created_at >= oldest` lets PostgreSQL skip
+-- the month partitions before the batch's oldest row. updated_at is set here, so the
+-- touch trigger (which 0005 skips when a statement sets updated_at) does not run per row.
+UPDATE events SET published_at = now(),
+                  updated_at = greatest(statement_timestamp(), created_at)
+WHERE seq = ANY(%(seqs)s::bigint[]) AND created_at >= %(oldest)s::timestamptz
+  AND published_at IS NULL AND subject IS NOT NULL;
 
 -- name: relays
 -- The relays alive on this database: their LISTEN sessions (application_name

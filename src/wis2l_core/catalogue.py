@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
+import typing
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar, overload
 from uuid import UUID
@@ -79,9 +82,67 @@ class DomainEvent:
     id: UUID = attrs.field(factory=uuid7)
     occurred_at: datetime = attrs.field(factory=_now)
 
+    def __attrs_post_init__(self) -> None:
+        """Check the event as it is built, so a malformed one never reaches the bus.
+
+        A value of a field's own type passes at once. Any other value (a UUID or an enum
+        value given as a string, say) is checked by the round trip a consumer would make,
+        and kept in its decoded form; one that does not survive it is refused.
+
+        Raises:
+            ValidationError: a field is missing its type and cannot be read as it
+                (``field`` names it), or the event cannot be encoded.
+        """
+        if _decoding.get():
+            return  # built by decode_event, field by field from the wire form
+        cls = type(self)
+        checks = _CHECKS.get(cls) or _checks_of(cls)
+        for name, accepted in checks:
+            if accepted is None or not isinstance(getattr(self, name), accepted):
+                _normalise(self)
+                return
+
     def subject(self, namespace: str = "wis2l") -> str:
         """The NATS subject, e.g. ``wis2l.build.progress``."""
         return f"{namespace}.{self.type}"
+
+
+_decoding: ContextVar[bool] = ContextVar("wis2l_decoding", default=False)
+_CHECKS: dict[type[DomainEvent], tuple[tuple[str, tuple[type, ...] | None], ...]] = {}
+
+
+def _checks_of(cls: type[DomainEvent]) -> tuple[tuple[str, tuple[type, ...] | None], ...]:
+    """Each field of ``cls`` and the classes whose instances it takes as they are (None:
+    only the round trip can tell)."""
+    hints = typing.get_type_hints(cls)
+    checks = tuple((f.name, _accepted(hints.get(f.name, Any))) for f in attrs.fields(cls))
+    _CHECKS[cls] = checks
+    return checks
+
+
+def _accepted(hint: Any) -> tuple[type, ...] | None:
+    if hint is None or hint is type(None):
+        return (type(None),)
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [_accepted(arg) for arg in typing.get_args(hint)]
+        return None if None in parts else tuple(t for part in parts if part for t in part)
+    if origin is Mapping and typing.get_args(hint) == (str, Any):
+        return (Mapping,)  # a JSON object: what it holds is checked when it is encoded
+    if origin is None and isinstance(hint, type) and hint is not object:
+        return (int, float) if hint is float else (hint,)
+    return None
+
+
+def _normalise(event: DomainEvent) -> None:
+    """Put ``event`` through the wire form and back; keep the decoded field values."""
+    try:
+        data = orjson.dumps(event_payload(event))
+    except Exception as exc:  # a field of a type the converter cannot write
+        raise ValidationError(f"cannot encode {event.type!r}: {exc}", field="event") from exc
+    decoded = decode_event(data, type(event))
+    for field in attrs.fields(type(event)):
+        object.__setattr__(event, field.name, getattr(decoded, field.name))
 
 
 @attrs.frozen(kw_only=True)
@@ -451,12 +512,15 @@ def decode_event(
         cls = found
     elif "type" in obj and type_ != cls.type:
         raise ValidationError(f"expected a {cls.type!r} event, got {type_!r}", field="type")
+    token = _decoding.set(True)  # the converter checks each field: no second check
     try:
         return converter.structure(obj, cls)
     except Exception as exc:  # cattrs raises ClassValidationError and friends
         raise ValidationError(
             f"malformed {cls.type!r} event: {_describe(exc)}", field=_culprit(exc)
         ) from exc
+    finally:
+        _decoding.reset(token)
 
 
 def _describe(exc: BaseException) -> str:

@@ -100,13 +100,15 @@ def ce_source(namespace: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def _encoded_type(event_type: str) -> str:
-    return _encode(ce_type(event_type))
-
-
-@lru_cache(maxsize=256)
-def _encoded_source(namespace: str) -> str:
-    return _encode(ce_source(namespace))
+def _constant_headers(event_type: str, namespace: str) -> dict[str, str]:
+    """The headers every event of ``event_type`` under ``namespace`` shares."""
+    return {
+        "ce-specversion": SPECVERSION,
+        "ce-type": _encode(ce_type(event_type)),
+        "ce-source": _encode(ce_source(namespace)),
+        "ce-datacontenttype": CONTENT_TYPE,
+        "content-type": CONTENT_TYPE,
+    }
 
 
 def cloudevent_headers(
@@ -121,17 +123,11 @@ def cloudevent_headers(
         time: ``occurred_at`` in RFC 3339 form (``ce-time``), when known.
 
     Returns:
-        Header name -> value, percent-encoded as the binding requires.
+        Header name -> value, percent-encoded as the binding requires (a new dict).
     """
-    headers = {
-        "ce-specversion": SPECVERSION,
-        "ce-type": _encoded_type(event_type),
-        "ce-source": _encoded_source(namespace),
-        "ce-id": _encode(event_id),
-        "ce-datacontenttype": CONTENT_TYPE,
-        "content-type": CONTENT_TYPE,
-        "Nats-Msg-Id": event_id,
-    }
+    headers = _constant_headers(event_type, namespace).copy()
+    headers["ce-id"] = _encode(event_id)
+    headers["Nats-Msg-Id"] = event_id
     if time:
         headers["ce-time"] = _encode(time)
     return headers

@@ -1,8 +1,9 @@
 """The outbox relay: publishes committed ``events`` rows to JetStream, then marks them.
 
 Repository writes insert their event row in the write's own transaction (so an event
-exists exactly when its write committed); a statement trigger sends ``NOTIFY
-wis2l_outbox`` at commit. The relay wakes on that notification (and on a fallback poll).
+exists exactly when its write committed); a row trigger sends ``NOTIFY wis2l_outbox``
+with the row's partition key at commit. A relay wakes on a notification for a partition
+it publishes (and on a fallback poll); the others ignore it.
 
 Events are split into ``Settings.outbox_partitions`` partitions by project (events with no
 project share partition 0). Relays in several processes share the partitions: each
@@ -18,6 +19,9 @@ while NATS is up, and every relay computes the same *home* partitions for each l
    UPDATE NOWAIT``, publishes them asynchronously (in order, on one connection) with
    ``Nats-Msg-Id`` = the event id, and waits for every JetStream ack;
 3. marks the acknowledged rows published and commits, which releases the partitions.
+
+Step 2 of one batch overlaps the others': while a batch is written to NATS, the
+connection waits for the previous batch's acks, marks it and claims the next.
 
 There is no "last id seen" cursor: every pass looks at all unpublished rows of a
 partition, so a row that commits late with a lower ``seq`` is still found. If the relay
@@ -39,7 +43,7 @@ import attrs
 import nats.js.errors
 import orjson
 import psycopg
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
@@ -63,6 +67,8 @@ APPLICATION_PREFIX = "wis2l-outbox "
 """``application_name`` of a relay's ``LISTEN`` session, followed by the relay's id."""
 _BATCHES_PER_TX = 8
 _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
+_Row = tuple[Any, ...]
+"""A claimed row: seq, id (text), subject, payload, occurred_at (text), created_at."""
 
 
 async def _fetch(conn: Connection, query: Query, **params: Any) -> list[DictRow]:
@@ -148,6 +154,7 @@ class OutboxRelay:
         """The partitions this relay publishes first (all of them until it sees others)."""
         self._members: frozenset[str] = frozenset()
         self._stale: tuple[int, ...] = ()
+        self._watched = frozenset(self._all)
         self._next_members = 0.0
         self._next_probe = 0.0
         self._queries = query_file("outbox")
@@ -310,15 +317,13 @@ class OutboxRelay:
             params = {"partitions": self.partitions, "lease": self.lease}
             rows = await self._db.fetch_all(self._queries["stale_partitions"], params)
             self._stale = tuple(int(r["part"]) for r in rows)
+        self._watched = frozenset(self.home + self._stale)
 
     async def _pass(self, candidates: tuple[int, ...]) -> tuple[int, bool, Wis2lError | None]:
         """One transaction: lock the free ``candidates``, then claim, publish and mark up
-        to ``_BATCHES_PER_TX`` batches of their rows.
+        to ``_BATCHES_PER_TX`` batches of their rows (see :meth:`_publish`).
 
-        The next batch is claimed and sent while the previous one's acks are awaited, so
-        the database and NATS work overlap. No batch is claimed once the pass is half a
-        lease old (a slow server ends passes early instead of failing them). Returns
-        (events marked, whether rows were left, the error that stopped it).
+        Returns (events marked, whether rows were left, the error that stopped it).
 
         Not in pipeline mode: each statement goes with its Sync, so while the relay waits
         for NATS its session is "idle in transaction" and the lease's
@@ -327,9 +332,6 @@ class OutboxRelay:
         """
         if not candidates:
             return 0, False, None
-        size = self.batch_size
-        claim = self._queries["claim"]
-        marked, full, error = 0, False, None
         started = time.monotonic()
         async with self._db.connection() as conn:
             with map_errors():
@@ -344,31 +346,94 @@ class OutboxRelay:
                     held: list[int] = locked[0]["held"]
                     if not held:
                         return 0, False, None
-                    part = {"held": held, "partitions": self.partitions, "limit": size}
-                    rows = await _fetch(conn, claim, in_flight=[], **part)
-                    pending = await self._send(rows, started)
-                    claimed = len(rows)
-                    while pending is not None:
-                        current, acks = rows, pending
-                        rows, pending = [], None
-                        full = len(current) == size
-                        if (
-                            full
-                            and error is None
-                            and claimed < size * _BATCHES_PER_TX
-                            and time.monotonic() - started < self.lease / 2
-                        ):
-                            # The batches before ``current`` are marked (so no longer
-                            # unpublished in this transaction); ``current`` is not yet.
-                            in_flight = [r["id"] for r in current]
-                            rows = await _fetch(conn, claim, in_flight=in_flight, **part)
-                            pending = await self._send(rows, started)
-                            claimed += len(rows)
-                        count, failed = await self._settle(conn, current, acks, started)
-                        marked += count
-                        error = error or failed
+                    marked, more, error = await self._publish(conn, held, started)
         self.published += marked
+        return marked, more, error
+
+    async def _publish(
+        self, conn: Connection, held: list[int], started: float
+    ) -> tuple[int, bool, Wis2lError | None]:
+        """Claim, send and mark batches of the ``held`` partitions, overlapping the work.
+
+        Two batches are in flight at most. While batch N+1 is written to NATS (the
+        relay's CPU), the connection waits for batch N's acks, marks N and claims N+2
+        (PostgreSQL's CPU), so neither waits for the other. No batch is claimed once the
+        pass is half a lease old (a slow server ends passes early instead of failing
+        them), nor after a batch was not fully acknowledged.
+        """
+        part = {"held": held, "partitions": self.partitions, "limit": self.batch_size}
+        rows = await self._claim(conn, part, [])
+        acks = await self._send(rows, started)
+        claimed = len(rows)
+        upcoming = await self._claim(conn, part, rows) if self._more(rows, claimed, started) else []
+        claimed += len(upcoming)
+        marked, full, error = 0, False, None
+        while acks is not None:
+            settling = asyncio.create_task(
+                self._settle_and_claim(
+                    conn,
+                    rows,
+                    acks,
+                    started=started,
+                    part=part,
+                    upcoming=upcoming,
+                    claimed=claimed,
+                    error=error,
+                )
+            )
+            try:
+                upcoming_acks = await self._send(upcoming, started)
+            except asyncio.CancelledError:
+                await cancel_and_wait(settling)
+                raise
+            except BaseException:
+                await asyncio.wait({settling})  # the connection is in use until it ends
+                if not settling.cancelled():
+                    settling.exception()  # seen: the send's error is the one raised
+                raise
+            count, failed, after = await settling
+            full = len(rows) == self.batch_size
+            marked += count
+            error = error or failed
+            rows, acks, upcoming = upcoming, upcoming_acks, after
+            claimed += len(after)
         return marked, full, error
+
+    def _more(self, latest: list[_Row], claimed: int, started: float) -> bool:
+        """Whether to claim another batch after ``latest`` in this pass."""
+        return (
+            len(latest) == self.batch_size
+            and claimed < self.batch_size * _BATCHES_PER_TX
+            and time.monotonic() - started < self.lease / 2
+        )
+
+    async def _claim(
+        self, conn: Connection, part: dict[str, Any], in_flight: list[_Row]
+    ) -> list[_Row]:
+        """The next batch of the held partitions, except the rows ``in_flight``."""
+        params = part | {"in_flight": [r[0] for r in in_flight]}
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(self._queries["claim"].text, params, prepare=True)
+            return await cur.fetchall()
+
+    async def _settle_and_claim(
+        self,
+        conn: Connection,
+        rows: list[_Row],
+        acks: PendingAcks,
+        *,
+        started: float,
+        part: dict[str, Any],
+        upcoming: list[_Row],
+        claimed: int,
+        error: Wis2lError | None,
+    ) -> tuple[int, Wis2lError | None, list[_Row]]:
+        """Settle ``rows``; then, unless a batch failed, claim the batch after ``upcoming``
+        (which is being sent meanwhile)."""
+        count, failed = await self._settle(conn, rows, acks, started)
+        if failed is None and error is None and self._more(upcoming, claimed, started):
+            return count, None, await self._claim(conn, part, upcoming)
+        return count, failed, []
 
     def _fence(self, started: float) -> None:
         """Refuse to go on with a pass older than the lease: PostgreSQL may have ended its
@@ -381,34 +446,26 @@ class OutboxRelay:
             )
 
     async def _settle(
-        self, conn: Connection, rows: list[DictRow], acks: PendingAcks, started: float
+        self, conn: Connection, rows: list[_Row], acks: PendingAcks, started: float
     ) -> tuple[int, Wis2lError | None]:
         """Wait for ``rows``' acks and mark the acknowledged ones (in the transaction)."""
         results = await acks.wait(min(API_TIMEOUT, self.lease / 2))
         acked = [r for r, res in zip(rows, results, strict=True) if res is None]
         if acked:
             self._fence(started)
-            mark = self._queries["mark_published"].text
-            params = {
-                "ids": [r["id"] for r in acked],
-                "oldest": min(r["created_at"] for r in acked),
-            }
-            await conn.execute(mark, params, prepare=True)
+            params = {"seqs": [r[0] for r in acked], "oldest": min(r[5] for r in acked)}
+            await conn.execute(self._queries["mark_published"].text, params, prepare=True)
         failures = [res for res in results if res is not None]
         return len(acked), (await self._failed(failures, len(rows)) if failures else None)
 
-    async def _send(self, rows: list[DictRow], started: float) -> PendingAcks | None:
+    async def _send(self, rows: list[_Row], started: float) -> PendingAcks | None:
         if not rows:
             return None
         self._fence(started)
+        dumps = orjson.dumps
         batch = [
-            EncodedEvent(
-                r["subject"],
-                orjson.dumps(r["payload"]),
-                str(r["id"]),
-                r["payload"].get("occurred_at"),
-            )
-            for r in rows
+            EncodedEvent(subject, dumps(payload), id_, occurred_at)
+            for _, id_, subject, payload, occurred_at, _ in rows
         ]
         return await self._bus.send_encoded(batch)
 
@@ -425,6 +482,15 @@ class OutboxRelay:
             with contextlib.suppress(ServiceUnavailable):
                 await self._bus.ensure_stream()  # NATS lost the stream: make it again
         return ServiceUnavailable(f"nats: publish failed: {first}", service="nats")
+
+    def _concerns(self, payload: str) -> bool:
+        """Whether a notification names a partition this relay publishes now (a home one,
+        or one that anyone may take); one that names none (an older trigger) does."""
+        try:
+            key = int(payload)
+        except ValueError:
+            return True
+        return key % self.partitions in self._watched
 
     async def _listen(self) -> None:
         assert self._wake is not None
@@ -443,8 +509,9 @@ class OutboxRelay:
                     backoff.reset()
                     outage.recovered()
                     while True:
-                        async for _ in conn.notifies(timeout=beat):
-                            self._wake.set()
+                        async for note in conn.notifies(timeout=beat):
+                            if self._concerns(note.payload):
+                                self._wake.set()
                         # The heartbeat moves state_change, which the relays query reads.
                         # None while NATS is down: the others take this relay's partitions.
                         if self._bus.ready:
