@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from playwright import sync_api as playwright_sync
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.db.seed import seed
@@ -25,7 +26,6 @@ from wis2l_core.testing.servers import Servers, TemplateDatabase
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("WIS2L_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():  # pragma: no cover - CI installs Debian's chromium
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
