@@ -14,7 +14,7 @@ import pytest
 from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
-__all__ = ["eventually", "make_project", "npm_packages"]
+__all__ = ["eventually", "field_is", "make_project", "npm_packages"]
 
 Check = Callable[[], bool | Awaitable[bool]]
 
@@ -61,3 +61,14 @@ def npm_packages(folder: Path, package: str) -> str:
             f"`npm ci --ignore-scripts{prefix}` at the repository's root (.ci/run does)"
         )
     return node
+
+
+def field_is(name: str) -> Callable[[BaseException], bool]:
+    """For ``pytest.raises(ValidationError, check=field_is("email"))``: the error names
+    that field (``.field``), so an error about another field fails the test."""
+
+    def check(exc: BaseException) -> bool:
+        return getattr(exc, "field", None) == name
+
+    check.__qualname__ = f"field_is({name!r})"
+    return check

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import make_project
+from helpers import field_is, make_project
 from strategies import (
     INJECTIONS,
     bad_build_changes,
@@ -214,9 +214,9 @@ async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
 
 
 async def test_update_unknown_build(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no build with id"):
         await wis.builds.update(uuid.uuid4(), status="building")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no build with id"):
         await wis.builds.update(uuid.uuid4(), log="x")
 
 
@@ -285,14 +285,14 @@ async def test_pages(wis: Wis2l) -> None:
     building = await wis.builds.find_all(status="building")
     assert [b.id for b in building] == [made[1].id, made[3].id]
     assert len(await wis.builds.find_all(status=S.COMPLETED)) == 0
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("status")):
         await wis.builds.find_all(status="sleeping")
     cursor = (await wis.builds.find_by_project_id(first, limit=1)).next_cursor
     assert cursor is not None
     with pytest.raises(ValidationError) as info:
         await wis.builds.find_all(after=cursor)  # a cursor of another list
     assert info.value.field == "after"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.builds.find_by_project_id(first, after=cursor[:-2] + "AA")
 
 
@@ -492,7 +492,7 @@ async def test_delete(wis: Wis2l) -> None:
     assert await wis.builds.delete(uuid.uuid4()) is False
     assert [b.id for b in await wis.builds.find_by_project_id(project_id)] == [other.id]
     assert await events(wis) == before  # its build.started stays; no new event
-    with pytest.raises(NotFound):  # a worker still holding the id
+    with pytest.raises(NotFound, match="no build with id"):  # a worker still holding the id
         await wis.builds.update(build.id, progress=50)
     with pytest.raises(ValidationError) as info:
         await wis.builds.delete(42)  # type: ignore[arg-type]

@@ -282,7 +282,7 @@ async def test_a_transaction_cancelled_inside_its_block_rolls_back(wis: Wis2l) -
     task.cancel()
     await settle(task)
     assert await wis.components.find_by_id(made[0]) is None
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no component with id"):
         await wis.components.update(made[0], code="x")
     await assert_pool_whole(wis)
 

@@ -166,9 +166,10 @@ async def test_errors_on_the_raw_connection_leave_the_block_typed(wis: Wis2l) ->
 
 async def test_bad_input_and_bad_sql_are_typed_errors(wis: Wis2l) -> None:
     db = wis.database
-    with pytest.raises(ValidationError):  # PostgreSQL text cannot hold NUL
+    # PostgreSQL text cannot hold NUL
+    with pytest.raises(ValidationError, match="cannot contain NUL"):
         await db.fetch_val("SELECT %s::text", ["a\x00b"])
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="invalid input syntax for type integer"):
         await db.fetch_val("SELECT %s::int", ["not a number"])
     with pytest.raises(ValidationError) as bad_params:
         await db.fetch_val("SELECT %s::text", "abc")  # a str is not a sequence of values

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
+from tests.helpers import field_is
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.cli import main
@@ -272,7 +273,7 @@ async def test_a_busy_table_is_reported_and_left_for_the_next_run(wis2l_database
 
 
 async def test_retention_must_be_positive(wis2l_database_url: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("retention")):
         await prune_events(wis2l_database_url, retention=datetime.timedelta(0))
 
 
@@ -294,7 +295,7 @@ async def test_ensure_partitions_moves_rows_out_of_the_default_partition(
         created = await ensure_partitions(conn, months_ahead=MONTHS_AHEAD)
         assert created == [f"events_p{month_start(14):%Y%m}", f"events_p{later:%Y%m}"]
         assert await ensure_partitions(conn) == []
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError, check=field_is("months_ahead")):
             await ensure_partitions(conn, months_ahead=-1)
     assert query(url, "SELECT count(*) AS n FROM events_default") == [{"n": 0}]
     assert query(

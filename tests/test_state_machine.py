@@ -468,7 +468,7 @@ class ProjectsMachine(RuleBasedStateMachine):
             changes["name"] = name
         current = self.model.projects.get(pid)
         if current is None:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match="no project with id"):
                 self.run(self.wis.projects.update(pid, **changes))
             return
         if slug is not None and self.model.slug_taken(slug, by=pid):
@@ -492,7 +492,7 @@ class ProjectsMachine(RuleBasedStateMachine):
     @rule(target=components, pid=projects, name=NAMES, code=CODE)
     def create_component(self, pid: UUID, name: str, code: str) -> UUID:
         if pid not in self.model.projects:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
                 self.run(self._create_component(self.wis, pid, name, code))
             return UUID(int=next(self.serial))
         cid = self.run(self._create_component(self.wis, pid, name, code))
@@ -511,7 +511,7 @@ class ProjectsMachine(RuleBasedStateMachine):
     def update_component(self, cid: UUID, code: str) -> None:
         current = self.model.components.get(cid)
         if current is None:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match="no component with id"):
                 self.run(self.wis.components.update(cid, code=code))
             return
         updated = self.run(self.wis.components.update(cid, code=code))
