@@ -615,6 +615,7 @@ injections = st.sampled_from(INJECTIONS)
 
 hostile_texts: st.SearchStrategy[Any] = st.one_of(
     st.text(),  # any code point, NUL and lone surrogates included
+    st.text(_chars, max_size=20).map(lambda s: f"{s}\x00{s}"),  # a NUL inside
     st.text(_chars, min_size=1, max_size=4).map(lambda s: s * 400),  # huge
     st.sampled_from(["", "\x00", "a\x00b", "\ud800", "e\u0301", "\u202eevil", "😀" * 300]),
     st.sampled_from([None, 0, 1.5, b"bytes", ["x"], {"x": 1}]),  # not text at all

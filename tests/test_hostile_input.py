@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import httpx
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from tests.helpers import field_is
 from tests.strategies import (
@@ -112,6 +112,9 @@ LIMITS = {"email": (3, 320), "name": (1, 200), "subject": (1, 255)}
 lengths, and an e-mail address with one @ and a dotted domain."""
 
 
+SOMEONE = {"email": "someone@example.com", "name": "Someone", "subject": "someone"}
+
+
 def storable(value: Any) -> bool:
     """Text PostgreSQL can hold: a ``str`` without NUL or lone surrogates."""
     return (
@@ -136,6 +139,10 @@ def acceptable(field: str, value: Any) -> bool:
     field=st.sampled_from(sorted(LIMITS)),
     value=hostile_texts | st.text(max_size=30).map(lambda s: f"{s}@x.io"),
 )
+@example(base=SOMEONE, field="name", value="a\x00b")  # NUL: PostgreSQL text cannot hold it
+@example(base=SOMEONE, field="email", value="a\x00@b.io")  # NUL in a plausible address
+@example(base=SOMEONE, field="subject", value="\ud800")  # a lone surrogate
+@example(base=SOMEONE, field="name", value="é" * 201)  # one character too many
 async def test_a_user_field_is_stored_verbatim_or_refused_by_name(
     wis: Wis2l, base: dict[str, Any], field: str, value: Any
 ) -> None:
