@@ -1,9 +1,8 @@
 """The suite's fixtures come from wis2l_core.testing (the pytest11 plugin apps use too)."""
 
-import fnmatch
 import os
 import secrets
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from uuid import uuid4
 
 import psycopg
@@ -11,6 +10,11 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
+from tests.skips import (  # noqa: F401 - hooks: --only-expected-skips
+    pytest_addoption,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 from wis2l_core import Settings
 from wis2l_core.cache import RedisClient
@@ -28,69 +32,6 @@ hypothesis_settings.register_profile(
     "ci", parent=hypothesis_settings.get_profile("default"), max_examples=60
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-
-EXPECTED_SKIPS: dict[str, str] = {
-    # Debian 12's PgBouncer is 1.18, so this runs in CI today; from 1.21 on, prepared
-    # statements work in transaction mode and the control has nothing to show.
-    "tests/test_pgbouncer.py::test_prepared_statements_break_transaction_mode": (
-        "PgBouncer >= 1.21"
-    ),
-}
-"""The only skips CI accepts (``--only-expected-skips``, which .ci/run passes): node id
-(an fnmatch pattern) -> a phrase the skip's reason must contain. Any other skip fails,
-naming the test and its reason: a package of ``[dev]`` that is missing, a server CI did
-not start or a tool it did not install must not pass as a skip."""
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--only-expected-skips",
-        action="store_true",
-        help="fail any skip not listed in tests/conftest.py EXPECTED_SKIPS (CI passes it)",
-    )
-
-
-def _unexpected_skip(
-    config: pytest.Config, nodeid: str, report: pytest.TestReport | pytest.CollectReport
-) -> str | None:
-    """Why a skip report must fail instead (``None``: it may stand)."""
-    if not (report.skipped and config.getoption("only_expected_skips")):
-        return None
-    if hasattr(report, "wasxfail"):
-        return None
-    longrepr = report.longrepr
-    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    for pattern, phrase in EXPECTED_SKIPS.items():
-        if fnmatch.fnmatchcase(nodeid, pattern) and phrase in reason:
-            return None
-    return (
-        f"unexpected skip of {nodeid}: {reason}\n"
-        "CI accepts only the skips listed in tests/conftest.py EXPECTED_SKIPS"
-    )
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    message = _unexpected_skip(item.config, item.nodeid, report)
-    if message is not None:
-        report.outcome = "failed"
-        report.longrepr = message
-    return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(
-    collector: pytest.Collector,
-) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-    report = yield
-    message = _unexpected_skip(collector.config, collector.nodeid, report)
-    if message is not None:
-        report.outcome = "failed"
-        report.longrepr = message
-    return report
 
 
 @pytest.fixture
