@@ -14,7 +14,7 @@ import pytest
 from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
-__all__ = ["eventually", "field_is", "make_project", "npm_packages"]
+__all__ = ["eventually", "field_is", "has", "make_project", "npm_packages"]
 
 Check = Callable[[], bool | Awaitable[bool]]
 
@@ -63,12 +63,19 @@ def npm_packages(folder: Path, package: str) -> str:
     return node
 
 
-def field_is(name: str) -> Callable[[BaseException], bool]:
-    """For ``pytest.raises(ValidationError, check=field_is("email"))``: the error names
-    that field (``.field``), so an error about another field fails the test."""
+def has(**expected: object) -> Callable[[BaseException], bool]:
+    """For ``pytest.raises(ServiceUnavailable, check=has(service="redis"))``: the error
+    carries these attribute values, so an error about another service, variable or field
+    fails the test."""
 
     def check(exc: BaseException) -> bool:
-        return getattr(exc, "field", None) == name
+        return all(getattr(exc, name, None) == value for name, value in expected.items())
 
-    check.__qualname__ = f"field_is({name!r})"
+    check.__qualname__ = "has(" + ", ".join(f"{k}={v!r}" for k, v in expected.items()) + ")"
     return check
+
+
+def field_is(name: str) -> Callable[[BaseException], bool]:
+    """For ``pytest.raises(ValidationError, check=field_is("email"))``: the error names
+    that field (``.field``)."""
+    return has(field=name)

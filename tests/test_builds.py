@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import field_is, make_project
+from helpers import field_is, has, make_project
 from strategies import (
     INJECTIONS,
     bad_build_changes,
@@ -190,7 +190,7 @@ async def test_progress_rules(wis: Wis2l) -> None:
     assert not isinstance(err.value, InvalidTransition)
     assert await wis.builds.find_by_id(pending.id) == building
     done = await wis.builds.update(pending.id, status="completed", progress=100)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="completed")):
         await wis.builds.update(done.id, progress=50)
 
 
@@ -202,7 +202,9 @@ async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
     same = await wis.builds.update(build.id, progress=30, log="a")
     same = await wis.builds.update(build.id, log="b")
     assert (same.progress, same.logs) == (30, "ab")
-    with pytest.raises(InvalidTransition):  # a second claim of a building build
+    with pytest.raises(
+        InvalidTransition, check=has(current="building")
+    ):  # a second claim of a building build
         await wis.builds.update(build.id, status="building", log="c")
     assert len(await events(wis)) == before
     done = await wis.builds.update(build.id, status="completed")
@@ -384,11 +386,11 @@ async def test_a_progress_equal_to_the_stored_one_is_no_change(wis: Wis2l) -> No
     project_id = await make_project(wis)
     pending = await wis.builds.create(project_id=project_id, target="web")
     assert await wis.builds.update(pending.id, progress=0) == pending
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="pending")):
         await wis.builds.update(pending.id, progress=1)
     done = await build_in(wis, project_id, S.COMPLETED)
     assert await wis.builds.update(done.id, progress=100) == done
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="completed")):
         await wis.builds.update(done.id, progress=99)
     building = await build_in(wis, project_id, S.BUILDING)
     failed = await wis.builds.update(building.id, status="failed", progress=40)

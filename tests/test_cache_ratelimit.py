@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from tests.helpers import field_is
+from tests.helpers import field_is, has
 
 from wis2l_core import ServiceUnavailable, Settings, ValidationError
 from wis2l_core.cache import RateLimiter, RedisClient
@@ -109,7 +109,7 @@ async def test_fail_modes_when_redis_is_down() -> None:
             closed = await RateLimiter(client, fail_mode="closed").hit("k", limit=3, per=1)
             assert not closed.allowed
             assert closed.retry_after > 0
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(ServiceUnavailable, check=has(service="redis")):
                 await RateLimiter(client, fail_mode="raise").hit("k", limit=3, per=1)
     finally:
         await client.aclose()

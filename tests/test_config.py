@@ -10,6 +10,7 @@ import attrs
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from tests.helpers import has
 
 from wis2l_core import AppEnvironment, ConfigError, Settings
 from wis2l_core._secrets import secrets_in
@@ -202,7 +203,7 @@ def test_frozen_and_evolvable() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         s.namespace = "x"  # type: ignore[misc]
     assert attrs.evolve(s, namespace="other").namespace == "other"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, check=has(variable="db_pool_min_size")):
         attrs.evolve(s, db_pool_min_size=0)
 
 

@@ -21,7 +21,7 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
-from tests.helpers import eventually, field_is, make_project
+from tests.helpers import eventually, field_is, has, make_project
 
 from wis2l_core.cli import main
 from wis2l_core.config import Settings
@@ -151,9 +151,9 @@ async def test_open_with_nats_down_logs_and_keeps_trying(wis2l_settings: Setting
     await bus.open()  # development: no exception
     assert not bus.connected
     assert not bus.ready
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="nats")):
         await bus.publish(progress(uuid.uuid4(), 1))
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="nats")):
         await bus.ping()
     await bus.close(1)
     await bus.close(1)  # idempotent

@@ -15,7 +15,7 @@ import attrs
 import psycopg
 import pytest
 from psycopg import sql
-from tests.helpers import make_project
+from tests.helpers import has, make_project
 
 import wis2l_core.db
 from wis2l_core import Settings, Wis2l
@@ -191,7 +191,7 @@ async def test_bad_input_and_bad_sql_are_typed_errors(wis: Wis2l) -> None:
             await db.fetch_all(statement, params)
         assert not isinstance(info.value, psycopg.Error)
     await wis.users.create(email="c@example.com", name="C", subject="s-c")
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, check=has(field="email")):
         await db.execute(
             "INSERT INTO users (id, email, name, subject) VALUES (%s, %s, 'C', 'other')",
             (uuid.uuid4(), "c@example.com"),

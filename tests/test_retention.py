@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
-from tests.helpers import field_is
+from tests.helpers import field_is, has
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.cli import main
@@ -265,7 +265,9 @@ async def test_a_busy_table_is_reported_and_left_for_the_next_run(wis2l_database
         async with await psycopg.AsyncConnection.connect(
             url, autocommit=True, row_factory=dict_row
         ) as conn:
-            with pytest.raises(ServiceUnavailable):  # a month to create: the lock waits
+            with pytest.raises(
+                ServiceUnavailable, check=has(service="database")
+            ):  # a month to create: the lock waits
                 await ensure_partitions(conn, months_ahead=MONTHS_AHEAD + 1, lock_timeout=0.2)
         holder.rollback()
     report = await prune_events(url, retention=keeping(0))

@@ -48,6 +48,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tests.helpers import has
 
 from wis2l_core import (
     Build,
@@ -472,7 +473,7 @@ class ProjectsMachine(RuleBasedStateMachine):
                 self.run(self.wis.projects.update(pid, **changes))
             return
         if slug is not None and self.model.slug_taken(slug, by=pid):
-            with pytest.raises(Conflict):
+            with pytest.raises(Conflict, check=has(field="slug")):
                 self.run(self.wis.projects.update(pid, **changes))
             return
         expected = (slug or current.slug, name or current.name)
