@@ -10,6 +10,11 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
+from tests.skips import (  # noqa: F401 - hooks: --only-expected-skips
+    pytest_addoption,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 
 from wis2l_core import Settings
 from wis2l_core.cache import RedisClient

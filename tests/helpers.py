@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import shutil
-import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,9 +14,12 @@ import pytest
 from wis2l_core.ids import uuid7
 from wis2l_core.runtime import Wis2l
 
-__all__ = ["eventually", "make_project", "npm_packages"]
+__all__ = ["eventually", "field_is", "has", "make_project", "npm_packages"]
 
 Check = Callable[[], bool | Awaitable[bool]]
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root."""
 
 
 async def eventually(check: Check, timeout: float = 10.0, interval: float = 0.02) -> None:
@@ -44,20 +46,36 @@ async def make_project(wis: Wis2l, engine: str = "godot") -> uuid.UUID:
 
 
 def npm_packages(folder: Path, package: str) -> str:
-    """Make sure ``folder``'s npm packages are installed (``npm ci``); return node's path.
+    """Check that ``folder``'s npm packages are installed; return node's path.
 
-    CI runs ``npm ci`` itself; on a machine where it has not run, the first test that
-    needs the packages installs them from the folder's lock file. Without node and npm
-    the test is skipped, and says why.
+    Tests never install anything (no network from tests): .ci/run runs ``npm ci``. When
+    node or the package is missing, the test fails and says which command installs it.
     """
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip(f"node and npm are needed (for the npm package {package})")
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(f"node is needed (for the npm package {package}): apt-get install nodejs npm")
     if not (folder / "node_modules" / package).is_dir():
-        subprocess.run(
-            [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", str(folder)],
-            check=True,
-            capture_output=True,
-            timeout=300,
+        prefix = "" if folder.resolve() == ROOT else f" --prefix {folder.relative_to(ROOT)}"
+        pytest.fail(
+            f"the npm package {package} is not installed in {folder}: run "
+            f"`npm ci --ignore-scripts{prefix}` at the repository's root (.ci/run does)"
         )
     return node
+
+
+def has(**expected: object) -> Callable[[BaseException], bool]:
+    """For ``pytest.raises(ServiceUnavailable, check=has(service="redis"))``: the error
+    carries these attribute values, so an error about another service, variable or field
+    fails the test."""
+
+    def check(exc: BaseException) -> bool:
+        return all(getattr(exc, name, None) == value for name, value in expected.items())
+
+    check.__qualname__ = "has(" + ", ".join(f"{k}={v!r}" for k, v in expected.items()) + ")"
+    return check
+
+
+def field_is(name: str) -> Callable[[BaseException], bool]:
+    """For ``pytest.raises(ValidationError, check=field_is("email"))``: the error names
+    that field (``.field``)."""
+    return has(field=name)

@@ -13,11 +13,13 @@ Limits mirror the schema and the ``check_*`` helpers: names 1..200, slugs ``^[a-
 
 from __future__ import annotations
 
+import base64
 import string
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
+import orjson
 from hypothesis import strategies as st
 
 from wis2l_core.catalogue import (
@@ -34,6 +36,7 @@ from wis2l_core.catalogue import (
     DomainEvent,
     TokensSynced,
     TokenUpdated,
+    encode_event,
 )
 from wis2l_core.models import (
     BuildStatus,
@@ -606,3 +609,80 @@ INJECTIONS = (
 )
 """Strings that would break naively composed SQL; they must be stored verbatim."""
 injections = st.sampled_from(INJECTIONS)
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+hostile_texts: st.SearchStrategy[Any] = st.one_of(
+    st.text(),  # any code point, NUL and lone surrogates included
+    st.text(_chars, max_size=20).map(lambda s: f"{s}\x00{s}"),  # a NUL inside
+    st.text(_chars, min_size=1, max_size=4).map(lambda s: s * 400),  # huge
+    st.sampled_from(["", "\x00", "a\x00b", "\ud800", "e\u0301", "\u202eevil", "😀" * 300]),
+    st.sampled_from([None, 0, 1.5, b"bytes", ["x"], {"x": 1}]),  # not text at all
+)
+"""Values a user could send as a text field: NUL bytes, lone surrogates, huge strings,
+combining and right-to-left marks, emoji, empty, and non-strings."""
+
+
+def _mutations(body: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    keys = sorted(body)
+    drop = st.sampled_from(keys).map(lambda k: {x: v for x, v in body.items() if x != k})
+    change = st.tuples(st.sampled_from(keys), json_values | hostile_texts.filter(_jsonable))
+    extra = st.tuples(texts(1, 20), json_values)
+    return st.one_of(
+        drop,
+        change.map(lambda kv: {**body, kv[0]: kv[1]}),
+        extra.map(lambda kv: {**body, kv[0]: kv[1]}),
+    )
+
+
+def _jsonable(value: Any) -> bool:
+    return not isinstance(value, bytes) and not (
+        isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value)
+    )
+
+
+def mutated_event_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    """The wire form of a valid event with one field dropped, changed to any JSON value
+    (another type, huge or odd text), or one unknown field added."""
+    return domain_events().map(lambda e: orjson.loads(encode_event(e))).flatmap(_mutations)
+
+
+forged_cursors: st.SearchStrategy[str] = st.one_of(
+    st.text(max_size=80),
+    st.binary(max_size=40).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")),
+    st.text(string.ascii_letters + string.digits + "-_=", min_size=20, max_size=30),
+    st.integers(1, 5).map(lambda n: "A" * 10_000 * n),  # oversized
+)
+"""Strings sent as a pagination cursor: garbage, base64 of random bytes (right length or
+not), and oversized ones. A real cursor edited by a character is made in the tests."""
+
+query_texts: st.SearchStrategy[str] = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(INJECTIONS),
+    st.integers().map(str),
+    st.text(_chars, min_size=1, max_size=3).map(lambda s: s * 1000),
+)
+"""Values for a query-string parameter: any text (NUL too), SQL-ish, numbers, huge."""
+
+http_methods: st.SearchStrategy[str] = st.sampled_from(
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get", "X"]
+)
+
+url_paths: st.SearchStrategy[str] = st.one_of(
+    st.lists(
+        st.sampled_from(["health", "live", "ready", "", "x", "..", "%2F", "héalth", "HEALTH"]),
+        max_size=5,
+    ).map(lambda parts: "/" + "/".join(parts)),
+    st.text(max_size=60).map(lambda s: "/" + s),
+)
+"""Request paths near the health routes (nested, doubled slashes, case, dots) and any text."""
+
+header_lists: st.SearchStrategy[list[tuple[bytes, bytes]]] = st.lists(
+    st.tuples(
+        st.text(string.ascii_lowercase + "-", min_size=1, max_size=20).map(str.encode),
+        st.binary(max_size=50) | st.integers(1, 4).map(lambda n: b"v" * 16_384 * n),
+    ),
+    max_size=6,
+)
+"""ASGI request headers: arbitrary bytes in values, some of them 16-64 KiB."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import attrs
 import psycopg
 import pytest
+from tests.helpers import field_is
 
 from wis2l_core import Wis2l
 from wis2l_core.cli import main
@@ -332,9 +333,9 @@ async def test_app_queries_run_on_the_pool_and_in_a_transaction(wis: Wis2l, tmp_
         seen.extend(Note(**row) for row in page)
         cursor = page.next_cursor
     assert [n.id for n in seen] == ids
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.database.page(q["page"], {"prefix": "n%"}, after="bogus")
-    with pytest.raises(ValidationError):  # a cursor from another list
+    with pytest.raises(ValidationError, check=field_is("after")):  # a cursor from another list
         await wis.database.page(q["insert"], {}, after=first.next_cursor)
 
     # Rolled back with the transaction.

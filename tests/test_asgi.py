@@ -42,7 +42,15 @@ class Response:
         return json.loads(self.body)
 
 
-async def call(app: HealthApp, path: str, *, method: str = "GET", root_path: str = "") -> Response:
+async def call(
+    app: HealthApp,
+    path: str,
+    *,
+    method: str = "GET",
+    root_path: str = "",
+    query_string: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Response:
     """A minimal ASGI 3 HTTP client: one request, the response messages collected."""
     scope = {
         "type": "http",
@@ -53,8 +61,8 @@ async def call(app: HealthApp, path: str, *, method: str = "GET", root_path: str
         "path": path,
         "raw_path": path.encode(),
         "root_path": root_path,
-        "query_string": b"",
-        "headers": [(b"host", b"test")],
+        "query_string": query_string,
+        "headers": [(b"host", b"test"), *(headers or [])],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }

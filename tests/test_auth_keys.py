@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+from tests.helpers import has
 
 from wis2l_core.auth.keys import IssuerKeys, check_issuer_url, key_matches
 from wis2l_core.dev.issuer import DevIssuer
@@ -77,17 +78,17 @@ async def test_unknown_kid_refetches_after_the_cooldown(oidc_issuer: DevIssuer) 
     try:
         await keys.get(_rsa_kid(oidc_issuer), "RS256")
         new = oidc_issuer.rotate("ES256")  # an EC key: made in a millisecond
-        with pytest.raises(Unauthenticated):
+        with pytest.raises(Unauthenticated, match="no signing key of the issuer fits"):
             await keys.get(new, "ES256")  # inside the cooldown of the first fetch
         assert oidc_issuer.jwks_fetches == 1
         await asyncio.sleep(0.55)
         assert await keys.get(new, "ES256") is not None  # the unknown kid refetched
         assert oidc_issuer.jwks_fetches == 2
-        with pytest.raises(Unauthenticated):
+        with pytest.raises(Unauthenticated, match="no signing key of the issuer fits"):
             await keys.get("nope", "RS256")  # inside the new cooldown: no fetch
         assert oidc_issuer.jwks_fetches == 2
         await asyncio.sleep(0.55)
-        with pytest.raises(Unauthenticated):
+        with pytest.raises(Unauthenticated, match="no signing key of the issuer fits"):
             await keys.get("nope", "RS256")
         assert oidc_issuer.jwks_fetches == 3
     finally:
@@ -104,7 +105,7 @@ async def test_rotation_old_keys_serve_until_withdrawn(oidc_issuer: DevIssuer) -
         assert await keys.get(old, "RS256") is not None  # both serve
         oidc_issuer.withdraw(old)
         await keys.refresh()
-        with pytest.raises(Unauthenticated):
+        with pytest.raises(Unauthenticated, match="no signing key of the issuer fits"):
             await keys.get(old, "RS256")
         assert await keys.get(new, "RS256") is not None
     finally:
@@ -147,7 +148,9 @@ async def test_issuer_down_stale_keys_serve_then_run_out(oidc_issuer: DevIssuer)
         oidc_issuer.stop()
         await asyncio.sleep(0.15)  # past the TTL: a refresh is due and fails
         assert await keys.get(kid, "RS256") is held
-        with pytest.raises(Unauthenticated):  # an unknown kid is still a bad token
+        with pytest.raises(
+            Unauthenticated, match="no signing key of the issuer fits"
+        ):  # an unknown kid is still a bad token
             await keys.get("other", "RS256")
         await asyncio.sleep(0.6)  # past the stale bound
         with pytest.raises(ServiceUnavailable) as exc:
@@ -178,7 +181,7 @@ async def test_an_outage_costs_one_fetch_per_retry_after(oidc_issuer: DevIssuer)
     keys = _keys(oidc_issuer, retry_after=0.5)
     try:
         for _ in range(50):  # a cold start: every call is ServiceUnavailable at once
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(ServiceUnavailable, check=has(service="oidc")):
                 await keys.get("any", "RS256")
         assert oidc_issuer.discovery_fetches == 1
         await asyncio.sleep(0.55)
@@ -218,7 +221,7 @@ async def test_a_slow_issuer_times_out(oidc_issuer: DevIssuer) -> None:
     keys = _keys(oidc_issuer, timeout=0.3)
     start = time.monotonic()
     try:
-        with pytest.raises(ServiceUnavailable):
+        with pytest.raises(ServiceUnavailable, check=has(service="oidc")):
             await keys.get("any", "RS256")
     finally:
         await keys.aclose()
@@ -247,9 +250,9 @@ def test_https_only_except_loopback_in_development() -> None:
         ("ftp://id.example.org", True),
         ("https://", True),
     ]:
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, check=has(variable="oidc_issuer")):
             check_issuer_url(url, development=dev)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, check=has(variable="oidc_issuer")):
         IssuerKeys("http://id.example.org")
 
 
@@ -267,7 +270,7 @@ async def test_the_key_type_must_match_the_algorithm() -> None:
             (okp, "ES256"),
             (ec, "EdDSA"),
         ]:
-            with pytest.raises(Unauthenticated):
+            with pytest.raises(Unauthenticated, match="no signing key of the issuer fits"):
                 await keys.get(kid, alg)
         assert await keys.get(ec, "ES256") is not None
         assert await keys.get(okp, "EdDSA") is not None

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from tests.helpers import field_is
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -645,19 +646,19 @@ def test_configuration_is_checked(wis2l_settings: Settings) -> None:
 
     runtime = Wis2l(wis2l_settings)
     app: Any = None
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="trusted_proxies"):
         RateLimitMiddleware(app, runtime, limit=1, per=1, trusted_proxies=("not-an-ip",))
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("limit")):
         RateLimitMiddleware(app, runtime, limit=0, per=1)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("per")):
         RateLimitMiddleware(app, runtime, limit=1, per=0)
     with pytest.raises(ValidationError, match="million"):
         RateLimitMiddleware(app, runtime, limit=10**9, per=60)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="policy"):
         RateLimitMiddleware(app, runtime, limit=1, per=1, policy='a"b')
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="public path"):
         AuthMiddleware(app, runtime, public_paths=("health",))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="realm"):
         AuthMiddleware(app, runtime, realm='x"y')
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import has
 
 from wis2l_core.auth.keys import IssuerKeys
 from wis2l_core.auth.verify import MAX_TOKEN_BYTES, TokenVerifier
@@ -88,7 +89,7 @@ async def test_hs256_is_refused_even_if_the_settings_list_it(
 ) -> None:
     verifier = TokenVerifier(warm.keys, audience=issuer.audience, algorithms=("HS256", "RS256"))
     assert "HS256" not in verifier.algorithms
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(Unauthenticated, match="is not accepted"):
         await verifier.verify(issuer.hs256_with_public_key())
 
 
@@ -161,7 +162,7 @@ async def test_issuer_down_cold_is_service_unavailable_not_unauthenticated() -> 
     verifier = _verifier(dev)
     dev.stop()
     try:
-        with pytest.raises(ServiceUnavailable):
+        with pytest.raises(ServiceUnavailable, check=has(service="oidc")):
             await verifier.verify(token)
     finally:
         await verifier.keys.aclose()
@@ -241,7 +242,7 @@ def test_hypothesis_claims_follow_the_model(
 
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_hypothesis_garbage_is_unauthenticated(warm: TokenVerifier, junk: str) -> None:
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(Unauthenticated, match="malformed token"):
         asyncio.run(warm.verify(junk))
 
 

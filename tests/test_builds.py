@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import make_project
+from helpers import field_is, has, make_project
 from strategies import (
     INJECTIONS,
     bad_build_changes,
@@ -190,7 +190,7 @@ async def test_progress_rules(wis: Wis2l) -> None:
     assert not isinstance(err.value, InvalidTransition)
     assert await wis.builds.find_by_id(pending.id) == building
     done = await wis.builds.update(pending.id, status="completed", progress=100)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="completed")):
         await wis.builds.update(done.id, progress=50)
 
 
@@ -202,7 +202,9 @@ async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
     same = await wis.builds.update(build.id, progress=30, log="a")
     same = await wis.builds.update(build.id, log="b")
     assert (same.progress, same.logs) == (30, "ab")
-    with pytest.raises(InvalidTransition):  # a second claim of a building build
+    with pytest.raises(
+        InvalidTransition, check=has(current="building")
+    ):  # a second claim of a building build
         await wis.builds.update(build.id, status="building", log="c")
     assert len(await events(wis)) == before
     done = await wis.builds.update(build.id, status="completed")
@@ -214,9 +216,9 @@ async def test_same_progress_and_log_only_record_no_event(wis: Wis2l) -> None:
 
 
 async def test_update_unknown_build(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no build with id"):
         await wis.builds.update(uuid.uuid4(), status="building")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no build with id"):
         await wis.builds.update(uuid.uuid4(), log="x")
 
 
@@ -285,14 +287,14 @@ async def test_pages(wis: Wis2l) -> None:
     building = await wis.builds.find_all(status="building")
     assert [b.id for b in building] == [made[1].id, made[3].id]
     assert len(await wis.builds.find_all(status=S.COMPLETED)) == 0
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("status")):
         await wis.builds.find_all(status="sleeping")
     cursor = (await wis.builds.find_by_project_id(first, limit=1)).next_cursor
     assert cursor is not None
     with pytest.raises(ValidationError) as info:
         await wis.builds.find_all(after=cursor)  # a cursor of another list
     assert info.value.field == "after"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.builds.find_by_project_id(first, after=cursor[:-2] + "AA")
 
 
@@ -384,11 +386,11 @@ async def test_a_progress_equal_to_the_stored_one_is_no_change(wis: Wis2l) -> No
     project_id = await make_project(wis)
     pending = await wis.builds.create(project_id=project_id, target="web")
     assert await wis.builds.update(pending.id, progress=0) == pending
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="pending")):
         await wis.builds.update(pending.id, progress=1)
     done = await build_in(wis, project_id, S.COMPLETED)
     assert await wis.builds.update(done.id, progress=100) == done
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="completed")):
         await wis.builds.update(done.id, progress=99)
     building = await build_in(wis, project_id, S.BUILDING)
     failed = await wis.builds.update(building.id, status="failed", progress=40)
@@ -492,7 +494,7 @@ async def test_delete(wis: Wis2l) -> None:
     assert await wis.builds.delete(uuid.uuid4()) is False
     assert [b.id for b in await wis.builds.find_by_project_id(project_id)] == [other.id]
     assert await events(wis) == before  # its build.started stays; no new event
-    with pytest.raises(NotFound):  # a worker still holding the id
+    with pytest.raises(NotFound, match="no build with id"):  # a worker still holding the id
         await wis.builds.update(build.id, progress=50)
     with pytest.raises(ValidationError) as info:
         await wis.builds.delete(42)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import time
 
 import attrs
 import pytest
+from tests.helpers import has
 
 from wis2l_core import ConfigError, ServiceUnavailable, Settings
 from wis2l_core.cache import Cache, RedisClient
@@ -32,7 +33,7 @@ async def test_open_makes_no_connection_and_is_idempotent() -> None:
     assert client.redis is redis
     await client.aclose()
     await client.aclose()
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="redis")):
         _ = client.redis
 
 
@@ -56,7 +57,7 @@ async def test_ping_on_a_dead_server_raises_service_unavailable() -> None:
 
 
 async def test_ping_on_a_closed_client_raises(settings: Settings) -> None:
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="redis")):
         await RedisClient(settings).ping()
 
 
@@ -209,7 +210,7 @@ async def test_cluster_and_sentinel_urls_build_their_clients_without_io() -> Non
         assert pool.connection_kwargs["db"] == 3
         assert pool.connection_kwargs["password"] == "pw"
         assert "pw" not in repr(sentinel)
-        with pytest.raises(ServiceUnavailable):  # no Sentinel answers
+        with pytest.raises(ServiceUnavailable, check=has(service="redis")):  # no Sentinel answers
             await sentinel.ping()
     finally:
         await sentinel.aclose()

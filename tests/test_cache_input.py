@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from tests.helpers import field_is
 
 from helpers import make_project
 from wis2l_core import ValidationError
@@ -70,7 +71,7 @@ async def test_token_cache_every_entry_point_checks_the_id(client: RedisClient, 
         with pytest.raises(ValidationError) as info:
             await call()
         assert info.value.field == "project_id"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("project_id")):
         cache.key(bad)
     assert await all_keys(client) == []
 
@@ -146,7 +147,7 @@ def test_a_generic_cache_cannot_use_a_built_in_service(client: RedisClient, serv
 
 @pytest.mark.parametrize("service", ["", "a:b", "a b", "a*", "x" * 65, "caf\u00e9"])
 def test_service_names_are_plain(client: RedisClient, service: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("service")):
         Cache(client, service)
 
 
@@ -222,7 +223,8 @@ async def test_deeply_nested_json_is_refused_everywhere(client: RedisClient) -> 
     with pytest.raises(ValidationError) as info:
         await SessionStore(client).create(uuid4(), {"x": deep})
     assert info.value.field == "data"
-    with pytest.raises(ValidationError):  # past orjson's 255 levels, short of Python's limit
+    # past orjson's 255 levels, short of Python's limit
+    with pytest.raises(ValidationError, check=field_is("value")):
         await cache.set("k", nested(300))
     assert await all_keys(client) == []
     assert await cache.set("k", nested(200))  # deep but within the limit

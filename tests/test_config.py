@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from redis.asyncio.connection import parse_url as redis_parse_url
+from tests.helpers import has
 
 from wis2l_core import AppEnvironment, ConfigError, Settings
 from wis2l_core._secrets import secrets_in
@@ -209,7 +210,7 @@ def test_frozen_and_evolvable() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         s.namespace = "x"  # type: ignore[misc]
     assert attrs.evolve(s, namespace="other").namespace == "other"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, check=has(variable="db_pool_min_size")):
         attrs.evolve(s, db_pool_min_size=0)
 
 

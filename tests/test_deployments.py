@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import make_project
+from helpers import field_is, has, make_project
 from strategies import INJECTIONS, bad_deployment_fields, bad_urls, deployment_fields, urls
 from wis2l_core import (
     Deployment,
@@ -91,7 +91,7 @@ async def test_build_must_belong_to_the_project(wis: Wis2l) -> None:
         await wis.deployments.create(
             project_id=first, environment="staging", version="1", build_id=build.id
         )
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^build_id: no build"):
         await wis.deployments.create(
             project_id=first, environment="staging", version="1", build_id=uuid.uuid4()
         )
@@ -137,7 +137,7 @@ async def test_delete(wis: Wis2l) -> None:
     assert await wis.deployments.delete(uuid.uuid4()) is False
     assert [d.id for d in await wis.deployments.find_by_project_id(project_id)] == [other.id]
     assert await events(wis) == before  # no event; the deployment's own events stay
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no deployment with id"):
         await wis.deployments.update(dep.id, status="completed")
     with pytest.raises(ValidationError) as info:
         await wis.deployments.delete("nope")
@@ -156,7 +156,7 @@ async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
     cleared = await wis.deployments.update(dep.id, url=None)
     assert cleared.updated_at > dep.updated_at
     # A status is a move, not a value: asking again for the current one is refused.
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition, check=has(current="in_progress")):
         await wis.deployments.update(dep.id, status="in_progress")
 
 
@@ -235,9 +235,9 @@ async def test_bad_create_is_refused_before_sql(
 
 
 async def test_update_unknown_deployment(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no deployment with id"):
         await wis.deployments.update(uuid.uuid4(), status="in_progress")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("status")):
         await wis.deployments.update(uuid.uuid4(), status="shipped")
 
 
@@ -269,7 +269,7 @@ async def test_pages(wis: Wis2l) -> None:
     assert rest.next_cursor is None
     assert [d.id for d in (*page, *rest)] == [d.id for d in made]
     assert [d.id for d in await wis.deployments.find_all()] == [*(d.id for d in made), other.id]
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.deployments.find_all(after=page.next_cursor)
 
 

@@ -701,7 +701,7 @@ def test_with_database_encodes_the_name() -> None:
 def test_template_drops_only_its_own_clones(wis2l_template: TemplateDatabase) -> None:
     admin = with_database(wis2l_template.server_url, "postgres")
     for url in (admin, with_database(admin, wis2l_template.name + "x"), admin + "%2F"):
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError, match="is not a clone of the template"):
             wis2l_template.drop(url)
     clone = wis2l_template.clone()
     wis2l_template.drop(clone)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import make_project
+from helpers import field_is, make_project
 from strategies import INJECTIONS, bad_event_fields, event_fields
 from wis2l_core import NotFound, Subsystem, ValidationError
 from wis2l_core.runtime import Wis2l
@@ -90,9 +90,9 @@ async def test_lists_include_domain_events_in_order(wis: Wis2l) -> None:
     rest = await wis.events.find_by_project_id(project_id, limit=2, after=mine.next_cursor)
     assert [(e.type, e.subsystem) for e in rest] == [("note", Subsystem.SLATE)]
     assert rest.next_cursor is None
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.events.find_by_subsystem("ignis", after=mine.next_cursor)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("subsystem")):
         await wis.events.find_by_subsystem("nowhere")
 
 

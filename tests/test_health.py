@@ -31,8 +31,10 @@ from wis2l_core.health import (
 from wis2l_core.runtime import Wis2l
 from wis2l_core.testing.servers import Servers
 
-BOUND = 0.05
-"""How much longer than its timeout health may take."""
+BOUND = 0.25
+"""How much longer than its timeout health may take: on 2 cores at a load average of 7
+(eight suites at once) the overshoot measured 2-21 ms; a loop stall or a GC pass can add
+more, so a quarter second: a check that ignored its timeout would run for seconds."""
 
 
 def dead_port() -> int:

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.helpers import field_is
 
 from wis2l_core import BuildStatus, Engine, ValidationError, Wis2l
 from wis2l_core.db.seed import HISTORY_DAYS, PROJECTS
@@ -72,9 +73,9 @@ async def test_to_records_gives_flat_plain_rows(wis: Wis2l) -> None:
     assert record["build_id"] == str(project.id)
     assert len(to_records(await wis.projects.find_all())) == 1  # a Page works too
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("model")):
         to_record({"id": 1})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("flatten")):
         to_record(project, flatten=-1)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import field_is
 
 from strategies import INJECTIONS, bad_project_fields, project_changes, project_fields
 from wis2l_core import Conflict, Engine, NotFound, Project, ValidationError
@@ -89,14 +90,14 @@ async def test_slug_is_unique(wis: Wis2l) -> None:
 
 async def test_missing_parents_are_not_found(wis: Wis2l) -> None:
     uid = await owner(wis)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^owner_id: the referenced row"):
         await wis.projects.create(owner_id=uuid.uuid4(), name="A", slug="a", engine="web")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^template_id: the referenced row"):
         await wis.projects.create(
             owner_id=uid, name="A", slug="a", engine="web", template_id=uuid.uuid4()
         )
     project = await wis.projects.create(owner_id=uid, name="A", slug="a", engine="web")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^template_id: the referenced row"):
         await wis.projects.update(project.id, template_id=uuid.uuid4())
     assert await count(wis, "projects") == 1
 
@@ -129,7 +130,7 @@ async def test_update(wis: Wis2l) -> None:
     )
     assert await wis.projects.find_by_slug("a") is None
     assert await wis.projects.find_by_id(project.id) == cleared
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no project with id"):
         await wis.projects.update(uuid.uuid4(), name="x")
 
 
@@ -148,7 +149,7 @@ async def test_update_validates_before_sql(wis: Wis2l) -> None:
         with pytest.raises(ValidationError) as info:
             await wis.projects.update(project.id, **kwargs)
         assert info.value.field == field
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("id")):
         await wis.projects.update("not-a-uuid", name="x")
     assert await wis.projects.find_by_id(project.id) == project
 
@@ -240,7 +241,7 @@ async def test_bad_list_arguments(wis: Wis2l) -> None:
             await wis.projects.find_all(limit=1, after=after)  # type: ignore[arg-type]
         assert info.value.field == "after"
     # A cursor from another list is refused too.
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.projects.find_all(owner_id=uid, limit=1, after=cursor)
     for limit in (0, -1, 1001):
         with pytest.raises(ValidationError) as info:
@@ -359,5 +360,5 @@ async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
     assert await count(wis, "events") == 0
     moved = await wis.projects.update(project.id, description="now")
     assert moved.updated_at > project.updated_at
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no project with id"):
         await wis.projects.update(uuid.uuid4())

@@ -15,7 +15,7 @@ import attrs
 import psycopg
 import pytest
 from psycopg import sql
-from tests.helpers import make_project
+from tests.helpers import has, make_project
 
 import wis2l_core.db
 from wis2l_core import Settings, Wis2l
@@ -166,9 +166,10 @@ async def test_errors_on_the_raw_connection_leave_the_block_typed(wis: Wis2l) ->
 
 async def test_bad_input_and_bad_sql_are_typed_errors(wis: Wis2l) -> None:
     db = wis.database
-    with pytest.raises(ValidationError):  # PostgreSQL text cannot hold NUL
+    # PostgreSQL text cannot hold NUL
+    with pytest.raises(ValidationError, match="cannot contain NUL"):
         await db.fetch_val("SELECT %s::text", ["a\x00b"])
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="invalid input syntax for type integer"):
         await db.fetch_val("SELECT %s::int", ["not a number"])
     with pytest.raises(ValidationError) as bad_params:
         await db.fetch_val("SELECT %s::text", "abc")  # a str is not a sequence of values
@@ -190,7 +191,7 @@ async def test_bad_input_and_bad_sql_are_typed_errors(wis: Wis2l) -> None:
             await db.fetch_all(statement, params)
         assert not isinstance(info.value, psycopg.Error)
     await wis.users.create(email="c@example.com", name="C", subject="s-c")
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, check=has(field="email")):
         await db.execute(
             "INSERT INTO users (id, email, name, subject) VALUES (%s, %s, 'C', 'other')",
             (uuid.uuid4(), "c@example.com"),

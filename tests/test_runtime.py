@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import nats
 import pytest
+from tests.helpers import has
 
 from wis2l_core import HealthStatus, ServiceUnavailable, Settings, StartupError, Wis2l, health_app
 from wis2l_core import runtime as runtime_module
@@ -94,9 +95,9 @@ async def consumer_counts(settings: Settings, consumer: str) -> tuple[int, int]:
 def assert_all_closed(wis: Wis2l) -> None:
     assert not wis.started
     assert wis.stopping
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="database")):
         _ = wis.database.pool
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable, check=has(service="redis")):
         _ = wis.redis.redis
     assert not wis.bus.connected
     assert not wis.relay.running

@@ -48,6 +48,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tests.helpers import has
 
 from wis2l_core import (
     Build,
@@ -468,11 +469,11 @@ class ProjectsMachine(RuleBasedStateMachine):
             changes["name"] = name
         current = self.model.projects.get(pid)
         if current is None:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match="no project with id"):
                 self.run(self.wis.projects.update(pid, **changes))
             return
         if slug is not None and self.model.slug_taken(slug, by=pid):
-            with pytest.raises(Conflict):
+            with pytest.raises(Conflict, check=has(field="slug")):
                 self.run(self.wis.projects.update(pid, **changes))
             return
         expected = (slug or current.slug, name or current.name)
@@ -492,7 +493,7 @@ class ProjectsMachine(RuleBasedStateMachine):
     @rule(target=components, pid=projects, name=NAMES, code=CODE)
     def create_component(self, pid: UUID, name: str, code: str) -> UUID:
         if pid not in self.model.projects:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
                 self.run(self._create_component(self.wis, pid, name, code))
             return UUID(int=next(self.serial))
         cid = self.run(self._create_component(self.wis, pid, name, code))
@@ -511,7 +512,7 @@ class ProjectsMachine(RuleBasedStateMachine):
     def update_component(self, cid: UUID, code: str) -> None:
         current = self.model.components.get(cid)
         if current is None:
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match="no component with id"):
                 self.run(self.wis.components.update(cid, code=code))
             return
         updated = self.run(self.wis.components.update(cid, code=code))

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from playwright import sync_api as playwright_sync
 from psycopg import sql
 
 from wis2l_core import Settings, Wis2l
@@ -28,7 +29,6 @@ from wis2l_core.testing.servers import Servers, TemplateDatabase, with_database
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("WIS2L_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():  # pragma: no cover - CI installs Debian's chromium
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)

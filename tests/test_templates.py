@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import field_is
 
 from strategies import INJECTIONS, bad_template_fields, template_fields
 from wis2l_core import Conflict, Engine, NotFound, Template, ValidationError
@@ -66,7 +67,8 @@ async def test_find_all_filters_and_pages(wis: Wis2l) -> None:
     assert defold.next_cursor is None
     first = await wis.templates.find_all("love2d", limit=1)
     assert first.next_cursor is not None
-    with pytest.raises(ValidationError):  # a cursor of the engine list on the full list
+    # a cursor of the engine list on the full list
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.templates.find_all(after=first.next_cursor)
     with pytest.raises(ValidationError) as info:
         await wis.templates.find_all(engine="amiga")
@@ -181,9 +183,9 @@ async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
 async def test_update_errors(wis: Wis2l) -> None:
     await wis.templates.create(slug="taken", name="T", engine="web")
     template = await wis.templates.create(slug="mine", name="M", engine="web")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no template with id"):
         await wis.templates.update(uuid.uuid4(), name="x")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no template with id"):
         await wis.templates.update(uuid.uuid4())
     with pytest.raises(Conflict) as conflict:
         await wis.templates.update(template.id, slug="taken")
@@ -218,7 +220,7 @@ async def test_delete_keeps_projects_started_from_it(wis: Wis2l) -> None:
     kept = await wis.projects.find_by_id(project.id)
     assert kept is not None
     assert kept.template_id is None
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("id")):
         await wis.templates.delete("nope")
     async with wis.database.pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) AS n FROM events")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import field_is
 
 from strategies import INJECTIONS, bad_token_fields, token_fields, token_sets
 from wis2l_core import DesignToken, NotFound, TokenCategory, ValidationError
@@ -129,7 +130,7 @@ async def test_value_compared_as_json(wis: Wis2l) -> None:
 
 
 async def test_upsert_missing_project_writes_nothing(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
         await wis.tokens.upsert(project_id=uuid.uuid4(), name="a", category="color", value=1)
     assert await count(wis, "design_tokens") == 0
     assert await count(wis, "events") == 0
@@ -206,9 +207,9 @@ async def test_lists_page_through_every_row_once(wis: Wis2l) -> None:
     assert info.value.field == "category"
     page = await wis.tokens.find_all(pid, limit=3)
     assert page.next_cursor is not None
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.tokens.find_by_category(pid, "color", after=page.next_cursor)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, check=field_is("after")):
         await wis.tokens.find_all(pid, after=page.next_cursor.upper())
     assert list(await wis.tokens.find_all(uuid.uuid4())) == []
 
@@ -347,9 +348,9 @@ async def test_bad_sync_writes_nothing(wis: Wis2l, tokens: list[Any], field: str
 
 
 async def test_sync_missing_project_writes_nothing(wis: Wis2l) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
         await wis.tokens.sync(uuid.uuid4(), [{"name": "a", "category": "color", "value": 1}])
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"^project_id: the referenced row"):
         await wis.tokens.sync(uuid.uuid4(), [])
     assert await count(wis, "design_tokens") == 0
     assert await count(wis, "events") == 0
@@ -371,6 +372,8 @@ async def test_rolled_back_transaction_leaves_no_token_or_event(wis: Wis2l) -> N
     assert await count(wis, "events") == 0
 
 
+@pytest.mark.slow
+@pytest.mark.timing
 async def test_sync_1000_tokens_in_one_call(wis: Wis2l) -> None:
     pid, other = await project(wis), await project(wis)
     tokens: list[dict[str, Any]] = [

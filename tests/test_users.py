@@ -37,7 +37,7 @@ async def test_update_and_delete(wis: Wis2l) -> None:
     assert updated.updated_at > user.updated_at
     assert await wis.users.delete(user.id) is True
     assert await wis.users.delete(user.id) is False
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no user with id"):
         await wis.users.update(user.id, name="gone")
 
 
@@ -129,7 +129,7 @@ async def test_update_that_changes_nothing_keeps_updated_at(wis: Wis2l) -> None:
     changed = await wis.users.update(user.id, name="A", role="admin")
     assert changed.role is Role.ADMIN
     assert changed.updated_at > user.updated_at
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no user with id"):
         await wis.users.update(uuid.uuid4())
 
 
