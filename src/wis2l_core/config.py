@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
+from wis2l_core import _urls
 from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
 
@@ -28,7 +28,6 @@ __all__ = [
     "FirstSignIn",
     "MigrationSource",
     "Settings",
-    "nats_credentials",
     "parse_duration",
     "redact_url",
 ]
@@ -319,15 +318,15 @@ class Settings:
     (``WIS2L_CRITICAL_SERVICES``, comma-separated)."""
 
     def __attrs_post_init__(self) -> None:
-        _check_database_url(self.database_url, "database_url")
+        _urls.database_url(self.database_url, "database_url")
         if self.database_direct_url is not None:
-            _check_database_url(self.database_direct_url, "database_direct_url")
+            _urls.database_url(self.database_direct_url, "database_direct_url")
         _check_oidc(self)
-        _check_redis_url(self.redis_url, "redis_url")
+        _urls.redis_url(self.redis_url, "redis_url")
         if not self.nats_urls:
             raise ConfigError("nats_urls: at least one server is needed", variable="nats_urls")
         for url in self.nats_urls:
-            _check_nats_url(url, "nats_urls")
+            _urls.check_nats_url(url, "nats_urls")
         if not 1 <= self.db_pool_min_size <= self.db_pool_max_size:
             raise ConfigError(
                 "db_pool_min_size must be >= 1 and <= db_pool_max_size",
@@ -359,11 +358,17 @@ class Settings:
         Raises:
             ConfigError: a variable is malformed; ``variable`` names it.
         """
-        env = os.environ if environ is None else environ
+        env = _present(os.environ if environ is None else environ)
         kwargs: dict[str, object] = {
-            "database_url": _database_url(env),
-            "redis_url": _redis_url(env),
-            "nats_urls": _nats_urls(env),
+            "database_url": _urls.database_url(url, "DATABASE_URL")
+            if (url := env.get("DATABASE_URL"))
+            else _urls.database_url_from_parts(env),
+            "redis_url": _urls.redis_url(url, "REDIS_URL")
+            if (url := env.get("REDIS_URL"))
+            else _urls.redis_url_from_parts(env),
+            "nats_urls": _urls.nats_urls(url, "NATS_URL")
+            if (url := env.get("NATS_URL"))
+            else _urls.nats_urls_from_parts(env),
         }
         if raw_env := _get(env, "WIS2L_ENV"):
             try:
@@ -378,8 +383,7 @@ class Settings:
             if raw is not None:
                 kwargs[field] = _parse(variable, raw, parse)
         if raw_direct := _get(env, "DATABASE_DIRECT_URL"):
-            _check_database_url(raw_direct, "DATABASE_DIRECT_URL")
-            kwargs["database_direct_url"] = raw_direct
+            kwargs["database_direct_url"] = _urls.database_url(raw_direct, "DATABASE_DIRECT_URL")
         kwargs.update(_oidc(env))
         if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
             kwargs["migrations"] = raw_migrations
@@ -412,6 +416,11 @@ def _oidc(env: Mapping[str, str]) -> dict[str, object]:
                 variable="WIS2L_OIDC_FIRST_SIGN_IN",
             ) from None
     return kwargs
+
+
+def _present(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that are set: values stripped, blank ones left out."""
+    return {name: value.strip() for name, value in env.items() if value.strip()}
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -451,13 +460,6 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
-def _port(raw: str) -> int:
-    value = _decimal(raw)
-    if not 1 <= value <= 65535:
-        raise ValueError(raw)
-    return value
-
-
 def _name(raw: str) -> str:
     return raw
 
@@ -492,7 +494,6 @@ def parse_duration(raw: str) -> timedelta:
 _KIND: dict[object, str] = {
     _positive_int: "positive integer",
     _non_negative_float: "number of seconds >= 0",
-    _port: "port number (1-65535)",
     _name: "name",
     _bool: "boolean (true/false, 1/0, yes/no, on/off)",
     parse_duration: "duration such as 90d, 12h, 30m, 45s or 2w",
@@ -544,213 +545,6 @@ _VARIABLE_OF_FIELD: dict[str, str] = {
 }
 
 
-def _database_url(env: Mapping[str, str]) -> str:
-    if url := _get(env, "DATABASE_URL"):
-        _check_database_url(url, "DATABASE_URL")
-        return url
-    user = _get(env, "DATABASE_USER")
-    password = _get(env, "DATABASE_PASSWORD")
-    host = _host(_get(env, "DATABASE_HOST") or "localhost", "DATABASE_HOST")
-    port = _parse("DATABASE_PORT", _get(env, "DATABASE_PORT") or "5432", _port)
-    name = _get(env, "DATABASE_NAME") or "wis2l"
-    if password is not None and user is None:
-        raise ConfigError(
-            "DATABASE_PASSWORD is set but DATABASE_USER is not", variable="DATABASE_USER"
-        )
-    auth = ""
-    if user is not None:
-        auth = quote(user, safe="")
-        if password is not None:
-            auth += ":" + quote(password, safe="")
-        auth += "@"
-    return f"postgresql://{auth}{host}:{port}/{quote(name, safe='')}"
-
-
-def _redis_url(env: Mapping[str, str]) -> str:
-    if url := _get(env, "REDIS_URL"):
-        _check_redis_url(url, "REDIS_URL")
-        return url
-    host = _host(_get(env, "REDIS_HOST") or "localhost", "REDIS_HOST")
-    port = _parse("REDIS_PORT", _get(env, "REDIS_PORT") or "6379", _port)
-    db = _get(env, "REDIS_DB") or "0"
-    if not db.isdigit():
-        raise ConfigError(f"REDIS_DB must be an integer >= 0, not {db!r}", variable="REDIS_DB")
-    password = _get(env, "REDIS_PASSWORD")
-    auth = f":{quote(password, safe='')}@" if password is not None else ""
-    return f"redis://{auth}{host}:{port}/{int(db)}"
-
-
-def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
-    if raw := _get(env, "NATS_URL"):
-        pieces = [u.strip() for u in raw.split(",") if u.strip()]
-        if not pieces:
-            raise ConfigError("NATS_URL names no server", variable="NATS_URL")
-        if any("@" in u and "://" not in u for u in pieces[1:]):
-            # "nats://u:p,w@h" split in the password: refuse rather than guess.
-            raise ConfigError(
-                _reserved("NATS_URL", extra=", and ',' in a list"), variable="NATS_URL"
-            )
-        urls = tuple(_nats_scheme(u) for u in pieces)
-        for url in urls:
-            _check_nats_url(url, "NATS_URL")
-        return urls
-    host = _host(_get(env, "NATS_HOST") or "localhost", "NATS_HOST")
-    port = _parse("NATS_PORT", _get(env, "NATS_PORT") or "4222", _port)
-    return (f"nats://{host}:{port}",)
-
-
-def _host(host: str, variable: str) -> str:
-    """``host`` ready for a URL's authority (IPv6 in brackets), or ``ConfigError``."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not bare or any(c in _NOT_IN_HOST or c.isspace() or not c.isprintable() for c in bare):
-        raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
-    if ":" in bare:
-        if any(c not in _IPV6 for c in bare):
-            raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
-        return f"[{bare}]"
-    return bare
-
-
-_NOT_IN_HOST = frozenset("/\\@?#[]'\"")
-_IPV6 = frozenset("0123456789abcdefABCDEF:.%")
-
-
-def _nats_scheme(url: str) -> str:
-    return url if "://" in url else f"nats://{url}"
-
-
-_USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2}|[^\x00-\x7f\s])*")
-"""What a URL's ``user:password`` may hold as written (RFC 3986 userinfo, and non-ASCII
-letters): every other character must be percent-encoded."""
-
-
-def _reserved(variable: str, extra: str = "") -> str:
-    return (
-        f"{variable}: the user name or password is not percent-encoded: percent-encode "
-        f"reserved characters in the password (/ ? # @ [ ] % and blanks{extra}), e.g. with "
-        "urllib.parse.quote(password, safe=''); an '@' anywhere else in the URL is %40"
-    )
-
-
-def _check_userinfo(url: str, variable: str) -> None:
-    """Refuse a URL whose user name or password a parser would read another way.
-
-    libpq ends the password at the first ``/`` (``?``, ``#`` elsewhere) or ``@``, Python at
-    the last ``@``: a password holding one of them was read as a host, a port or a path,
-    and came back in error messages. So the text before a URL's ``@`` must be a
-    well-formed userinfo, and there may be only one ``@``. The message never quotes the
-    URL: it holds the password.
-    """
-    rest = url.partition("://")[2] if "://" in url else url
-    userinfo, at, after = rest.partition("@")
-    if at and ("@" in after or _USERINFO.fullmatch(userinfo) is None):
-        raise ConfigError(_reserved(variable), variable=variable)
-
-
-def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        # Python's text quotes the port as written: never echo it (nor the URL), it may
-        # be part of a password cut by an unencoded character.
-        problem = "the port must be a number 1-65535" if "Port" in str(exc) else "bad host"
-        raise ConfigError(
-            f"{variable} is not a valid {what} URL ({problem}); if the password holds "
-            "reserved characters, percent-encode them",
-            variable=variable,
-        ) from None
-    if parts.scheme not in schemes:
-        raise ConfigError(
-            f"{variable} must start with {' or '.join(s + '://' for s in schemes)}, "
-            f"got {redact_url(url)!r}",
-            variable=variable,
-        )
-    if port == 0:
-        raise ConfigError(f"{variable} has port 0", variable=variable)
-
-
-def _check_database_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    schemes = ("postgresql", "postgres")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is not None:
-        userinfo, at, hosts = parts.netloc.rpartition("@")
-        if "," in hosts:  # libpq's multi-host form: host1:port1,host2:port2
-            for host in hosts.split(","):
-                _check_url(
-                    urlunsplit((parts.scheme, host, "", "", "")), variable, schemes, "PostgreSQL"
-                )
-            first = f"{userinfo}{at}{hosts.split(',')[0]}"
-            url = urlunsplit((parts.scheme, first, parts.path, parts.query, parts.fragment))
-    _check_url(url, variable, schemes, "PostgreSQL")
-
-
-REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-"""``REDIS_URL`` schemes that name Redis Cluster seed nodes."""
-REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-"""``REDIS_URL`` schemes that name Sentinels and, as the path, the master's name."""
-
-
-def _check_redis_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    scheme = url.partition("://")[0].lower()
-    if scheme in REDIS_CLUSTER_SCHEMES or scheme in REDIS_SENTINEL_SCHEMES:
-        _check_redis_hosts(url, variable, scheme)
-        return
-    _check_url(
-        url,
-        variable,
-        ("redis", "rediss", "unix", *REDIS_CLUSTER_SCHEMES, *REDIS_SENTINEL_SCHEMES),
-        "Redis",
-    )
-    parts = urlsplit(url)
-    if parts.scheme != "unix":
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise ConfigError(
-                f"{variable}: the database number must be an integer, got {db!r}",
-                variable=variable,
-            )
-
-
-def _check_redis_hosts(url: str, variable: str, scheme: str) -> None:
-    """A cluster or Sentinel URL: ``scheme://[auth@]host:port[,host:port...][/path]``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ConfigError(
-            f"{variable} is not a valid Redis URL (bad host)", variable=variable
-        ) from None
-    hosts = parts.netloc.rpartition("@")[2]
-    if not hosts:
-        raise ConfigError(f"{variable} names no server: {redact_url(url)!r}", variable=variable)
-    for host in hosts.split(","):
-        _check_url(f"redis://{host}", variable, ("redis",), "Redis")
-    path = parts.path.strip("/")
-    if scheme in REDIS_SENTINEL_SCHEMES:
-        name = path.split("/")[0]
-        if not name:
-            raise ConfigError(
-                f"{variable}: a Sentinel URL ends with the master's name, "
-                f"e.g. redis+sentinel://host:26379/mymaster; got {redact_url(url)!r}",
-                variable=variable,
-            )
-        db = path.split("/")[1] if "/" in path else ""
-    else:
-        db = path
-    if scheme in REDIS_CLUSTER_SCHEMES and db not in ("", "0"):
-        raise ConfigError(f"{variable}: Redis Cluster has only database 0", variable=variable)
-    if db and not db.isdigit():
-        raise ConfigError(
-            f"{variable}: the database number must be an integer, got {db!r}",
-            variable=variable,
-        )
-
-
 def _check_oidc(settings: Settings) -> None:
     refused = [a for a in settings.oidc_algorithms if a.upper().startswith("HS") or a == "none"]
     if refused:
@@ -762,46 +556,9 @@ def _check_oidc(settings: Settings) -> None:
     if not settings.oidc_algorithms:
         raise ConfigError("oidc_algorithms: at least one is needed", variable="oidc_algorithms")
     if settings.oidc_issuer is not None:
-        _check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
+        _urls.check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
         if settings.oidc_audience is None:
             raise ConfigError(
                 "oidc_audience: an issuer is set but no audience; set WIS2L_OIDC_AUDIENCE",
                 variable="oidc_audience",
             )
-
-
-def nats_credentials(urls: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """NATS servers for nats-py, and their credentials percent-decoded.
-
-    nats-py reads a URL's user, password or token as written, so a percent-encoded
-    password would reach the server encoded. When the servers share one set of
-    credentials (the usual case), they are taken out of the URLs and returned decoded, as
-    ``connect()``'s ``user``/``password`` or ``token`` (which also serve the servers the
-    cluster announces). Servers with different credentials are left as written.
-
-    Args:
-        urls: ``Settings.nats_urls``.
-
-    Returns:
-        The server URLs, and the keyword arguments to add to ``connect()``.
-    """
-    urls = list(urls)
-    found: set[str] = set()
-    bare = []
-    for url in urls:
-        parts = urlsplit(url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        if at:
-            found.add(userinfo)
-        bare.append(urlunsplit(parts._replace(netloc=host)))
-    if len(found) != 1:
-        return urls, {}
-    user, colon, password = found.pop().partition(":")
-    if colon:
-        return bare, {"user": unquote(user), "password": unquote(password)}
-    return bare, {"token": unquote(user)}
-
-
-def _check_nats_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    _check_url(url, variable, ("nats", "tls", "ws", "wss"), "NATS")
