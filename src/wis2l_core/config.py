@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import attrs
 
@@ -31,8 +30,6 @@ __all__ = [
     "parse_duration",
     "redact_url",
 ]
-
-_T = TypeVar("_T")
 
 
 class AppEnvironment(enum.StrEnum):
@@ -188,131 +185,307 @@ def _str_frozenset(values: Iterable[str]) -> frozenset[str]:
     return frozenset((values,) if isinstance(values, str) else values)
 
 
+_Read = Callable[[str, str], object]
+"""How ``from_env`` turns a variable's text into a field value: ``read(text, variable)``,
+raising a ``ConfigError`` that names ``variable``."""
+
+
+def _text(raw: str, _variable: str) -> str:
+    return raw
+
+
+def _comma_list(raw: str, _variable: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _env(
+    variable: str,
+    read: _Read = _text,
+    otherwise: Callable[[Mapping[str, str]], object] | None = None,
+) -> dict[str, object]:
+    """A field's metadata: the environment variable ``from_env`` reads it from, and how.
+
+    Args:
+        variable: the variable's name, kept as ``metadata["env"]``.
+        read: turns the variable's text into the field's value.
+        otherwise: builds the value from other variables when this one is unset (the URL
+            parts, ``DATABASE_HOST``, ...); ``None`` leaves the field's default.
+    """
+    return {"env": variable, "read": read, "otherwise": otherwise}
+
+
+def _kind(parse: Callable[[str], object], what: str) -> _Read:
+    """A reader from ``parse``, whose ``ValueError`` says the variable must be ``what``."""
+
+    def read(raw: str, variable: str) -> object:
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{variable} must be {what}, not {raw!r}", variable=variable
+            ) from None
+
+    return read
+
+
+def _choice(choices: type[enum.StrEnum]) -> _Read:
+    """A reader of one of ``choices``' values, in any case."""
+    return _kind(lambda raw: choices(raw.lower()), " or ".join(repr(c.value) for c in choices))
+
+
+def _decimal(raw: str) -> int:
+    # int() also takes "+5", "5_0" and non-ASCII digits; a setting should not.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(raw)
+    return int(raw)
+
+
+def _positive_int(raw: str) -> int:
+    value = _decimal(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str) -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or ``"2w"`` as a positive ``timedelta``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    number, unit = raw[:-1], raw[-1:].lower()
+    if unit not in _DURATION_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(raw)
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(raw)
+    return timedelta(seconds=seconds)
+
+
+_POSITIVE_INT = _kind(_positive_int, "a positive integer")
+_SECONDS = _kind(_non_negative_float, "a number of seconds >= 0")
+_BOOL = _kind(_bool, "a boolean (true/false, 1/0, yes/no, on/off)")
+_DURATION = _kind(parse_duration, "a duration such as 90d, 12h, 30m, 45s or 2w")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Connection targets and tunables for :class:`wis2l_core.Wis2l`.
 
-    Every field has an environment variable; see :meth:`from_env` and the
-    configuration reference in the docs.
+    Every field has an environment variable, named in its ``metadata["env"]``
+    (``attrs.fields(Settings).namespace.metadata["env"]`` is ``"WIS2L_NAMESPACE"``); see
+    :meth:`from_env` and the configuration reference in the docs.
     """
 
-    database_url: str = attrs.field(default="postgresql://localhost:5432/wis2l", repr=_redact_one)
+    database_url: str = attrs.field(
+        default="postgresql://localhost:5432/wis2l",
+        repr=_redact_one,
+        metadata=_env("DATABASE_URL", _urls.database_url, _urls.database_url_from_parts),
+    )
     """libpq URL of the PostgreSQL database (``DATABASE_URL``)."""
-    redis_url: str = attrs.field(default="redis://localhost:6379/0", repr=_redact_one)
+    redis_url: str = attrs.field(
+        default="redis://localhost:6379/0",
+        repr=_redact_one,
+        metadata=_env("REDIS_URL", _urls.redis_url, _urls.redis_url_from_parts),
+    )
     """Redis URL (``REDIS_URL``): ``redis://``, ``rediss://`` (TLS) or ``unix://`` for one
     server; ``redis+cluster://host:port[,host:port...]`` for Redis Cluster;
     ``redis+sentinel://host:port[,host:port...]/<master name>`` (or ``rediss+sentinel://``)
     for a Sentinel-managed master."""
     nats_urls: tuple[str, ...] = attrs.field(
-        default=("nats://localhost:4222",), converter=_str_tuple, repr=_redact_many
+        default=("nats://localhost:4222",),
+        converter=_str_tuple,
+        repr=_redact_many,
+        metadata=_env("NATS_URL", _urls.nats_urls, _urls.nats_urls_from_parts),
     )
     """NATS servers to try, in order (``NATS_URL``, comma-separated)."""
     environment: AppEnvironment = attrs.field(
-        default=AppEnvironment.DEVELOPMENT, converter=AppEnvironment
+        default=AppEnvironment.DEVELOPMENT,
+        converter=AppEnvironment,
+        metadata=_env("WIS2L_ENV", _choice(AppEnvironment)),
     )
     """``development`` retries optional services in the background; ``production`` also
     refuses to start without a critical one (``WIS2L_ENV``)."""
 
-    db_pool_min_size: int = 1
+    db_pool_min_size: int = attrs.field(
+        default=1, metadata=_env("WIS2L_DB_POOL_MIN_SIZE", _POSITIVE_INT)
+    )
     """Connections the pool keeps open (``WIS2L_DB_POOL_MIN_SIZE``)."""
-    db_pool_max_size: int = 10
+    db_pool_max_size: int = attrs.field(
+        default=10, metadata=_env("WIS2L_DB_POOL_MAX_SIZE", _POSITIVE_INT)
+    )
     """Most connections the pool opens (``WIS2L_DB_POOL_MAX_SIZE``)."""
-    db_pool_timeout: float = 10.0
+    db_pool_timeout: float = attrs.field(
+        default=10.0, metadata=_env("WIS2L_DB_POOL_TIMEOUT", _SECONDS)
+    )
     """Seconds a call waits for a free connection (``WIS2L_DB_POOL_TIMEOUT``)."""
-    db_connect_timeout: float = 5.0
+    db_connect_timeout: float = attrs.field(
+        default=5.0, metadata=_env("WIS2L_DB_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to open one connection (``WIS2L_DB_CONNECT_TIMEOUT``)."""
-    db_statement_timeout: float = 30.0
+    db_statement_timeout: float = attrs.field(
+        default=30.0, metadata=_env("WIS2L_DB_STATEMENT_TIMEOUT", _SECONDS)
+    )
     """Seconds one statement may run before the server cancels it; 0 disables
     (``WIS2L_DB_STATEMENT_TIMEOUT``)."""
-    db_prepared_statements: bool = True
+    db_prepared_statements: bool = attrs.field(
+        default=True, metadata=_env("WIS2L_DB_PREPARED_STATEMENTS", _BOOL)
+    )
     """Use server-side prepared statements (``WIS2L_DB_PREPARED_STATEMENTS``). Turn off
     behind a transaction-mode pooler without prepared-statement support (PgBouncer older
     than 1.21, or ``max_prepared_statements = 0``)."""
-    database_direct_url: str | None = attrs.field(default=None, repr=_redact_optional)
+    database_direct_url: str | None = attrs.field(
+        default=None,
+        repr=_redact_optional,
+        metadata=_env("DATABASE_DIRECT_URL", _urls.database_url),
+    )
     """The PostgreSQL server itself, bypassing a pooler (``DATABASE_DIRECT_URL``): used for
     migrations (a real advisory lock) and the outbox relay's ``LISTEN``. ``None`` uses
     ``database_url`` for both."""
-    migrate_lock_timeout: float = 60.0
+    migrate_lock_timeout: float = attrs.field(
+        default=60.0, metadata=_env("WIS2L_MIGRATE_LOCK_TIMEOUT", _SECONDS)
+    )
     """Seconds ``migrate()`` waits for another deploy's migration lock
     (``WIS2L_MIGRATE_LOCK_TIMEOUT``)."""
-    migrations: tuple[MigrationSource, ...] = attrs.field(default=(), converter=_sources)
+    migrations: tuple[MigrationSource, ...] = attrs.field(
+        default=(), converter=_sources, metadata=_env("WIS2L_MIGRATIONS")
+    )
     """The app's own migration folders, applied after the library's, in this order
     (``WIS2L_MIGRATIONS``: comma- or ``os.pathsep``-separated, each ``name=path`` or a
     path whose folder name is the source name). Folders are checked when used."""
-    queries: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    queries: tuple[Path, ...] = attrs.field(
+        default=(), converter=_paths, metadata=_env("WIS2L_QUERIES")
+    )
     """The app's own query folders that ``wis2l db check`` prepares besides the library's
     (``WIS2L_QUERIES``: comma- or ``os.pathsep``-separated)."""
 
-    redis_max_connections: int = 50
+    redis_max_connections: int = attrs.field(
+        default=50, metadata=_env("WIS2L_REDIS_MAX_CONNECTIONS", _POSITIVE_INT)
+    )
     """Size of the Redis connection pool (``WIS2L_REDIS_MAX_CONNECTIONS``)."""
-    redis_socket_timeout: float = 1.0
+    redis_socket_timeout: float = attrs.field(
+        default=1.0, metadata=_env("WIS2L_REDIS_SOCKET_TIMEOUT", _SECONDS)
+    )
     """Seconds one Redis command may take before it counts as a miss
     (``WIS2L_REDIS_SOCKET_TIMEOUT``)."""
-    redis_connect_timeout: float = 1.0
+    redis_connect_timeout: float = attrs.field(
+        default=1.0, metadata=_env("WIS2L_REDIS_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to open a Redis connection (``WIS2L_REDIS_CONNECT_TIMEOUT``)."""
 
-    nats_connect_timeout: float = 2.0
+    nats_connect_timeout: float = attrs.field(
+        default=2.0, metadata=_env("WIS2L_NATS_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to connect to NATS (``WIS2L_NATS_CONNECT_TIMEOUT``)."""
     stream_name: str = attrs.field(
-        default="WIS2L", validator=_name_validator("a JetStream stream name")
+        default="WIS2L",
+        validator=_name_validator("a JetStream stream name"),
+        metadata=_env("WIS2L_STREAM"),
     )
     """JetStream stream that holds the events (``WIS2L_STREAM``): 1-64 letters, digits,
     ``_`` or ``-``."""
-    stream_duplicate_window: float = 120.0
+    stream_duplicate_window: float = attrs.field(
+        default=120.0, metadata=_env("WIS2L_STREAM_DUPLICATE_WINDOW", _SECONDS)
+    )
     """Seconds JetStream remembers a ``Nats-Msg-Id`` (``WIS2L_STREAM_DUPLICATE_WINDOW``)."""
-    stream_replicas: int = attrs.field(default=1, validator=_replicas_validator)
+    stream_replicas: int = attrs.field(
+        default=1,
+        validator=_replicas_validator,
+        metadata=_env("WIS2L_STREAM_REPLICAS", _POSITIVE_INT),
+    )
     """Replicas of the JetStream stream, 1-5 (``WIS2L_STREAM_REPLICAS``); more than 1
     needs a NATS cluster with at least that many JetStream servers."""
 
-    outbox_partitions: int = attrs.field(default=16, validator=_partitions_validator)
+    outbox_partitions: int = attrs.field(
+        default=16,
+        validator=_partitions_validator,
+        metadata=_env("WIS2L_OUTBOX_PARTITIONS", _POSITIVE_INT),
+    )
     """Partitions the outbox is split into by project, 1-1024: relays in several processes
     share them out (``WIS2L_OUTBOX_PARTITIONS``). Every process of a deployment must use
     the same number."""
-    events_retention: timedelta | None = None
+    events_retention: timedelta | None = attrs.field(
+        default=None, metadata=_env("WIS2L_EVENTS_RETENTION", _DURATION)
+    )
     """How long published events stay in the audit log; ``wis2l db prune`` removes older
     ones (``WIS2L_EVENTS_RETENTION``, e.g. ``90d``, ``12h``, ``2w``). ``None`` keeps
     everything. Unpublished events are never removed."""
 
-    oidc_issuer: str | None = None
+    oidc_issuer: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_ISSUER"))
     """The OpenID Connect issuer whose tokens ``wis.identity`` accepts, e.g.
     ``https://nocturnaid.org`` (``WIS2L_OIDC_ISSUER``); discovery is read from
     ``<issuer>/.well-known/openid-configuration``. ``None``: ``wis.identity`` raises
     ``ConfigError`` on use."""
-    oidc_audience: str | None = None
+    oidc_audience: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_AUDIENCE"))
     """The audience a token's ``aud`` must contain (``WIS2L_OIDC_AUDIENCE``); required
     with an issuer."""
     oidc_algorithms: tuple[str, ...] = attrs.field(
-        default=("RS256", "ES256", "EdDSA", "PS256"), converter=_str_tuple
+        default=("RS256", "ES256", "EdDSA", "PS256"),
+        converter=_str_tuple,
+        metadata=_env("WIS2L_OIDC_ALGORITHMS", _comma_list),
     )
     """Signature algorithms accepted (``WIS2L_OIDC_ALGORITHMS``, comma-separated). ``none``
     and the HMAC family (``HS*``) are refused: a public key must never act as a secret."""
-    oidc_leeway: float = 60.0
+    oidc_leeway: float = attrs.field(default=60.0, metadata=_env("WIS2L_OIDC_LEEWAY", _SECONDS))
     """Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``
     (``WIS2L_OIDC_LEEWAY``)."""
-    oidc_role_claim: str | None = None
+    oidc_role_claim: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_ROLE_CLAIM"))
     """A claim that sets the user's role at sign-in (``WIS2L_OIDC_ROLE_CLAIM``). Unset by
     default: roles live in ``users.role``, so an issuer cannot grant admin by accident."""
-    oidc_first_sign_in: FirstSignIn = attrs.field(default=FirstSignIn.CREATE, converter=FirstSignIn)
+    oidc_first_sign_in: FirstSignIn = attrs.field(
+        default=FirstSignIn.CREATE,
+        converter=FirstSignIn,
+        metadata=_env("WIS2L_OIDC_FIRST_SIGN_IN", _choice(FirstSignIn)),
+    )
     """What a token with an unknown ``sub`` does (``WIS2L_OIDC_FIRST_SIGN_IN``):
     ``create`` the user from its ``email`` and ``name`` claims, or ``refuse`` it."""
-    oidc_trust_unverified_email: bool = False
+    oidc_trust_unverified_email: bool = attrs.field(
+        default=False, metadata=_env("WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL", _BOOL)
+    )
     """Use a token's ``email`` claim even without ``email_verified: true``
     (``WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL``). Off by default: an issuer that lets anyone
     type any address would let a stranger claim another person's e-mail."""
 
     namespace: str = attrs.field(
-        default="wis2l", validator=_name_validator("a Redis key and NATS subject prefix")
+        default="wis2l",
+        validator=_name_validator("a Redis key and NATS subject prefix"),
+        metadata=_env("WIS2L_NAMESPACE"),
     )
     """Prefix of Redis keys (``wis2l:<service>:...``) and NATS subjects (``wis2l.<entity>.
     <action>``); tests and side-by-side apps give each their own (``WIS2L_NAMESPACE``).
     1-64 letters, digits, ``_`` or ``-``."""
 
-    health_timeout: float = 2.0
+    health_timeout: float = attrs.field(
+        default=2.0, metadata=_env("WIS2L_HEALTH_TIMEOUT", _SECONDS)
+    )
     """Seconds each health check may take (``WIS2L_HEALTH_TIMEOUT``)."""
-    shutdown_timeout: float = 25.0
+    shutdown_timeout: float = attrs.field(
+        default=25.0, metadata=_env("WIS2L_SHUTDOWN_TIMEOUT", _SECONDS)
+    )
     """Seconds ``stop()`` waits for in-flight handlers (``WIS2L_SHUTDOWN_TIMEOUT``)."""
     critical_services: frozenset[str] = attrs.field(
-        default=frozenset({"database"}), converter=_str_frozenset
+        default=frozenset({"database"}),
+        converter=_str_frozenset,
+        metadata=_env("WIS2L_CRITICAL_SERVICES", _comma_list),
     )
     """Services whose failure makes health ``unhealthy`` and, in production, stops start
     (``WIS2L_CRITICAL_SERVICES``, comma-separated)."""
@@ -359,40 +532,13 @@ class Settings:
             ConfigError: a variable is malformed; ``variable`` names it.
         """
         env = _present(os.environ if environ is None else environ)
-        kwargs: dict[str, object] = {
-            "database_url": _urls.database_url(url, "DATABASE_URL")
-            if (url := env.get("DATABASE_URL"))
-            else _urls.database_url_from_parts(env),
-            "redis_url": _urls.redis_url(url, "REDIS_URL")
-            if (url := env.get("REDIS_URL"))
-            else _urls.redis_url_from_parts(env),
-            "nats_urls": _urls.nats_urls(url, "NATS_URL")
-            if (url := env.get("NATS_URL"))
-            else _urls.nats_urls_from_parts(env),
-        }
-        if raw_env := _get(env, "WIS2L_ENV"):
-            try:
-                kwargs["environment"] = AppEnvironment(raw_env.lower())
-            except ValueError:
-                raise ConfigError(
-                    f"WIS2L_ENV must be 'development' or 'production', not {raw_env!r}",
-                    variable="WIS2L_ENV",
-                ) from None
-        for field, variable, parse in _TUNABLES:
-            raw = _get(env, variable)
-            if raw is not None:
-                kwargs[field] = _parse(variable, raw, parse)
-        if raw_direct := _get(env, "DATABASE_DIRECT_URL"):
-            kwargs["database_direct_url"] = _urls.database_url(raw_direct, "DATABASE_DIRECT_URL")
-        kwargs.update(_oidc(env))
-        if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
-            kwargs["migrations"] = raw_migrations
-        if raw_queries := _get(env, "WIS2L_QUERIES"):
-            kwargs["queries"] = raw_queries
-        if raw_critical := _get(env, "WIS2L_CRITICAL_SERVICES"):
-            kwargs["critical_services"] = frozenset(
-                s.strip() for s in raw_critical.split(",") if s.strip()
-            )
+        kwargs: dict[str, object] = {}
+        for field in attrs.fields(cls):
+            variable = field.metadata["env"]
+            if (raw := env.get(variable)) is not None:
+                kwargs[field.name] = field.metadata["read"](raw, variable)
+            elif (otherwise := field.metadata["otherwise"]) is not None:
+                kwargs[field.name] = otherwise(env)
         try:
             return cls(**kwargs)  # type: ignore[arg-type]
         except ConfigError as exc:
@@ -400,149 +546,12 @@ class Settings:
             raise ConfigError(f"{variable}: {exc}", variable=variable) from None
 
 
-def _oidc(env: Mapping[str, str]) -> dict[str, object]:
-    kwargs: dict[str, object] = {}
-    for field, variable in _OPTIONAL_STRINGS:
-        if raw := _get(env, variable):
-            kwargs[field] = raw
-    if raw_algorithms := _get(env, "WIS2L_OIDC_ALGORITHMS"):
-        kwargs["oidc_algorithms"] = tuple(a.strip() for a in raw_algorithms.split(",") if a.strip())
-    if raw_policy := _get(env, "WIS2L_OIDC_FIRST_SIGN_IN"):
-        try:
-            kwargs["oidc_first_sign_in"] = FirstSignIn(raw_policy.lower())
-        except ValueError:
-            raise ConfigError(
-                f"WIS2L_OIDC_FIRST_SIGN_IN must be 'create' or 'refuse', not {raw_policy!r}",
-                variable="WIS2L_OIDC_FIRST_SIGN_IN",
-            ) from None
-    return kwargs
+_VARIABLE_OF_FIELD: dict[str, str] = {f.name: f.metadata["env"] for f in attrs.fields(Settings)}
 
 
 def _present(env: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``env`` that are set: values stripped, blank ones left out."""
     return {name: value.strip() for name, value in env.items() if value.strip()}
-
-
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
-
-
-def _parse(variable: str, raw: str, parse: Callable[[str], _T]) -> _T:
-    try:
-        return parse(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{variable} must be a {_KIND[parse]}, not {raw!r}", variable=variable
-        ) from None
-
-
-def _decimal(raw: str) -> int:
-    # int() also takes "+5", "5_0" and non-ASCII digits; a setting should not.
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(raw)
-    return int(raw)
-
-
-def _positive_int(raw: str) -> int:
-    value = _decimal(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(raw)
-    return value
-
-
-def _name(raw: str) -> str:
-    return raw
-
-
-def _bool(raw: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(raw: str) -> timedelta:
-    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or ``"2w"`` as a positive ``timedelta``.
-
-    Raises:
-        ValueError: anything else.
-    """
-    number, unit = raw[:-1], raw[-1:].lower()
-    if unit not in _DURATION_UNITS or not (number.isascii() and number.isdigit()):
-        raise ValueError(raw)
-    seconds = int(number) * _DURATION_UNITS[unit]
-    if seconds <= 0:
-        raise ValueError(raw)
-    return timedelta(seconds=seconds)
-
-
-_KIND: dict[object, str] = {
-    _positive_int: "positive integer",
-    _non_negative_float: "number of seconds >= 0",
-    _name: "name",
-    _bool: "boolean (true/false, 1/0, yes/no, on/off)",
-    parse_duration: "duration such as 90d, 12h, 30m, 45s or 2w",
-    int: "integer",
-}
-
-_TUNABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
-    ("db_pool_min_size", "WIS2L_DB_POOL_MIN_SIZE", _positive_int),
-    ("db_pool_max_size", "WIS2L_DB_POOL_MAX_SIZE", _positive_int),
-    ("db_pool_timeout", "WIS2L_DB_POOL_TIMEOUT", _non_negative_float),
-    ("db_connect_timeout", "WIS2L_DB_CONNECT_TIMEOUT", _non_negative_float),
-    ("db_statement_timeout", "WIS2L_DB_STATEMENT_TIMEOUT", _non_negative_float),
-    ("migrate_lock_timeout", "WIS2L_MIGRATE_LOCK_TIMEOUT", _non_negative_float),
-    ("redis_max_connections", "WIS2L_REDIS_MAX_CONNECTIONS", _positive_int),
-    ("redis_socket_timeout", "WIS2L_REDIS_SOCKET_TIMEOUT", _non_negative_float),
-    ("redis_connect_timeout", "WIS2L_REDIS_CONNECT_TIMEOUT", _non_negative_float),
-    ("nats_connect_timeout", "WIS2L_NATS_CONNECT_TIMEOUT", _non_negative_float),
-    ("stream_name", "WIS2L_STREAM", _name),
-    ("stream_duplicate_window", "WIS2L_STREAM_DUPLICATE_WINDOW", _non_negative_float),
-    ("stream_replicas", "WIS2L_STREAM_REPLICAS", _positive_int),
-    ("db_prepared_statements", "WIS2L_DB_PREPARED_STATEMENTS", _bool),
-    ("outbox_partitions", "WIS2L_OUTBOX_PARTITIONS", _positive_int),
-    ("events_retention", "WIS2L_EVENTS_RETENTION", parse_duration),
-    ("oidc_leeway", "WIS2L_OIDC_LEEWAY", _non_negative_float),
-    ("oidc_trust_unverified_email", "WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL", _bool),
-    ("namespace", "WIS2L_NAMESPACE", _name),
-    ("health_timeout", "WIS2L_HEALTH_TIMEOUT", _non_negative_float),
-    ("shutdown_timeout", "WIS2L_SHUTDOWN_TIMEOUT", _non_negative_float),
-)
-
-_OPTIONAL_STRINGS: tuple[tuple[str, str], ...] = (
-    ("oidc_issuer", "WIS2L_OIDC_ISSUER"),
-    ("oidc_audience", "WIS2L_OIDC_AUDIENCE"),
-    ("oidc_role_claim", "WIS2L_OIDC_ROLE_CLAIM"),
-)
-
-_VARIABLE_OF_FIELD: dict[str, str] = {
-    "database_url": "DATABASE_URL",
-    "database_direct_url": "DATABASE_DIRECT_URL",
-    "oidc_algorithms": "WIS2L_OIDC_ALGORITHMS",
-    "oidc_first_sign_in": "WIS2L_OIDC_FIRST_SIGN_IN",
-    **dict(_OPTIONAL_STRINGS),
-    "redis_url": "REDIS_URL",
-    "nats_urls": "NATS_URL",
-    "critical_services": "WIS2L_CRITICAL_SERVICES",
-    "migrations": "WIS2L_MIGRATIONS",
-    "queries": "WIS2L_QUERIES",
-    **{field: variable for field, variable, _ in _TUNABLES},
-}
 
 
 def _check_oidc(settings: Settings) -> None:
@@ -559,6 +568,7 @@ def _check_oidc(settings: Settings) -> None:
         _urls.check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
         if settings.oidc_audience is None:
             raise ConfigError(
-                "oidc_audience: an issuer is set but no audience; set WIS2L_OIDC_AUDIENCE",
+                "oidc_audience: an issuer is set but no audience; "
+                f"set {_VARIABLE_OF_FIELD['oidc_audience']}",
                 variable="oidc_audience",
             )
