@@ -20,8 +20,9 @@ from tests.helpers import has
 
 from wis2l_core import AppEnvironment, ConfigError, Settings
 from wis2l_core._secrets import secrets_in
+from wis2l_core._urls import nats_credentials
 from wis2l_core.cache._connect import _credentials, mode_of
-from wis2l_core.config import NAME_PATTERN, nats_credentials, redact_url
+from wis2l_core.config import NAME_PATTERN, redact_url
 from wis2l_core.health import describe_error, secrets_of
 
 

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import unquote, unquote_plus
 
-if TYPE_CHECKING:
-    from wis2l_core.config import Settings
-
-__all__ = ["MASK", "redact_url", "scrub", "secrets_in", "secrets_of"]
+__all__ = ["MASK", "ServerURLs", "redact_url", "scrub", "secrets_in", "secrets_of"]
 
 MASK = "***"
 """What a secret is replaced with."""
@@ -162,11 +159,28 @@ def _secrets_of_one(url: str) -> set[str]:
     return found
 
 
-def secrets_of(settings: Settings) -> tuple[str, ...]:
+class ServerURLs(Protocol):
+    """What :func:`secrets_of` reads: the server URLs of a ``Settings``."""
+
+    @property
+    def database_url(self) -> str:
+        """The PostgreSQL URL."""
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL."""
+
+    @property
+    def nats_urls(self) -> tuple[str, ...]:
+        """The NATS URLs."""
+
+
+def secrets_of(settings: ServerURLs) -> tuple[str, ...]:
     """The passwords and NATS tokens in the settings' URLs, raw and percent-decoded.
 
     Args:
-        settings: whose ``database_url``, ``redis_url`` and ``nats_urls`` are read.
+        settings: a ``Settings`` (or anything with the same three fields), whose
+            ``database_url``, ``redis_url`` and ``nats_urls`` are read.
 
     Returns:
         The secrets, for :func:`scrub` (and ``HealthChecker(secrets=...)``).

@@ -14,11 +14,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
+from wis2l_core import _urls
 from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
 
@@ -28,12 +27,9 @@ __all__ = [
     "FirstSignIn",
     "MigrationSource",
     "Settings",
-    "nats_credentials",
     "parse_duration",
     "redact_url",
 ]
-
-_T = TypeVar("_T")
 
 
 class AppEnvironment(enum.StrEnum):
@@ -189,148 +185,328 @@ def _str_frozenset(values: Iterable[str]) -> frozenset[str]:
     return frozenset((values,) if isinstance(values, str) else values)
 
 
+_Read = Callable[[str, str], object]
+"""How ``from_env`` turns a variable's text into a field value: ``read(text, variable)``,
+raising a ``ConfigError`` that names ``variable``."""
+
+
+def _text(raw: str, _variable: str) -> str:
+    return raw
+
+
+def _comma_list(raw: str, _variable: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _env(
+    variable: str,
+    read: _Read = _text,
+    otherwise: Callable[[Mapping[str, str]], object] | None = None,
+) -> dict[str, object]:
+    """A field's metadata: the environment variable ``from_env`` reads it from, and how.
+
+    Args:
+        variable: the variable's name, kept as ``metadata["env"]``.
+        read: turns the variable's text into the field's value.
+        otherwise: builds the value from other variables when this one is unset (the URL
+            parts, ``DATABASE_HOST``, ...); ``None`` leaves the field's default.
+    """
+    return {"env": variable, "read": read, "otherwise": otherwise}
+
+
+def _kind(parse: Callable[[str], object], what: str) -> _Read:
+    """A reader from ``parse``, whose ``ValueError`` says the variable must be ``what``."""
+
+    def read(raw: str, variable: str) -> object:
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{variable} must be {what}, not {raw!r}", variable=variable
+            ) from None
+
+    return read
+
+
+def _choice(choices: type[enum.StrEnum]) -> _Read:
+    """A reader of one of ``choices``' values, in any case."""
+    return _kind(lambda raw: choices(raw.lower()), " or ".join(repr(c.value) for c in choices))
+
+
+def _decimal(raw: str) -> int:
+    # int() also takes "+5", "5_0" and non-ASCII digits; a setting should not.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(raw)
+    return int(raw)
+
+
+def _positive_int(raw: str) -> int:
+    value = _decimal(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str) -> timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or ``"2w"`` as a positive ``timedelta``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    number, unit = raw[:-1], raw[-1:].lower()
+    if unit not in _DURATION_UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(raw)
+    seconds = int(number) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(raw)
+    return timedelta(seconds=seconds)
+
+
+_POSITIVE_INT = _kind(_positive_int, "a positive integer")
+_SECONDS = _kind(_non_negative_float, "a number of seconds >= 0")
+_BOOL = _kind(_bool, "a boolean (true/false, 1/0, yes/no, on/off)")
+_DURATION = _kind(parse_duration, "a duration such as 90d, 12h, 30m, 45s or 2w")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Connection targets and tunables for :class:`wis2l_core.Wis2l`.
 
-    Every field has an environment variable; see :meth:`from_env` and the
-    configuration reference in the docs.
+    Every field has an environment variable, named in its ``metadata["env"]``
+    (``attrs.fields(Settings).namespace.metadata["env"]`` is ``"WIS2L_NAMESPACE"``); see
+    :meth:`from_env` and the configuration reference in the docs.
     """
 
-    database_url: str = attrs.field(default="postgresql://localhost:5432/wis2l", repr=_redact_one)
+    database_url: str = attrs.field(
+        default="postgresql://localhost:5432/wis2l",
+        repr=_redact_one,
+        metadata=_env("DATABASE_URL", _urls.database_url, _urls.database_url_from_parts),
+    )
     """libpq URL of the PostgreSQL database (``DATABASE_URL``)."""
-    redis_url: str = attrs.field(default="redis://localhost:6379/0", repr=_redact_one)
+    redis_url: str = attrs.field(
+        default="redis://localhost:6379/0",
+        repr=_redact_one,
+        metadata=_env("REDIS_URL", _urls.redis_url, _urls.redis_url_from_parts),
+    )
     """Redis URL (``REDIS_URL``): ``redis://``, ``rediss://`` (TLS) or ``unix://`` for one
     server; ``redis+cluster://host:port[,host:port...]`` for Redis Cluster;
     ``redis+sentinel://host:port[,host:port...]/<master name>`` (or ``rediss+sentinel://``)
     for a Sentinel-managed master."""
     nats_urls: tuple[str, ...] = attrs.field(
-        default=("nats://localhost:4222",), converter=_str_tuple, repr=_redact_many
+        default=("nats://localhost:4222",),
+        converter=_str_tuple,
+        repr=_redact_many,
+        metadata=_env("NATS_URL", _urls.nats_urls, _urls.nats_urls_from_parts),
     )
     """NATS servers to try, in order (``NATS_URL``, comma-separated)."""
     environment: AppEnvironment = attrs.field(
-        default=AppEnvironment.DEVELOPMENT, converter=AppEnvironment
+        default=AppEnvironment.DEVELOPMENT,
+        converter=AppEnvironment,
+        metadata=_env("WIS2L_ENV", _choice(AppEnvironment)),
     )
     """``development`` retries optional services in the background; ``production`` also
     refuses to start without a critical one (``WIS2L_ENV``)."""
 
-    db_pool_min_size: int = 1
+    db_pool_min_size: int = attrs.field(
+        default=1, metadata=_env("WIS2L_DB_POOL_MIN_SIZE", _POSITIVE_INT)
+    )
     """Connections the pool keeps open (``WIS2L_DB_POOL_MIN_SIZE``)."""
-    db_pool_max_size: int = 10
+    db_pool_max_size: int = attrs.field(
+        default=10, metadata=_env("WIS2L_DB_POOL_MAX_SIZE", _POSITIVE_INT)
+    )
     """Most connections the pool opens (``WIS2L_DB_POOL_MAX_SIZE``)."""
-    db_pool_timeout: float = 10.0
+    db_pool_timeout: float = attrs.field(
+        default=10.0, metadata=_env("WIS2L_DB_POOL_TIMEOUT", _SECONDS)
+    )
     """Seconds a call waits for a free connection (``WIS2L_DB_POOL_TIMEOUT``)."""
-    db_connect_timeout: float = 5.0
+    db_connect_timeout: float = attrs.field(
+        default=5.0, metadata=_env("WIS2L_DB_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to open one connection (``WIS2L_DB_CONNECT_TIMEOUT``)."""
-    db_statement_timeout: float = 30.0
+    db_statement_timeout: float = attrs.field(
+        default=30.0, metadata=_env("WIS2L_DB_STATEMENT_TIMEOUT", _SECONDS)
+    )
     """Seconds one statement may run before the server cancels it; 0 disables
     (``WIS2L_DB_STATEMENT_TIMEOUT``)."""
-    db_prepared_statements: bool = True
+    db_prepared_statements: bool = attrs.field(
+        default=True, metadata=_env("WIS2L_DB_PREPARED_STATEMENTS", _BOOL)
+    )
     """Use server-side prepared statements (``WIS2L_DB_PREPARED_STATEMENTS``). Turn off
     behind a transaction-mode pooler without prepared-statement support (PgBouncer older
     than 1.21, or ``max_prepared_statements = 0``)."""
-    database_direct_url: str | None = attrs.field(default=None, repr=_redact_optional)
+    database_direct_url: str | None = attrs.field(
+        default=None,
+        repr=_redact_optional,
+        metadata=_env("DATABASE_DIRECT_URL", _urls.database_url),
+    )
     """The PostgreSQL server itself, bypassing a pooler (``DATABASE_DIRECT_URL``): used for
     migrations (a real advisory lock) and the outbox relay's ``LISTEN``. ``None`` uses
     ``database_url`` for both."""
-    migrate_lock_timeout: float = 60.0
+    migrate_lock_timeout: float = attrs.field(
+        default=60.0, metadata=_env("WIS2L_MIGRATE_LOCK_TIMEOUT", _SECONDS)
+    )
     """Seconds ``migrate()`` waits for another deploy's migration lock
     (``WIS2L_MIGRATE_LOCK_TIMEOUT``)."""
-    migrations: tuple[MigrationSource, ...] = attrs.field(default=(), converter=_sources)
+    migrations: tuple[MigrationSource, ...] = attrs.field(
+        default=(), converter=_sources, metadata=_env("WIS2L_MIGRATIONS")
+    )
     """The app's own migration folders, applied after the library's, in this order
     (``WIS2L_MIGRATIONS``: comma- or ``os.pathsep``-separated, each ``name=path`` or a
     path whose folder name is the source name). Folders are checked when used."""
-    queries: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    queries: tuple[Path, ...] = attrs.field(
+        default=(), converter=_paths, metadata=_env("WIS2L_QUERIES")
+    )
     """The app's own query folders that ``wis2l db check`` prepares besides the library's
     (``WIS2L_QUERIES``: comma- or ``os.pathsep``-separated)."""
-    generated: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    generated: Path | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(Path),
+        metadata=_env("WIS2L_GENERATED"),
+    )
     """Where ``wis2l db generate`` writes the typed modules of those queries, and where
     ``wis2l db check`` looks for stale ones (``WIS2L_GENERATED``; ``None``: not checked)."""
 
-    redis_max_connections: int = 50
+    redis_max_connections: int = attrs.field(
+        default=50, metadata=_env("WIS2L_REDIS_MAX_CONNECTIONS", _POSITIVE_INT)
+    )
     """Size of the Redis connection pool (``WIS2L_REDIS_MAX_CONNECTIONS``)."""
-    redis_socket_timeout: float = 1.0
+    redis_socket_timeout: float = attrs.field(
+        default=1.0, metadata=_env("WIS2L_REDIS_SOCKET_TIMEOUT", _SECONDS)
+    )
     """Seconds one Redis command may take before it counts as a miss
     (``WIS2L_REDIS_SOCKET_TIMEOUT``)."""
-    redis_connect_timeout: float = 1.0
+    redis_connect_timeout: float = attrs.field(
+        default=1.0, metadata=_env("WIS2L_REDIS_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to open a Redis connection (``WIS2L_REDIS_CONNECT_TIMEOUT``)."""
 
-    nats_connect_timeout: float = 2.0
+    nats_connect_timeout: float = attrs.field(
+        default=2.0, metadata=_env("WIS2L_NATS_CONNECT_TIMEOUT", _SECONDS)
+    )
     """Seconds to connect to NATS (``WIS2L_NATS_CONNECT_TIMEOUT``)."""
     stream_name: str = attrs.field(
-        default="WIS2L", validator=_name_validator("a JetStream stream name")
+        default="WIS2L",
+        validator=_name_validator("a JetStream stream name"),
+        metadata=_env("WIS2L_STREAM"),
     )
     """JetStream stream that holds the events (``WIS2L_STREAM``): 1-64 letters, digits,
     ``_`` or ``-``."""
-    stream_duplicate_window: float = 120.0
+    stream_duplicate_window: float = attrs.field(
+        default=120.0, metadata=_env("WIS2L_STREAM_DUPLICATE_WINDOW", _SECONDS)
+    )
     """Seconds JetStream remembers a ``Nats-Msg-Id`` (``WIS2L_STREAM_DUPLICATE_WINDOW``)."""
-    stream_replicas: int = attrs.field(default=1, validator=_replicas_validator)
+    stream_replicas: int = attrs.field(
+        default=1,
+        validator=_replicas_validator,
+        metadata=_env("WIS2L_STREAM_REPLICAS", _POSITIVE_INT),
+    )
     """Replicas of the JetStream stream, 1-5 (``WIS2L_STREAM_REPLICAS``); more than 1
     needs a NATS cluster with at least that many JetStream servers."""
 
-    outbox_partitions: int = attrs.field(default=16, validator=_partitions_validator)
+    outbox_partitions: int = attrs.field(
+        default=16,
+        validator=_partitions_validator,
+        metadata=_env("WIS2L_OUTBOX_PARTITIONS", _POSITIVE_INT),
+    )
     """Partitions the outbox is split into by project, 1-1024: relays in several processes
     share them out (``WIS2L_OUTBOX_PARTITIONS``). Every process of a deployment must use
     the same number."""
-    events_retention: timedelta | None = None
+    events_retention: timedelta | None = attrs.field(
+        default=None, metadata=_env("WIS2L_EVENTS_RETENTION", _DURATION)
+    )
     """How long published events stay in the audit log; ``wis2l db prune`` removes older
     ones (``WIS2L_EVENTS_RETENTION``, e.g. ``90d``, ``12h``, ``2w``). ``None`` keeps
     everything. Unpublished events are never removed."""
 
-    oidc_issuer: str | None = None
+    oidc_issuer: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_ISSUER"))
     """The OpenID Connect issuer whose tokens ``wis.identity`` accepts, e.g.
     ``https://nocturnaid.org`` (``WIS2L_OIDC_ISSUER``); discovery is read from
     ``<issuer>/.well-known/openid-configuration``. ``None``: ``wis.identity`` raises
     ``ConfigError`` on use."""
-    oidc_audience: str | None = None
+    oidc_audience: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_AUDIENCE"))
     """The audience a token's ``aud`` must contain (``WIS2L_OIDC_AUDIENCE``); required
     with an issuer."""
     oidc_algorithms: tuple[str, ...] = attrs.field(
-        default=("RS256", "ES256", "EdDSA", "PS256"), converter=_str_tuple
+        default=("RS256", "ES256", "EdDSA", "PS256"),
+        converter=_str_tuple,
+        metadata=_env("WIS2L_OIDC_ALGORITHMS", _comma_list),
     )
     """Signature algorithms accepted (``WIS2L_OIDC_ALGORITHMS``, comma-separated). ``none``
     and the HMAC family (``HS*``) are refused: a public key must never act as a secret."""
-    oidc_leeway: float = 60.0
+    oidc_leeway: float = attrs.field(default=60.0, metadata=_env("WIS2L_OIDC_LEEWAY", _SECONDS))
     """Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``
     (``WIS2L_OIDC_LEEWAY``)."""
-    oidc_role_claim: str | None = None
+    oidc_role_claim: str | None = attrs.field(default=None, metadata=_env("WIS2L_OIDC_ROLE_CLAIM"))
     """A claim that sets the user's role at sign-in (``WIS2L_OIDC_ROLE_CLAIM``). Unset by
     default: roles live in ``users.role``, so an issuer cannot grant admin by accident."""
-    oidc_first_sign_in: FirstSignIn = attrs.field(default=FirstSignIn.CREATE, converter=FirstSignIn)
+    oidc_first_sign_in: FirstSignIn = attrs.field(
+        default=FirstSignIn.CREATE,
+        converter=FirstSignIn,
+        metadata=_env("WIS2L_OIDC_FIRST_SIGN_IN", _choice(FirstSignIn)),
+    )
     """What a token with an unknown ``sub`` does (``WIS2L_OIDC_FIRST_SIGN_IN``):
     ``create`` the user from its ``email`` and ``name`` claims, or ``refuse`` it."""
-    oidc_trust_unverified_email: bool = False
+    oidc_trust_unverified_email: bool = attrs.field(
+        default=False, metadata=_env("WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL", _BOOL)
+    )
     """Use a token's ``email`` claim even without ``email_verified: true``
     (``WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL``). Off by default: an issuer that lets anyone
     type any address would let a stranger claim another person's e-mail."""
 
     namespace: str = attrs.field(
-        default="wis2l", validator=_name_validator("a Redis key and NATS subject prefix")
+        default="wis2l",
+        validator=_name_validator("a Redis key and NATS subject prefix"),
+        metadata=_env("WIS2L_NAMESPACE"),
     )
     """Prefix of Redis keys (``wis2l:<service>:...``) and NATS subjects (``wis2l.<entity>.
     <action>``); tests and side-by-side apps give each their own (``WIS2L_NAMESPACE``).
     1-64 letters, digits, ``_`` or ``-``."""
 
-    health_timeout: float = 2.0
+    health_timeout: float = attrs.field(
+        default=2.0, metadata=_env("WIS2L_HEALTH_TIMEOUT", _SECONDS)
+    )
     """Seconds each health check may take (``WIS2L_HEALTH_TIMEOUT``)."""
-    shutdown_timeout: float = 25.0
+    shutdown_timeout: float = attrs.field(
+        default=25.0, metadata=_env("WIS2L_SHUTDOWN_TIMEOUT", _SECONDS)
+    )
     """Seconds ``stop()`` waits for in-flight handlers (``WIS2L_SHUTDOWN_TIMEOUT``)."""
     critical_services: frozenset[str] = attrs.field(
-        default=frozenset({"database"}), converter=_str_frozenset
+        default=frozenset({"database"}),
+        converter=_str_frozenset,
+        metadata=_env("WIS2L_CRITICAL_SERVICES", _comma_list),
     )
     """Services whose failure makes health ``unhealthy`` and, in production, stops start
     (``WIS2L_CRITICAL_SERVICES``, comma-separated)."""
 
     def __attrs_post_init__(self) -> None:
-        _check_database_url(self.database_url, "database_url")
+        _urls.database_url(self.database_url, "database_url")
         if self.database_direct_url is not None:
-            _check_database_url(self.database_direct_url, "database_direct_url")
+            _urls.database_url(self.database_direct_url, "database_direct_url")
         _check_oidc(self)
-        _check_redis_url(self.redis_url, "redis_url")
+        _urls.redis_url(self.redis_url, "redis_url")
         if not self.nats_urls:
             raise ConfigError("nats_urls: at least one server is needed", variable="nats_urls")
         for url in self.nats_urls:
-            _check_nats_url(url, "nats_urls")
+            _urls.check_nats_url(url, "nats_urls")
         if not 1 <= self.db_pool_min_size <= self.db_pool_max_size:
             raise ConfigError(
                 "db_pool_min_size must be >= 1 and <= db_pool_max_size",
@@ -362,38 +538,14 @@ class Settings:
         Raises:
             ConfigError: a variable is malformed; ``variable`` names it.
         """
-        env = os.environ if environ is None else environ
-        kwargs: dict[str, object] = {
-            "database_url": _database_url(env),
-            "redis_url": _redis_url(env),
-            "nats_urls": _nats_urls(env),
-        }
-        if raw_env := _get(env, "WIS2L_ENV"):
-            try:
-                kwargs["environment"] = AppEnvironment(raw_env.lower())
-            except ValueError:
-                raise ConfigError(
-                    f"WIS2L_ENV must be 'development' or 'production', not {raw_env!r}",
-                    variable="WIS2L_ENV",
-                ) from None
-        for field, variable, parse in _TUNABLES:
-            raw = _get(env, variable)
-            if raw is not None:
-                kwargs[field] = _parse(variable, raw, parse)
-        if raw_direct := _get(env, "DATABASE_DIRECT_URL"):
-            _check_database_url(raw_direct, "DATABASE_DIRECT_URL")
-            kwargs["database_direct_url"] = raw_direct
-        kwargs.update(_oidc(env))
-        if raw_migrations := _get(env, "WIS2L_MIGRATIONS"):
-            kwargs["migrations"] = raw_migrations
-        if raw_queries := _get(env, "WIS2L_QUERIES"):
-            kwargs["queries"] = raw_queries
-        if raw_generated := _get(env, "WIS2L_GENERATED"):
-            kwargs["generated"] = raw_generated
-        if raw_critical := _get(env, "WIS2L_CRITICAL_SERVICES"):
-            kwargs["critical_services"] = frozenset(
-                s.strip() for s in raw_critical.split(",") if s.strip()
-            )
+        env = _present(os.environ if environ is None else environ)
+        kwargs: dict[str, object] = {}
+        for field in attrs.fields(cls):
+            variable = field.metadata["env"]
+            if (raw := env.get(variable)) is not None:
+                kwargs[field.name] = field.metadata["read"](raw, variable)
+            elif (otherwise := field.metadata["otherwise"]) is not None:
+                kwargs[field.name] = otherwise(env)
         try:
             return cls(**kwargs)  # type: ignore[arg-type]
         except ConfigError as exc:
@@ -401,360 +553,12 @@ class Settings:
             raise ConfigError(f"{variable}: {exc}", variable=variable) from None
 
 
-def _oidc(env: Mapping[str, str]) -> dict[str, object]:
-    kwargs: dict[str, object] = {}
-    for field, variable in _OPTIONAL_STRINGS:
-        if raw := _get(env, variable):
-            kwargs[field] = raw
-    if raw_algorithms := _get(env, "WIS2L_OIDC_ALGORITHMS"):
-        kwargs["oidc_algorithms"] = tuple(a.strip() for a in raw_algorithms.split(",") if a.strip())
-    if raw_policy := _get(env, "WIS2L_OIDC_FIRST_SIGN_IN"):
-        try:
-            kwargs["oidc_first_sign_in"] = FirstSignIn(raw_policy.lower())
-        except ValueError:
-            raise ConfigError(
-                f"WIS2L_OIDC_FIRST_SIGN_IN must be 'create' or 'refuse', not {raw_policy!r}",
-                variable="WIS2L_OIDC_FIRST_SIGN_IN",
-            ) from None
-    return kwargs
+_VARIABLE_OF_FIELD: dict[str, str] = {f.name: f.metadata["env"] for f in attrs.fields(Settings)}
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return None
-    return value.strip()
-
-
-def _parse(variable: str, raw: str, parse: Callable[[str], _T]) -> _T:
-    try:
-        return parse(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{variable} must be a {_KIND[parse]}, not {raw!r}", variable=variable
-        ) from None
-
-
-def _decimal(raw: str) -> int:
-    # int() also takes "+5", "5_0" and non-ASCII digits; a setting should not.
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(raw)
-    return int(raw)
-
-
-def _positive_int(raw: str) -> int:
-    value = _decimal(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(raw)
-    return value
-
-
-def _port(raw: str) -> int:
-    value = _decimal(raw)
-    if not 1 <= value <= 65535:
-        raise ValueError(raw)
-    return value
-
-
-def _name(raw: str) -> str:
-    return raw
-
-
-def _bool(raw: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(raw: str) -> timedelta:
-    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"`` or ``"2w"`` as a positive ``timedelta``.
-
-    Raises:
-        ValueError: anything else.
-    """
-    number, unit = raw[:-1], raw[-1:].lower()
-    if unit not in _DURATION_UNITS or not (number.isascii() and number.isdigit()):
-        raise ValueError(raw)
-    seconds = int(number) * _DURATION_UNITS[unit]
-    if seconds <= 0:
-        raise ValueError(raw)
-    return timedelta(seconds=seconds)
-
-
-_KIND: dict[object, str] = {
-    _positive_int: "positive integer",
-    _non_negative_float: "number of seconds >= 0",
-    _port: "port number (1-65535)",
-    _name: "name",
-    _bool: "boolean (true/false, 1/0, yes/no, on/off)",
-    parse_duration: "duration such as 90d, 12h, 30m, 45s or 2w",
-    int: "integer",
-}
-
-_TUNABLES: tuple[tuple[str, str, Callable[[str], object]], ...] = (
-    ("db_pool_min_size", "WIS2L_DB_POOL_MIN_SIZE", _positive_int),
-    ("db_pool_max_size", "WIS2L_DB_POOL_MAX_SIZE", _positive_int),
-    ("db_pool_timeout", "WIS2L_DB_POOL_TIMEOUT", _non_negative_float),
-    ("db_connect_timeout", "WIS2L_DB_CONNECT_TIMEOUT", _non_negative_float),
-    ("db_statement_timeout", "WIS2L_DB_STATEMENT_TIMEOUT", _non_negative_float),
-    ("migrate_lock_timeout", "WIS2L_MIGRATE_LOCK_TIMEOUT", _non_negative_float),
-    ("redis_max_connections", "WIS2L_REDIS_MAX_CONNECTIONS", _positive_int),
-    ("redis_socket_timeout", "WIS2L_REDIS_SOCKET_TIMEOUT", _non_negative_float),
-    ("redis_connect_timeout", "WIS2L_REDIS_CONNECT_TIMEOUT", _non_negative_float),
-    ("nats_connect_timeout", "WIS2L_NATS_CONNECT_TIMEOUT", _non_negative_float),
-    ("stream_name", "WIS2L_STREAM", _name),
-    ("stream_duplicate_window", "WIS2L_STREAM_DUPLICATE_WINDOW", _non_negative_float),
-    ("stream_replicas", "WIS2L_STREAM_REPLICAS", _positive_int),
-    ("db_prepared_statements", "WIS2L_DB_PREPARED_STATEMENTS", _bool),
-    ("outbox_partitions", "WIS2L_OUTBOX_PARTITIONS", _positive_int),
-    ("events_retention", "WIS2L_EVENTS_RETENTION", parse_duration),
-    ("oidc_leeway", "WIS2L_OIDC_LEEWAY", _non_negative_float),
-    ("oidc_trust_unverified_email", "WIS2L_OIDC_TRUST_UNVERIFIED_EMAIL", _bool),
-    ("namespace", "WIS2L_NAMESPACE", _name),
-    ("health_timeout", "WIS2L_HEALTH_TIMEOUT", _non_negative_float),
-    ("shutdown_timeout", "WIS2L_SHUTDOWN_TIMEOUT", _non_negative_float),
-)
-
-_OPTIONAL_STRINGS: tuple[tuple[str, str], ...] = (
-    ("oidc_issuer", "WIS2L_OIDC_ISSUER"),
-    ("oidc_audience", "WIS2L_OIDC_AUDIENCE"),
-    ("oidc_role_claim", "WIS2L_OIDC_ROLE_CLAIM"),
-)
-
-_VARIABLE_OF_FIELD: dict[str, str] = {
-    "database_url": "DATABASE_URL",
-    "database_direct_url": "DATABASE_DIRECT_URL",
-    "oidc_algorithms": "WIS2L_OIDC_ALGORITHMS",
-    "oidc_first_sign_in": "WIS2L_OIDC_FIRST_SIGN_IN",
-    **dict(_OPTIONAL_STRINGS),
-    "redis_url": "REDIS_URL",
-    "nats_urls": "NATS_URL",
-    "critical_services": "WIS2L_CRITICAL_SERVICES",
-    "migrations": "WIS2L_MIGRATIONS",
-    "queries": "WIS2L_QUERIES",
-    "generated": "WIS2L_GENERATED",
-    **{field: variable for field, variable, _ in _TUNABLES},
-}
-
-
-def _database_url(env: Mapping[str, str]) -> str:
-    if url := _get(env, "DATABASE_URL"):
-        _check_database_url(url, "DATABASE_URL")
-        return url
-    user = _get(env, "DATABASE_USER")
-    password = _get(env, "DATABASE_PASSWORD")
-    host = _host(_get(env, "DATABASE_HOST") or "localhost", "DATABASE_HOST")
-    port = _parse("DATABASE_PORT", _get(env, "DATABASE_PORT") or "5432", _port)
-    name = _get(env, "DATABASE_NAME") or "wis2l"
-    if password is not None and user is None:
-        raise ConfigError(
-            "DATABASE_PASSWORD is set but DATABASE_USER is not", variable="DATABASE_USER"
-        )
-    auth = ""
-    if user is not None:
-        auth = quote(user, safe="")
-        if password is not None:
-            auth += ":" + quote(password, safe="")
-        auth += "@"
-    return f"postgresql://{auth}{host}:{port}/{quote(name, safe='')}"
-
-
-def _redis_url(env: Mapping[str, str]) -> str:
-    if url := _get(env, "REDIS_URL"):
-        _check_redis_url(url, "REDIS_URL")
-        return url
-    host = _host(_get(env, "REDIS_HOST") or "localhost", "REDIS_HOST")
-    port = _parse("REDIS_PORT", _get(env, "REDIS_PORT") or "6379", _port)
-    db = _get(env, "REDIS_DB") or "0"
-    if not db.isdigit():
-        raise ConfigError(f"REDIS_DB must be an integer >= 0, not {db!r}", variable="REDIS_DB")
-    password = _get(env, "REDIS_PASSWORD")
-    auth = f":{quote(password, safe='')}@" if password is not None else ""
-    return f"redis://{auth}{host}:{port}/{int(db)}"
-
-
-def _nats_urls(env: Mapping[str, str]) -> tuple[str, ...]:
-    if raw := _get(env, "NATS_URL"):
-        pieces = [u.strip() for u in raw.split(",") if u.strip()]
-        if not pieces:
-            raise ConfigError("NATS_URL names no server", variable="NATS_URL")
-        if any("@" in u and "://" not in u for u in pieces[1:]):
-            # "nats://u:p,w@h" split in the password: refuse rather than guess.
-            raise ConfigError(
-                _reserved("NATS_URL", extra=", and ',' in a list"), variable="NATS_URL"
-            )
-        urls = tuple(_nats_scheme(u) for u in pieces)
-        for url in urls:
-            _check_nats_url(url, "NATS_URL")
-        return urls
-    host = _host(_get(env, "NATS_HOST") or "localhost", "NATS_HOST")
-    port = _parse("NATS_PORT", _get(env, "NATS_PORT") or "4222", _port)
-    return (f"nats://{host}:{port}",)
-
-
-def _host(host: str, variable: str) -> str:
-    """``host`` ready for a URL's authority (IPv6 in brackets), or ``ConfigError``."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not bare or any(c in _NOT_IN_HOST or c.isspace() or not c.isprintable() for c in bare):
-        raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
-    if ":" in bare:
-        if any(c not in _IPV6 for c in bare):
-            raise ConfigError(f"{variable} is not a host name: {host!r}", variable=variable)
-        return f"[{bare}]"
-    return bare
-
-
-_NOT_IN_HOST = frozenset("/\\@?#[]'\"")
-_IPV6 = frozenset("0123456789abcdefABCDEF:.%")
-
-
-def _nats_scheme(url: str) -> str:
-    return url if "://" in url else f"nats://{url}"
-
-
-_USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2}|[^\x00-\x7f\s])*")
-"""What a URL's ``user:password`` may hold as written (RFC 3986 userinfo, and non-ASCII
-letters): every other character must be percent-encoded."""
-
-
-def _reserved(variable: str, extra: str = "") -> str:
-    return (
-        f"{variable}: the user name or password is not percent-encoded: percent-encode "
-        f"reserved characters in the password (/ ? # @ [ ] % and blanks{extra}), e.g. with "
-        "urllib.parse.quote(password, safe=''); an '@' anywhere else in the URL is %40"
-    )
-
-
-def _check_userinfo(url: str, variable: str) -> None:
-    """Refuse a URL whose user name or password a parser would read another way.
-
-    libpq ends the password at the first ``/`` (``?``, ``#`` elsewhere) or ``@``, Python at
-    the last ``@``: a password holding one of them was read as a host, a port or a path,
-    and came back in error messages. So the text before a URL's ``@`` must be a
-    well-formed userinfo, and there may be only one ``@``. The message never quotes the
-    URL: it holds the password.
-    """
-    rest = url.partition("://")[2] if "://" in url else url
-    userinfo, at, after = rest.partition("@")
-    if at and ("@" in after or _USERINFO.fullmatch(userinfo) is None):
-        raise ConfigError(_reserved(variable), variable=variable)
-
-
-def _check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        # Python's text quotes the port as written: never echo it (nor the URL), it may
-        # be part of a password cut by an unencoded character.
-        problem = "the port must be a number 1-65535" if "Port" in str(exc) else "bad host"
-        raise ConfigError(
-            f"{variable} is not a valid {what} URL ({problem}); if the password holds "
-            "reserved characters, percent-encode them",
-            variable=variable,
-        ) from None
-    if parts.scheme not in schemes:
-        raise ConfigError(
-            f"{variable} must start with {' or '.join(s + '://' for s in schemes)}, "
-            f"got {redact_url(url)!r}",
-            variable=variable,
-        )
-    if port == 0:
-        raise ConfigError(f"{variable} has port 0", variable=variable)
-
-
-def _check_database_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    schemes = ("postgresql", "postgres")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is not None:
-        userinfo, at, hosts = parts.netloc.rpartition("@")
-        if "," in hosts:  # libpq's multi-host form: host1:port1,host2:port2
-            for host in hosts.split(","):
-                _check_url(
-                    urlunsplit((parts.scheme, host, "", "", "")), variable, schemes, "PostgreSQL"
-                )
-            first = f"{userinfo}{at}{hosts.split(',')[0]}"
-            url = urlunsplit((parts.scheme, first, parts.path, parts.query, parts.fragment))
-    _check_url(url, variable, schemes, "PostgreSQL")
-
-
-REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-"""``REDIS_URL`` schemes that name Redis Cluster seed nodes."""
-REDIS_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-"""``REDIS_URL`` schemes that name Sentinels and, as the path, the master's name."""
-
-
-def _check_redis_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    scheme = url.partition("://")[0].lower()
-    if scheme in REDIS_CLUSTER_SCHEMES or scheme in REDIS_SENTINEL_SCHEMES:
-        _check_redis_hosts(url, variable, scheme)
-        return
-    _check_url(
-        url,
-        variable,
-        ("redis", "rediss", "unix", *REDIS_CLUSTER_SCHEMES, *REDIS_SENTINEL_SCHEMES),
-        "Redis",
-    )
-    parts = urlsplit(url)
-    if parts.scheme != "unix":
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise ConfigError(
-                f"{variable}: the database number must be an integer, got {db!r}",
-                variable=variable,
-            )
-
-
-def _check_redis_hosts(url: str, variable: str, scheme: str) -> None:
-    """A cluster or Sentinel URL: ``scheme://[auth@]host:port[,host:port...][/path]``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ConfigError(
-            f"{variable} is not a valid Redis URL (bad host)", variable=variable
-        ) from None
-    hosts = parts.netloc.rpartition("@")[2]
-    if not hosts:
-        raise ConfigError(f"{variable} names no server: {redact_url(url)!r}", variable=variable)
-    for host in hosts.split(","):
-        _check_url(f"redis://{host}", variable, ("redis",), "Redis")
-    path = parts.path.strip("/")
-    if scheme in REDIS_SENTINEL_SCHEMES:
-        name = path.split("/")[0]
-        if not name:
-            raise ConfigError(
-                f"{variable}: a Sentinel URL ends with the master's name, "
-                f"e.g. redis+sentinel://host:26379/mymaster; got {redact_url(url)!r}",
-                variable=variable,
-            )
-        db = path.split("/")[1] if "/" in path else ""
-    else:
-        db = path
-    if scheme in REDIS_CLUSTER_SCHEMES and db not in ("", "0"):
-        raise ConfigError(f"{variable}: Redis Cluster has only database 0", variable=variable)
-    if db and not db.isdigit():
-        raise ConfigError(
-            f"{variable}: the database number must be an integer, got {db!r}",
-            variable=variable,
-        )
+def _present(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that are set: values stripped, blank ones left out."""
+    return {name: value.strip() for name, value in env.items() if value.strip()}
 
 
 def _check_oidc(settings: Settings) -> None:
@@ -768,46 +572,10 @@ def _check_oidc(settings: Settings) -> None:
     if not settings.oidc_algorithms:
         raise ConfigError("oidc_algorithms: at least one is needed", variable="oidc_algorithms")
     if settings.oidc_issuer is not None:
-        _check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
+        _urls.check_url(settings.oidc_issuer, "oidc_issuer", ("https", "http"), "issuer")
         if settings.oidc_audience is None:
             raise ConfigError(
-                "oidc_audience: an issuer is set but no audience; set WIS2L_OIDC_AUDIENCE",
+                "oidc_audience: an issuer is set but no audience; "
+                f"set {_VARIABLE_OF_FIELD['oidc_audience']}",
                 variable="oidc_audience",
             )
-
-
-def nats_credentials(urls: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """NATS servers for nats-py, and their credentials percent-decoded.
-
-    nats-py reads a URL's user, password or token as written, so a percent-encoded
-    password would reach the server encoded. When the servers share one set of
-    credentials (the usual case), they are taken out of the URLs and returned decoded, as
-    ``connect()``'s ``user``/``password`` or ``token`` (which also serve the servers the
-    cluster announces). Servers with different credentials are left as written.
-
-    Args:
-        urls: ``Settings.nats_urls``.
-
-    Returns:
-        The server URLs, and the keyword arguments to add to ``connect()``.
-    """
-    urls = list(urls)
-    found: set[str] = set()
-    bare = []
-    for url in urls:
-        parts = urlsplit(url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        if at:
-            found.add(userinfo)
-        bare.append(urlunsplit(parts._replace(netloc=host)))
-    if len(found) != 1:
-        return urls, {}
-    user, colon, password = found.pop().partition(":")
-    if colon:
-        return bare, {"user": unquote(user), "password": unquote(password)}
-    return bare, {"token": unquote(user)}
-
-
-def _check_nats_url(url: str, variable: str) -> None:
-    _check_userinfo(url, variable)
-    _check_url(url, variable, ("nats", "tls", "ws", "wss"), "NATS")

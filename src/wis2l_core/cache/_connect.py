@@ -30,8 +30,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from wis2l_core._urls import REDIS_CLUSTER_SCHEMES, REDIS_SENTINEL_SCHEMES
 from wis2l_core.cache._pool import BoundedPool
-from wis2l_core.config import REDIS_CLUSTER_SCHEMES, REDIS_SENTINEL_SCHEMES
 from wis2l_core.errors import ConfigError
 
 __all__ = ["Built", "build", "mode_of"]

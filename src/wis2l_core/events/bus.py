@@ -24,8 +24,9 @@ from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
+from wis2l_core._urls import nats_credentials
 from wis2l_core.catalogue import DomainEvent, event_payload
-from wis2l_core.config import Settings, nats_credentials, redact_url
+from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
