@@ -1,4 +1,6 @@
-"""Input checks that run before any SQL, so bad input costs no round trip and writes nothing.
+"""Input checks that run before any SQL or Redis call, so bad input costs no round trip and
+writes nothing. The bottom floor: the repositories and the caches use it, it uses only
+:mod:`wis2l_core.errors`.
 
 Each check raises :class:`~wis2l_core.errors.ValidationError` naming the field.
 """
