@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from wis2l_core import Settings, Wis2l
-from wis2l_core.db.seed import seed
+from wis2l_core.dev.seed import seed
 from wis2l_core.testing.plugin import drop_stream
 from wis2l_core.testing.servers import Servers, TemplateDatabase
 
