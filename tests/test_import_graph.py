@@ -197,8 +197,8 @@ def summary(src: Path = SRC) -> str:
     return "\n".join(out)
 
 
-# The cycles left in files other helpers of issue 20 are changing (events, config/_secrets,
-# catalogue); this test turns green, and must then lose its mark, when they are gone.
+# The cycles left in files other helpers of issue 20 are changing (config and _secrets);
+# the test turns green, and must then lose its mark (xfail is strict), when they are gone.
 REMAINING: list[str] = [
     "wis2l_core._secrets -> wis2l_core.config -> wis2l_core._secrets",
 ]
