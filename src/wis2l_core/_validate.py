@@ -19,12 +19,16 @@ import orjson
 from wis2l_core.errors import ValidationError
 
 __all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_LIMIT",
     "check_email",
     "check_enum",
     "check_int",
     "check_json",
     "check_json_object",
     "check_limit",
+    "check_optional_text",
+    "check_optional_uuid",
     "check_slug",
     "check_text",
     "check_text_list",
