@@ -13,8 +13,8 @@ import pytest
 from psycopg import sql
 
 from wis2l_core.cli import main
-from wis2l_core.db.seed import HISTORY_DAYS, PROJECTS, TEMPLATES, USERS
 from wis2l_core.db.sql import migrations
+from wis2l_core.dev.seed import HISTORY_DAYS, PROJECTS, TEMPLATES, USERS
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 TABLES = ("users", "templates", "projects", "components", "design_tokens", "builds", "deployments")

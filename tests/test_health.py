@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from importlib.metadata import version
 from typing import Any
+from uuid import uuid4
 
 import attrs
 import pytest
@@ -19,6 +20,7 @@ from wis2l_core import ServiceUnavailable, Settings
 from wis2l_core.cache import RedisClient
 from wis2l_core.cli import health as cli_health
 from wis2l_core.db.pool import Database
+from wis2l_core.events import EventBus
 from wis2l_core.health import (
     CheckFailed,
     CheckResult,
@@ -486,12 +488,24 @@ def run_cli(
     return code, time.perf_counter() - start
 
 
+def ensure_stream(servers: Servers, name: str) -> None:
+    """Create the event stream as the app does at its first start."""
+
+    async def ensure() -> None:
+        bus = EventBus(Settings(nats_urls=(servers.nats_url,), stream_name=name))
+        await bus.open(require=True)
+        await bus.close()
+
+    asyncio.run(ensure())
+
+
 def test_cli_all_up_exits_0_with_a_table(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     wis2l_servers: Servers,
     wis2l_database_url: str,
 ) -> None:
+    ensure_stream(wis2l_servers, Settings().stream_name)
     code, _ = run_cli(monkeypatch, wis2l_servers, DATABASE_URL=wis2l_database_url)
     out = capsys.readouterr().out
     assert code == 0
@@ -503,6 +517,24 @@ def test_cli_all_up_exits_0_with_a_table(
         ["nats", "ok", "no"],
     ]
     assert "status: ok" in out
+
+
+def test_cli_missing_stream_fails_nats_as_the_runtime_does(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    wis2l_servers: Servers,
+    wis2l_database_url: str,
+) -> None:
+    stream = f"H{uuid4().hex[:12].upper()}"  # never created
+    code, _ = run_cli(
+        monkeypatch, wis2l_servers, "--json", DATABASE_URL=wis2l_database_url, WIS2L_STREAM=stream
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1  # nats is not critical by default
+    assert data["status"] == "degraded"
+    nats = data["checks"]["nats"]
+    assert nats["healthy"] is False
+    assert nats["error"] == f"ServiceUnavailable: nats: stream {stream} is missing"
 
 
 def test_cli_json_and_redis_down_exits_1(

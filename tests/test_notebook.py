@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import field_is
 
 from wis2l_core import BuildStatus, Engine, ValidationError, Wis2l
-from wis2l_core.db.seed import HISTORY_DAYS, PROJECTS
+from wis2l_core.dev.seed import HISTORY_DAYS, PROJECTS
 from wis2l_core.events import BuildProgress
 from wis2l_core.notebook import all_pages, to_record, to_records
 from wis2l_core.testing.servers import Servers

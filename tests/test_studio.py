@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from wis2l_core import Wis2l
-from wis2l_core.db.seed import seed
+from wis2l_core.dev.seed import seed
 from wis2l_core.errors import ConfigError
 from wis2l_core.studio import create_app
 from wis2l_core.studio.catalog import load_catalog

@@ -23,7 +23,7 @@ from playwright import sync_api as playwright_sync
 from psycopg import sql
 
 from wis2l_core import Settings, Wis2l
-from wis2l_core.db.seed import seed
+from wis2l_core.dev.seed import seed
 from wis2l_core.testing.plugin import drop_stream
 from wis2l_core.testing.servers import Servers, TemplateDatabase, with_database
 

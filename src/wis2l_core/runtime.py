@@ -116,7 +116,7 @@ class Wis2l(Repositories):
         if self._identity is None:
             from wis2l_core.auth.identity import Identity
 
-            self._identity = Identity(self)
+            self._identity = Identity(self.settings, self.users, self.sessions)
         return self._identity
 
     @property

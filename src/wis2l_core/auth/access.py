@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Protocol, TypeAlias
 from uuid import UUID
 
+from wis2l_core.auth.actions import Action
 from wis2l_core.auth.principal import Principal
 from wis2l_core.errors import Forbidden, Unauthenticated
 from wis2l_core.models import Role
@@ -33,34 +34,6 @@ __all__ = [
     "Scope",
     "permissions_for",
 ]
-
-
-class Action(enum.StrEnum):
-    """Something a caller may do. Values are ``<resource>:<verb>``, so they also serve
-    as Starlette ``@requires(...)`` scopes (the middleware lists them in
-    ``request.auth.scopes``)."""
-
-    PROJECT_READ = "project:read"
-    PROJECT_CREATE = "project:create"
-    PROJECT_UPDATE = "project:update"
-    PROJECT_DELETE = "project:delete"
-    TEMPLATE_READ = "template:read"
-    TEMPLATE_CREATE = "template:create"
-    COMPONENT_READ = "component:read"
-    COMPONENT_CREATE = "component:create"
-    COMPONENT_UPDATE = "component:update"
-    COMPONENT_DELETE = "component:delete"
-    TOKEN_READ = "token:read"  # noqa: S105 (design tokens, not a secret)
-    TOKEN_UPDATE = "token:update"  # noqa: S105
-    BUILD_READ = "build:read"
-    BUILD_CREATE = "build:create"
-    BUILD_UPDATE = "build:update"
-    DEPLOYMENT_READ = "deployment:read"
-    DEPLOYMENT_CREATE = "deployment:create"
-    DEPLOYMENT_UPDATE = "deployment:update"
-    AUDIT_READ = "audit:read"
-    USER_READ = "user:read"
-    USER_MANAGE = "user:manage"
 
 
 class Scope(enum.StrEnum):

@@ -45,8 +45,9 @@ from wis2l_core.models import Role, User
 if TYPE_CHECKING:
     from wis2l_core.auth.keys import IssuerKeys
     from wis2l_core.auth.verify import TokenVerifier
-    from wis2l_core.cache.sessions import Session
-    from wis2l_core.runtime import Wis2l
+    from wis2l_core.cache.sessions import Session, SessionStore
+    from wis2l_core.config import Settings
+    from wis2l_core.db.users import UserRepository
 
 __all__ = ["Identity"]
 
@@ -62,7 +63,9 @@ class Identity:
     No I/O happens here; keys are fetched on the first token.
 
     Args:
-        wis: the runtime (its settings, ``users`` and ``sessions``).
+        settings: the issuer and the sign-in policy (``WIS2L_OIDC_*``).
+        users: where users are found and created (``wis.users``).
+        sessions: where sessions are kept (``wis.sessions``).
         user_ttl: seconds a verified user is served from memory (0: always ask the
             database).
         max_users: at most this many users are kept in memory (least recently used go).
@@ -75,13 +78,14 @@ class Identity:
 
     def __init__(
         self,
-        wis: Wis2l,
+        settings: Settings,
+        users: UserRepository,
+        sessions: SessionStore,
         *,
         user_ttl: float = 30.0,
         max_users: int = 10_000,
         keys: IssuerKeys | None = None,
     ) -> None:
-        settings = wis.settings
         if settings.oidc_issuer is None or settings.oidc_audience is None:
             raise ConfigError(
                 "wis.identity needs an issuer: set WIS2L_OIDC_ISSUER and WIS2L_OIDC_AUDIENCE",
@@ -94,7 +98,8 @@ class Identity:
             raise ConfigError(
                 f"wis.identity needs the auth extra (pip install 'wis2l-core[auth]'): {exc}"
             ) from exc
-        self._wis = wis
+        self._users_repo = users
+        self._sessions = sessions
         self.keys: IssuerKeys = keys or IssuerKeys(
             settings.oidc_issuer,
             development=settings.environment is AppEnvironment.DEVELOPMENT,
@@ -147,7 +152,7 @@ class Identity:
         """
         claims = await self.verifier.verify(token)
         user = await self._user(claims, record_sign_in=True)
-        session = await self._wis.sessions.create(user.id, {**(data or {}), SESSION_CLAIMS: claims})
+        session = await self._sessions.create(user.id, {**(data or {}), SESSION_CLAIMS: claims})
         return self._principal(user, claims), session
 
     async def from_session(self, session_token: str) -> Principal:
@@ -161,7 +166,7 @@ class Identity:
                 gone.
             ServiceUnavailable: Redis or the database cannot be reached.
         """
-        session = await self._wis.sessions.get(session_token)
+        session = await self._sessions.get(session_token)
         if session is None:
             raise Unauthenticated("the session is unknown, expired or revoked")
         claims = session.data.get(SESSION_CLAIMS)
@@ -169,7 +174,7 @@ class Identity:
             raise Unauthenticated("the session was not opened by sign_in")
         user = self._cached(claims["sub"], None)
         if user is None or user.id != session.user_id:
-            user = await self._wis.users.find_by_id(session.user_id)
+            user = await self._users_repo.find_by_id(session.user_id)
             if user is None:
                 raise Unauthenticated("the session's user no longer exists")
             self._remember(user, None)
@@ -177,7 +182,7 @@ class Identity:
 
     async def sign_out(self, session_token: str) -> bool:
         """Revoke a session; ``False`` if it was unknown."""
-        return await self._wis.sessions.revoke(session_token)
+        return await self._sessions.revoke(session_token)
 
     def forget(self, subject: str | None = None) -> None:
         """Drop the cached user of ``subject`` (all of them when ``None``), so the next
@@ -258,7 +263,7 @@ class Identity:
         if name is None and self._create:
             name = _fallback_name(claims.get("preferred_username"), claims.get("email"))
         sign_in = functools.partial(
-            self._wis.users.sign_in,
+            self._users_repo.sign_in,
             subject,
             name=name,
             role=role,

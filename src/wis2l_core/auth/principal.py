@@ -10,7 +10,7 @@ import attrs
 from wis2l_core.models import Role, User
 
 if TYPE_CHECKING:
-    from wis2l_core.auth.access import Action
+    from wis2l_core.auth.actions import Action
 
 __all__ = ["Principal"]
 

@@ -10,7 +10,7 @@ stored key therefore holds no glob character (``* ? [ ] \\``), whitespace or con
 character, and the service prefix before it is fixed by the cache, so a key cannot reach
 another service's entries.
 
-Values: JSON, by the repositories' rules (:func:`wis2l_core.db.validate.check_json`):
+Values: JSON, by the repositories' rules (:func:`wis2l_core._validate.check_json`):
 finite numbers, string keys, no NUL characters, at most 255 levels deep and 16 MiB.
 """
 
@@ -23,7 +23,7 @@ from uuid import UUID
 import orjson
 
 from wis2l_core import serde
-from wis2l_core.db.validate import MAX_JSON_BYTES, check_json, check_uuid
+from wis2l_core._validate import MAX_JSON_BYTES, check_json, check_uuid
 from wis2l_core.errors import ValidationError
 
 __all__ = ["MAX_KEY_CHARS", "encode_json", "key_text", "uuid_text"]

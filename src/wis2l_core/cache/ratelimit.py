@@ -16,9 +16,9 @@ from typing import Literal
 
 import attrs
 
+from wis2l_core._validate import check_int
 from wis2l_core.cache._input import key_text
 from wis2l_core.cache.client import LuaScript, RedisClient
-from wis2l_core.db.validate import check_int
 from wis2l_core.errors import ValidationError
 
 __all__ = ["FailMode", "RateLimit", "RateLimiter"]

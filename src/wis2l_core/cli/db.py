@@ -385,7 +385,7 @@ def _new(args: argparse.Namespace) -> int:
 
 def _seed(args: argparse.Namespace) -> int:
     async def action(settings: Settings) -> int:
-        from wis2l_core.db.seed import seed_database
+        from wis2l_core.dev.seed import seed_database
 
         status = await migration_status(
             settings.database_url, connect_timeout=settings.db_connect_timeout

@@ -20,14 +20,20 @@ import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
-from nats.js.errors import NotFoundError
 
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.config import Settings
 from wis2l_core.db.migrate import check_schema
 from wis2l_core.db.pool import connect_kwargs
 from wis2l_core.errors import ConfigError, ServiceUnavailable
-from wis2l_core.health import HealthChecker, HealthReport, HealthStatus, secrets_of
+from wis2l_core.health import (
+    HealthChecker,
+    HealthReport,
+    HealthStatus,
+    ping_check,
+    secrets_of,
+    stream_check,
+)
 
 __all__ = ["EXIT_CODES", "add_parser", "collect", "format_table", "run"]
 
@@ -102,11 +108,11 @@ async def _database(settings: Settings) -> Mapping[str, Any]:
     return {"server_version": version}
 
 
-async def _redis(settings: Settings) -> None:
+async def _redis(settings: Settings) -> Mapping[str, Any] | None:
     client = RedisClient(settings, retries=0)
     await client.open()
     try:
-        await client.ping()
+        return await ping_check(client)
     finally:
         await client.aclose()
 
@@ -129,13 +135,9 @@ async def _nats(settings: Settings) -> Mapping[str, Any]:
             error_cb=record,
             name="wis2l-health",
         )
-        js = nc.jetstream()
-        account = await js.account_info()
-        try:
-            stream = await js.stream_info(settings.stream_name)
-            messages: int | None = stream.state.messages
-        except NotFoundError:
-            messages = None  # the runtime creates the stream at start
+        return await stream_check(nc.jetstream(), settings.stream_name)
+    except ServiceUnavailable:  # the check's own verdict (a missing stream)
+        raise
     except (NatsError, OSError, TimeoutError) as exc:
         cause = seen[-1] if isinstance(exc, NoServersError) and seen else exc
         raise ServiceUnavailable(f"nats: {cause or type(cause).__name__}", service="nats") from exc
@@ -143,11 +145,6 @@ async def _nats(settings: Settings) -> Mapping[str, Any]:
         # Also after a cancelled connect, which leaves the socket open otherwise.
         if not nc.is_closed:
             await nc.close()
-    return {
-        "streams": account.streams,
-        "stream": settings.stream_name,
-        "stream_messages": messages,
-    }
 
 
 def format_table(report: HealthReport) -> str:

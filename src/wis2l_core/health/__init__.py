@@ -26,6 +26,7 @@ from wis2l_core.health._checks import (
     describe_error,
     outbox_check,
     ping_check,
+    stream_check,
 )
 from wis2l_core.health._report import CheckResult, HealthReport, HealthStatus
 
@@ -46,4 +47,5 @@ __all__ = [
     "package_version",
     "ping_check",
     "secrets_of",
+    "stream_check",
 ]

@@ -2,9 +2,11 @@
 
 A check is a zero-argument coroutine function that returns a mapping of details (or
 ``None``) and raises when its service is not healthy. The check functions take small
-protocols (:class:`Pingable`, :class:`HasBacklog`), so this module needs neither the
-cache nor the events package. :func:`describe_error` turns what a check raised into the
-report's one-line, secret-free ``error``.
+protocols (:class:`Pingable`, :class:`HasBacklog`) or a bare client
+(:func:`stream_check`: a JetStream context), so this module needs neither the cache nor
+the events package, and ``wis2l health`` runs the same checks on connections of its own.
+:func:`describe_error` turns what a check raised into the report's one-line, secret-free
+``error``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wis2l_core._secrets import scrub
+from wis2l_core.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
     from wis2l_core.db.pool import Database
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "describe_error",
     "outbox_check",
     "ping_check",
+    "stream_check",
 ]
 
 Check = Callable[[], Awaitable[Mapping[str, Any] | None]]
@@ -106,6 +112,27 @@ async def ping_check(target: Pingable) -> Mapping[str, Any] | None:
     """Ping ``target``; its answer becomes the details when it is a mapping."""
     answer = await target.ping()
     return answer if isinstance(answer, Mapping) else None
+
+
+async def stream_check(js: JetStreamContext, stream: str) -> Mapping[str, Any]:
+    """Check JetStream and the event stream: the account's stream count and the stream's
+    message count (two JetStream API calls).
+
+    A missing stream is a failure, as in ``EventBus.ping``: the runtime creates the
+    stream at start, so after that its absence means events cannot be published.
+
+    Raises:
+        ServiceUnavailable: the stream is missing.
+        nats.errors.Error: JetStream did not answer (the caller's boundary translates).
+    """
+    from nats.js.errors import NotFoundError  # nats-py loads with the runtime, not before
+
+    account = await js.account_info()
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError as exc:
+        raise ServiceUnavailable(f"nats: stream {stream} is missing", service="nats") from exc
+    return {"streams": account.streams, "stream": stream, "stream_messages": info.state.messages}
 
 
 async def outbox_check(relay: HasBacklog, *, max_age: float = 60.0) -> Mapping[str, Any]:
