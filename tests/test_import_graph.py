@@ -197,24 +197,11 @@ def summary(src: Path = SRC) -> str:
     return "\n".join(out)
 
 
-# The cycles left in files other helpers of issue 20 are changing (config and _secrets);
-# the test turns green, and must then lose its mark (xfail is strict), when they are gone.
-REMAINING: list[str] = [
-    "wis2l_core._secrets -> wis2l_core.config -> wis2l_core._secrets",
-]
-
-
-@pytest.mark.xfail(bool(REMAINING), reason="cycles left: " + "; ".join(REMAINING), strict=True)
 def test_no_import_cycle() -> None:
     found = cycles(import_graph())
     assert not found, (
         "import cycles (type-only and function-level imports included):\n" + "\n".join(found)
     )
-
-
-def test_no_cycle_beyond_those_left() -> None:
-    new = sorted(set(cycles(import_graph())) - set(REMAINING))
-    assert not new, "new import cycles:\n" + "\n".join(new)
 
 
 def test_the_caches_do_not_import_the_database_floor() -> None:
