@@ -32,8 +32,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from wis2l_core import Action, AuthMiddleware, RateLimitMiddleware, Settings, Wis2l
-from wis2l_core._origin import origin_of
-from wis2l_core.auth.middleware import Credentials
+from wis2l_core.asgi import Credentials
+from wis2l_core.asgi._origin import origin_of
 from wis2l_core.dev.issuer import DevIssuer
 from wis2l_core.models import Engine, Role
 
@@ -358,7 +358,7 @@ async def test_session_cookie_and_cross_site_requests(
     assert project.name == "D"
 
 
-# (headers, allowed) for a cookie write: the one CSRF rule of wis2l_core._origin
+# (headers, allowed) for a cookie write: the one CSRF rule of wis2l_core.asgi._origin
 CSRF_CASES: list[tuple[dict[str, str], bool]] = [
     ({"Referer": "https://evil.example/page"}, False),  # what broke: no Origin, cross-site
     ({}, False),  # a browser sends at least one of the three
@@ -662,7 +662,7 @@ def test_configuration_is_checked(wis2l_settings: Settings) -> None:
 
 
 def test_public_path_matching() -> None:
-    from wis2l_core.auth.middleware import _public_matcher
+    from wis2l_core.asgi._http import path_matcher as _public_matcher
 
     public = _public_matcher(["/health", "/docs/"])
     assert public("/health")
