@@ -31,7 +31,7 @@ from wis2l_core.asgi._http import (
 from wis2l_core.auth.principal import Principal
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.ratelimit import RateLimiter
-from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
+from wis2l_core.errors import ConfigError, ServiceUnavailable
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -77,8 +77,9 @@ class RateLimitMiddleware:
         on_redis_down: ``"allow"`` or ``"refuse"``.
 
     Raises:
-        ValidationError: ``limit`` < 1, ``per`` not positive, or more than a million
-            requests per second.
+        ValidationError: ``limit`` or ``per`` refused by
+            :meth:`~wis2l_core.cache.RateLimiter.check` (``limit`` < 1, ``per`` not
+            positive, more than a million requests per second).
         ConfigError: a trusted proxy that is not an address or network, a policy name
             that is not a plain token, or an unknown ``on_redis_down``.
     """
@@ -95,13 +96,7 @@ class RateLimitMiddleware:
         exempt_paths: Iterable[str] = (),
         on_redis_down: Literal["allow", "refuse"] = "allow",
     ) -> None:
-        seconds = per.total_seconds() if isinstance(per, timedelta) else float(per)
-        if not isinstance(limit, int) or limit < 1:
-            raise ValidationError("limit must be a positive integer", field="limit")
-        if not seconds > 0 or math.isinf(seconds):
-            raise ValidationError("per must be a positive number of seconds", field="per")
-        if seconds / limit < 1e-6:  # below the resolution of the limiter's clock
-            raise ValidationError("limit must be at most a million per second", field="limit")
+        seconds = float(RateLimiter.check(limit, per))
         if not re.fullmatch(r"[a-z][a-z0-9_\-.]{0,63}", policy):
             raise ConfigError(f"policy {policy!r} must be a lower-case token")
         if on_redis_down not in ("allow", "refuse"):
