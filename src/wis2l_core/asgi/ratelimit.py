@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import math
 import re
+import warnings
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Literal, Protocol
@@ -38,6 +39,7 @@ __all__ = ["RateLimitMiddleware"]
 log = logging.getLogger("wis2l_core.auth")
 
 _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+_OLD_WORDS: dict[str, Literal["open", "closed"]] = {"allow": "open", "refuse": "closed"}
 
 
 class _Runtime(Protocol):
@@ -62,8 +64,9 @@ class RateLimitMiddleware:
     ``RateLimit-Policy: "<policy>";q=<limit>;w=<per>`` and
     ``RateLimit: "<policy>";r=<remaining>;t=<seconds until full>``.
 
-    Redis down: with ``on_redis_down="allow"`` (the default) requests go through without
-    a ``RateLimit`` field and the outage is logged once; with ``"refuse"`` they get 503.
+    Redis down: with ``fail_mode="open"`` (the default) requests go through without a
+    ``RateLimit`` field and the outage is logged once; with ``"closed"`` they get 503
+    (the words of :class:`~wis2l_core.cache.RateLimiter`'s ``fail_mode``).
 
     Args:
         app: the ASGI app to limit.
@@ -74,14 +77,17 @@ class RateLimitMiddleware:
             ``X-Forwarded-For`` is believed.
         policy: the quota policy's name in the headers (and in the Redis key).
         exempt_paths: paths (and what is below them) not counted, e.g. health probes.
-        on_redis_down: ``"allow"`` or ``"refuse"``.
+        fail_mode: ``"open"`` or ``"closed"``, when Redis is down.
+        on_redis_down: deprecated, the former name of ``fail_mode``: ``"allow"`` is
+            ``"open"``, ``"refuse"`` is ``"closed"`` (a ``DeprecationWarning``).
 
     Raises:
         ValidationError: ``limit`` or ``per`` refused by
             :meth:`~wis2l_core.cache.RateLimiter.check` (``limit`` < 1, ``per`` not
             positive, more than a million requests per second).
         ConfigError: a trusted proxy that is not an address or network, a policy name
-            that is not a plain token, or an unknown ``on_redis_down``.
+            that is not a plain token, an unknown ``fail_mode`` or ``on_redis_down``, or
+            both given.
     """
 
     def __init__(
@@ -94,13 +100,16 @@ class RateLimitMiddleware:
         trusted_proxies: Iterable[str] = (),
         policy: str = "default",
         exempt_paths: Iterable[str] = (),
-        on_redis_down: Literal["allow", "refuse"] = "allow",
+        fail_mode: Literal["open", "closed"] = "open",
+        on_redis_down: Literal["allow", "refuse"] | None = None,
     ) -> None:
         seconds = float(RateLimiter.check(limit, per))
         if not re.fullmatch(r"[a-z][a-z0-9_\-.]{0,63}", policy):
             raise ConfigError(f"policy {policy!r} must be a lower-case token")
-        if on_redis_down not in ("allow", "refuse"):
-            raise ConfigError("on_redis_down must be 'allow' or 'refuse'")
+        if on_redis_down is not None:
+            fail_mode = _deprecated_fail_mode(on_redis_down, fail_mode)
+        if fail_mode not in ("open", "closed"):
+            raise ConfigError("fail_mode must be 'open' or 'closed'")
         try:
             self._proxies: tuple[Network, ...] = tuple(
                 ipaddress.ip_network(p, strict=False) for p in trusted_proxies
@@ -111,7 +120,7 @@ class RateLimitMiddleware:
         self.limit = limit
         self.per = seconds
         self.policy = policy
-        self.on_redis_down = on_redis_down
+        self.fail_mode = fail_mode
         self._limiter = RateLimiter(wis.redis, fail_mode="raise")
         self._exempt = path_matcher(exempt_paths)
         self._policy_header = (
@@ -133,9 +142,9 @@ class RateLimitMiddleware:
         except ServiceUnavailable as exc:
             if not self._down_logged:
                 self._down_logged = True
-                verb = "letting requests through" if self.on_redis_down == "allow" else "503"
+                verb = "letting requests through" if self.fail_mode == "open" else "503"
                 log.warning("rate limit unavailable (%s): %s", verb, exc)
-            if self.on_redis_down == "refuse":
+            if self.fail_mode == "closed":
                 detail = "rate limit cannot be checked right now"
                 headers = [self._policy_header, (b"retry-after", b"1")]
                 await respond_problem(scope, receive, send, 503, detail, headers)
@@ -203,3 +212,18 @@ class RateLimitMiddleware:
             await send(message)
 
         return send_with_headers
+
+
+def _deprecated_fail_mode(on_redis_down: str, fail_mode: str) -> Literal["open", "closed"]:
+    """The ``fail_mode`` an ``on_redis_down=`` word means, with a ``DeprecationWarning``."""
+    warnings.warn(
+        'RateLimitMiddleware(on_redis_down=...) is deprecated: use fail_mode="open" '
+        '(was "allow") or fail_mode="closed" (was "refuse")',
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if on_redis_down not in _OLD_WORDS:
+        raise ConfigError("on_redis_down must be 'allow' or 'refuse'")
+    if fail_mode != "open":
+        raise ConfigError("give fail_mode or on_redis_down, not both")
+    return _OLD_WORDS[on_redis_down]
