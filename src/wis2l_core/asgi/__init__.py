@@ -11,8 +11,7 @@ This module only re-exports. The middlewares are loaded on first access (PEP 562
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wis2l_core.asgi._http import ASGIApp, Message, Receive, Scope, Send
 from wis2l_core.asgi.health import HealthApp, HealthSource, health_app
@@ -36,16 +35,16 @@ __all__ = [
     "health_app",
 ]
 
-_HOME = {
-    "ANONYMOUS": "auth",
-    "AuthMiddleware": "auth",
-    "Credentials": "auth",
-    "RateLimitMiddleware": "ratelimit",
-}
+_AUTH = frozenset({"ANONYMOUS", "AuthMiddleware", "Credentials"})
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+def __getattr__(name: str) -> object:
+    if name in _AUTH:
+        from wis2l_core.asgi import auth
+
+        return getattr(auth, name)
+    if name == "RateLimitMiddleware":
+        from wis2l_core.asgi.ratelimit import RateLimitMiddleware
+
+        return RateLimitMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

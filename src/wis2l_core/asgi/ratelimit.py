@@ -32,7 +32,7 @@ from wis2l_core.asgi._http import (
 from wis2l_core.auth.principal import Principal
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.ratelimit import RateLimiter
-from wis2l_core.errors import ConfigError, ServiceUnavailable
+from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -84,7 +84,7 @@ class RateLimitMiddleware:
     Raises:
         ValidationError: ``limit`` or ``per`` refused by
             :meth:`~wis2l_core.cache.RateLimiter.check` (``limit`` < 1, ``per`` not
-            positive, more than a million requests per second).
+            positive), or more than a million requests per second.
         ConfigError: a trusted proxy that is not an address or network, a policy name
             that is not a plain token, an unknown ``fail_mode`` or ``on_redis_down``, or
             both given.
@@ -104,6 +104,8 @@ class RateLimitMiddleware:
         on_redis_down: Literal["allow", "refuse"] | None = None,
     ) -> None:
         seconds = float(RateLimiter.check(limit, per))
+        if seconds / limit < 1e-6:  # the middleware's own rule (RateLimiter takes it)
+            raise ValidationError("limit must be at most a million per second", field="limit")
         if not re.fullmatch(r"[a-z][a-z0-9_\-.]{0,63}", policy):
             raise ConfigError(f"policy {policy!r} must be a lower-case token")
         if on_redis_down is not None:

@@ -103,9 +103,8 @@ class RateLimiter:
             ``per`` in seconds.
 
         Raises:
-            ValidationError: ``limit`` not an integer from 1 to 2**31 - 1, ``per`` not a
-                positive finite number of seconds, or more than a million hits per second
-                (below the resolution of the limiter's clock).
+            ValidationError: ``limit`` not an integer from 1 to 2**31 - 1, or ``per`` not
+                a positive finite number of seconds.
         """
         check_int("limit", limit, low=1, high=_MAX_LIMIT)
         seconds = per.total_seconds() if isinstance(per, timedelta) else per
@@ -115,8 +114,6 @@ class RateLimiter:
             or not 0 < seconds < float("inf")
         ):
             raise ValidationError("per must be a positive number of seconds", field="per")
-        if seconds / limit < 1e-6:
-            raise ValidationError("limit must be at most a million per second", field="limit")
         return seconds
 
     async def hit(
