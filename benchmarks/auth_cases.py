@@ -22,8 +22,8 @@ from typing import Any
 from benchmarks.env import Env, settings_for
 from benchmarks.harness import Config, Result, Target, measure
 from wis2l_core import AuthMiddleware, RateLimitMiddleware, Wis2l
+from wis2l_core.asgi import Message, Receive, Scope, Send
 from wis2l_core.auth.keys import IssuerKeys
-from wis2l_core.auth.middleware import Message, Receive, Scope, Send
 from wis2l_core.auth.verify import TokenVerifier
 from wis2l_core.dev.issuer import DevIssuer
 

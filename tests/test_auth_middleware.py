@@ -33,8 +33,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from wis2l_core import Action, AuthMiddleware, RateLimitMiddleware, Settings, Wis2l
-from wis2l_core._origin import origin_of
-from wis2l_core.auth.middleware import Credentials
+from wis2l_core.asgi import Credentials
+from wis2l_core.asgi._origin import origin_of
 from wis2l_core.dev.issuer import DevIssuer
 from wis2l_core.models import Engine, Role
 
@@ -359,7 +359,7 @@ async def test_session_cookie_and_cross_site_requests(
     assert project.name == "D"
 
 
-# (headers, allowed) for a cookie write: the one CSRF rule of wis2l_core._origin
+# (headers, allowed) for a cookie write: the one CSRF rule of wis2l_core.asgi._origin
 CSRF_CASES: list[tuple[dict[str, str], bool]] = [
     ({"Referer": "https://evil.example/page"}, False),  # what broke: no Origin, cross-site
     ({}, False),  # a browser sends at least one of the three
@@ -566,9 +566,22 @@ async def test_rate_limit_is_one_redis_round_trip_per_request(
     assert with_limit - without == 20
 
 
-@pytest.mark.parametrize("mode", ["allow", "refuse"])
+@pytest.mark.parametrize(
+    ("words", "mode"),
+    [
+        ({"fail_mode": "open"}, "open"),
+        ({"fail_mode": "closed"}, "closed"),
+        # the former words still work, with a DeprecationWarning
+        ({"on_redis_down": "allow"}, "open"),
+        ({"on_redis_down": "refuse"}, "closed"),
+    ],
+)
 async def test_redis_down_policy(
-    mode: str, wis2l_settings: Settings, issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+    words: dict[str, Any],
+    mode: str,
+    wis2l_settings: Settings,
+    issuer: DevIssuer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -584,11 +597,16 @@ async def test_redis_down_policy(
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"hi"})
 
-        app = RateLimitMiddleware(hello, runtime, limit=5, per=1, on_redis_down=mode)  # type: ignore[arg-type]
+        with (
+            pytest.warns(DeprecationWarning, match="on_redis_down")
+            if "on_redis_down" in words
+            else contextlib.nullcontext()
+        ):
+            app = RateLimitMiddleware(hello, runtime, limit=5, per=1, **words)
         caplog.set_level(logging.WARNING, logger="wis2l_core.auth")
         async with serve(app, "off") as base, httpx.AsyncClient(base_url=base) as http:
             answers = [await http.get("/") for _ in range(3)]
-        if mode == "allow":
+        if mode == "open":
             assert [a.status_code for a in answers] == [200, 200, 200]
             assert all("ratelimit" not in a.headers for a in answers)
         else:
@@ -656,6 +674,16 @@ def test_configuration_is_checked(wis2l_settings: Settings) -> None:
         RateLimitMiddleware(app, runtime, limit=10**9, per=60)
     with pytest.raises(ConfigError, match="policy"):
         RateLimitMiddleware(app, runtime, limit=1, per=1, policy='a"b')
+    with pytest.raises(ConfigError, match="fail_mode"):
+        RateLimitMiddleware(app, runtime, limit=1, per=1, fail_mode="raise")  # type: ignore[arg-type]
+    old_word = "on_redis_down"
+    with pytest.warns(DeprecationWarning, match=old_word), pytest.raises(ConfigError):
+        RateLimitMiddleware(app, runtime, limit=1, per=1, on_redis_down="deny")  # type: ignore[arg-type]
+    with (
+        pytest.warns(DeprecationWarning, match=old_word),
+        pytest.raises(ConfigError, match="not both"),
+    ):
+        RateLimitMiddleware(app, runtime, limit=1, per=1, fail_mode="closed", on_redis_down="allow")
     with pytest.raises(ConfigError, match="public path"):
         AuthMiddleware(app, runtime, public_paths=("health",))
     with pytest.raises(ConfigError, match="realm"):
@@ -663,7 +691,7 @@ def test_configuration_is_checked(wis2l_settings: Settings) -> None:
 
 
 def test_public_path_matching() -> None:
-    from wis2l_core.auth.middleware import _public_matcher
+    from wis2l_core.asgi._http import path_matcher as _public_matcher
 
     public = _public_matcher(["/health", "/docs/"])
     assert public("/health")

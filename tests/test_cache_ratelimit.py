@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from tests.helpers import field_is, has
@@ -83,9 +84,10 @@ async def test_cost(client: RedisClient) -> None:
         ({"limit": 5, "per": -1}, "per"),
         ({"limit": 5, "per": 1, "cost": 6}, "cost"),
         ({"limit": 5, "per": 1, "cost": 0}, "cost"),
+        ({"limit": 5, "per": "1"}, "per"),
     ],
 )
-async def test_bad_arguments(client: RedisClient, kwargs: dict[str, int], field: str) -> None:
+async def test_bad_arguments(client: RedisClient, kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         await RateLimiter(client).hit("k", **kwargs)
     assert info.value.field == field

@@ -64,7 +64,8 @@ from wis2l_core.models import (
 from wis2l_core.notebook import all_pages, to_record, to_records
 
 if TYPE_CHECKING:
-    from wis2l_core.auth import Action, AuthMiddleware, Principal, RateLimitMiddleware
+    from wis2l_core.asgi import AuthMiddleware, RateLimitMiddleware
+    from wis2l_core.auth import Action, Principal
     from wis2l_core.runtime import Transaction, Wis2l
 
 __all__ = [

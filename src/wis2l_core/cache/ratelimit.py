@@ -75,13 +75,6 @@ class RateLimit:
     reset_after: float
 
 
-def _period_ms(per: float | timedelta) -> float:
-    seconds = per.total_seconds() if isinstance(per, timedelta) else per
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValidationError("per must be a positive number of seconds", field="per")
-    return seconds * 1000
-
-
 @attrs.define(eq=False)
 class RateLimiter:
     """Counts hits per key against a limit, atomically in Redis.
@@ -102,6 +95,27 @@ class RateLimiter:
                 "fail_mode must be 'open', 'closed' or 'raise'", field="fail_mode"
             )
 
+    @staticmethod
+    def check(limit: int, per: float | timedelta) -> float:
+        """Check a ``limit`` and its period as :meth:`hit` does, before any hit.
+
+        Returns:
+            ``per`` in seconds.
+
+        Raises:
+            ValidationError: ``limit`` not an integer from 1 to 2**31 - 1, or ``per`` not
+                a positive finite number of seconds.
+        """
+        check_int("limit", limit, low=1, high=_MAX_LIMIT)
+        seconds = per.total_seconds() if isinstance(per, timedelta) else per
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds < float("inf")
+        ):
+            raise ValidationError("per must be a positive number of seconds", field="per")
+        return seconds
+
     async def hit(
         self, key: str, *, limit: int, per: float | timedelta, cost: int = 1
     ) -> RateLimit:
@@ -119,13 +133,12 @@ class RateLimiter:
             Whether it is allowed, what remains and when to retry.
 
         Raises:
-            ValidationError: ``key`` not text of 1 to 1024 characters, ``limit`` < 1,
-                ``per`` not positive, or ``cost`` not in ``1..limit``.
+            ValidationError: ``key`` not text of 1 to 1024 characters, ``limit`` or
+                ``per`` refused by :meth:`check`, or ``cost`` not in ``1..limit``.
             ServiceUnavailable: Redis is unavailable and ``fail_mode`` is ``"raise"``.
         """
-        check_int("limit", limit, low=1, high=_MAX_LIMIT)
+        period = self.check(limit, per) * 1000
         check_int("cost", cost, low=1, high=limit)
-        period = _period_ms(per)
         client = self._client
         full = client.key(SERVICE, key_text("key", key))
         args = (limit, repr(period), cost)

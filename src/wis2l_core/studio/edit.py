@@ -1,7 +1,7 @@
 """The write handlers (``wis2l studio --write``): forms to repository calls, guarded.
 
 Every write needs the studio started with ``--write``, a request from the studio's own
-pages (the one CSRF rule of :mod:`wis2l_core._origin` against :attr:`Studio.origins`:
+pages (the one CSRF rule of :mod:`wis2l_core.asgi._origin` against :attr:`Studio.origins`:
 ``Origin``, else ``Sec-Fetch-Site``, else ``Referer``) and the per-process CSRF token the
 forms carry (compared in constant time). The body is read as
 ``application/x-www-form-urlencoded`` (no multipart parser).
@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from wis2l_core._origin import same_origin
+from wis2l_core.asgi._origin import same_origin
 from wis2l_core.errors import NotFound, ValidationError, Wis2lError
 from wis2l_core.studio import render, writes
 from wis2l_core.studio.pages import Studio, error_page, page, row_context, row_key, status_of

@@ -1,7 +1,7 @@
 """Serving the studio: uvicorn in the runtime's own event loop, loopback by default.
 
 A non-loopback address exposes the data to the network, so it is served only behind the
-identity work's :class:`~wis2l_core.auth.AuthMiddleware` with the admin role required,
+identity work's :class:`~wis2l_core.asgi.AuthMiddleware` with the admin role required,
 and only when an issuer is configured (``WIS2L_OIDC_ISSUER``); otherwise the studio
 refuses to start.
 """
@@ -57,7 +57,7 @@ def guard(app: Any, wis: Any, host: str) -> Any:
     if is_loopback(host):
         return app
     try:
-        from wis2l_core.auth import AuthMiddleware
+        from wis2l_core.asgi import AuthMiddleware
     except ImportError as exc:
         raise ConfigError(
             f"binding the studio to {host} needs authentication, and the auth extra is not "

@@ -17,21 +17,16 @@ also be served on its own (``uvicorn module:app``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import orjson
 
+from wis2l_core.asgi._http import Receive, Scope, Send, send_response
 from wis2l_core.health import HealthReport, HealthStatus, describe_error
 
 __all__ = ["HealthApp", "HealthSource", "health_app"]
 
 log = logging.getLogger("wis2l_core.health")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class HealthSource(Protocol):
@@ -138,16 +133,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 async def _respond(
     send: Send, status: int, body: dict[str, Any], *, head: bool = False, allow: bool = False
 ) -> None:
-    payload = orjson.dumps(body)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    if allow:
-        headers.append((b"allow", b"GET, HEAD"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else payload})
+    headers = [(b"allow", b"GET, HEAD")] if allow else []
+    await send_response(send, status, orjson.dumps(body), b"application/json", headers, head=head)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
