@@ -45,7 +45,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg
 from psycopg import pq
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import AddConnection, MaintenanceTask
@@ -53,11 +53,14 @@ from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 from wis2l_core._outage import Outage
 from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.config import Settings
+from wis2l_core.db.connect import behind_pooler, connect_kwargs
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 
+# behind_pooler and connect_kwargs live in db.connect; re-exported until events/outbox
+# imports them from there.
 __all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool", "behind_pooler", "connect_kwargs"]
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -76,46 +79,6 @@ async def configure_connection(conn: Connection) -> None:
     """Set up a new connection: orjson for JSON/JSONB both ways."""
     set_json_dumps(_json_dumps, conn)
     set_json_loads(orjson.loads, conn)
-
-
-def behind_pooler(settings: Settings) -> bool:
-    """True if ``database_url`` is taken to be a pooler such as PgBouncer, not the server.
-
-    That is when ``DATABASE_DIRECT_URL`` names the server separately, or server-side
-    prepared statements are turned off (``WIS2L_DB_PREPARED_STATEMENTS=false``).
-    """
-    return settings.database_direct_url is not None or not settings.db_prepared_statements
-
-
-def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any]:
-    """Connection keyword arguments shared by the pool and one-off connections.
-
-    ``statement_timeout`` is sent as the ``options`` startup parameter only to the server
-    itself: PgBouncer refuses that parameter ("unsupported startup parameter: options"),
-    and a ``SET`` on a transaction-pooled connection would leak to other clients. Behind
-    a pooler (:func:`behind_pooler`) it is left out; set it on the role instead
-    (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md. A pool
-    whose option is refused anyway drops it and logs a warning (``Pool._connect``).
-
-    Args:
-        settings: the settings.
-        direct: the connection goes to ``settings.direct_database_url`` (the server).
-    """
-    kwargs: dict[str, Any] = {
-        "row_factory": dict_row,
-        # Reads are one statement: autocommit saves the BEGIN/COMMIT round trips.
-        # Writes open explicit transactions (see repository.py).
-        "autocommit": True,
-        "connect_timeout": max(1, round(settings.db_connect_timeout)),
-        "application_name": "wis2l-core",
-    }
-    if settings.db_statement_timeout > 0 and (direct or not behind_pooler(settings)):
-        timeout_ms = int(settings.db_statement_timeout * 1000)
-        kwargs["options"] = f"-c statement_timeout={timeout_ms}"
-    if not settings.db_prepared_statements:
-        # None disables psycopg's preparing altogether, ``prepare=True`` included.
-        kwargs["prepare_threshold"] = None
-    return kwargs
 
 
 RECONNECT_DELAY = 0.25
