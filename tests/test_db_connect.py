@@ -1,5 +1,6 @@
 """One-off connections (db.connect) and the advisory locks (db.locks), on the real server."""
 
+import functools
 from typing import Literal
 
 import attrs
@@ -78,27 +79,18 @@ async def test_an_advisory_lock_held_elsewhere_is_service_unavailable_naming_the
         await psycopg.AsyncConnection.connect(wis2l_database_url, autocommit=True) as holder,
         await psycopg.AsyncConnection.connect(wis2l_database_url, autocommit=True) as conn,
     ):
+        lock = functools.partial(
+            advisory_lock, conn, MIGRATIONS, timeout=0.2, holder="the holder", scope=scope
+        )
         await holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS,))
         with pytest.raises(
             ServiceUnavailable, match=r"the holder held the lock for more than 0\.2 s"
         ):
-            async with advisory_lock(
-                conn,
-                MIGRATIONS,
-                timeout=0.2,
-                holder="the holder",
-                scope=scope,
-            ):
+            async with lock():
                 pytest.fail("the lock was granted")
         assert await _lock_timeout(conn) == "0"  # no limit left behind
         await holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATIONS,))
-        async with advisory_lock(
-            conn,
-            MIGRATIONS,
-            timeout=0.2,
-            holder="the holder",
-            scope=scope,
-        ):
+        async with lock():
             assert await _lock_timeout(conn) == "0"  # the block's statements wait as usual
             cur = await holder.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATIONS,))
             assert await cur.fetchone() == (False,)

@@ -12,7 +12,7 @@ given as is. Either names the connection (``application_name``, seen in
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import AsyncRowFactory, DictRow, dict_row
@@ -95,48 +95,25 @@ async def connect_to(
         return await psycopg.AsyncConnection.connect(url or settings.database_url, **kwargs)
 
 
-@overload
 async def connect(
     url: str,
     *,
     application_name: str,
     timeout: float,
-    autocommit: bool = ...,
-    prepared: bool = ...,
-) -> psycopg.AsyncConnection[DictRow]: ...
-
-
-@overload
-async def connect(
-    url: str,
-    *,
-    application_name: str,
-    timeout: float,
-    autocommit: bool = ...,
-    prepared: bool = ...,
     row_factory: AsyncRowFactory[_Row],
-) -> psycopg.AsyncConnection[_Row]: ...
-
-
-async def connect(
-    url: str,
-    *,
-    application_name: str,
-    timeout: float,
     autocommit: bool = True,
     prepared: bool = True,
-    row_factory: AsyncRowFactory[Any] = dict_row,
-) -> psycopg.AsyncConnection[Any]:
+) -> psycopg.AsyncConnection[_Row]:
     """A connection of its own to ``url`` as given (the tools' entry points take a URL).
 
     Args:
         url: the database.
         application_name: what the connection is for (``"wis2l-core migrate"``).
         timeout: seconds to connect.
+        row_factory: the rows' shape (``dict_row``, ``tuple_row``).
         autocommit: each statement commits (open transactions explicitly).
         prepared: let psycopg prepare repeated statements on the server; ``False`` for
             a connection that may go through a transaction-mode pooler.
-        row_factory: the rows' shape (default dicts).
 
     Raises:
         ServiceUnavailable: the database cannot be reached.

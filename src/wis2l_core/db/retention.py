@@ -34,7 +34,7 @@ import attrs
 import psycopg
 from psycopg import errors as pg
 from psycopg import sql as pgsql
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 
 from wis2l_core.db._archive import ArchiveFolder, archive_partition
 from wis2l_core.db.connect import connect
@@ -56,6 +56,9 @@ log = logging.getLogger("wis2l_core.db.retention")
 
 MONTHS_AHEAD = 3
 """Month partitions kept ready after the current one."""
+
+_OTHERS = "a migration or another prune"
+"""Who else may hold the lock a prune takes (the migrations')."""
 
 PartitionAction = Literal["dropped", "would drop", "kept: unpublished events", "busy"]
 
@@ -236,16 +239,18 @@ async def _connect_and_prune(
     connect_timeout: float,
     now: datetime.datetime | None,
 ) -> PruneReport:
-    conn = await connect(database_url, application_name="wis2l-core prune", timeout=connect_timeout)
+    conn = await connect(
+        database_url,
+        application_name="wis2l-core prune",
+        timeout=connect_timeout,
+        row_factory=dict_row,
+    )
+    wait = max(lock_timeout, 30.0)
     async with conn:
         with map_errors():
             await conn.execute("SET TIME ZONE 'UTC'")
             async with advisory_lock(
-                conn,
-                MIGRATIONS,
-                timeout=max(lock_timeout, 30.0),
-                holder="a migration or another prune",
-                scope="session",
+                conn, MIGRATIONS, timeout=wait, holder=_OTHERS, scope="session"
             ):
                 return await _prune(
                     conn,
