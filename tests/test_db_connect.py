@@ -6,7 +6,7 @@ from typing import Literal
 import attrs
 import psycopg
 import pytest
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from wis2l_core import Settings
 from wis2l_core._net import whole_seconds
@@ -22,7 +22,11 @@ def test_a_connect_timeout_is_whole_seconds_never_zero(seconds: float, whole: in
 
 async def test_connect_names_the_connection_and_shapes_its_rows(wis2l_database_url: str) -> None:
     async with await connect(
-        wis2l_database_url, application_name="wis2l-core test", timeout=2, prepared=False
+        wis2l_database_url,
+        application_name="wis2l-core test",
+        timeout=2,
+        prepared=False,
+        row_factory=dict_row,
     ) as conn:
         assert conn.autocommit
         assert conn.prepare_threshold is None
@@ -52,7 +56,7 @@ async def test_a_failed_connection_is_service_unavailable_with_the_drivers_cause
 ) -> None:
     url = f"postgresql://nobody@127.0.0.1:{unused_tcp_port}/none"
     with pytest.raises(ServiceUnavailable) as info:
-        await connect(url, application_name="t", timeout=1)
+        await connect(url, application_name="t", timeout=1, row_factory=dict_row)
     assert info.value.service == "database"
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
     with pytest.raises(ServiceUnavailable) as info:
