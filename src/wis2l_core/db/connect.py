@@ -46,7 +46,7 @@ def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any
     and a ``SET`` on a transaction-pooled connection would leak to other clients. Behind
     a pooler (:func:`behind_pooler`) it is left out; set it on the role instead
     (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md. A pool
-    whose option is refused anyway drops it and logs a warning (``Pool._connect``).
+    whose option is refused anyway drops it and logs a warning (``Pool.new_connection``).
 
     Args:
         settings: the settings.
