@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from wis2l_core.cli import main
-from wis2l_core.db.migrate import LOCK_KEY, apply_migrations, migration_status
+from wis2l_core.db.locks import MIGRATIONS as LOCK_KEY
+from wis2l_core.db.migrate import apply_migrations, migration_status
 from wis2l_core.db.sql import migrations, sql_root
 from wis2l_core.errors import MigrationError, ServiceUnavailable
 

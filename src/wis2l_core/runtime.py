@@ -25,13 +25,12 @@ from os import PathLike
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from wis2l_core.cache import BuildCache, Cache, RateLimiter, RedisClient, SessionStore, TokenCache
 from wis2l_core.config import Settings
+from wis2l_core.db.connect import connect_to
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.migrate import apply_migrations
-from wis2l_core.db.pool import Database, connect_kwargs
+from wis2l_core.db.pool import Database
 from wis2l_core.db.repositories import Repositories, Transaction
 from wis2l_core.errors import SchemaMissing, ServiceUnavailable, StartupError, Wis2lError
 from wis2l_core.events.bus import EventBus
@@ -243,13 +242,14 @@ class Wis2l(Repositories):
         """The pool only says it timed out; one direct connection tells why."""
         settings = self.settings
         limit = min(max(settings.db_connect_timeout, 1.0), _PROBE_LIMIT)
-        kwargs = connect_kwargs(settings) | {"connect_timeout": max(1, round(limit))}
         try:
             async with asyncio.timeout(limit):
-                conn = await psycopg.AsyncConnection.connect(settings.database_url, **kwargs)
+                conn = await connect_to(settings, timeout=limit)
         except TimeoutError:
             return f"no answer within {limit:g} s"
-        except (psycopg.Error, OSError) as probe:
+        except ServiceUnavailable as probe:  # the driver's own words, as the pool's log
+            return self._reason(probe.__cause__ or probe)
+        except OSError as probe:
             return self._reason(probe)
         await conn.close()
         return self._reason(exc)  # reachable now: report what the pool saw

@@ -16,15 +16,14 @@ from typing import Any
 
 import attrs
 import orjson
-import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.config import Settings
+from wis2l_core.db.connect import connect_to
 from wis2l_core.db.migrate import check_schema
-from wis2l_core.db.pool import connect_kwargs
 from wis2l_core.errors import ConfigError, ServiceUnavailable
 from wis2l_core.health import (
     HealthChecker,
@@ -97,14 +96,8 @@ async def collect(settings: Settings) -> HealthReport:
 
 
 async def _database(settings: Settings) -> Mapping[str, Any]:
-    try:
-        conn = await psycopg.AsyncConnection.connect(
-            settings.database_url, **connect_kwargs(settings)
-        )
-        async with conn:
-            version = await check_schema(conn)
-    except psycopg.Error as exc:
-        raise ServiceUnavailable(f"database: {exc}", service="database") from exc
+    async with await connect_to(settings) as conn:
+        version = await check_schema(conn)
     return {"server_version": version}
 
 

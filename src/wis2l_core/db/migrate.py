@@ -19,17 +19,18 @@ import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import attrs
 import psycopg
-from psycopg import errors as pg
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, TupleRow, tuple_row
 
 from wis2l_core.config import LIBRARY_SOURCE, MigrationSource
+from wis2l_core.db.connect import connect
 from wis2l_core.db.errors import map_errors
+from wis2l_core.db.locks import MIGRATIONS, advisory_lock
 from wis2l_core.db.sql import Migration, migrations
 from wis2l_core.errors import (
     ConfigError,
@@ -50,8 +51,7 @@ __all__ = [
 
 log = logging.getLogger("wis2l_core.db.migrate")
 
-# pg_advisory_lock key shared by every wis2l-core migrator (any fixed bigint would do).
-LOCK_KEY = 0x1E6D_0A2C_5B3F_7A11
+_Conn = psycopg.AsyncConnection[TupleRow]
 
 # The table's first shape: sql/migrations/0003 adds ``source`` and the (source, name) key,
 # so fresh and older databases reach the same shape through the same migration. Until
@@ -98,9 +98,7 @@ _APPLIED = (
 )
 
 
-async def _applied(
-    conn: psycopg.AsyncConnection[tuple[str, str]],
-) -> dict[str, dict[str, str]]:
+async def _applied(conn: _Conn) -> dict[str, dict[str, str]]:
     """``{source: {name: checksum}}`` of the recorded migrations."""
     cur = await conn.execute("SELECT to_regclass('wis2l_migrations') IS NOT NULL")
     row = await cur.fetchone()
@@ -108,7 +106,7 @@ async def _applied(
         return {}
     cur = await conn.execute(_APPLIED)
     found: dict[str, dict[str, str]] = {}
-    for source, name, checksum in await cur.fetchall():  # type: ignore[misc]
+    for source, name, checksum in await cur.fetchall():
         found.setdefault(source, {})[name] = checksum
     return found
 
@@ -158,18 +156,15 @@ def _compare(files: _Files, applied: dict[str, dict[str, str]]) -> MigrationStat
     return MigrationStatus(applied=tuple(done), pending=tuple(pending), drifted=tuple(drifted))
 
 
-async def _connect(
-    database_url: str, connect_timeout: float
-) -> psycopg.AsyncConnection[tuple[str, str]]:
-    with map_errors():
-        return await psycopg.AsyncConnection.connect(
-            database_url,
-            autocommit=True,
-            connect_timeout=max(1, round(connect_timeout)),
-            application_name="wis2l-core migrate",
-            # Nothing prepared: the runner may talk to a transaction-mode pooler.
-            prepare_threshold=None,
-        )
+async def _connect(database_url: str, connect_timeout: float) -> _Conn:
+    # Nothing prepared: the runner may talk to a transaction-mode pooler.
+    return await connect(
+        database_url,
+        application_name="wis2l-core migrate",
+        timeout=connect_timeout,
+        prepared=False,
+        row_factory=tuple_row,
+    )
 
 
 # Only the library's own rows (before 0003 there is no source column: all are the library's).
@@ -290,22 +285,9 @@ async def apply_migrations(
     return applied_now
 
 
-@asynccontextmanager
-async def _locked(
-    conn: psycopg.AsyncConnection[tuple[str, str]], lock_timeout: float
-) -> AsyncIterator[None]:
+def _locked(conn: _Conn, lock_timeout: float) -> AbstractAsyncContextManager[None]:
     """A transaction holding the migration lock (released when it ends, whatever happens)."""
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}")
-        try:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        except pg.LockNotAvailable as exc:
-            raise ServiceUnavailable(
-                f"another migration held the lock for more than {lock_timeout} s",
-                service="database",
-            ) from exc
-        await conn.execute("SET LOCAL lock_timeout = 0")
-        yield
+    return advisory_lock(conn, MIGRATIONS, timeout=lock_timeout, holder="another migration")
 
 
 _HAS_SOURCE = (
@@ -315,7 +297,7 @@ _HAS_SOURCE = (
 
 
 async def _apply(
-    conn: psycopg.AsyncConnection[tuple[str, str]],
+    conn: _Conn,
     source: str,
     migration: Migration,
     lock_timeout: float,

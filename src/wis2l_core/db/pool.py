@@ -36,36 +36,35 @@ import contextvars
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import orjson
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg
-from psycopg import pq
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool
-from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from wis2l_core._outage import Outage
 from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.config import Settings
+from wis2l_core.db._pool_internals import PoolInternals, unfinished
+from wis2l_core.db.connect import behind_pooler, connect_kwargs
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 
+# behind_pooler and connect_kwargs live in db.connect; re-exported until events/outbox
+# imports them from there.
 __all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool", "behind_pooler", "connect_kwargs"]
 
 Connection = psycopg.AsyncConnection[DictRow]
 """A psycopg connection whose rows are dicts."""
 
 log = logging.getLogger("wis2l_core.db")
-
-_IDLE = pq.TransactionStatus.IDLE
 
 
 def _json_dumps(obj: Any) -> str:
@@ -76,46 +75,6 @@ async def configure_connection(conn: Connection) -> None:
     """Set up a new connection: orjson for JSON/JSONB both ways."""
     set_json_dumps(_json_dumps, conn)
     set_json_loads(orjson.loads, conn)
-
-
-def behind_pooler(settings: Settings) -> bool:
-    """True if ``database_url`` is taken to be a pooler such as PgBouncer, not the server.
-
-    That is when ``DATABASE_DIRECT_URL`` names the server separately, or server-side
-    prepared statements are turned off (``WIS2L_DB_PREPARED_STATEMENTS=false``).
-    """
-    return settings.database_direct_url is not None or not settings.db_prepared_statements
-
-
-def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any]:
-    """Connection keyword arguments shared by the pool and one-off connections.
-
-    ``statement_timeout`` is sent as the ``options`` startup parameter only to the server
-    itself: PgBouncer refuses that parameter ("unsupported startup parameter: options"),
-    and a ``SET`` on a transaction-pooled connection would leak to other clients. Behind
-    a pooler (:func:`behind_pooler`) it is left out; set it on the role instead
-    (``ALTER ROLE app SET statement_timeout = '30s'``), see docs/operations.md. A pool
-    whose option is refused anyway drops it and logs a warning (``Pool._connect``).
-
-    Args:
-        settings: the settings.
-        direct: the connection goes to ``settings.direct_database_url`` (the server).
-    """
-    kwargs: dict[str, Any] = {
-        "row_factory": dict_row,
-        # Reads are one statement: autocommit saves the BEGIN/COMMIT round trips.
-        # Writes open explicit transactions (see repository.py).
-        "autocommit": True,
-        "connect_timeout": max(1, round(settings.db_connect_timeout)),
-        "application_name": "wis2l-core",
-    }
-    if settings.db_statement_timeout > 0 and (direct or not behind_pooler(settings)):
-        timeout_ms = int(settings.db_statement_timeout * 1000)
-        kwargs["options"] = f"-c statement_timeout={timeout_ms}"
-    if not settings.db_prepared_statements:
-        # None disables psycopg's preparing altogether, ``prepare=True`` included.
-        kwargs["prepare_threshold"] = None
-    return kwargs
 
 
 RECONNECT_DELAY = 0.25
@@ -145,15 +104,6 @@ def _lost(conn: Connection, exc: BaseException) -> bool:
     return state in _LOST_STATES or state.startswith("08") or isinstance(cause, pg.AdminShutdown)
 
 
-def _clean(conn: Connection) -> bool:
-    """True if ``conn`` is idle, outside any transaction block and out of pipeline mode."""
-    return (
-        conn.pgconn.transaction_status == _IDLE
-        and conn._pipeline is None
-        and not conn._num_transactions
-    )
-
-
 _ATTEMPTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "wis2l_pool_attempting", default=False
 )
@@ -175,7 +125,7 @@ def _quiet_attempt_warnings() -> None:
         psycopg_log.addFilter(_not_an_attempt_warning)
 
 
-class Pool(AsyncConnectionPool[Connection]):
+class Pool(PoolInternals):
     """psycopg_pool's pool with a lock-free fast path for an idle connection.
 
     When a connection is idle in the pool and nobody holds the pool's lock or waits,
@@ -184,7 +134,9 @@ class Pool(AsyncConnectionPool[Connection]):
     else runs between the check and the move, so this is what the locked path would do.
     Every other case (no idle connection, clients waiting, a connection check or reset
     configured, a connection past its lifetime or in a transaction) returns ``None`` or
-    ``False`` and the caller uses psycopg_pool's own ``getconn``/``putconn``.
+    ``False`` and the caller uses psycopg_pool's own ``getconn``/``putconn``. (Both, and
+    every other use of psycopg_pool's private parts, are in
+    :mod:`wis2l_core.db._pool_internals`.)
 
     :meth:`connection` is psycopg_pool's context manager made cancellation-safe (see
     :meth:`Database.connection`).
@@ -200,37 +152,39 @@ class Pool(AsyncConnectionPool[Connection]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage("database", log)
-        self._connected_once = False
+        self.connected_once = False
+        """True once a connection was made."""
         _quiet_attempt_warnings()
 
-    async def _add_connection(self, *args: Any, **kwargs: Any) -> None:
+    @contextmanager
+    def attempting(self) -> Iterator[None]:
+        """Marks psycopg_pool's warning about a failed attempt as ours to drop."""
         token = _ATTEMPTING.set(True)
         try:
-            await super()._add_connection(*args, **kwargs)
+            yield
         finally:
             _ATTEMPTING.reset(token)
 
-    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
-        """psycopg_pool's delayed task; reconnect attempts at most ``RECONNECT_DELAY`` apart."""
-        if isinstance(task, AddConnection):
-            delay = min(delay, self._jitter(RECONNECT_DELAY, -0.2, 0.0))
-        await super().schedule_task(task, delay)
+    def retry_delay(self, delay: float) -> float:
+        """Reconnect attempts at most ``RECONNECT_DELAY`` apart."""
+        return min(delay, self.jitter(RECONNECT_DELAY, -0.2, 0.0))
 
-    async def _connect(self, timeout: float | None = None) -> Connection:
+    async def new_connection(self, timeout: float | None) -> Connection:
+        """A new connection for the pool; a failure starts (or continues) the outage."""
         try:
             conn = await self._connect_once(timeout)
         except Exception as exc:
-            if not self._closed:
+            if not self.closed:
                 self.outage.failed(
                     exc,
                     "database unreachable%s: %s; calls fail at once with ServiceUnavailable "
                     "while the pool reconnects every %g s",
-                    "" if self._connected_once else " at start",
+                    "" if self.connected_once else " at start",
                     self.reason(exc),
                     RECONNECT_DELAY,
                 )
             raise
-        self._connected_once = True
+        self.connected_once = True
         self.outage.recovered()
         return conn
 
@@ -251,7 +205,7 @@ class Pool(AsyncConnectionPool[Connection]):
             ServiceUnavailable: ``service="database"``, with the last attempt's reason.
         """
         outage = self.outage
-        if outage.started is None or self._pool or self._closed:
+        if outage.started is None or self.has_idle() or self.closed:
             return
         error = outage.error
         reason = "no connection" if error is None else self.reason(error)
@@ -264,7 +218,7 @@ class Pool(AsyncConnectionPool[Connection]):
         # ``options`` in ``ignore_startup_parameters``) would refuse every connection:
         # leave the option out from then on, and say where the timeout belongs.
         try:
-            return await super()._connect(timeout)
+            return await self.driver_connect(timeout)
         except psycopg.OperationalError as exc:
             kwargs = self.kwargs
             if not isinstance(kwargs, dict) or "options" not in kwargs or _REFUSED not in str(exc):
@@ -276,7 +230,7 @@ class Pool(AsyncConnectionPool[Connection]):
                 extra={"service": "database"},
             )
             self.kwargs = {k: v for k, v in kwargs.items() if k != "options"}
-            return await super()._connect(timeout)
+            return await self.driver_connect(timeout)
 
     def discard_stale(self, lost: Connection) -> Coroutine[Any, Any, None] | None:
         """``lost`` failed with its server gone: discard it and every older connection.
@@ -291,52 +245,11 @@ class Pool(AsyncConnectionPool[Connection]):
             The rest of the work, to await (closing the idle connections and opening
             their replacements), or ``None`` if this failure was already handled.
         """
-        if self._closed or getattr(lost, "_created_at", 0.0) <= self._drained_at:
+        if self.closed or self.made_before_drain(lost):
             return None
         # INFO: if the server is gone, the failed reconnection logs the outage (once).
         log.info("database connection lost; discarding the pool's connections and reconnecting")
-        if self._lock.locked():  # psycopg_pool is mid-update: drain() does it under the lock
-            self._drained_at = time.monotonic()
-            return self.drain()
-        self._drained_at = time.monotonic()
-        stale = list(self._pool)
-        self._pool.clear()
-        return self._replace(stale)
-
-    async def _replace(self, stale: list[Connection]) -> None:
-        for conn in stale:
-            await self._close_connection(conn)
-            self.run_task(AddConnection(self))
-
-    def take_idle(self) -> Connection | None:
-        """An idle connection taken from the pool at once, or ``None`` (use ``getconn``)."""
-        if self._closed or self._check is not None or self._waiting or self._lock.locked():
-            return None
-        idle = self._pool
-        if not idle:
-            return None
-        conn = idle.popleft()
-        self._nconns_min = min(self._nconns_min, len(idle))
-        self._stats[self._REQUESTS_NUM] += 1
-        conn._pool = self
-        return conn
-
-    def put_idle(self, conn: Connection) -> bool:
-        """Put a clean connection back at once; ``False`` if ``putconn`` must do it."""
-        if (
-            self._closed
-            or self._reset is not None
-            or self._waiting
-            or self._pool_full_event is not None
-            or self._lock.locked()
-            or not _clean(conn)
-            or conn._created_at <= self._drained_at
-            or conn._expire_at <= time.monotonic()
-        ):
-            return False
-        conn._pool = None
-        self._pool.append(conn)
-        return True
+        return self.drain_at_once()
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Connection]:
@@ -362,16 +275,14 @@ _returning: set[asyncio.Task[None]] = set()  # strong references to the return t
 
 async def _putconn(pool: Pool, conn: Connection, discard: bool) -> None:
     try:
-        if discard or conn._pipeline is not None or conn._num_transactions:
+        if discard or unfinished(conn):
             # Interrupted in an unknown state (statement, pipeline, transaction block or
             # prepared-statement bookkeeping cut short): close it, never reuse it.
             await conn.close()
             if pool.closed:
                 return
             log.debug("closed a connection interrupted mid-use; the pool replaces it")
-            # psycopg_pool's path for a connection found broken before use: counted as
-            # lost and replaced, without the warning ``putconn`` logs for a closed one.
-            await pool._putconn(conn, from_getconn=True)
+            await pool.put_back_lost(conn)
         else:
             await pool.putconn(conn)  # resets (rolls back) or replaces it as needed
     except Exception:  # a return must never fail the caller; the pool heals itself
@@ -497,10 +408,10 @@ class Database(QueryMethods):
         pool = self.pool
         deadline = time.monotonic() + timeout
         while not pool.outage.down and time.monotonic() < deadline:
-            if pool._connected_once:
+            if pool.connected_once:
                 return True
             await asyncio.sleep(_FIRST_ANSWER_POLL)
-        return pool._connected_once and not pool.outage.down
+        return pool.connected_once and not pool.outage.down
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the pool (idempotent), waiting up to ``timeout`` for connections in use."""

@@ -37,8 +37,9 @@ from psycopg import sql as pgsql
 from psycopg.rows import DictRow, dict_row
 
 from wis2l_core.db._archive import ArchiveFolder, archive_partition
+from wis2l_core.db.connect import connect
 from wis2l_core.db.errors import map_errors
-from wis2l_core.db.migrate import LOCK_KEY
+from wis2l_core.db.locks import MIGRATIONS, advisory_lock
 from wis2l_core.db.sql import query_file
 from wis2l_core.errors import ServiceUnavailable, ValidationError
 
@@ -55,6 +56,9 @@ log = logging.getLogger("wis2l_core.db.retention")
 
 MONTHS_AHEAD = 3
 """Month partitions kept ready after the current one."""
+
+_OTHERS = "a migration or another prune"
+"""Who else may hold the lock a prune takes (the migrations')."""
 
 PartitionAction = Literal["dropped", "would drop", "kept: unpublished events", "busy"]
 
@@ -235,19 +239,19 @@ async def _connect_and_prune(
     connect_timeout: float,
     now: datetime.datetime | None,
 ) -> PruneReport:
-    with map_errors():
-        conn = await psycopg.AsyncConnection.connect(
-            database_url,
-            autocommit=True,
-            row_factory=dict_row,
-            connect_timeout=max(1, round(connect_timeout)),
-            application_name="wis2l-core prune",
-        )
+    conn = await connect(
+        database_url,
+        application_name="wis2l-core prune",
+        timeout=connect_timeout,
+        row_factory=dict_row,
+    )
+    wait = max(lock_timeout, 30.0)
     async with conn:
         with map_errors():
             await conn.execute("SET TIME ZONE 'UTC'")
-            await _advisory_lock(conn, lock_timeout=max(lock_timeout, 30.0))
-            try:
+            async with advisory_lock(
+                conn, MIGRATIONS, timeout=wait, holder=_OTHERS, scope="session"
+            ):
                 return await _prune(
                     conn,
                     retention=retention,
@@ -256,21 +260,6 @@ async def _connect_and_prune(
                     lock_timeout=lock_timeout,
                     now=now,
                 )
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-
-
-async def _advisory_lock(conn: _Conn, *, lock_timeout: float) -> None:
-    await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
-    try:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-    except pg.LockNotAvailable as exc:
-        raise ServiceUnavailable(
-            f"a migration or another prune held the lock for more than {lock_timeout} s",
-            service="database",
-        ) from exc
-    finally:
-        await conn.execute("SET lock_timeout = 0")
 
 
 async def _prune(
