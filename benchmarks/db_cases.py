@@ -19,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from benchmarks.env import Env
 from benchmarks.harness import Config, Result, Target, measure
-from wis2l_core.db.pool import configure_connection, connect_kwargs
+from wis2l_core.db.connect import connect_kwargs
+from wis2l_core.db.pool import configure_connection
 from wis2l_core.db.sql import query_file
 from wis2l_core.ids import uuid7
 

@@ -25,7 +25,8 @@ from psycopg import sql
 from helpers import eventually
 from test_lifecycle import PrivateStack
 from wis2l_core import Settings, Wis2l
-from wis2l_core.db.pool import Database, connect_kwargs
+from wis2l_core.db.connect import connect_kwargs
+from wis2l_core.db.pool import Database
 from wis2l_core.errors import ServiceUnavailable, Wis2lError
 from wis2l_core.runtime import Repositories
 

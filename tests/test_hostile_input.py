@@ -41,7 +41,7 @@ from tests.test_asgi import Runtime, call
 from wis2l_core import Conflict, ValidationError
 from wis2l_core.asgi import health_app
 from wis2l_core.catalogue import CATALOGUE, DomainEvent, decode_event, encode_event
-from wis2l_core.db.seed import seed
+from wis2l_core.dev.seed import seed
 from wis2l_core.health import HealthChecker
 from wis2l_core.runtime import Wis2l
 from wis2l_core.studio import create_app

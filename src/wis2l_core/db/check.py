@@ -14,7 +14,9 @@ from typing import Any
 
 import attrs
 import psycopg
+from psycopg.rows import tuple_row
 
+from wis2l_core.db.connect import connect
 from wis2l_core.db.errors import SchemaMissing, map_errors
 from wis2l_core.db.sql import Query, parse_queries, sql_root
 from wis2l_core.errors import ValidationError
@@ -130,12 +132,13 @@ async def check_queries(
         sources.extend((str(app_folder), file, text) for file, text in _read(app_folder))
     failures: list[QueryFailure] = []
     checked = 0
-    with map_errors():
-        conn = await psycopg.AsyncConnection.connect(
-            database_url,
-            connect_timeout=max(1, round(connect_timeout)),
-            application_name="wis2l-core check",
-        )
+    conn = await connect(
+        database_url,
+        application_name="wis2l-core check",
+        timeout=connect_timeout,
+        autocommit=False,
+        row_factory=tuple_row,
+    )
     async with conn:
         with map_errors():
             await _require_schema(conn)

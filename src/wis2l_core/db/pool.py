@@ -51,15 +51,13 @@ from wis2l_core._outage import Outage
 from wis2l_core._secrets import scrub, secrets_in
 from wis2l_core.config import Settings
 from wis2l_core.db._pool_internals import PoolInternals, unfinished
-from wis2l_core.db.connect import behind_pooler, connect_kwargs
+from wis2l_core.db.connect import connect_kwargs
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 
-# behind_pooler and connect_kwargs live in db.connect; re-exported until events/outbox
-# imports them from there.
-__all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool", "behind_pooler", "connect_kwargs"]
+__all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool"]
 
 Connection = psycopg.AsyncConnection[DictRow]
 """A psycopg connection whose rows are dicts."""

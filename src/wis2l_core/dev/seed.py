@@ -33,14 +33,13 @@ import attrs
 
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
+from wis2l_core.db.locks import SEED
 from wis2l_core.db.pool import Database
 from wis2l_core.db.repositories import Transaction
 from wis2l_core.models import Build, BuildStatus, Deployment, DeploymentStatus, Page
 
 __all__ = ["HISTORY_DAYS", "SeedReport", "seed", "seed_database"]
 
-# pg_advisory_xact_lock key of the seed (any fixed bigint other than the migrator's).
-LOCK_KEY = 0x1E6D_0A2C_5EED_0001
 KINDS = ("users", "templates", "projects", "components", "tokens", "builds", "deployments")
 HISTORY_DAYS = 10
 """The days of build and deployment history before today (today's state comes on top)."""
@@ -293,7 +292,7 @@ async def seed(tx: Transaction) -> SeedReport:
     Raises:
         Wis2lError: a write was refused (roll the transaction back).
     """
-    await tx.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+    await tx.execute("SELECT pg_advisory_xact_lock(%s)", (SEED,))
     now: datetime = await tx.fetch_val("SELECT statement_timestamp()")
     report = SeedReport()
     made: dict[str, list[UUID]] = defaultdict(list)  # table -> rows created now

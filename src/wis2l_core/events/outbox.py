@@ -42,15 +42,16 @@ from typing import Any
 import attrs
 import nats.js.errors
 import orjson
-import psycopg
 from psycopg.rows import DictRow, tuple_row
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
 from wis2l_core._outage import Outage
 from wis2l_core.config import Settings
+from wis2l_core.db.connect import connect_to
 from wis2l_core.db.errors import map_errors
-from wis2l_core.db.pool import Connection, Database, connect_kwargs
+from wis2l_core.db.locks import OUTBOX
+from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, query_file
 from wis2l_core.errors import SchemaMissing, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events.bus import API_TIMEOUT, EncodedEvent, EventBus, PendingAcks
@@ -61,8 +62,6 @@ log = logging.getLogger("wis2l_core.events.outbox")
 
 CHANNEL = "wis2l_outbox"
 """The ``LISTEN``/``NOTIFY`` channel the ``events`` insert trigger signals."""
-LOCK_KEY = int.from_bytes(b"wobx", "big")
-"""The first key of the partitions' advisory locks ``(LOCK_KEY, partition)``."""
 APPLICATION_PREFIX = "wis2l-outbox "
 """``application_name`` of a relay's ``LISTEN`` session, followed by the relay's id."""
 _BATCHES_PER_TX = 8
@@ -341,7 +340,7 @@ class OutboxRelay:
                         self._queries["lock_partitions"],
                         lease_ms=int(self.lease * 1000),
                         candidates=list(candidates),
-                        lock_key=LOCK_KEY,
+                        lock_key=OUTBOX,
                     )
                     held: list[int] = locked[0]["held"]
                     if not held:
@@ -496,13 +495,12 @@ class OutboxRelay:
         assert self._wake is not None
         backoff = Backoff.reconnect()
         name = APPLICATION_PREFIX + self.relay_id
-        kwargs = connect_kwargs(self.settings) | {"application_name": name}
         beat = min(1.0, self.lease / 4)
         outage = Outage("database", log, name="outbox LISTEN connection")
         while not self._stopping:
             try:
                 url = self.settings.direct_database_url
-                conn = await psycopg.AsyncConnection.connect(url, **kwargs)
+                conn = await connect_to(self.settings, url=url, application_name=name)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # catch up on anything committed while not listening
