@@ -39,6 +39,7 @@ from sybil import Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
 from wis2l_core import Settings, Wis2l
+from wis2l_core._urls import PART_VARIABLES
 from wis2l_core.testing.plugin import drop_stream
 from wis2l_core.testing.servers import Servers
 
@@ -49,22 +50,7 @@ PAGES = sorted(
 )
 CONTINUES = "continues the block above"
 SERVER_VARS = ("DATABASE_URL", "REDIS_URL", "NATS_URL", "WIS2L_NAMESPACE", "WIS2L_STREAM")
-OTHER_VARS = (
-    "DATABASE_USER",
-    "DATABASE_PASSWORD",
-    "DATABASE_HOST",
-    "DATABASE_PORT",
-    "DATABASE_NAME",
-    "REDIS_HOST",
-    "REDIS_PORT",
-    "REDIS_PASSWORD",
-    "REDIS_DB",
-    "NATS_HOST",
-    "NATS_PORT",
-    "WIS2L_ENV",
-    "WIS2L_MIGRATIONS",
-    "WIS2L_QUERIES",
-)
+OTHER_VARS = (*PART_VARIABLES, "WIS2L_ENV", "WIS2L_MIGRATIONS", "WIS2L_QUERIES")
 
 
 BLOCK_TIMEOUT = 60.0
