@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 ModelT = TypeVar("ModelT")
-M = TypeVar("M")
 
 EventFor = DomainEvent | Callable[[DictRow], DomainEvent | None] | None
 """The event of a write: known up front, made from the written row, or none."""
@@ -108,8 +107,7 @@ class Repository(Generic[ModelT]):
             id: its id.
 
         Returns:
-            The repository's model (``User``, ``Project``, ...), or ``None`` if there is
-            no row with this id.
+            The repository's model (``User`` for ``wis.users``, ...), or ``None``.
 
         Raises:
             ValidationError: ``id`` is not a UUID.
@@ -213,20 +211,20 @@ class Repository(Generic[ModelT]):
         return rows
 
 
-class _Rows(Protocol[M]):
+class _Rows(Protocol[ModelT]):
     """What the verbs below use of a :class:`Repository` (their ``self``)."""
 
     @property
-    def _row(self) -> Callable[[DictRow], M]: ...
+    def _row(self) -> Callable[[DictRow], ModelT]: ...
 
     @property
     def _deleted(self) -> Callable[[DictRow], DomainEvent | None] | None: ...
 
-    async def _find(self, name: str, **params: Any) -> M | None: ...
+    async def _find(self, name: str, **params: Any) -> ModelT | None: ...
 
     async def _page(
         self, name: str, *, limit: int, after: str | None, **params: Any
-    ) -> Page[M]: ...
+    ) -> Page[ModelT]: ...
 
     async def _write(
         self, name: str, params: dict[str, Any], event: EventFor = None
@@ -236,7 +234,9 @@ class _Rows(Protocol[M]):
 class FindAll:
     """``find_all()``: every row, in creation order (mixed into a :class:`Repository`)."""
 
-    async def find_all(self: _Rows[M], *, limit: int = 50, after: str | None = None) -> Page[M]:
+    async def find_all(
+        self: _Rows[ModelT], *, limit: int = 50, after: str | None = None
+    ) -> Page[ModelT]:
         """Every row, oldest first (in creation order).
 
         Args:
@@ -256,8 +256,8 @@ class FindByProject:
     """``find_by_project_id()``: one project's rows (mixed into a :class:`Repository`)."""
 
     async def find_by_project_id(
-        self: _Rows[M], project_id: UUID | str, *, limit: int = 50, after: str | None = None
-    ) -> Page[M]:
+        self: _Rows[ModelT], project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[ModelT]:
         """The project's rows, oldest first (in creation order).
 
         Args:
@@ -282,7 +282,7 @@ class FindByProject:
 class FindBySlug:
     """``find_by_slug()`` (mixed into a :class:`Repository`)."""
 
-    async def find_by_slug(self: _Rows[M], slug: str) -> M | None:
+    async def find_by_slug(self: _Rows[ModelT], slug: str) -> ModelT | None:
         """Find one by slug (a slug that could never be valid finds nothing).
 
         Args:
