@@ -1,9 +1,12 @@
 """The query files: every query a repository names exists, every query is used, all prepare.
 
 Which queries the code uses is read from the source's syntax tree, not by running it: in a
-class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_write/
-_write_many/_q/_exec`` names a query of ``sql/queries/<t>.sql``; anywhere in the package, so
-does ``query_file("<t>")["<name>"]`` (also through a variable or attribute assigned
+class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_find/
+_write/_write_model/_write_found/_write_many/_q/_exec`` names a query of
+``sql/queries/<t>.sql``, and so does a literal name in a method of a base class without a
+table (``Repository.find_by_id``, the ``FindAll``/``FindByProject``/``FindBySlug``/
+``DeleteById`` verbs): it runs on the table of every class inheriting it. Anywhere in the
+package, so does ``query_file("<t>")["<name>"]`` (also through a variable or attribute assigned
 ``query_file("<t>")``). A name must be a string literal, or a local variable whose
 assignment holds only literal names (``name = {...: "find_all", ...}[key]``), so that
 this test, and a reader, can see every query a method may run.
@@ -35,6 +38,8 @@ QUERY_METHODS = {
     "_q": 0,
     "_exec": 1,
     "_find": 0,
+    "_write_model": 0,
+    "_write_found": 0,
 }
 
 

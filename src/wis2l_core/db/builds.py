@@ -32,7 +32,7 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
+from wis2l_core.errors import InvalidTransition, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Build, BuildStatus, Page
 from wis2l_core.sentinel import UNSET, Unset
@@ -140,9 +140,7 @@ class BuildRepository(Repository[Build], FindByProject, DeleteById):
             "project_id": check_uuid("project_id", project_id),
             "target": check_text("target", target, max_len=100),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _build(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -223,9 +221,7 @@ class BuildRepository(Repository[Build], FindByProject, DeleteById):
         else:
             params["allowed_from"] = _ANY
 
-        row = await self._write("update", params, _event)
-        if row is None:
-            raise NotFound(f"no build with id {params['id']}")
+        row = await self._write_found("update", params, _event, noun="build")
         if row["id"] is None:
             raise _refused(params["id"], row["previous_status"], target, params["progress"])
         return _build(row)

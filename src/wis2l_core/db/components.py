@@ -158,9 +158,7 @@ class ComponentRepository(Repository[Component], FindAll, FindByProject, DeleteB
         event = ComponentCreated(
             project_id=pid, component_id=id_, name=checked_name, language=lang, version=1
         )
-        row = await self._write("create", params, event)
-        assert row is not None
-        return _component(row)
+        return await self._write_model("create", params, event)
 
     async def update(
         self,
@@ -213,7 +211,5 @@ class ComponentRepository(Repository[Component], FindAll, FindByProject, DeleteB
             if found is None:
                 raise NotFound(f"no component with id {params['id']}")
             return found
-        row = await self._write("update", params, _updated)
-        if row is None:
-            raise NotFound(f"no component with id {params['id']}")
+        row = await self._write_found("update", params, _updated, noun="component")
         return _component(row)

@@ -176,9 +176,7 @@ class DeploymentRepository(Repository[Deployment], FindAll, FindByProject, Delet
             params["status"] = target.value
         params["allowed_from"] = _ANY if target is None else _ALLOWED_FROM[target]
 
-        row = await self._write("update", params, _event)
-        if row is None:
-            raise NotFound(f"no deployment with id {params['id']}")
+        row = await self._write_found("update", params, _event, noun="deployment")
         if row["id"] is None:
             current = row["previous_status"]
             requested = target.value if target is not None else current

@@ -80,9 +80,7 @@ class EventRepository(Repository[Event], FindByProject):
             "project_id": check_optional_uuid("project_id", project_id),
             "payload": Jsonb(check_json_object("payload", {} if payload is None else payload)),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _event(row)
+        return await self._write_model("create", params)
 
     async def find_by_subsystem(
         self, subsystem: Subsystem | str, *, limit: int = 50, after: str | None = None

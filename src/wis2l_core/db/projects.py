@@ -24,7 +24,6 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Project
 from wis2l_core.sentinel import UNSET, Unset
@@ -133,9 +132,7 @@ class ProjectRepository(Repository[Project], FindBySlug, DeleteById):
             "description": check_optional_text("description", description, max_len=MAX_DESCRIPTION),
             "metadata": _metadata(metadata),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _project(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -185,7 +182,5 @@ class ProjectRepository(Repository[Project], FindBySlug, DeleteById):
             lambda v: check_optional_text("description", v, max_len=MAX_DESCRIPTION),
         )
         set_field(params, "metadata", metadata, _metadata)
-        row = await self._write("update", params)
-        if row is None:
-            raise NotFound(f"no project with id {params['id']}")
+        row = await self._write_found("update", params, noun="project")
         return _project(row)

@@ -34,6 +34,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.db.validate import check_limit, check_text, check_uuid
+from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 
@@ -184,6 +185,27 @@ class Repository(Generic[ModelT]):
         rows = await self._write_many(name, [params], event)
         return rows[0] if rows else None
 
+    async def _write_model(
+        self, name: str, params: dict[str, Any], event: EventFor = None
+    ) -> ModelT:
+        """Run write ``name``, which always returns its row (a create); that row as the model."""
+        row = await self._write(name, params, event)
+        assert row is not None
+        return self._row(row)
+
+    async def _write_found(
+        self, name: str, params: dict[str, Any], event: EventFor = None, *, noun: str
+    ) -> DictRow:
+        """Run write ``name`` on the row ``params["id"]``; return the row it returns.
+
+        Raises:
+            NotFound: no ``noun`` has this id (the statement returned no row).
+        """
+        row = await self._write(name, params, event)
+        if row is None:
+            raise NotFound(f"no {noun} with id {params['id']}")
+        return row
+
     async def _write_many(
         self, name: str, params_seq: Sequence[dict[str, Any]], event: EventFor = None
     ) -> list[DictRow]:
@@ -271,12 +293,8 @@ class FindByProject:
         Raises:
             ValidationError: a bad project id, limit or cursor.
         """
-        return await self._page(
-            "find_by_project_id",
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
-        )
+        pid = check_uuid("project_id", project_id)
+        return await self._page("find_by_project_id", limit=limit, after=after, project_id=pid)
 
 
 class FindBySlug:

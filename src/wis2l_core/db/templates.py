@@ -18,7 +18,6 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
 from wis2l_core.sentinel import UNSET, Unset
@@ -108,9 +107,7 @@ class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
             "description": _description(description),
             "files": _files(files),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _template(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -151,7 +148,5 @@ class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
         set_field(params, "engine", engine, lambda v: check_enum("engine", v, Engine).value)
         set_field(params, "description", description, _description)
         set_field(params, "files", files, _files)
-        row = await self._write("update", params)
-        if row is None:
-            raise NotFound(f"no template with id {params['id']}")
+        row = await self._write_found("update", params, noun="template")
         return _template(row)

@@ -13,7 +13,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
 from wis2l_core.db.sql import query_file
 from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
-from wis2l_core.errors import NotFound, ValidationError
+from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Page, Role, User
 from wis2l_core.sentinel import UNSET, Unset
@@ -146,9 +146,7 @@ class UserRepository(Repository[User], DeleteById):
             "subject": check_text("subject", subject, max_len=255),
             "role": check_enum("role", role, Role).value,
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _user(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -184,9 +182,7 @@ class UserRepository(Repository[User], DeleteById):
         set_field(params, "name", name, lambda v: check_text("name", v, max_len=200))
         set_field(params, "subject", subject, lambda v: check_text("subject", v, max_len=255))
         set_field(params, "role", role, lambda v: check_enum("role", v, Role).value)
-        row = await self._write("update", params, _role_changed)
-        if row is None:
-            raise NotFound(f"no user with id {params['id']}")
+        row = await self._write_found("update", params, _role_changed, noun="user")
         return _user(row)
 
     async def sign_in(
