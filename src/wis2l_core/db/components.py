@@ -112,7 +112,7 @@ class ComponentRepository(Repository[Component], FindAll, FindByProject, DeleteB
 
     table = "components"
     _row = staticmethod(_component)
-    _deleted = staticmethod(_deleted)
+    _delete_event = staticmethod(_deleted)
 
     async def create(
         self,

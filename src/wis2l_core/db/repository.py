@@ -93,7 +93,7 @@ class Repository(Generic[ModelT]):
 
     table: ClassVar[str]
     _row: Callable[[DictRow], ModelT]
-    _deleted: Callable[[DictRow], DomainEvent | None] | None = None
+    _delete_event: Callable[[DictRow], DomainEvent | None] | None = None
     """The event :meth:`DeleteById.delete` records, made from the deleted row (none if unset)."""
 
     def __init__(self, db: Database, conn: Connection | None = None) -> None:
@@ -240,7 +240,7 @@ class _Rows(Protocol[ModelT]):
     def _row(self) -> Callable[[DictRow], ModelT]: ...
 
     @property
-    def _deleted(self) -> Callable[[DictRow], DomainEvent | None] | None: ...
+    def _delete_event(self) -> Callable[[DictRow], DomainEvent | None] | None: ...
 
     async def _find(self, name: str, **params: Any) -> ModelT | None: ...
 
@@ -316,7 +316,7 @@ class FindBySlug:
 
 
 class DeleteById:
-    """``delete(id)``, recording the repository's ``_deleted`` event if it has one."""
+    """``delete(id)``, recording the repository's ``_delete_event`` if it has one."""
 
     async def delete(self: _Rows[Any], id: UUID | str) -> bool:
         """Delete the row with this id (what else goes with it: see the repository).
@@ -331,7 +331,7 @@ class DeleteById:
             ValidationError: ``id`` is not a UUID.
         """
         params = {"id": check_uuid("id", id)}
-        return await self._write("delete", params, self._deleted) is not None
+        return await self._write("delete", params, self._delete_event) is not None
 
 
 async def _fetch(cursors: Sequence[psycopg.AsyncCursor[DictRow]]) -> list[DictRow]:
