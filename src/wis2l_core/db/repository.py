@@ -123,10 +123,6 @@ class Repository(Generic[ModelT]):
         rows = await self._db.run(self._queries[name], params, self._conn)
         return self._row(rows[0]) if rows else None
 
-    async def _one(self, name: str, **params: Any) -> DictRow | None:
-        rows = await self._db.run(self._q(name), params, self._conn)
-        return rows[0] if rows else None
-
     async def _all(self, name: str, **params: Any) -> list[DictRow]:
         return await self._db.run(self._q(name), params, self._conn, many=True)
 
