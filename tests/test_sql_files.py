@@ -1,9 +1,12 @@
 """The query files: every query a repository names exists, every query is used, all prepare.
 
 Which queries the code uses is read from the source's syntax tree, not by running it: in a
-class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_write/
-_write_many/_q/_exec`` names a query of ``sql/queries/<t>.sql``; anywhere in the package, so
-does ``query_file("<t>")["<name>"]`` (also through a variable or attribute assigned
+class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_find/
+_write/_write_model/_write_found/_write_many/_q/_exec`` names a query of
+``sql/queries/<t>.sql``, and so does a literal name in a method of a base class without a
+table (``Repository.find_by_id``, the ``FindAll``/``FindByProject``/``FindBySlug``/
+``DeleteById`` verbs): it runs on the table of every class inheriting it. Anywhere in the
+package, so does ``query_file("<t>")["<name>"]`` (also through a variable or attribute assigned
 ``query_file("<t>")``). A name must be a string literal, or a local variable whose
 assignment holds only literal names (``name = {...: "find_all", ...}[key]``), so that
 this test, and a reader, can see every query a method may run.
@@ -34,6 +37,9 @@ QUERY_METHODS = {
     "_write_many": 0,
     "_q": 0,
     "_exec": 1,
+    "_find": 0,
+    "_write_model": 0,
+    "_write_found": 0,
 }
 
 
@@ -92,6 +98,63 @@ def _parse(source: str) -> ast.Module:
             gc.enable()
 
 
+def _query_calls(cls: ast.ClassDef) -> list[tuple[ast.AST, ast.Call, ast.expr | None]]:
+    """``(method, call, name argument)`` of each ``self._one(...)``-like call in ``cls``."""
+    found = []
+    for func in ast.walk(cls):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for call in ast.walk(func):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in QUERY_METHODS
+                and isinstance(call.func.value, ast.Name)
+                and call.func.value.id == "self"
+            ):
+                at = QUERY_METHODS[call.func.attr]
+                found.append((func, call, call.args[at] if len(call.args) > at else None))
+    return found
+
+
+def _base_names(cls: ast.ClassDef) -> list[str]:
+    """The names of the bases of ``cls`` (``Repository[User]`` -> ``Repository``)."""
+    return [ast.unparse(b.value if isinstance(b, ast.Subscript) else b) for b in cls.bases]
+
+
+def inherited_queries(paths: list[Path]) -> set[tuple[str, str]]:
+    """(table, query) pairs a class with a table runs through a base class's methods.
+
+    A class without a table contributes the literal query names of its methods to every
+    class with a table that inherits it (directly or through other such classes).
+    """
+    verbs: dict[str, set[str]] = {}
+    bases: dict[str, list[str]] = {}
+    tables: list[tuple[str, list[str]]] = []
+    for path in paths:
+        for node in ast.walk(_parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            if (table := _class_table(node)) is not None:
+                tables.append((table, _base_names(node)))
+                continue
+            bases[node.name] = _base_names(node)
+            verbs[node.name] = {
+                name for _, _, arg in _query_calls(node) if arg is not None and (name := _str(arg))
+            }
+    used: set[tuple[str, str]] = set()
+    for table, direct in tables:
+        seen: set[str] = set()
+        todo = list(direct)
+        while todo:
+            if (base := todo.pop()) in seen or base not in verbs:
+                continue
+            seen.add(base)
+            used.update((table, name) for name in verbs[base])
+            todo.extend(bases[base])
+    return used
+
+
 def _scan(path: Path, used: set[tuple[str, str]], dynamic: list[str]) -> None:
     tree = _parse(path.read_text(encoding="utf-8"))
     # Targets holding a query file: `self._queries = query_file("outbox")`, `q = ...`.
@@ -110,31 +173,21 @@ def _scan(path: Path, used: set[tuple[str, str]], dynamic: list[str]) -> None:
                     dynamic.append(f"{path.name}:{node.lineno}")
                 used.update((table, n) for n in names or ())
         if isinstance(node, ast.ClassDef) and (table := _class_table(node)):
-            for func in ast.walk(node):
-                if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                for call in ast.walk(func):
-                    if (
-                        isinstance(call, ast.Call)
-                        and isinstance(call.func, ast.Attribute)
-                        and call.func.attr in QUERY_METHODS
-                        and isinstance(call.func.value, ast.Name)
-                        and call.func.value.id == "self"
-                    ):
-                        at = QUERY_METHODS[call.func.attr]
-                        names = _names_in(func, call.args[at]) if len(call.args) > at else None
-                        if names is None:
-                            dynamic.append(f"{path.name}:{call.lineno}")
-                        used.update((table, n) for n in names or ())
+            for func, call, arg in _query_calls(node):
+                names = None if arg is None else _names_in(func, arg)
+                if names is None:
+                    dynamic.append(f"{path.name}:{call.lineno}")
+                used.update((table, n) for n in names or ())
 
 
 def used_queries() -> tuple[set[tuple[str, str]], list[str]]:
     """(table, query) pairs the package names, and the places whose name cannot be read."""
     used: set[tuple[str, str]] = set()
     dynamic: list[str] = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    paths = sorted(PACKAGE.rglob("*.py"))
+    for path in paths:
         _scan(path, used, dynamic)
-    return used, dynamic
+    return used | inherited_queries(paths), dynamic
 
 
 def defined_queries() -> set[tuple[str, str]]:
@@ -148,6 +201,8 @@ def test_the_scan_sees_the_repositories() -> None:
     assert ("events", "insert_outbox") in used  # repository.py's write path
     assert ("builds", "update") in used
     assert ("builds", "find_all_by_status") in used
+    assert ("users", "find_by_id") in used  # repository.py's Repository.find_by_id
+    assert ("projects", "find_by_slug") in used  # FindBySlug, a verb mixed in
 
 
 def test_the_scan_reads_every_pattern(tmp_path: Path) -> None:
@@ -183,6 +238,38 @@ class Relay:
         ("other", "direct"),
     }
     assert dynamic == ["fake.py:9"]  # the compute_name() call
+
+
+def test_the_scan_follows_base_classes(tmp_path: Path) -> None:
+    module = tmp_path / "bases.py"
+    module.write_text(
+        """
+class Base(Generic[T]):
+    async def find_by_id(self, id):
+        return await self._find("find_by_id", id=id)
+
+    async def _find(self, name, **params):
+        return self._db.run(self._q(name), params)
+
+class Verb:
+    async def delete(self, id):
+        await self._write("delete", {"id": id})
+
+class Middle(Verb):
+    pass
+
+class Things(Base[Thing], Middle):
+    table = "things"
+
+class Others(Base[Other]):
+    table = "others"
+"""
+    )
+    assert inherited_queries([module]) == {
+        ("things", "find_by_id"),
+        ("things", "delete"),
+        ("others", "find_by_id"),
+    }
 
 
 def test_every_named_query_exists() -> None:

@@ -22,7 +22,7 @@ from wis2l_core.catalogue import (
     BuildStarted,
     DomainEvent,
 )
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindByProject, Repository, set_field
 from wis2l_core.db.states import allowed_from
 from wis2l_core.db.validate import (
     check_enum,
@@ -32,7 +32,7 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
+from wis2l_core.errors import InvalidTransition, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Build, BuildStatus, Page
 from wis2l_core.sentinel import UNSET, Unset
@@ -99,25 +99,17 @@ def _event(row: DictRow) -> DomainEvent | None:
     return None
 
 
-class BuildRepository(Repository):
-    """IGNIS builds of a project, one per target, with progress, artifacts and logs."""
+class BuildRepository(Repository[Build], FindByProject, DeleteById):
+    """IGNIS builds of a project, one per target, with progress, artifacts and logs.
+
+    ``delete(id)`` deletes the build, in any status. Deployments of the build stay (they
+    are the record of what was deployed where): their ``build_id`` becomes ``None``. No
+    event is recorded; the build's own events (``BuildStarted``, ...) stay in the audit
+    log. A worker still updating a deleted build gets ``NotFound``.
+    """
 
     table = "builds"
-
-    async def find_by_id(self, id: UUID | str) -> Build | None:
-        """Find a build by id.
-
-        Args:
-            id: the build's id.
-
-        Returns:
-            The build, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _build(row)
+    _row = staticmethod(_build)
 
     async def find_all(
         self,
@@ -132,38 +124,9 @@ class BuildRepository(Repository):
             ValidationError: a bad status, limit or cursor.
         """
         if status is None:
-            return await self._page("find_all", _build, limit=limit, after=after)
-        return await self._page(
-            "find_all_by_status",
-            _build,
-            limit=limit,
-            after=after,
-            status=check_enum("status", status, BuildStatus).value,
-        )
-
-    async def find_by_project_id(
-        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
-    ) -> Page[Build]:
-        """The project's builds, oldest first.
-
-        Args:
-            project_id: the project.
-            limit: page size, 1..1000.
-            after: the ``next_cursor`` of the previous page.
-
-        Returns:
-            One page; ``next_cursor`` is ``None`` on the last one.
-
-        Raises:
-            ValidationError: a bad project id, limit or cursor.
-        """
-        return await self._page(
-            "find_by_project_id",
-            _build,
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
-        )
+            return await self._page("find_all", limit=limit, after=after)
+        status = check_enum("status", status, BuildStatus).value
+        return await self._page("find_all_by_status", limit=limit, after=after, status=status)
 
     async def create(self, *, project_id: UUID | str, target: str) -> Build:
         """Queue a build of the project for ``target`` (e.g. ``"webgl"``): pending, progress 0.
@@ -177,9 +140,7 @@ class BuildRepository(Repository):
             "project_id": check_uuid("project_id", project_id),
             "target": check_text("target", target, max_len=100),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _build(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -260,31 +221,10 @@ class BuildRepository(Repository):
         else:
             params["allowed_from"] = _ANY
 
-        row = await self._write("update", params, _event)
-        if row is None:
-            raise NotFound(f"no build with id {params['id']}")
+        row = await self._write_found("update", params, _event, noun="build")
         if row["id"] is None:
             raise _refused(params["id"], row["previous_status"], target, params["progress"])
         return _build(row)
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the build, in any status.
-
-        Deployments of the build stay (they are the record of what was deployed where):
-        their ``build_id`` becomes ``None``. No event is recorded; the build's own events
-        (``BuildStarted``, ...) stay in the audit log. A worker still updating a deleted
-        build gets ``NotFound``.
-
-        Args:
-            id: the build.
-
-        Returns:
-            ``False`` if there was no such build.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}) is not None
 
 
 def _refused(

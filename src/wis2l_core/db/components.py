@@ -15,7 +15,13 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core.catalogue import ComponentCreated, ComponentDeleted, ComponentUpdated
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.repository import (
+    DeleteById,
+    FindAll,
+    FindByProject,
+    Repository,
+    set_field,
+)
 from wis2l_core.db.validate import (
     check_enum,
     check_json_object,
@@ -26,7 +32,7 @@ from wis2l_core.db.validate import (
 )
 from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
-from wis2l_core.models import Component, Language, Page
+from wis2l_core.models import Component, Language
 from wis2l_core.sentinel import UNSET, Unset
 
 __all__ = ["ComponentRepository"]
@@ -97,49 +103,16 @@ def _metadata(value: object) -> Jsonb:
     return Jsonb(check_json_object("metadata", {} if value is None else value))
 
 
-class ComponentRepository(Repository):
-    """Generated components, listed overall or per project; versioned on each update."""
+class ComponentRepository(Repository[Component], FindAll, FindByProject, DeleteById):
+    """Generated components, listed overall or per project; versioned on each update.
+
+    ``delete(id)`` records ``ComponentDeleted`` with the deletion (no event when there
+    was no such component).
+    """
 
     table = "components"
-
-    async def find_by_id(self, id: UUID | str) -> Component | None:
-        """Find a component by id.
-
-        Args:
-            id: the component's id.
-
-        Returns:
-            The component, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _component(row)
-
-    async def find_all(self, *, limit: int = 50, after: str | None = None) -> Page[Component]:
-        """Every component, in creation order.
-
-        Raises:
-            ValidationError: a bad limit or cursor.
-        """
-        return await self._page("find_all", _component, limit=limit, after=after)
-
-    async def find_by_project_id(
-        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
-    ) -> Page[Component]:
-        """The project's components, in creation order.
-
-        Raises:
-            ValidationError: a bad project id, limit or cursor.
-        """
-        return await self._page(
-            "find_by_project_id",
-            _component,
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
-        )
+    _row = staticmethod(_component)
+    _delete_event = staticmethod(_deleted)
 
     async def create(
         self,
@@ -185,9 +158,7 @@ class ComponentRepository(Repository):
         event = ComponentCreated(
             project_id=pid, component_id=id_, name=checked_name, language=lang, version=1
         )
-        row = await self._write("create", params, event)
-        assert row is not None
-        return _component(row)
+        return await self._write_model("create", params, event)
 
     async def update(
         self,
@@ -240,21 +211,5 @@ class ComponentRepository(Repository):
             if found is None:
                 raise NotFound(f"no component with id {params['id']}")
             return found
-        row = await self._write("update", params, _updated)
-        if row is None:
-            raise NotFound(f"no component with id {params['id']}")
+        row = await self._write_found("update", params, _updated, noun="component")
         return _component(row)
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the component and record ``ComponentDeleted``.
-
-        Args:
-            id: the component.
-
-        Returns:
-            ``False`` (and no event) if there was no such component.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}, _deleted) is not None

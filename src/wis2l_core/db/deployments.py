@@ -20,12 +20,18 @@ from wis2l_core.catalogue import (
     DeploymentStarted,
     DomainEvent,
 )
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.repository import (
+    DeleteById,
+    FindAll,
+    FindByProject,
+    Repository,
+    set_field,
+)
 from wis2l_core.db.states import allowed_from
 from wis2l_core.db.validate import check_enum, check_optional_uuid, check_text, check_uuid
 from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
 from wis2l_core.ids import uuid7
-from wis2l_core.models import Deployment, DeploymentStatus, Environment, Page
+from wis2l_core.models import Deployment, DeploymentStatus, Environment
 from wis2l_core.sentinel import UNSET, Unset
 
 __all__ = ["DEPLOYMENT_TRANSITIONS", "DeploymentRepository", "check_url"]
@@ -92,64 +98,15 @@ def _event(row: DictRow) -> DomainEvent | None:
     return DeploymentFailed(**common)
 
 
-class DeploymentRepository(Repository):
-    """WAYPOINT deployments of a project version (optionally a build) to an environment."""
+class DeploymentRepository(Repository[Deployment], FindAll, FindByProject, DeleteById):
+    """WAYPOINT deployments of a project version (optionally a build) to an environment.
+
+    ``delete(id)`` deletes the deployment record, in any status. No event is recorded;
+    the deployment's own events (``DeploymentStarted``, ...) stay in the audit log.
+    """
 
     table = "deployments"
-
-    async def find_by_id(self, id: UUID | str) -> Deployment | None:
-        """Find a deployment by id.
-
-        Args:
-            id: the deployment's id.
-
-        Returns:
-            The deployment, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _deployment(row)
-
-    async def find_all(self, *, limit: int = 50, after: str | None = None) -> Page[Deployment]:
-        """Every deployment, oldest first.
-
-        Args:
-            limit: page size, 1..1000.
-            after: the ``next_cursor`` of the previous page.
-
-        Returns:
-            One page; ``next_cursor`` is ``None`` on the last one.
-
-        Raises:
-            ValidationError: a bad limit or cursor.
-        """
-        return await self._page("find_all", _deployment, limit=limit, after=after)
-
-    async def find_by_project_id(
-        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
-    ) -> Page[Deployment]:
-        """The project's deployments, oldest first.
-
-        Args:
-            project_id: the project.
-            limit: page size, 1..1000.
-            after: the ``next_cursor`` of the previous page.
-
-        Returns:
-            One page; ``next_cursor`` is ``None`` on the last one.
-
-        Raises:
-            ValidationError: a bad project id, limit or cursor.
-        """
-        return await self._page(
-            "find_by_project_id",
-            _deployment,
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
-        )
+    _row = staticmethod(_deployment)
 
     async def create(
         self,
@@ -219,9 +176,7 @@ class DeploymentRepository(Repository):
             params["status"] = target.value
         params["allowed_from"] = _ANY if target is None else _ALLOWED_FROM[target]
 
-        row = await self._write("update", params, _event)
-        if row is None:
-            raise NotFound(f"no deployment with id {params['id']}")
+        row = await self._write_found("update", params, _event, noun="deployment")
         if row["id"] is None:
             current = row["previous_status"]
             requested = target.value if target is not None else current
@@ -231,20 +186,3 @@ class DeploymentRepository(Repository):
                 requested=requested,
             )
         return _deployment(row)
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the deployment record, in any status.
-
-        No event is recorded; the deployment's own events (``DeploymentStarted``, ...)
-        stay in the audit log.
-
-        Args:
-            id: the deployment.
-
-        Returns:
-            ``False`` if there was no such deployment.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

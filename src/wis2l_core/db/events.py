@@ -15,13 +15,12 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import Repository
+from wis2l_core.db.repository import FindByProject, Repository
 from wis2l_core.db.validate import (
     check_enum,
     check_json_object,
     check_optional_uuid,
     check_text,
-    check_uuid,
 )
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Event, Page, Subsystem
@@ -42,28 +41,17 @@ def _event(row: DictRow) -> Event:
     )
 
 
-class EventRepository(Repository):
-    """Audit records of the platform's subsystems, and the domain events in the outbox."""
+class EventRepository(Repository[Event], FindByProject):
+    """Audit records of the platform's subsystems, and the domain events in the outbox.
+
+    ``find_by_id(id)`` finds a domain event or an audit-only record (``None`` if there
+    is none, or it was pruned). A domain event's id is the one it carried on the bus (its
+    ``Nats-Msg-Id``), so a consumer can look up the audit row of a message it received.
+    ``find_by_project_id`` lists the project's events of every subsystem.
+    """
 
     table = "events"
-
-    async def find_by_id(self, id: UUID | str) -> Event | None:
-        """The event (a domain event or an audit-only record) with this id, or ``None``.
-
-        A domain event's id is the one it carried on the bus (its ``Nats-Msg-Id``), so a
-        consumer can look up the audit row of a message it received.
-
-        Args:
-            id: the event's id.
-
-        Returns:
-            The event, or ``None`` if there is none (or it was pruned).
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _event(row)
+    _row = staticmethod(_event)
 
     async def create(
         self,
@@ -92,9 +80,7 @@ class EventRepository(Repository):
             "project_id": check_optional_uuid("project_id", project_id),
             "payload": Jsonb(check_json_object("payload", {} if payload is None else payload)),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _event(row)
+        return await self._write_model("create", params)
 
     async def find_by_subsystem(
         self, subsystem: Subsystem | str, *, limit: int = 50, after: str | None = None
@@ -114,32 +100,7 @@ class EventRepository(Repository):
         """
         return await self._page(
             "find_by_subsystem",
-            _event,
             limit=limit,
             after=after,
             subsystem=check_enum("subsystem", subsystem, Subsystem).value,
-        )
-
-    async def find_by_project_id(
-        self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
-    ) -> Page[Event]:
-        """The project's events (every subsystem), oldest first.
-
-        Args:
-            project_id: the project.
-            limit: page size, 1..1000.
-            after: the ``next_cursor`` of the previous page.
-
-        Returns:
-            One page; ``next_cursor`` is ``None`` on the last one.
-
-        Raises:
-            ValidationError: a bad project id, limit or cursor.
-        """
-        return await self._page(
-            "find_by_project_id",
-            _event,
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
         )

@@ -14,7 +14,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
 from wis2l_core.db.validate import (
     check_enum,
     check_json_object,
@@ -24,7 +24,6 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Project
 from wis2l_core.sentinel import UNSET, Unset
@@ -54,40 +53,15 @@ def _metadata(value: object) -> Jsonb:
     return Jsonb(check_json_object("metadata", {} if value is None else value))
 
 
-class ProjectRepository(Repository):
-    """Projects, found by id or slug, listed by owner and/or engine."""
+class ProjectRepository(Repository[Project], FindBySlug, DeleteById):
+    """Projects, found by id or slug, listed by owner and/or engine.
+
+    ``delete(id)`` deletes the project and, by cascade, its components, tokens, builds
+    and deployments; its audit events are kept with ``project_id`` set to ``NULL``.
+    """
 
     table = "projects"
-
-    async def find_by_id(self, id: UUID | str) -> Project | None:
-        """Find a project by id.
-
-        Args:
-            id: the project's id.
-
-        Returns:
-            The project, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _project(row)
-
-    async def find_by_slug(self, slug: str) -> Project | None:
-        """Find a project by slug (a slug that could never be valid finds nothing).
-
-        Args:
-            slug: the project's slug.
-
-        Returns:
-            The project, or ``None``.
-
-        Raises:
-            ValidationError: ``slug`` is not text of 1..64 characters.
-        """
-        row = await self._one("find_by_slug", slug=check_text("slug", slug, max_len=64))
-        return None if row is None else _project(row)
+    _row = staticmethod(_project)
 
     async def find_all(
         self,
@@ -119,7 +93,7 @@ class ProjectRepository(Repository):
             (False, True): "find_all_by_engine",
             (True, True): "find_all_by_owner_and_engine",
         }[(owner_id is not None, engine is not None)]
-        return await self._page(name, _project, limit=limit, after=after, **params)
+        return await self._page(name, limit=limit, after=after, **params)
 
     async def create(
         self,
@@ -158,9 +132,7 @@ class ProjectRepository(Repository):
             "description": check_optional_text("description", description, max_len=MAX_DESCRIPTION),
             "metadata": _metadata(metadata),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _project(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -210,23 +182,5 @@ class ProjectRepository(Repository):
             lambda v: check_optional_text("description", v, max_len=MAX_DESCRIPTION),
         )
         set_field(params, "metadata", metadata, _metadata)
-        row = await self._write("update", params)
-        if row is None:
-            raise NotFound(f"no project with id {params['id']}")
+        row = await self._write_found("update", params, noun="project")
         return _project(row)
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the project and, by cascade, its components, tokens, builds and deployments.
-
-        Its audit events are kept with ``project_id`` set to ``NULL``.
-
-        Args:
-            id: the project.
-
-        Returns:
-            ``False`` if there was no such project.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

@@ -1,4 +1,14 @@
-"""What every repository shares: named queries, pages, and the one write path.
+"""What every repository shares: named queries, pages, the one write path, and the verbs
+that differ only by table and model.
+
+A repository names its query file and its model once::
+
+    class UserRepository(Repository[User], DeleteById):
+        table = "users"  # sql/queries/users.sql
+        _row = staticmethod(_user)  # a row of it -> User
+
+and inherits ``find_by_id`` (every repository), plus the verbs it mixes in:
+:class:`FindAll`, :class:`FindByProject`, :class:`FindBySlug`, :class:`DeleteById`.
 
 Every write goes through :meth:`Repository._write`, which runs the statement and inserts
 its event into ``events`` (the audit log, which is also the outbox) in one transaction.
@@ -11,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -23,13 +33,23 @@ from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
-from wis2l_core.db.validate import check_limit
+from wis2l_core.db.validate import check_limit, check_text, check_uuid
+from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 
-__all__ = ["EventFor", "Repository", "event_params", "set_field"]
+__all__ = [
+    "DeleteById",
+    "EventFor",
+    "FindAll",
+    "FindByProject",
+    "FindBySlug",
+    "Repository",
+    "event_params",
+    "set_field",
+]
 
-T = TypeVar("T")
+ModelT = TypeVar("ModelT")
 
 EventFor = DomainEvent | Callable[[DictRow], DomainEvent | None] | None
 """The event of a write: known up front, made from the written row, or none."""
@@ -59,8 +79,11 @@ def event_params(event: DomainEvent) -> dict[str, Any]:
     }
 
 
-class Repository:
+class Repository(Generic[ModelT]):
     """Base of the table repositories; bound to the pool, or to one transaction's connection.
+
+    A subclass sets ``table`` (its query file, ``sql/queries/<table>.sql``) and ``_row``
+    (a ``staticmethod`` making its model of a row).
 
     Args:
         db: the runtime's database.
@@ -69,31 +92,43 @@ class Repository:
     """
 
     table: ClassVar[str]
+    _row: Callable[[DictRow], ModelT]
+    _delete_event: Callable[[DictRow], DomainEvent | None] | None = None
+    """The event :meth:`DeleteById.delete` records, made from the deleted row (none if unset)."""
 
     def __init__(self, db: Database, conn: Connection | None = None) -> None:
         self._db = db
         self._conn = conn
         self._queries: QueryFile = query_file(self.table)
 
+    async def find_by_id(self, id: UUID | str) -> ModelT | None:
+        """Find one by id: ``wis.users.find_by_id(id)`` is a ``User`` or ``None``.
+
+        Args:
+            id: its id.
+
+        Returns:
+            The repository's model (``User`` for ``wis.users``, ...), or ``None``.
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        return await self._find("find_by_id", id=check_uuid("id", id))
+
     def _q(self, name: str) -> Query:
         return self._queries[name]
 
-    async def _one(self, name: str, **params: Any) -> DictRow | None:
-        rows = await self._db.run(self._q(name), params, self._conn)
-        return rows[0] if rows else None
+    async def _find(self, name: str, **params: Any) -> ModelT | None:
+        """Run query ``name``; its first row as the model, or ``None``."""
+        rows = await self._db.run(self._queries[name], params, self._conn)
+        return self._row(rows[0]) if rows else None
 
     async def _all(self, name: str, **params: Any) -> list[DictRow]:
         return await self._db.run(self._q(name), params, self._conn, many=True)
 
     async def _page(
-        self,
-        name: str,
-        build: Callable[[DictRow], T],
-        *,
-        limit: int,
-        after: str | None,
-        **params: Any,
-    ) -> Page[T]:
+        self, name: str, *, limit: int, after: str | None, **params: Any
+    ) -> Page[ModelT]:
         """Run a keyset query (``id > %(after)s ORDER BY id LIMIT %(limit)s``) as a page.
 
         One row more than ``limit`` is fetched to learn whether a next page exists.
@@ -102,7 +137,7 @@ class Repository:
         limit = check_limit(limit)
         start = decode_cursor(scope, after) or _FIRST
         rows = await self._all(name, after=start, limit=limit + 1, **params)
-        return keyset_page(scope, rows, limit, build)
+        return keyset_page(scope, rows, limit, self._row)
 
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
@@ -146,6 +181,27 @@ class Repository:
         rows = await self._write_many(name, [params], event)
         return rows[0] if rows else None
 
+    async def _write_model(
+        self, name: str, params: dict[str, Any], event: EventFor = None
+    ) -> ModelT:
+        """Run write ``name``, which always returns its row (a create); that row as the model."""
+        row = await self._write(name, params, event)
+        assert row is not None
+        return self._row(row)
+
+    async def _write_found(
+        self, name: str, params: dict[str, Any], event: EventFor = None, *, noun: str
+    ) -> DictRow:
+        """Run write ``name`` on the row ``params["id"]``; return the row it returns.
+
+        Raises:
+            NotFound: no ``noun`` has this id (the statement returned no row).
+        """
+        row = await self._write(name, params, event)
+        if row is None:
+            raise NotFound(f"no {noun} with id {params['id']}")
+        return row
+
     async def _write_many(
         self, name: str, params_seq: Sequence[dict[str, Any]], event: EventFor = None
     ) -> list[DictRow]:
@@ -171,6 +227,107 @@ class Repository:
                         rows = await _fetch(cursors)
         self._db.log_query(query, start, count=len(params_seq))
         return rows
+
+
+class _Rows(Protocol[ModelT]):
+    """What the verbs below use of a :class:`Repository` (their ``self``)."""
+
+    @property
+    def _row(self) -> Callable[[DictRow], ModelT]: ...
+
+    @property
+    def _delete_event(self) -> Callable[[DictRow], DomainEvent | None] | None: ...
+
+    async def _find(self, name: str, **params: Any) -> ModelT | None: ...
+
+    async def _page(
+        self, name: str, *, limit: int, after: str | None, **params: Any
+    ) -> Page[ModelT]: ...
+
+    async def _write(
+        self, name: str, params: dict[str, Any], event: EventFor = None
+    ) -> DictRow | None: ...
+
+
+class FindAll:
+    """``find_all()``: every row, in creation order (mixed into a :class:`Repository`)."""
+
+    async def find_all(
+        self: _Rows[ModelT], *, limit: int = 50, after: str | None = None
+    ) -> Page[ModelT]:
+        """Every row, oldest first (in creation order).
+
+        Args:
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad limit or cursor.
+        """
+        return await self._page("find_all", limit=limit, after=after)
+
+
+class FindByProject:
+    """``find_by_project_id()``: one project's rows (mixed into a :class:`Repository`)."""
+
+    async def find_by_project_id(
+        self: _Rows[ModelT], project_id: UUID | str, *, limit: int = 50, after: str | None = None
+    ) -> Page[ModelT]:
+        """The project's rows, oldest first (in creation order).
+
+        Args:
+            project_id: the project.
+            limit: page size, 1..1000.
+            after: the ``next_cursor`` of the previous page.
+
+        Returns:
+            One page; ``next_cursor`` is ``None`` on the last one.
+
+        Raises:
+            ValidationError: a bad project id, limit or cursor.
+        """
+        pid = check_uuid("project_id", project_id)
+        return await self._page("find_by_project_id", limit=limit, after=after, project_id=pid)
+
+
+class FindBySlug:
+    """``find_by_slug()`` (mixed into a :class:`Repository`)."""
+
+    async def find_by_slug(self: _Rows[ModelT], slug: str) -> ModelT | None:
+        """Find one by slug (a slug that could never be valid finds nothing).
+
+        Args:
+            slug: its slug.
+
+        Returns:
+            The repository's model, or ``None``.
+
+        Raises:
+            ValidationError: ``slug`` is not text of 1..64 characters.
+        """
+        return await self._find("find_by_slug", slug=check_text("slug", slug, max_len=64))
+
+
+class DeleteById:
+    """``delete(id)``, recording the repository's ``_delete_event`` if it has one."""
+
+    async def delete(self: _Rows[Any], id: UUID | str) -> bool:
+        """Delete the row with this id (what else goes with it: see the repository).
+
+        Args:
+            id: its id.
+
+        Returns:
+            ``False`` if there was no such row (and then no event is recorded).
+
+        Raises:
+            ValidationError: ``id`` is not a UUID.
+        """
+        params = {"id": check_uuid("id", id)}
+        return await self._write("delete", params, self._delete_event) is not None
 
 
 async def _fetch(cursors: Sequence[psycopg.AsyncCursor[DictRow]]) -> list[DictRow]:

@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
 from wis2l_core.db.validate import (
     check_enum,
     check_json_object,
@@ -18,7 +18,6 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
 from wis2l_core.sentinel import UNSET, Unset
@@ -54,40 +53,15 @@ def _files(value: object) -> Jsonb:
     return Jsonb(check_json_object("files", {} if value is None else value))
 
 
-class TemplateRepository(Repository):
-    """Project templates, found by id or slug, listed by engine, updated and deleted."""
+class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
+    """Project templates, found by id or slug, listed by engine, updated and deleted.
+
+    ``delete(id)`` deletes the template; projects started from it stay, their
+    ``template_id`` becomes ``None``. No event is recorded.
+    """
 
     table = "templates"
-
-    async def find_by_id(self, id: UUID | str) -> Template | None:
-        """Find a template by id.
-
-        Args:
-            id: the template's id.
-
-        Returns:
-            The template, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _template(row)
-
-    async def find_by_slug(self, slug: str) -> Template | None:
-        """Find a template by slug.
-
-        Args:
-            slug: the template's slug.
-
-        Returns:
-            The template, or ``None``.
-
-        Raises:
-            ValidationError: ``slug`` is not text of 1..64 characters.
-        """
-        row = await self._one("find_by_slug", slug=check_text("slug", slug, max_len=64))
-        return None if row is None else _template(row)
+    _row = staticmethod(_template)
 
     async def find_all(
         self, engine: Engine | str | None = None, *, limit: int = 50, after: str | None = None
@@ -98,14 +72,9 @@ class TemplateRepository(Repository):
             ValidationError: a bad engine, limit or cursor.
         """
         if engine is None:
-            return await self._page("find_all", _template, limit=limit, after=after)
-        return await self._page(
-            "find_all_by_engine",
-            _template,
-            limit=limit,
-            after=after,
-            engine=check_enum("engine", engine, Engine).value,
-        )
+            return await self._page("find_all", limit=limit, after=after)
+        engine = check_enum("engine", engine, Engine).value
+        return await self._page("find_all_by_engine", limit=limit, after=after, engine=engine)
 
     async def create(
         self,
@@ -138,9 +107,7 @@ class TemplateRepository(Repository):
             "description": _description(description),
             "files": _files(files),
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _template(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -181,24 +148,5 @@ class TemplateRepository(Repository):
         set_field(params, "engine", engine, lambda v: check_enum("engine", v, Engine).value)
         set_field(params, "description", description, _description)
         set_field(params, "files", files, _files)
-        row = await self._write("update", params)
-        if row is None:
-            raise NotFound(f"no template with id {params['id']}")
+        row = await self._write_found("update", params, noun="template")
         return _template(row)
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the template.
-
-        Projects started from it stay; their ``template_id`` becomes ``None``. No event is
-        recorded.
-
-        Args:
-            id: the template.
-
-        Returns:
-            ``False`` if there was no such template.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}) is not None

@@ -132,25 +132,11 @@ def _stored(row: DictRow) -> dict[str, DesignToken]:
     }
 
 
-class TokenRepository(Repository):
+class TokenRepository(Repository[DesignToken]):
     """A project's design tokens: listed, found by category, upserted one by one or synced."""
 
     table = "design_tokens"
-
-    async def find_by_id(self, id: UUID | str) -> DesignToken | None:
-        """Find a design token by id.
-
-        Args:
-            id: the token's id.
-
-        Returns:
-            The token, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _token(row)
+    _row = staticmethod(_token)
 
     async def find_all(
         self, project_id: UUID | str, *, limit: int = 50, after: str | None = None
@@ -160,13 +146,8 @@ class TokenRepository(Repository):
         Raises:
             ValidationError: a bad project id, limit or cursor.
         """
-        return await self._page(
-            "find_all",
-            _token,
-            limit=limit,
-            after=after,
-            project_id=check_uuid("project_id", project_id),
-        )
+        project_id = check_uuid("project_id", project_id)
+        return await self._page("find_all", limit=limit, after=after, project_id=project_id)
 
     async def find_by_category(
         self,
@@ -183,7 +164,6 @@ class TokenRepository(Repository):
         """
         return await self._page(
             "find_by_category",
-            _token,
             limit=limit,
             after=after,
             project_id=check_uuid("project_id", project_id),

@@ -10,10 +10,10 @@ from psycopg.rows import DictRow
 
 from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
 from wis2l_core.db.errors import map_errors
-from wis2l_core.db.repository import Repository, event_params, set_field
+from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
 from wis2l_core.db.sql import query_file
 from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
-from wis2l_core.errors import NotFound, ValidationError
+from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Page, Role, User
 from wis2l_core.sentinel import UNSET, Unset
@@ -68,25 +68,15 @@ def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
     return events
 
 
-class UserRepository(Repository):
-    """Users, found by id, e-mail (case-insensitive) or JWT subject."""
+class UserRepository(Repository[User], DeleteById):
+    """Users, found by id, e-mail (case-insensitive) or JWT subject.
+
+    ``delete(id)`` deletes the user and, by cascade, their projects (and everything under
+    them).
+    """
 
     table = "users"
-
-    async def find_by_id(self, id: UUID | str) -> User | None:
-        """Find a user by id.
-
-        Args:
-            id: the user's id.
-
-        Returns:
-            The user, or ``None``.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        row = await self._one("find_by_id", id=check_uuid("id", id))
-        return None if row is None else _user(row)
+    _row = staticmethod(_user)
 
     async def find_by_email(self, email: str) -> User | None:
         """Find a user by e-mail address, compared case-insensitively.
@@ -100,8 +90,7 @@ class UserRepository(Repository):
         Raises:
             ValidationError: ``email`` is not text of 1..320 characters.
         """
-        row = await self._one("find_by_email", email=check_text("email", email, max_len=320))
-        return None if row is None else _user(row)
+        return await self._find("find_by_email", email=check_text("email", email, max_len=320))
 
     async def find_by_subject(self, subject: str) -> User | None:
         """Find the user whose nocturnaID JWT ``sub`` is ``subject``.
@@ -115,10 +104,9 @@ class UserRepository(Repository):
         Raises:
             ValidationError: ``subject`` is not text of 1..255 characters.
         """
-        row = await self._one(
+        return await self._find(
             "find_by_subject", subject=check_text("subject", subject, max_len=255)
         )
-        return None if row is None else _user(row)
 
     async def find_all(
         self, role: Role | str | None = None, *, limit: int = 50, after: str | None = None
@@ -137,14 +125,9 @@ class UserRepository(Repository):
             ValidationError: a bad role, limit or cursor.
         """
         if role is None:
-            return await self._page("find_all", _user, limit=limit, after=after)
-        return await self._page(
-            "find_all_by_role",
-            _user,
-            limit=limit,
-            after=after,
-            role=check_enum("role", role, Role).value,
-        )
+            return await self._page("find_all", limit=limit, after=after)
+        role = check_enum("role", role, Role).value
+        return await self._page("find_all_by_role", limit=limit, after=after, role=role)
 
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
@@ -163,9 +146,7 @@ class UserRepository(Repository):
             "subject": check_text("subject", subject, max_len=255),
             "role": check_enum("role", role, Role).value,
         }
-        row = await self._write("create", params)
-        assert row is not None
-        return _user(row)
+        return await self._write_model("create", params)
 
     async def update(
         self,
@@ -201,9 +182,7 @@ class UserRepository(Repository):
         set_field(params, "name", name, lambda v: check_text("name", v, max_len=200))
         set_field(params, "subject", subject, lambda v: check_text("subject", v, max_len=255))
         set_field(params, "role", role, lambda v: check_enum("role", v, Role).value)
-        row = await self._write("update", params, _role_changed)
-        if row is None:
-            raise NotFound(f"no user with id {params['id']}")
+        row = await self._write_found("update", params, _role_changed, noun="user")
         return _user(row)
 
     async def sign_in(
@@ -276,17 +255,3 @@ class UserRepository(Repository):
                         result = (_user(row), bool(row["created"]))
         self._db.log_query(query, start)
         return result
-
-    async def delete(self, id: UUID | str) -> bool:
-        """Delete the user and, by cascade, their projects (and everything under them).
-
-        Args:
-            id: the user.
-
-        Returns:
-            ``False`` if there was no such user.
-
-        Raises:
-            ValidationError: ``id`` is not a UUID.
-        """
-        return await self._write("delete", {"id": check_uuid("id", id)}) is not None
