@@ -15,6 +15,14 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core._validate import (
+    check_enum,
+    check_int,
+    check_json_object,
+    check_optional_text,
+    check_text,
+    check_uuid,
+)
 from wis2l_core.catalogue import (
     BuildCompleted,
     BuildFailed,
@@ -24,14 +32,6 @@ from wis2l_core.catalogue import (
 )
 from wis2l_core.db.repository import DeleteById, FindByProject, Repository, set_field
 from wis2l_core.db.states import allowed_from
-from wis2l_core.db.validate import (
-    check_enum,
-    check_int,
-    check_json_object,
-    check_optional_text,
-    check_text,
-    check_uuid,
-)
 from wis2l_core.errors import InvalidTransition, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Build, BuildStatus, Page

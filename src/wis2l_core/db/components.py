@@ -14,6 +14,14 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core._validate import (
+    check_enum,
+    check_json_object,
+    check_optional_text,
+    check_text,
+    check_text_list,
+    check_uuid,
+)
 from wis2l_core.catalogue import ComponentCreated, ComponentDeleted, ComponentUpdated
 from wis2l_core.db.repository import (
     DeleteById,
@@ -21,14 +29,6 @@ from wis2l_core.db.repository import (
     FindByProject,
     Repository,
     set_field,
-)
-from wis2l_core.db.validate import (
-    check_enum,
-    check_json_object,
-    check_optional_text,
-    check_text,
-    check_text_list,
-    check_uuid,
 )
 from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7

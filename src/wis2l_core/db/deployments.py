@@ -14,6 +14,7 @@ from uuid import UUID
 
 from psycopg.rows import DictRow
 
+from wis2l_core._validate import check_enum, check_optional_uuid, check_text, check_uuid
 from wis2l_core.catalogue import (
     DeploymentCompleted,
     DeploymentFailed,
@@ -28,7 +29,6 @@ from wis2l_core.db.repository import (
     set_field,
 )
 from wis2l_core.db.states import allowed_from
-from wis2l_core.db.validate import check_enum, check_optional_uuid, check_text, check_uuid
 from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Deployment, DeploymentStatus, Environment

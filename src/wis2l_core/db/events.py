@@ -15,13 +15,13 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import FindByProject, Repository
-from wis2l_core.db.validate import (
+from wis2l_core._validate import (
     check_enum,
     check_json_object,
     check_optional_uuid,
     check_text,
 )
+from wis2l_core.db.repository import FindByProject, Repository
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Event, Page, Subsystem
 

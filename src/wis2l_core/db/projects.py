@@ -14,8 +14,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
-from wis2l_core.db.validate import (
+from wis2l_core._validate import (
     check_enum,
     check_json_object,
     check_optional_text,
@@ -24,6 +23,7 @@ from wis2l_core.db.validate import (
     check_text,
     check_uuid,
 )
+from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Project
 from wis2l_core.sentinel import UNSET, Unset

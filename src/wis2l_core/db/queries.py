@@ -32,10 +32,10 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import DictRow
 
+from wis2l_core._validate import check_limit
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Query
-from wis2l_core.db.validate import check_limit
 from wis2l_core.errors import ValidationError
 from wis2l_core.models import Page
 

@@ -28,12 +28,12 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core._validate import check_limit, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, QueryFile, query_file
-from wis2l_core.db.validate import check_limit, check_text, check_uuid
 from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset

@@ -18,9 +18,9 @@ import attrs
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from wis2l_core._validate import check_enum, check_json, check_text, check_uuid
 from wis2l_core.catalogue import TokenDeleted, TokensSynced, TokenUpdated
 from wis2l_core.db.repository import Repository
-from wis2l_core.db.validate import check_enum, check_json, check_text, check_uuid
 from wis2l_core.errors import Conflict, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import DesignToken, Page, TokenCategory

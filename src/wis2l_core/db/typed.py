@@ -27,11 +27,11 @@ from attrs.converters import optional
 from psycopg.rows import args_row
 from psycopg.types.json import Jsonb
 
+from wis2l_core._validate import check_limit
 from wis2l_core.db.cursor import decode_cursor, encode_cursor
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods
 from wis2l_core.db.sql import Query
-from wis2l_core.db.validate import check_limit
 from wis2l_core.models import JSON, Page
 
 __all__ = [

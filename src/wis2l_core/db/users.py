@@ -8,11 +8,11 @@ from uuid import UUID
 
 from psycopg.rows import DictRow
 
+from wis2l_core._validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
 from wis2l_core.db.sql import query_file
-from wis2l_core.db.validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Page, Role, User
