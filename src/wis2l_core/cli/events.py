@@ -26,6 +26,7 @@ from wis2l_core.errors import ConfigError, ServiceUnavailable, Wis2lError
 from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.cloudevents import decode_message
+from wis2l_core.subjects import dlq_prefix, event_type_of, tail_subject
 
 __all__ = ["add_parser"]
 
@@ -98,10 +99,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ns = settings.namespace
-    subject = f"{ns}.*.*" if not args.subject else args.subject
-    if not subject.startswith(f"{ns}."):
-        subject = f"{ns}.{subject}"
+    subject = tail_subject(settings.namespace, args.subject)
     urls = ", ".join(redact_url(u) for u in settings.nats_urls)
     try:
         asyncio.run(_follow(settings, subject, deliver_all=args.all, count=args.count))
@@ -140,7 +138,7 @@ async def _follow(
             deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW,
         )
         seen = 0
-        dlq = f"{settings.namespace}.dlq."
+        dlq = dlq_prefix(settings.namespace)
         while count is None or seen < count:
             try:
                 msg = await sub.next_msg(timeout=1.0)
@@ -159,7 +157,7 @@ def _line(msg: Msg, *, namespace: str, dlq: str) -> str:
     if msg.subject.startswith(dlq):
         headers = {k: v for k, v in (msg.headers or {}).items() if k.startswith("Wis2l-")}
         return json.dumps({"subject": msg.subject, "headers": headers, "raw": raw})
-    subject_type = msg.subject.removeprefix(f"{namespace}.")
+    subject_type = event_type_of(namespace, msg.subject)
     try:
         event = decode_message(msg.data, msg.headers, subject_type=subject_type)
     except ValueError as exc:

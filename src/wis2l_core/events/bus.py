@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
@@ -29,6 +28,7 @@ from wis2l_core.config import Settings, nats_credentials, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
 from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
+from wis2l_core.subjects import checked_subject, dlq_subject, stream_subjects
 
 __all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]
 
@@ -40,7 +40,6 @@ API_TIMEOUT = 5.0
 """Seconds a JetStream API call or publish acknowledgement may take."""
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
-_TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _ELECTION_PROBE = 0.5
 """Seconds one info request about a replicated stream may take: while the stream elects
 a leader nobody answers, so it is asked again (for up to ``_ELECTION_WAIT``)."""
@@ -171,13 +170,11 @@ class EventBus:
                 ``_`` (it would not be one literal NATS subject).
         """
         type_ = event_type if isinstance(event_type, str) else event_type.type
-        if not isinstance(type_, str) or not _TYPE.match(type_):
-            raise ValidationError(f"not an event type: {type_!r}", field="type")
-        return f"{self.namespace}.{type_}"
+        return checked_subject(self.namespace, type_)
 
     def dlq_subject(self, subject: str) -> str:
         """Where messages of ``subject`` go when they cannot be handled."""
-        return f"{self.namespace}.dlq.{subject}"
+        return dlq_subject(self.namespace, subject)
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until :attr:`ready` (at most ``timeout`` seconds); return whether it is."""
@@ -343,7 +340,7 @@ class EventBus:
         replicas)."""
         return StreamConfig(
             name=self.settings.stream_name,
-            subjects=[f"{self.namespace}.>"],
+            subjects=[stream_subjects(self.namespace)],
             storage=StorageType.FILE,
             duplicate_window=self.settings.stream_duplicate_window,
             num_replicas=self.settings.stream_replicas,
