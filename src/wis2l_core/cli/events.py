@@ -23,6 +23,7 @@ from nats.js.api import DeliverPolicy
 from wis2l_core.catalogue import encode_event
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, Wis2lError
+from wis2l_core.events._errors import PUBLISH_ERRORS
 from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.cloudevents import decode_message
@@ -31,6 +32,8 @@ from wis2l_core.subjects import dlq_prefix, event_type_of, tail_subject
 __all__ = ["add_parser"]
 
 OK, UNAVAILABLE, INTERRUPTED = 0, 3, 130
+_FOLLOW_ERRORS: tuple[type[Exception], ...] = (Wis2lError, *PUBLISH_ERRORS)
+"""What following the stream may raise besides NATS being unreachable."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,7 +115,7 @@ def _tail(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return UNAVAILABLE
-    except (Wis2lError, nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
+    except _FOLLOW_ERRORS as exc:
         print(f"wis2l: cannot follow {subject} on {urls}: {_one_line(exc)}", file=sys.stderr)
         return UNAVAILABLE
     return OK

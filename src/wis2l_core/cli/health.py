@@ -18,7 +18,6 @@ import attrs
 import orjson
 import psycopg
 from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js.errors import NotFoundError
 
@@ -27,6 +26,7 @@ from wis2l_core.config import Settings
 from wis2l_core.db.migrate import check_schema
 from wis2l_core.db.pool import connect_kwargs
 from wis2l_core.errors import ConfigError, ServiceUnavailable
+from wis2l_core.events._errors import NATS_ERRORS, translate
 from wis2l_core.health import HealthChecker, HealthReport, HealthStatus, secrets_of
 
 __all__ = ["EXIT_CODES", "add_parser", "collect", "format_table", "run"]
@@ -136,9 +136,9 @@ async def _nats(settings: Settings) -> Mapping[str, Any]:
             messages: int | None = stream.state.messages
         except NotFoundError:
             messages = None  # the runtime creates the stream at start
-    except (NatsError, OSError, TimeoutError) as exc:
+    except NATS_ERRORS as exc:
         cause = seen[-1] if isinstance(exc, NoServersError) and seen else exc
-        raise ServiceUnavailable(f"nats: {cause or type(cause).__name__}", service="nats") from exc
+        raise translate(cause) from exc
     finally:
         # Also after a cancelled connect, which leaves the socket open otherwise.
         if not nc.is_closed:
