@@ -23,6 +23,7 @@ from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
+from wis2l_core._outage import Outage
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.config import Settings, nats_credentials, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
@@ -121,7 +122,7 @@ class EventBus:
         self._generation = 0
         self._connect_task: asyncio.Task[None] | None = None
         self._setup_task: asyncio.Task[None] | None = None
-        self._outage_logged = False
+        self._outage = Outage("nats", log, name="NATS", keep_error=False)
         self._stream = Stream(settings, lambda: self.connected)
         self._refusal: ConfigError | None = None  # why the stream cannot be ensured
 
@@ -280,16 +281,14 @@ class EventBus:
         )
         self._js = nc.jetstream(timeout=API_TIMEOUT)
         self._probe = nc.jetstream(timeout=ELECTION_PROBE)
-        self._outage_logged = False
         log.info("connected to NATS", extra={"service": "nats"})
+        self._outage.recovered()
         await self._bring_up()
 
     async def _on_error(self, exc: Exception) -> None:
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
-        else:
+        if self._outage.down:
             log.debug("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
+        self._outage.failed(exc, "NATS: %s", exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if self._ready is not None:
@@ -298,8 +297,8 @@ class EventBus:
             log.warning("disconnected from NATS; reconnecting", extra={"service": "nats"})
 
     async def _on_reconnected(self) -> None:
-        self._outage_logged = False
         log.info("reconnected to NATS", extra={"service": "nats"})
+        self._outage.recovered()
         # Not awaited here: the client calls this from its reconnect path, before the
         # JetStream replies can be read.
         if self._setup_task is None or self._setup_task.done():
