@@ -69,7 +69,7 @@ def translate(exc: BaseException, doing: str = "", *, config: str | None = None)
         return exc
     prefix = f"nats: {doing}: " if doing else "nats: "
     if isinstance(exc, NATS_ERRORS):
-        return ServiceUnavailable(f"{prefix}{exc or type(exc).__name__}", service="nats")
+        return ServiceUnavailable(f"{prefix}{str(exc) or type(exc).__name__}", service="nats")
     if config is not None and isinstance(exc, ValueError):
         return ConfigError(f"{prefix}{exc}", variable=config)
     return ServiceUnavailable(f"{prefix}{type(exc).__name__}: {exc}", service="nats")
