@@ -205,3 +205,13 @@ def test_enums_are_str_enums_with_lowercase_values() -> None:
             assert isinstance(member, str)
             assert member.name == member.name.upper()
             assert member.value == member.value.lower()
+
+
+def test_events_package_exports_the_whole_catalogue() -> None:
+    """``wis2l_core.events`` re-exports the catalogue: its list is derived, so none is missed."""
+    import wis2l_core.catalogue
+    import wis2l_core.events
+
+    for name in wis2l_core.catalogue.__all__:
+        assert name in wis2l_core.events.__all__
+        assert getattr(wis2l_core.events, name) is getattr(wis2l_core.catalogue, name)

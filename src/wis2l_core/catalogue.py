@@ -26,6 +26,7 @@ from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Environment, Language, Role, Subsystem, TokenCategory
 from wis2l_core.serde import converter
+from wis2l_core.subjects import event_subject
 
 E = TypeVar("E", bound="DomainEvent")
 
@@ -104,7 +105,7 @@ class DomainEvent:
 
     def subject(self, namespace: str = "wis2l") -> str:
         """The NATS subject, e.g. ``wis2l.build.progress``."""
-        return f"{namespace}.{self.type}"
+        return event_subject(namespace, self.type)
 
 
 _decoding: ContextVar[bool] = ContextVar("wis2l_decoding", default=False)

@@ -38,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wis2l_core._outage import Outage
 from wis2l_core.cache._connect import build
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ServiceUnavailable
@@ -193,7 +194,11 @@ class RedisClient:
     )
     _cold: asyncio.Lock | None = attrs.field(default=None, init=False, repr=False)
     _down_until: float = attrs.field(default=0.0, init=False, repr=False)
-    _outage_started: float | None = attrs.field(default=None, init=False, repr=False)
+    _outage: Outage = attrs.field(
+        default=attrs.Factory(lambda: Outage("redis", logger, keep_error=False)),
+        init=False,
+        repr=False,
+    )
     _last_error_log: float = attrs.field(default=-_ERROR_LOG_INTERVAL, init=False, repr=False)
 
     @property
@@ -209,12 +214,12 @@ class RedisClient:
     @property
     def available(self) -> bool:
         """True when the client is open and the breaker is closed (the last call worked)."""
-        return self._redis is not None and self._outage_started is None
+        return self._redis is not None and not self._outage.down
 
     @property
     def degraded(self) -> bool:
         """True during an outage: a call failed and none has succeeded since."""
-        return self._outage_started is not None
+        return self._outage.down
 
     @property
     def mode(self) -> str:
@@ -290,7 +295,7 @@ class RedisClient:
         sentinel, self._sentinel = self._sentinel, None
         self._errors, self._cold = REDIS_ERRORS, None
         self._down_until = 0.0
-        self._outage_started = None
+        self._outage = Outage("redis", logger, keep_error=False)
         for closing in (redis, sentinel):
             if closing is None:
                 continue
@@ -332,7 +337,7 @@ class RedisClient:
             if self._mode == "cluster":  # a master died: learn who took over
                 await _reload_slots(cast("RedisCluster", redis))
             raise ServiceUnavailable(f"redis did not answer: {exc}", service="redis") from exc
-        if self._outage_started is not None:
+        if self._outage.down:
             self.report_success()
         for server, role in zip(servers, roles, strict=True):
             if role[0] not in ("master", "unknown"):
@@ -395,7 +400,7 @@ class RedisClient:
             if default is _STRICT:
                 raise ServiceUnavailable(f"redis {op} failed: {exc}", service="redis") from exc
             return default
-        if self._outage_started is not None:
+        if self._outage.down:
             self.report_success()
         if task is not None and task.cancelling() > cancels:
             # On Python 3.11, asyncio.wait_for inside redis-py swallows a cancellation
@@ -458,14 +463,13 @@ class RedisClient:
             if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
                 self._last_error_log = now
                 logger.warning("redis %s failed: %r", op, exc, extra={"op": op})
-            if self._outage_started is not None:  # Redis answered, so it is up
+            if self._outage.down:  # Redis answered, so it is up
                 self.report_success()
             return
-        now = time.monotonic()
-        self._down_until = now + self.breaker_seconds
-        if self._outage_started is None:
-            self._outage_started = now
-            logger.warning(
+        self._down_until = time.monotonic() + self.breaker_seconds
+        if not self._outage.down:
+            self._outage.failed(
+                exc,
                 "redis unavailable, caches fail open until it answers again: %r",
                 exc,
                 extra={"op": op, "redis_url": redact_url(self._settings.redis_url)},
@@ -474,7 +478,4 @@ class RedisClient:
     def report_success(self) -> None:
         """Record a call that worked: close the breaker and log the end of an outage."""
         self._down_until = 0.0
-        started, self._outage_started = self._outage_started, None
-        if started is not None:
-            outage = time.monotonic() - started
-            logger.info("redis available again after %.1f s", outage, extra={"outage_s": outage})
+        self._outage.recovered()

@@ -23,13 +23,17 @@ from nats.js.api import DeliverPolicy
 from wis2l_core.catalogue import encode_event
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, Wis2lError
+from wis2l_core.events._errors import PUBLISH_ERRORS
 from wis2l_core.events.asyncapi import asyncapi_document, to_yaml
 from wis2l_core.events.bus import EventBus
 from wis2l_core.events.cloudevents import decode_message
+from wis2l_core.subjects import dlq_prefix, event_type_of, tail_subject
 
 __all__ = ["add_parser"]
 
 OK, UNAVAILABLE, INTERRUPTED = 0, 3, 130
+_FOLLOW_ERRORS: tuple[type[Exception], ...] = (Wis2lError, *PUBLISH_ERRORS)
+"""What following the stream may raise besides NATS being unreachable."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,10 +102,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ns = settings.namespace
-    subject = f"{ns}.*.*" if not args.subject else args.subject
-    if not subject.startswith(f"{ns}."):
-        subject = f"{ns}.{subject}"
+    subject = tail_subject(settings.namespace, args.subject)
     urls = ", ".join(redact_url(u) for u in settings.nats_urls)
     try:
         asyncio.run(_follow(settings, subject, deliver_all=args.all, count=args.count))
@@ -114,7 +115,7 @@ def _tail(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return UNAVAILABLE
-    except (Wis2lError, nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
+    except _FOLLOW_ERRORS as exc:
         print(f"wis2l: cannot follow {subject} on {urls}: {_one_line(exc)}", file=sys.stderr)
         return UNAVAILABLE
     return OK
@@ -140,7 +141,7 @@ async def _follow(
             deliver_policy=DeliverPolicy.ALL if deliver_all else DeliverPolicy.NEW,
         )
         seen = 0
-        dlq = f"{settings.namespace}.dlq."
+        dlq = dlq_prefix(settings.namespace)
         while count is None or seen < count:
             try:
                 msg = await sub.next_msg(timeout=1.0)
@@ -159,7 +160,7 @@ def _line(msg: Msg, *, namespace: str, dlq: str) -> str:
     if msg.subject.startswith(dlq):
         headers = {k: v for k, v in (msg.headers or {}).items() if k.startswith("Wis2l-")}
         return json.dumps({"subject": msg.subject, "headers": headers, "raw": raw})
-    subject_type = msg.subject.removeprefix(f"{namespace}.")
+    subject_type = event_type_of(namespace, msg.subject)
     try:
         event = decode_message(msg.data, msg.headers, subject_type=subject_type)
     except ValueError as exc:

@@ -17,14 +17,15 @@ from typing import Any
 import attrs
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 
+from wis2l_core._net import whole_seconds
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.config import Settings
 from wis2l_core.db.connect import connect_to
 from wis2l_core.db.migrate import check_schema
 from wis2l_core.errors import ConfigError, ServiceUnavailable
+from wis2l_core.events._errors import NATS_ERRORS, translate
 from wis2l_core.health import (
     HealthChecker,
     HealthReport,
@@ -120,7 +121,7 @@ async def _nats(settings: Settings) -> Mapping[str, Any]:
     try:
         await nc.connect(
             servers=list(settings.nats_urls),
-            connect_timeout=max(1, round(settings.nats_connect_timeout)),
+            connect_timeout=whole_seconds(settings.nats_connect_timeout),
             allow_reconnect=False,
             # Try each server twice without pause, then give up (0 would mean forever).
             max_reconnect_attempts=1,
@@ -131,9 +132,9 @@ async def _nats(settings: Settings) -> Mapping[str, Any]:
         return await stream_check(nc.jetstream(), settings.stream_name)
     except ServiceUnavailable:  # the check's own verdict (a missing stream)
         raise
-    except (NatsError, OSError, TimeoutError) as exc:
+    except NATS_ERRORS as exc:
         cause = seen[-1] if isinstance(exc, NoServersError) and seen else exc
-        raise ServiceUnavailable(f"nats: {cause or type(cause).__name__}", service="nats") from exc
+        raise translate(cause) from exc
     finally:
         # Also after a cancelled connect, which leaves the socket open otherwise.
         if not nc.is_closed:

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from wis2l_core._net import whole_seconds
 from wis2l_core.config import Settings
 from wis2l_core.db.check import PREPARE, error_line
 from wis2l_core.db.codegen import (
@@ -385,7 +386,7 @@ def describe_files(
         conn = psycopg.Connection.connect(
             database_url,
             autocommit=True,
-            connect_timeout=max(1, round(connect_timeout)),
+            connect_timeout=whole_seconds(connect_timeout),
             application_name="wis2l-core generate",
         )
     with conn, map_errors():

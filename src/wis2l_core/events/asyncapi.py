@@ -23,6 +23,7 @@ from wis2l_core.catalogue import CATALOGUE, DomainEvent, field_docs
 from wis2l_core.config import Settings
 from wis2l_core.events.cloudevents import CE_TYPE_PREFIX, CONTENT_TYPE, SPECVERSION
 from wis2l_core.events.subscriber import DLQ_HEADERS
+from wis2l_core.subjects import dlq_subject, event_subject, stream_subjects
 
 __all__ = ["asyncapi_document", "event_schema", "to_yaml"]
 
@@ -187,10 +188,10 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
         }
         schemas[name] = event_schema(cls)
     channels["DeadLetter"] = {
-        "address": f"{ns}.dlq.{{subject}}",
+        "address": dlq_subject(ns, "{subject}"),
         "title": "Dead letters",
         "description": "Messages a subscriber gave up on, copied unchanged from `subject` "
-        "(e.g. `" + ns + ".dlq." + ns + ".build.progress`).",
+        f"(e.g. `{dlq_subject(ns, event_subject(ns, 'build.progress'))}`).",
         "parameters": {"subject": {"description": "The original subject."}},
         "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
     }
@@ -220,9 +221,9 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
             "title": "wis2l-core events",
             "version": _version(),
             "description": "Domain events of the WIS2L platform, published to the NATS "
-            f"JetStream stream whose subjects are `{ns}.>`. Bodies are JSON objects; UUIDs "
-            "and times are strings; every field listed is always present; unknown fields "
-            "must be ignored.",
+            f"JetStream stream whose subjects are `{stream_subjects(ns)}`. Bodies are JSON "
+            "objects; UUIDs and times are strings; every field listed is always present; "
+            "unknown fields must be ignored.",
         },
         "defaultContentType": "application/json",
         "channels": channels,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, NamedTuple, TypeVar, overload
 
@@ -19,17 +18,22 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.js.api import PubAck, StorageType, StreamConfig, StreamInfo
+from nats.js.api import PubAck, StreamConfig
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
 from wis2l_core._backoff import Backoff
+from wis2l_core._net import whole_seconds
+from wis2l_core._outage import Outage
 from wis2l_core._urls import nats_credentials
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.config import Settings, redact_url
-from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError, Wis2lError
+from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
+from wis2l_core.events._errors import PUBLISH_ERRORS, map_nats_errors
 from wis2l_core.events.cloudevents import cloudevent_headers
+from wis2l_core.events.streams import API_TIMEOUT, ELECTION_PROBE, Stream
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
+from wis2l_core.subjects import checked_subject, dlq_subject
 
 __all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]
 
@@ -37,21 +41,10 @@ log = logging.getLogger("wis2l_core.events")
 
 E = TypeVar("E", bound=DomainEvent)
 
-API_TIMEOUT = 5.0
-"""Seconds a JetStream API call or publish acknowledgement may take."""
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
-_TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_ELECTION_PROBE = 0.5
-"""Seconds one info request about a replicated stream may take: while the stream elects
-a leader nobody answers, so it is asked again (for up to ``_ELECTION_WAIT``)."""
-_ELECTION_WAIT = 10.0
-"""Seconds :meth:`EventBus.ensure_stream` waits for a replicated stream's leader election
-(nats-server 2.15 takes 5-7 s after its leader dies)."""
 _SEND_CHUNK = 250
 """Messages :meth:`EventBus.send_encoded` encodes before it yields to the event loop."""
-_NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
-_NO_PEERS = frozenset({10005, 10023})  # no suitable peers; insufficient resources
 
 
 class EncodedEvent(NamedTuple):
@@ -131,8 +124,8 @@ class EventBus:
         self._generation = 0
         self._connect_task: asyncio.Task[None] | None = None
         self._setup_task: asyncio.Task[None] | None = None
-        self._outage_logged = False
-        self._replicas_logged = False
+        self._outage = Outage("nats", log, name="NATS", keep_error=False)
+        self._stream = Stream(settings, lambda: self.connected)
         self._refusal: ConfigError | None = None  # why the stream cannot be ensured
 
     # -- state -------------------------------------------------------------------------
@@ -172,13 +165,11 @@ class EventBus:
                 ``_`` (it would not be one literal NATS subject).
         """
         type_ = event_type if isinstance(event_type, str) else event_type.type
-        if not isinstance(type_, str) or not _TYPE.match(type_):
-            raise ValidationError(f"not an event type: {type_!r}", field="type")
-        return f"{self.namespace}.{type_}"
+        return checked_subject(self.namespace, type_)
 
     def dlq_subject(self, subject: str) -> str:
         """Where messages of ``subject`` go when they cannot be handled."""
-        return f"{self.namespace}.dlq.{subject}"
+        return dlq_subject(self.namespace, subject)
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until :attr:`ready` (at most ``timeout`` seconds); return whether it is."""
@@ -282,7 +273,7 @@ class EventBus:
             servers,
             **credentials,  # type: ignore[arg-type]
             name="wis2l-core",
-            connect_timeout=max(1, round(self.settings.nats_connect_timeout)),
+            connect_timeout=whole_seconds(self.settings.nats_connect_timeout),
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=_RECONNECT_WAIT,  # type: ignore[arg-type]
@@ -291,17 +282,15 @@ class EventBus:
             reconnected_cb=self._on_reconnected,
         )
         self._js = nc.jetstream(timeout=API_TIMEOUT)
-        self._probe = nc.jetstream(timeout=_ELECTION_PROBE)
-        self._outage_logged = False
+        self._probe = nc.jetstream(timeout=ELECTION_PROBE)
         log.info("connected to NATS", extra={"service": "nats"})
+        self._outage.recovered()
         await self._bring_up()
 
     async def _on_error(self, exc: Exception) -> None:
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
-        else:
+        if self._outage.down:
             log.debug("NATS: %s", exc or type(exc).__name__, extra={"service": "nats"})
+        self._outage.failed(exc, "NATS: %s", exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if self._ready is not None:
@@ -310,8 +299,8 @@ class EventBus:
             log.warning("disconnected from NATS; reconnecting", extra={"service": "nats"})
 
     async def _on_reconnected(self) -> None:
-        self._outage_logged = False
         log.info("reconnected to NATS", extra={"service": "nats"})
+        self._outage.recovered()
         # Not awaited here: the client calls this from its reconnect path, before the
         # JetStream replies can be read.
         if self._setup_task is None or self._setup_task.done():
@@ -342,157 +331,23 @@ class EventBus:
     def stream_config(self) -> StreamConfig:
         """The configuration the stream must have (name, subjects, storage, dedup window,
         replicas)."""
-        return StreamConfig(
-            name=self.settings.stream_name,
-            subjects=[f"{self.namespace}.>"],
-            storage=StorageType.FILE,
-            duplicate_window=self.settings.stream_duplicate_window,
-            num_replicas=self.settings.stream_replicas,
-        )
+        return self._stream.config()
 
     async def ensure_stream(self) -> None:
         """Create the stream, or update it (keeping its messages) if its config differs.
 
-        Only the fields wis2l-core owns are compared and set (subjects, duplicate window
-        and replicas); limits an operator set on the stream are kept. Replicas are only
-        ever raised to ``stream_replicas``: a stream with more (an operator's choice) keeps
-        them, and that is logged. A raise the cluster cannot place yet (too few servers
-        up) is logged and tried again on the next reconnect; the stream keeps working
-        meanwhile. Storage cannot change in place: a memory stream is logged, not replaced.
+        See :meth:`wis2l_core.events.streams.Stream.ensure`: only the fields wis2l-core
+        owns are set, replicas are only ever raised, and a replicated stream's leader
+        election is waited out.
 
         Raises:
-            ServiceUnavailable: NATS or JetStream does not answer, or refuses the config
-                (including a stream of several replicas while too few servers are up).
+            ServiceUnavailable: not connected, NATS or JetStream does not answer, or
+                refuses the config (including a stream of several replicas while too few
+                servers are up).
             ConfigError: the stream name or namespace is one NATS refuses, or
                 ``stream_replicas`` is above 1 on a server that is not in a cluster.
         """
-        js = self.jetstream
-        want = self.stream_config()
-        name = self.settings.stream_name
-        try:
-            try:
-                info = await self._stream_info(js)
-            except nats.js.errors.NotFoundError:
-                try:
-                    await js.add_stream(want)
-                    log.info(
-                        "created stream %s (%d replica(s))",
-                        name,
-                        want.num_replicas,
-                        extra={"stream": name},
-                    )
-                    await self._until_led(js)
-                    return
-                except nats.js.errors.APIError as exc:
-                    self._refused(exc)
-                    if not isinstance(exc, nats.js.errors.BadRequestError):
-                        raise
-                    info = await js.stream_info(name)  # another process created it first
-            have = info.config
-            if have.storage != StorageType.FILE:
-                log.warning("stream %s uses %s storage, not file", name, have.storage)
-            drift = (
-                sorted(have.subjects or []) != sorted(want.subjects or [])
-                or abs((have.duplicate_window or 0) - want.duplicate_window) > 1e-3
-            )
-            if drift:
-                have = have.evolve(subjects=want.subjects, duplicate_window=want.duplicate_window)
-                await js.update_stream(have)
-                log.info("updated stream %s to the wanted config", name, extra={"stream": name})
-            await self._reconcile_replicas(js, have)
-        except Wis2lError:
-            raise
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"nats: stream {name}: {exc}", service="nats") from exc
-        except ValueError as exc:  # nats-py checks names before sending
-            raise ConfigError(f"nats: stream {name}: {exc}", variable="WIS2L_STREAM") from exc
-
-    async def _stream_info(self, js: JetStreamContext) -> StreamInfo:
-        """The stream's info; a replicated stream's is asked again while it elects a
-        leader (no answer, or JetStream's 503), for up to ``_ELECTION_WAIT`` seconds, so
-        callers that publish next (the relay, :meth:`publish`) do so as soon as it can."""
-        name = self.settings.stream_name
-        if self.settings.stream_replicas == 1 or self._probe is None:
-            return await js.stream_info(name)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _ELECTION_WAIT
-        while True:
-            try:
-                return await self._probe.stream_info(name)
-            except (
-                TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.ServiceUnavailableError,
-            ):
-                if loop.time() > deadline or not self.connected:
-                    raise
-            await asyncio.sleep(0.1)
-
-    async def _until_led(self, js: JetStreamContext) -> None:
-        """Wait (up to ``API_TIMEOUT``) until a new replicated stream has elected its
-        leader: until then JetStream answers its publishes with "no responders"."""
-        if self.settings.stream_replicas == 1:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + API_TIMEOUT
-        while loop.time() < deadline:
-            info = await js.stream_info(self.settings.stream_name)
-            if info.cluster is None or info.cluster.leader:
-                return
-            await asyncio.sleep(0.05)
-
-    async def _reconcile_replicas(self, js: JetStreamContext, have: StreamConfig) -> None:
-        """Raise the stream's replicas to ``stream_replicas``; never lower them."""
-        name, want = self.settings.stream_name, self.settings.stream_replicas
-        current = have.num_replicas or 1
-        extra = {"stream": name, "replicas": current}
-        if current > want:
-            if not self._replicas_logged:
-                self._replicas_logged = True
-                log.warning(
-                    "stream %s has %d replicas, more than WIS2L_STREAM_REPLICAS=%d: kept "
-                    "(wis2l-core never lowers them; lower them with the nats CLI if meant)",
-                    name,
-                    current,
-                    want,
-                    extra=extra,
-                )
-            return
-        if current == want:
-            return
-        try:
-            await js.update_stream(have.evolve(num_replicas=want))
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == _NOT_CLUSTERED:
-                self._refused(exc)
-            log.warning(
-                "cannot raise stream %s from %d to %d replicas yet (%s); it keeps working "
-                "with %d, and the raise is tried again on the next reconnect",
-                name,
-                current,
-                want,
-                exc.description or exc,
-                current,
-                extra=extra,
-            )
-            return
-        log.info("raised stream %s from %d to %d replicas", name, current, want, extra=extra)
-
-    def _refused(self, exc: nats.js.errors.APIError) -> None:
-        """Turn JetStream's refusals of the replica count into typed errors."""
-        name, want = self.settings.stream_name, self.settings.stream_replicas
-        if exc.err_code == _NOT_CLUSTERED:
-            raise ConfigError(
-                f"nats: stream {name}: WIS2L_STREAM_REPLICAS={want} needs a NATS cluster; "
-                f"the server is not clustered ({exc.description})",
-                variable="WIS2L_STREAM_REPLICAS",
-            ) from exc
-        if exc.err_code in _NO_PEERS:
-            raise ServiceUnavailable(
-                f"nats: stream {name}: {want} replica(s) need {want} JetStream servers up "
-                f"in the cluster ({exc.description})",
-                service="nats",
-            ) from exc
+        await self._stream.ensure(self.jetstream, self._probe)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -511,26 +366,20 @@ class EventBus:
             ServiceUnavailable: NATS is down, or did not acknowledge in time.
         """
         subject, data, headers = self._message(event)
-        try:
+        # unexpected: nats-py raises ValueError and others of its own from a publish
+        with map_nats_errors(f"publish to {subject}", unexpected=True):
             js = self.jetstream
             try:
-                await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
-            except nats.js.errors.NoStreamResponseError:
-                await self.ensure_stream()  # NATS restarted empty; set-up still pending
-                await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
-        except Wis2lError:
-            raise
-        except nats.errors.MaxPayloadError as exc:
-            raise ValidationError(
-                f"{event.type!r} event of {len(data)} bytes is larger than NATS accepts",
-                field="event",
-            ) from exc
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"nats: publish to {subject}: {exc}", service="nats") from exc
-        except Exception as exc:  # nats-py raises ValueError and others of its own
-            raise ServiceUnavailable(
-                f"nats: publish to {subject} failed: {type(exc).__name__}: {exc}", service="nats"
-            ) from exc
+                try:
+                    await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
+                except nats.js.errors.NoStreamResponseError:
+                    await self.ensure_stream()  # NATS restarted empty; set-up still pending
+                    await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
+            except nats.errors.MaxPayloadError as exc:
+                raise ValidationError(
+                    f"{event.type!r} event of {len(data)} bytes is larger than NATS accepts",
+                    field="event",
+                ) from exc
 
     def _message(self, event: DomainEvent) -> tuple[str, bytes, dict[str, str]]:
         """Subject, body and headers of ``event`` (checked when it was built)."""
@@ -572,7 +421,7 @@ class EventBus:
                     msg.type, msg.id, namespace=self.namespace, time=msg.time
                 )
                 fut = await js.publish_async(subject, msg.payload, headers=headers)
-            except (nats.errors.Error, OSError, ValueError) as exc:
+            except PUBLISH_ERRORS as exc:
                 failed = exc
                 break
             futures.append(fut)
@@ -705,12 +554,11 @@ class EventBus:
         """
         js = self.jetstream
         name = self.settings.stream_name
-        try:
-            await asyncio.wait_for(js.stream_info(name), self.settings.health_timeout)
-        except nats.js.errors.NotFoundError as exc:
-            raise ServiceUnavailable(f"nats: stream {name} is missing", service="nats") from exc
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"nats: {exc}", service="nats") from exc
+        with map_nats_errors():
+            try:
+                await asyncio.wait_for(js.stream_info(name), self.settings.health_timeout)
+            except nats.js.errors.NotFoundError as exc:
+                raise ServiceUnavailable(f"nats: stream {name} is missing", service="nats") from exc
 
     def _redacted_urls(self) -> list[str]:
         return [redact_url(u) for u in self.settings.nats_urls]

@@ -54,7 +54,9 @@ from wis2l_core.db.locks import OUTBOX
 from wis2l_core.db.pool import Connection, Database
 from wis2l_core.db.sql import Query, query_file
 from wis2l_core.errors import SchemaMissing, ServiceUnavailable, ValidationError, Wis2lError
-from wis2l_core.events.bus import API_TIMEOUT, EncodedEvent, EventBus, PendingAcks
+from wis2l_core.events._errors import translate
+from wis2l_core.events.bus import EncodedEvent, EventBus, PendingAcks
+from wis2l_core.events.streams import API_TIMEOUT
 
 __all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay", "home_partitions"]
 
@@ -480,7 +482,7 @@ class OutboxRelay:
         if isinstance(first, nats.js.errors.NoStreamResponseError):
             with contextlib.suppress(ServiceUnavailable):
                 await self._bus.ensure_stream()  # NATS lost the stream: make it again
-        return ServiceUnavailable(f"nats: publish failed: {first}", service="nats")
+        return translate(first, "publish failed")
 
     def _concerns(self, payload: str) -> bool:
         """Whether a notification names a partition this relay publishes now (a home one,

@@ -26,6 +26,7 @@ from wis2l_core._backoff import Backoff
 from wis2l_core.catalogue import DomainEvent
 from wis2l_core.config import Settings
 from wis2l_core.errors import ServiceUnavailable, ValidationError
+from wis2l_core.events._errors import ELECTING, LEADERLESS, map_nats_errors, stream_missing
 from wis2l_core.events.cloudevents import decode_message
 
 __all__ = ["DLQ_HEADERS", "Handler", "Subscriber", "SubscriberBus", "SubscriptionOptions"]
@@ -52,7 +53,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _FETCH_WAIT = 5.0
 _ELECTION_POLL = 0.5  # seconds between fetches while a consumer has no leader
 _ELECTION_GRACE = 15.0  # after that long without a leader, create the consumer again
-_STREAM_NOT_FOUND = 10059
 
 
 class SubscriberBus(Protocol):
@@ -272,7 +272,7 @@ class Subscriber(Generic[E]):
             return await self._bind()
         except Exception as exc:  # the loop must outlive any one failure
             log.warning("cannot create consumer %s: %s", self.options.consumer, exc)
-            if _stream_missing(exc):  # deleted under us: make it again
+            if stream_missing(exc):  # deleted under us: make it again
                 with contextlib.suppress(ServiceUnavailable):
                     await self.bus.ensure_stream()
             return None
@@ -316,11 +316,7 @@ class Subscriber(Generic[E]):
             await js.consumer_info(stream, name)
         except nats.js.errors.NotFoundError:
             return False
-        except (
-            TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.js.errors.ServiceUnavailableError,
-        ):
+        except ELECTING:
             log.info("consumer %s does not answer yet (leader election?); binding", name)
         return True
 
@@ -419,9 +415,12 @@ class Subscriber(Generic[E]):
             headers["Wis2l-Event-Id"] = original_id
         subject = self.bus.dlq_subject(msg.subject)
         try:
-            await self.bus.jetstream.publish(subject, msg.data, headers=headers)
-        except (ServiceUnavailable, nats.errors.Error, OSError, TimeoutError) as pub_exc:
-            log.error("cannot dead-letter to %s (will retry): %s", subject, pub_exc)
+            with map_nats_errors(f"dead-letter to {subject}"):
+                await self.bus.jetstream.publish(subject, msg.data, headers=headers)
+        except ServiceUnavailable as pub_exc:
+            log.error(
+                "cannot dead-letter to %s (will retry): %s", subject, pub_exc.__cause__ or pub_exc
+            )
             try:
                 await msg.nak(delay=self.options.delay(len(self.options.backoff)))
             except Exception as nak_exc:
@@ -486,11 +485,7 @@ class _Leaderless:
 def _electing(exc: BaseException) -> bool:
     """True for the answers a consumer gives while its replicas elect a leader: no
     responders (503) or JetStream's "temporarily unavailable"."""
-    return isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError)
-
-
-def _stream_missing(exc: BaseException) -> bool:
-    return isinstance(exc, nats.js.errors.NotFoundError) and exc.err_code == _STREAM_NOT_FOUND
+    return isinstance(exc, LEADERLESS)
 
 
 def _retrieve(future: asyncio.Future[list[Msg]]) -> None:

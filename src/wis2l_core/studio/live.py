@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from wis2l_core.catalogue import event_payload
 from wis2l_core.config import Settings
 from wis2l_core.events.cloudevents import decode_message
+from wis2l_core.subjects import dlq_prefix, event_type_of, stream_subjects
 
 __all__ = ["LiveFeed"]
 
@@ -89,7 +90,7 @@ class LiveFeed:
                 await asyncio.sleep(2.0)
                 continue
             self._nc = nc
-            await nc.subscribe(f"{self.settings.namespace}.>", cb=self._on_message)
+            await nc.subscribe(stream_subjects(self.settings.namespace), cb=self._on_message)
             return
 
     async def _on_message(self, msg: Msg) -> None:
@@ -101,9 +102,9 @@ class LiveFeed:
     def describe(self, msg: Msg) -> dict[str, Any]:
         """A message as the panel shows it: subject, type, project and fields."""
         ns = self.settings.namespace
-        subject_type = msg.subject.removeprefix(f"{ns}.")
+        subject_type = event_type_of(ns, msg.subject)
         item: dict[str, Any] = {"subject": msg.subject}
-        if subject_type.startswith("dlq."):
+        if msg.subject.startswith(dlq_prefix(ns)):
             item.update(type=subject_type, dead_letter=True)
             return item
         try:
