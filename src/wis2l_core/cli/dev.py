@@ -179,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
         for name, value in (stack.environ() | stack.oidc_environ()).items():
             print(f"export {name}={shlex.quote(value)}")
         sys.stdout.flush()
-        where = f" in {stack.data_dir}" if args.data_dir else ""
+        data = stack.data_dir
+        where = f" (data in {_shown(data)})" if args.data_dir and data is not None else ""
         print(
-            f"embedded stack ready{where} in {stack.startup_seconds:.1f} s; Ctrl-C to stop",
+            f"embedded stack ready in {stack.startup_seconds:.1f} s{where}; Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )
@@ -221,3 +222,9 @@ def _migrate(database_url: str, *, migrate: bool) -> bool:
     else:
         print("schema up to date: no migration to apply", file=sys.stderr)
     return True
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a person would type it: under the home folder, ``~/...``."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
