@@ -13,7 +13,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar, overload
@@ -21,6 +21,7 @@ from uuid import UUID
 
 import attrs
 import orjson
+from cattrs import Converter
 
 from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
@@ -513,15 +514,38 @@ def decode_event(
         cls = found
     elif "type" in obj and type_ != cls.type:
         raise ValidationError(f"expected a {cls.type!r} event, got {type_!r}", field="type")
-    token = _decoding.set(True)  # the converter checks each field: no second check
+    token = _decoding.set(True)  # _WIRE checks each field's kind: no second check
     try:
-        return converter.structure(obj, cls)
+        return _WIRE.structure(obj, cls)
     except Exception as exc:  # cattrs raises ClassValidationError and friends
         raise ValidationError(
             f"malformed {cls.type!r} event: {_describe(exc)}", field=_culprit(exc)
         ) from exc
     finally:
         _decoding.reset(token)
+
+
+def _exactly(kind: type) -> Callable[[Any, Any], Any]:
+    def check(value: Any, _: Any) -> Any:
+        if type(value) is kind:
+            return value
+        if kind is float and type(value) is int:
+            return float(value)
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+
+    return check
+
+
+def _wire_converter() -> Converter:
+    conv = converter.copy()
+    for kind in (str, int, float, bool):
+        conv.register_structure_hook(kind, _exactly(kind))
+    return conv
+
+
+_WIRE = _wire_converter()
+"""The converter that reads events: a JSON value of the wrong kind is refused, where cattrs'
+default would turn ``null`` into ``"None"`` or ``"5"`` into ``5``."""
 
 
 def _describe(exc: BaseException) -> str:
