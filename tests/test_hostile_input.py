@@ -194,7 +194,7 @@ async def studio(wis: Wis2l) -> AsyncIterator[httpx.AsyncClient]:
         await seed(tx)
     app = create_app(wis)
     transport = httpx.ASGITransport(app=app)  # an app exception fails the test
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5555") as c:
         yield c
 
 

@@ -23,6 +23,11 @@ def test_known():
 """
 
 
+# The throwaway suite's tests/test_pgbouncer.py must not meet the real one, which the
+# session running this file may have imported already under the same module name.
+ISOLATED = ("-p", "no:cacheprovider", "--import-mode=importlib")
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
@@ -35,7 +40,7 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_an_unexpected_skip_fails_naming_the_test(suite: pytest.Pytester) -> None:
     result = suite.runpytest_inprocess(
-        "--only-expected-skips", "--continue-on-collection-errors", "-p", "no:cacheprovider"
+        *ISOLATED, "--only-expected-skips", "--continue-on-collection-errors"
     )
     result.assert_outcomes(failed=1, skipped=1, xfailed=1, errors=1)
     result.stdout.fnmatch_lines(
@@ -47,5 +52,5 @@ def test_an_unexpected_skip_fails_naming_the_test(suite: pytest.Pytester) -> Non
 
 
 def test_without_the_option_skips_stand(suite: pytest.Pytester) -> None:
-    result = suite.runpytest_inprocess("-p", "no:cacheprovider")
+    result = suite.runpytest_inprocess(*ISOLATED)
     result.assert_outcomes(skipped=3, xfailed=1)
