@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Iterator
 from uuid import uuid4
 
@@ -32,6 +33,13 @@ hypothesis_settings.register_profile(
     "ci", parent=hypothesis_settings.get_profile("default"), max_examples=60
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# A shell starts a background job (`pytest ... &`, nohup) with SIGINT ignored, and an
+# ignored signal is inherited across exec: the tests that stop `wis2l dev` or an example
+# with SIGINT (Ctrl-C) would then wait for a child that ignores it. Give the suite, and so
+# every child it starts, the SIGINT a terminal gives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
