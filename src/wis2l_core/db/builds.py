@@ -31,6 +31,7 @@ from wis2l_core.catalogue import (
     DomainEvent,
 )
 from wis2l_core.db.repository import DeleteById, FindByProject, Repository, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.db.states import allowed_from
 from wis2l_core.errors import InvalidTransition, ValidationError
 from wis2l_core.ids import uuid7
@@ -66,20 +67,7 @@ MAX_LOGS = 1_000_000
 """The most characters a build keeps in ``logs``: older text is dropped from the front."""
 
 
-def _build(row: DictRow) -> Build:
-    return Build(
-        id=row["id"],
-        project_id=row["project_id"],
-        target=row["target"],
-        status=BuildStatus(row["status"]),
-        progress=row["progress"],
-        artifacts=row["artifacts"],
-        logs=row["logs"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_build = row_builder(Build)
 
 
 def _event(row: DictRow) -> DomainEvent | None:

@@ -30,6 +30,7 @@ from wis2l_core.db.repository import (
     Repository,
     set_field,
 )
+from wis2l_core.db.rows import row_builder
 from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Component, Language
@@ -45,21 +46,7 @@ MAX_EXPERTS = 64
 MAX_EXPERT = 200
 
 
-def _component(row: DictRow) -> Component:
-    return Component(
-        id=row["id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        language=Language(row["language"]),
-        code=row["code"],
-        prompt=row["prompt"],
-        model=row["model"],
-        experts=tuple(row["experts"]),
-        metadata=row["metadata"],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_component = row_builder(Component)
 
 
 def _updated(row: DictRow) -> ComponentUpdated | None:

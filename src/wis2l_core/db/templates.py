@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core._validate import (
@@ -18,6 +17,7 @@ from wis2l_core._validate import (
     check_uuid,
 )
 from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
 from wis2l_core.sentinel import UNSET, Unset
@@ -28,17 +28,7 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 10_000
 
 
-def _template(row: DictRow) -> Template:
-    return Template(
-        id=row["id"],
-        slug=row["slug"],
-        name=row["name"],
-        engine=Engine(row["engine"]),
-        description=row["description"],
-        files=row["files"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_template = row_builder(Template)
 
 
 def _name(value: object) -> str:

@@ -12,6 +12,7 @@ from wis2l_core._validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.db.sql import query_file
 from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
@@ -26,16 +27,7 @@ when its first sign-in carries no usable address; ``.invalid`` is reserved (RFC 
 nothing is ever sent there, and the next token with a usable address replaces it."""
 
 
-def _user(row: DictRow) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        name=row["name"],
-        subject=row["subject"],
-        role=Role(row["role"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_user = row_builder(User)
 
 
 def _created(row: DictRow) -> DomainEvent:
