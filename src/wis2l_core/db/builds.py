@@ -111,10 +111,7 @@ class BuildRepository(Repository[Build], FindByProject, DeleteById):
         Raises:
             ValidationError: a bad status, limit or cursor.
         """
-        if status is None:
-            return await self._page("find_all", limit=limit, after=after)
-        status = check_enum("status", status, BuildStatus).value
-        return await self._page("find_all_by_status", limit=limit, after=after, status=status)
+        return await self._page_of("status", status, BuildStatus, limit=limit, after=after)
 
     async def create(self, *, project_id: UUID | str, target: str) -> Build:
         """Queue a build of the project for ``target`` (e.g. ``"webgl"``): pending, progress 0.

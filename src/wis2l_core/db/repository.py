@@ -18,6 +18,7 @@ statements and the transaction go to the server as one pipelined round trip.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -28,7 +29,7 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core._validate import check_limit, check_text, check_uuid
+from wis2l_core._validate import check_enum, check_limit, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 ModelT = TypeVar("ModelT")
+E = TypeVar("E", bound=enum.Enum)
 
 EventFor = DomainEvent | Callable[[DictRow], DomainEvent | None] | None
 """The event of a write: known up front, made from the written row, or none."""
@@ -138,6 +140,24 @@ class Repository(Generic[ModelT]):
         start = decode_cursor(scope, after) or _FIRST
         rows = await self._all(name, after=start, limit=limit + 1, **params)
         return keyset_page(scope, rows, limit, self._row)
+
+    async def _page_of(
+        self,
+        column: str,
+        value: E | str | None,
+        enum_cls: type[E],
+        *,
+        limit: int,
+        after: str | None,
+    ) -> Page[ModelT]:
+        """``find_all``, or with ``value`` the page of ``find_all_by_<column>``: the rows
+        whose enum ``column`` is ``value`` (checked against ``enum_cls``)."""
+        if value is None:
+            return await self._page("find_all", limit=limit, after=after)
+        checked = check_enum(column, value, enum_cls).value
+        return await self._page(
+            f"find_all_by_{column}", limit=limit, after=after, **{column: checked}
+        )
 
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.

@@ -61,10 +61,7 @@ class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
         Raises:
             ValidationError: a bad engine, limit or cursor.
         """
-        if engine is None:
-            return await self._page("find_all", limit=limit, after=after)
-        engine = check_enum("engine", engine, Engine).value
-        return await self._page("find_all_by_engine", limit=limit, after=after, engine=engine)
+        return await self._page_of("engine", engine, Engine, limit=limit, after=after)
 
     async def create(
         self,

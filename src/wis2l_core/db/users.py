@@ -116,10 +116,7 @@ class UserRepository(Repository[User], DeleteById):
         Raises:
             ValidationError: a bad role, limit or cursor.
         """
-        if role is None:
-            return await self._page("find_all", limit=limit, after=after)
-        role = check_enum("role", role, Role).value
-        return await self._page("find_all_by_role", limit=limit, after=after, role=role)
+        return await self._page_of("role", role, Role, limit=limit, after=after)
 
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
