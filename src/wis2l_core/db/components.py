@@ -49,20 +49,13 @@ MAX_EXPERT = 200
 _component = row_builder(Component)
 
 
+_updated_event = row_builder(ComponentUpdated, columns={"component_id": "id"})
+_deleted = row_builder(ComponentDeleted, columns={"component_id": "id"})
+
+
 def _updated(row: DictRow) -> ComponentUpdated | None:
-    if not row["changed"]:  # every value was the stored one: nothing written
-        return None
-    return ComponentUpdated(
-        project_id=row["project_id"],
-        component_id=row["id"],
-        name=row["name"],
-        language=Language(row["language"]),
-        version=row["version"],
-    )
-
-
-def _deleted(row: DictRow) -> ComponentDeleted:
-    return ComponentDeleted(project_id=row["project_id"], component_id=row["id"], name=row["name"])
+    # not "changed": every value was the stored one, nothing written
+    return _updated_event(row) if row["changed"] else None
 
 
 def _name(value: object) -> str:

@@ -50,16 +50,13 @@ class TokenInput:
 _token = row_builder(DesignToken, columns={"group": "group_name"})
 
 
+_updated_event = row_builder(TokenUpdated, columns={"token_id": "id"})
+_deleted = row_builder(TokenDeleted, columns={"token_id": "id"})
+
+
 def _token_updated(row: DictRow) -> TokenUpdated | None:
-    if not row["changed"]:
-        return None
-    return TokenUpdated(
-        project_id=row["project_id"],
-        token_id=row["id"],
-        name=row["name"],
-        category=TokenCategory(row["category"]),
-        version=row["version"],
-    )
+    # not "changed": the stored value was the same, nothing written
+    return _updated_event(row) if row["changed"] else None
 
 
 def _fields(
@@ -296,12 +293,3 @@ class TokenRepository(Repository[DesignToken]):
             "name": check_text("name", name, max_len=MAX_NAME),
         }
         return await self._write("delete", params, _deleted) is not None
-
-
-def _deleted(row: DictRow) -> TokenDeleted:
-    return TokenDeleted(
-        project_id=row["project_id"],
-        token_id=row["id"],
-        name=row["name"],
-        category=TokenCategory(row["category"]),
-    )

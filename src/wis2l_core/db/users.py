@@ -30,23 +30,17 @@ nothing is ever sent there, and the next token with a usable address replaces it
 _user = row_builder(User)
 
 
-def _created(row: DictRow) -> DomainEvent:
-    return UserCreated(
-        user_id=row["id"],
-        sub=row["subject"],
-        email=row["email"],
-        name=row["name"],
-        role=Role(row["role"]),
-    )
+_USER = {"user_id": "id", "sub": "subject"}  # an identity event's columns of a users row
+_created = row_builder(UserCreated, columns=_USER)
+_signed_in = row_builder(UserSignedIn, columns=_USER)
+_role_changed_event = row_builder(UserRoleChanged, columns=_USER | {"previous_role": "old_role"})
 
 
 def _role_changed(row: DictRow) -> DomainEvent | None:
     old = row["old_role"]
     if old is None or old == row["role"]:
         return None
-    return UserRoleChanged(
-        user_id=row["id"], sub=row["subject"], previous_role=Role(old), role=Role(row["role"])
-    )
+    return _role_changed_event(row)
 
 
 def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
@@ -56,7 +50,7 @@ def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
     elif (changed := _role_changed(row)) is not None:
         events.append(changed)
     if signed_in:
-        events.append(UserSignedIn(user_id=row["id"], sub=row["subject"], role=Role(row["role"])))
+        events.append(_signed_in(row))
     return events
 
 
