@@ -30,7 +30,7 @@ from wis2l_core.catalogue import (
     BuildStarted,
     DomainEvent,
 )
-from wis2l_core.db.repository import DeleteById, FindByProject, Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, FindByProject, Repository, set_field
 from wis2l_core.db.rows import row_builder
 from wis2l_core.db.states import allowed_from
 from wis2l_core.errors import InvalidTransition, ValidationError
@@ -87,7 +87,7 @@ def _event(row: DictRow) -> DomainEvent | None:
     return None
 
 
-class BuildRepository(Repository[Build], FindByProject, DeleteById):
+class BuildRepository(Repository[Build], FindAll, FindByProject, DeleteById):
     """IGNIS builds of a project, one per target, with progress, artifacts and logs.
 
     ``delete(id)`` deletes the build, in any status. Deployments of the build stay (they
@@ -111,7 +111,9 @@ class BuildRepository(Repository[Build], FindByProject, DeleteById):
         Raises:
             ValidationError: a bad status, limit or cursor.
         """
-        return await self._page_of("status", status, BuildStatus, limit=limit, after=after)
+        return await self._find_all_by(
+            "find_all_by_status", "status", status, BuildStatus, limit=limit, after=after
+        )
 
     async def create(self, *, project_id: UUID | str, target: str) -> Build:
         """Queue a build of the project for ``target`` (e.g. ``"webgl"``): pending, progress 0.

@@ -141,24 +141,6 @@ class Repository(Generic[ModelT]):
         rows = await self._all(name, after=start, limit=limit + 1, **params)
         return keyset_page(scope, rows, limit, self._row)
 
-    async def _page_of(
-        self,
-        column: str,
-        value: E | str | None,
-        enum_cls: type[E],
-        *,
-        limit: int,
-        after: str | None,
-    ) -> Page[ModelT]:
-        """``find_all``, or with ``value`` the page of ``find_all_by_<column>``: the rows
-        whose enum ``column`` is ``value`` (checked against ``enum_cls``)."""
-        if value is None:
-            return await self._page("find_all", limit=limit, after=after)
-        checked = check_enum(column, value, enum_cls).value
-        return await self._page(
-            f"find_all_by_{column}", limit=limit, after=after, **{column: checked}
-        )
-
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
         return nullcontext() if self._conn is not None else conn.transaction()
@@ -288,6 +270,24 @@ class FindAll:
             ValidationError: a bad limit or cursor.
         """
         return await self._page("find_all", limit=limit, after=after)
+
+    async def _find_all_by(
+        self: _Rows[ModelT],
+        name: str,
+        column: str,
+        value: E | str | None,
+        enum_cls: type[E],
+        *,
+        limit: int,
+        after: str | None,
+    ) -> Page[ModelT]:
+        """For a ``find_all`` with a filter: with ``value``, the page of query ``name``
+        (the rows whose enum ``column`` is ``value``, checked against ``enum_cls``);
+        without, the page of ``find_all``."""
+        if value is None:
+            return await self._page("find_all", limit=limit, after=after)
+        checked = check_enum(column, value, enum_cls).value
+        return await self._page(name, limit=limit, after=after, **{column: checked})
 
 
 class FindByProject:

@@ -16,7 +16,7 @@ from wis2l_core._validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, FindBySlug, Repository, set_field
 from wis2l_core.db.rows import row_builder
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
@@ -43,7 +43,7 @@ def _files(value: object) -> Jsonb:
     return Jsonb(check_json_object("files", {} if value is None else value))
 
 
-class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
+class TemplateRepository(Repository[Template], FindAll, FindBySlug, DeleteById):
     """Project templates, found by id or slug, listed by engine, updated and deleted.
 
     ``delete(id)`` deletes the template; projects started from it stay, their
@@ -61,7 +61,9 @@ class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
         Raises:
             ValidationError: a bad engine, limit or cursor.
         """
-        return await self._page_of("engine", engine, Engine, limit=limit, after=after)
+        return await self._find_all_by(
+            "find_all_by_engine", "engine", engine, Engine, limit=limit, after=after
+        )
 
     async def create(
         self,

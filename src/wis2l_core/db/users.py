@@ -11,7 +11,7 @@ from psycopg.rows import DictRow
 from wis2l_core._validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
 from wis2l_core.db.errors import map_errors
-from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, Repository, event_params, set_field
 from wis2l_core.db.rows import row_builder
 from wis2l_core.db.sql import query_file
 from wis2l_core.errors import ValidationError
@@ -54,7 +54,7 @@ def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
     return events
 
 
-class UserRepository(Repository[User], DeleteById):
+class UserRepository(Repository[User], FindAll, DeleteById):
     """Users, found by id, e-mail (case-insensitive) or JWT subject.
 
     ``delete(id)`` deletes the user and, by cascade, their projects (and everything under
@@ -110,7 +110,9 @@ class UserRepository(Repository[User], DeleteById):
         Raises:
             ValidationError: a bad role, limit or cursor.
         """
-        return await self._page_of("role", role, Role, limit=limit, after=after)
+        return await self._find_all_by(
+            "find_all_by_role", "role", role, Role, limit=limit, after=after
+        )
 
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
