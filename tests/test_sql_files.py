@@ -1,7 +1,7 @@
 """The query files: every query a repository names exists, every query is used, all prepare.
 
 Which queries the code uses is read from the source's syntax tree, not by running it: in a
-class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_find/
+class with ``table = "<t>"``, the query-name argument of ``self._one/_all/_page/_find_all_by/_find/
 _write/_write_model/_write_found/_write_many/_q/_exec`` names a query of
 ``sql/queries/<t>.sql``, and so does a literal name in a method of a base class without a
 table (``Repository.find_by_id``, the ``FindAll``/``FindByProject``/``FindBySlug``/
@@ -33,6 +33,7 @@ QUERY_METHODS = {
     "_one": 0,
     "_all": 0,
     "_page": 0,
+    "_find_all_by": 0,
     "_write": 0,
     "_write_many": 0,
     "_q": 0,

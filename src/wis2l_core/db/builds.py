@@ -30,7 +30,8 @@ from wis2l_core.catalogue import (
     BuildStarted,
     DomainEvent,
 )
-from wis2l_core.db.repository import DeleteById, FindByProject, Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, FindByProject, Repository, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.db.states import allowed_from
 from wis2l_core.errors import InvalidTransition, ValidationError
 from wis2l_core.ids import uuid7
@@ -66,20 +67,7 @@ MAX_LOGS = 1_000_000
 """The most characters a build keeps in ``logs``: older text is dropped from the front."""
 
 
-def _build(row: DictRow) -> Build:
-    return Build(
-        id=row["id"],
-        project_id=row["project_id"],
-        target=row["target"],
-        status=BuildStatus(row["status"]),
-        progress=row["progress"],
-        artifacts=row["artifacts"],
-        logs=row["logs"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_build = row_builder(Build)
 
 
 def _event(row: DictRow) -> DomainEvent | None:
@@ -99,7 +87,7 @@ def _event(row: DictRow) -> DomainEvent | None:
     return None
 
 
-class BuildRepository(Repository[Build], FindByProject, DeleteById):
+class BuildRepository(Repository[Build], FindAll, FindByProject, DeleteById):
     """IGNIS builds of a project, one per target, with progress, artifacts and logs.
 
     ``delete(id)`` deletes the build, in any status. Deployments of the build stay (they
@@ -123,10 +111,9 @@ class BuildRepository(Repository[Build], FindByProject, DeleteById):
         Raises:
             ValidationError: a bad status, limit or cursor.
         """
-        if status is None:
-            return await self._page("find_all", limit=limit, after=after)
-        status = check_enum("status", status, BuildStatus).value
-        return await self._page("find_all_by_status", limit=limit, after=after, status=status)
+        return await self._find_all_by(
+            "find_all_by_status", "status", status, BuildStatus, limit=limit, after=after
+        )
 
     async def create(self, *, project_id: UUID | str, target: str) -> Build:
         """Queue a build of the project for ``target`` (e.g. ``"webgl"``): pending, progress 0.

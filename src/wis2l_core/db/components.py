@@ -30,6 +30,7 @@ from wis2l_core.db.repository import (
     Repository,
     set_field,
 )
+from wis2l_core.db.rows import row_builder
 from wis2l_core.errors import NotFound
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Component, Language
@@ -45,37 +46,16 @@ MAX_EXPERTS = 64
 MAX_EXPERT = 200
 
 
-def _component(row: DictRow) -> Component:
-    return Component(
-        id=row["id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        language=Language(row["language"]),
-        code=row["code"],
-        prompt=row["prompt"],
-        model=row["model"],
-        experts=tuple(row["experts"]),
-        metadata=row["metadata"],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_component = row_builder(Component)
+
+
+_updated_event = row_builder(ComponentUpdated, columns={"component_id": "id"})
+_deleted = row_builder(ComponentDeleted, columns={"component_id": "id"})
 
 
 def _updated(row: DictRow) -> ComponentUpdated | None:
-    if not row["changed"]:  # every value was the stored one: nothing written
-        return None
-    return ComponentUpdated(
-        project_id=row["project_id"],
-        component_id=row["id"],
-        name=row["name"],
-        language=Language(row["language"]),
-        version=row["version"],
-    )
-
-
-def _deleted(row: DictRow) -> ComponentDeleted:
-    return ComponentDeleted(project_id=row["project_id"], component_id=row["id"], name=row["name"])
+    # not "changed": every value was the stored one, nothing written
+    return _updated_event(row) if row["changed"] else None
 
 
 def _name(value: object) -> str:

@@ -28,6 +28,7 @@ from wis2l_core.db.repository import (
     Repository,
     set_field,
 )
+from wis2l_core.db.rows import row_builder
 from wis2l_core.db.states import allowed_from
 from wis2l_core.errors import InvalidTransition, NotFound, ValidationError
 from wis2l_core.ids import uuid7
@@ -67,18 +68,7 @@ def check_url(field: str, value: object) -> str:
     return url
 
 
-def _deployment(row: DictRow) -> Deployment:
-    return Deployment(
-        id=row["id"],
-        project_id=row["project_id"],
-        build_id=row["build_id"],
-        environment=Environment(row["environment"]),
-        status=DeploymentStatus(row["status"]),
-        version=row["version"],
-        url=row["url"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_deployment = row_builder(Deployment)
 
 
 def _event(row: DictRow) -> DomainEvent | None:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core._validate import (
@@ -22,23 +21,14 @@ from wis2l_core._validate import (
     check_text,
 )
 from wis2l_core.db.repository import FindByProject, Repository
+from wis2l_core.db.rows import row_builder
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Event, Page, Subsystem
 
 __all__ = ["EventRepository"]
 
 
-def _event(row: DictRow) -> Event:
-    return Event(
-        id=row["id"],
-        type=row["type"],
-        subsystem=Subsystem(row["subsystem"]),
-        project_id=row["project_id"],
-        payload=row["payload"],
-        published_at=row["published_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_event = row_builder(Event)
 
 
 class EventRepository(Repository[Event], FindByProject):

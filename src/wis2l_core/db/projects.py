@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core._validate import (
@@ -24,6 +23,7 @@ from wis2l_core._validate import (
     check_uuid,
 )
 from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Project
 from wis2l_core.sentinel import UNSET, Unset
@@ -34,19 +34,7 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 10_000
 
 
-def _project(row: DictRow) -> Project:
-    return Project(
-        id=row["id"],
-        owner_id=row["owner_id"],
-        name=row["name"],
-        slug=row["slug"],
-        engine=Engine(row["engine"]),
-        template_id=row["template_id"],
-        description=row["description"],
-        metadata=row["metadata"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_project = row_builder(Project)
 
 
 def _metadata(value: object) -> Jsonb:

@@ -18,6 +18,7 @@ statements and the transaction go to the server as one pipelined round trip.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -28,7 +29,7 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from wis2l_core._validate import check_limit, check_text, check_uuid
+from wis2l_core._validate import check_enum, check_limit, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 ModelT = TypeVar("ModelT")
+E = TypeVar("E", bound=enum.Enum)
 
 EventFor = DomainEvent | Callable[[DictRow], DomainEvent | None] | None
 """The event of a write: known up front, made from the written row, or none."""
@@ -268,6 +270,24 @@ class FindAll:
             ValidationError: a bad limit or cursor.
         """
         return await self._page("find_all", limit=limit, after=after)
+
+    async def _find_all_by(
+        self: _Rows[ModelT],
+        name: str,
+        column: str,
+        value: E | str | None,
+        enum_cls: type[E],
+        *,
+        limit: int,
+        after: str | None,
+    ) -> Page[ModelT]:
+        """For a ``find_all`` with a filter: with ``value``, the page of query ``name``
+        (the rows whose enum ``column`` is ``value``, checked against ``enum_cls``);
+        without, the page of ``find_all``."""
+        if value is None:
+            return await self._page("find_all", limit=limit, after=after)
+        checked = check_enum(column, value, enum_cls).value
+        return await self._page(name, limit=limit, after=after, **{column: checked})
 
 
 class FindByProject:

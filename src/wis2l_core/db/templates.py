@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from wis2l_core._validate import (
@@ -17,7 +16,8 @@ from wis2l_core._validate import (
     check_text,
     check_uuid,
 )
-from wis2l_core.db.repository import DeleteById, FindBySlug, Repository, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, FindBySlug, Repository, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.ids import uuid7
 from wis2l_core.models import Engine, Page, Template
 from wis2l_core.sentinel import UNSET, Unset
@@ -28,17 +28,7 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 10_000
 
 
-def _template(row: DictRow) -> Template:
-    return Template(
-        id=row["id"],
-        slug=row["slug"],
-        name=row["name"],
-        engine=Engine(row["engine"]),
-        description=row["description"],
-        files=row["files"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_template = row_builder(Template)
 
 
 def _name(value: object) -> str:
@@ -53,7 +43,7 @@ def _files(value: object) -> Jsonb:
     return Jsonb(check_json_object("files", {} if value is None else value))
 
 
-class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
+class TemplateRepository(Repository[Template], FindAll, FindBySlug, DeleteById):
     """Project templates, found by id or slug, listed by engine, updated and deleted.
 
     ``delete(id)`` deletes the template; projects started from it stay, their
@@ -71,10 +61,9 @@ class TemplateRepository(Repository[Template], FindBySlug, DeleteById):
         Raises:
             ValidationError: a bad engine, limit or cursor.
         """
-        if engine is None:
-            return await self._page("find_all", limit=limit, after=after)
-        engine = check_enum("engine", engine, Engine).value
-        return await self._page("find_all_by_engine", limit=limit, after=after, engine=engine)
+        return await self._find_all_by(
+            "find_all_by_engine", "engine", engine, Engine, limit=limit, after=after
+        )
 
     async def create(
         self,

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from wis2l_core._validate import check_enum, check_json, check_text, check_uuid
 from wis2l_core.catalogue import TokenDeleted, TokensSynced, TokenUpdated
 from wis2l_core.db.repository import Repository
+from wis2l_core.db.rows import row_builder
 from wis2l_core.errors import Conflict, ValidationError
 from wis2l_core.ids import uuid7
 from wis2l_core.models import DesignToken, Page, TokenCategory
@@ -46,30 +47,16 @@ class TokenInput:
     group: str | None = None
 
 
-def _token(row: DictRow) -> DesignToken:
-    return DesignToken(
-        id=row["id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        category=TokenCategory(row["category"]),
-        group=row["group_name"],
-        value=row["value"],
-        version=row["version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_token = row_builder(DesignToken, columns={"group": "group_name"})
+
+
+_updated_event = row_builder(TokenUpdated, columns={"token_id": "id"})
+_deleted = row_builder(TokenDeleted, columns={"token_id": "id"})
 
 
 def _token_updated(row: DictRow) -> TokenUpdated | None:
-    if not row["changed"]:
-        return None
-    return TokenUpdated(
-        project_id=row["project_id"],
-        token_id=row["id"],
-        name=row["name"],
-        category=TokenCategory(row["category"]),
-        version=row["version"],
-    )
+    # not "changed": the stored value was the same, nothing written
+    return _updated_event(row) if row["changed"] else None
 
 
 def _fields(
@@ -306,12 +293,3 @@ class TokenRepository(Repository[DesignToken]):
             "name": check_text("name", name, max_len=MAX_NAME),
         }
         return await self._write("delete", params, _deleted) is not None
-
-
-def _deleted(row: DictRow) -> TokenDeleted:
-    return TokenDeleted(
-        project_id=row["project_id"],
-        token_id=row["id"],
-        name=row["name"],
-        category=TokenCategory(row["category"]),
-    )

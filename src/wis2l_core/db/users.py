@@ -11,7 +11,8 @@ from psycopg.rows import DictRow
 from wis2l_core._validate import check_email, check_enum, check_text, check_uuid
 from wis2l_core.catalogue import DomainEvent, UserCreated, UserRoleChanged, UserSignedIn
 from wis2l_core.db.errors import map_errors
-from wis2l_core.db.repository import DeleteById, Repository, event_params, set_field
+from wis2l_core.db.repository import DeleteById, FindAll, Repository, event_params, set_field
+from wis2l_core.db.rows import row_builder
 from wis2l_core.db.sql import query_file
 from wis2l_core.errors import ValidationError
 from wis2l_core.ids import uuid7
@@ -26,35 +27,20 @@ when its first sign-in carries no usable address; ``.invalid`` is reserved (RFC 
 nothing is ever sent there, and the next token with a usable address replaces it."""
 
 
-def _user(row: DictRow) -> User:
-    return User(
-        id=row["id"],
-        email=row["email"],
-        name=row["name"],
-        subject=row["subject"],
-        role=Role(row["role"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+_user = row_builder(User)
 
 
-def _created(row: DictRow) -> DomainEvent:
-    return UserCreated(
-        user_id=row["id"],
-        sub=row["subject"],
-        email=row["email"],
-        name=row["name"],
-        role=Role(row["role"]),
-    )
+_USER = {"user_id": "id", "sub": "subject"}  # an identity event's columns of a users row
+_created = row_builder(UserCreated, columns=_USER)
+_signed_in = row_builder(UserSignedIn, columns=_USER)
+_role_changed_event = row_builder(UserRoleChanged, columns=_USER | {"previous_role": "old_role"})
 
 
 def _role_changed(row: DictRow) -> DomainEvent | None:
     old = row["old_role"]
     if old is None or old == row["role"]:
         return None
-    return UserRoleChanged(
-        user_id=row["id"], sub=row["subject"], previous_role=Role(old), role=Role(row["role"])
-    )
+    return _role_changed_event(row)
 
 
 def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
@@ -64,11 +50,11 @@ def _sign_in_events(row: DictRow, signed_in: bool) -> list[DomainEvent]:
     elif (changed := _role_changed(row)) is not None:
         events.append(changed)
     if signed_in:
-        events.append(UserSignedIn(user_id=row["id"], sub=row["subject"], role=Role(row["role"])))
+        events.append(_signed_in(row))
     return events
 
 
-class UserRepository(Repository[User], DeleteById):
+class UserRepository(Repository[User], FindAll, DeleteById):
     """Users, found by id, e-mail (case-insensitive) or JWT subject.
 
     ``delete(id)`` deletes the user and, by cascade, their projects (and everything under
@@ -124,10 +110,9 @@ class UserRepository(Repository[User], DeleteById):
         Raises:
             ValidationError: a bad role, limit or cursor.
         """
-        if role is None:
-            return await self._page("find_all", limit=limit, after=after)
-        role = check_enum("role", role, Role).value
-        return await self._page("find_all_by_role", limit=limit, after=after, role=role)
+        return await self._find_all_by(
+            "find_all_by_role", "role", role, Role, limit=limit, after=after
+        )
 
     async def create(
         self, *, email: str, name: str, subject: str, role: Role | str = Role.DEVELOPER
