@@ -10,12 +10,14 @@ fields plus ``type``; UUIDs and times are strings (RFC 9562 / ISO 8601).
 from __future__ import annotations
 
 import inspect
+import operator
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar, overload
 from uuid import UUID
 
@@ -539,7 +541,9 @@ def _exactly(kind: type) -> Callable[[Any, Any], Any]:
 def _wire_converter() -> Converter:
     conv = converter.copy()
     for kind in (str, int, float, bool):
-        conv.register_structure_hook(kind, _exactly(kind))
+        # By predicate, not by class: a class hook would also take str's subclasses, the
+        # enums, away from their own hook.
+        conv.register_structure_hook_func(partial(operator.is_, kind), _exactly(kind))
     return conv
 
 
