@@ -220,7 +220,7 @@ async def test_a_stopped_server_is_one_warning_per_outage_and_borrows_fail_at_on
     private_stack: PrivateStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    settings = private_stack.settings(db_pool_timeout=8.0, db_pool_min_size=2)
+    settings = private_stack.settings(db_pool_timeout=8.0, db_pool_min_size=2, db_fail_fast=True)
     database = Database(settings)
     await database.open()
     try:
@@ -256,7 +256,9 @@ async def test_development_start_with_the_database_stopped_logs_once_and_recover
     private_stack: PrivateStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    settings = private_stack.settings(db_pool_timeout=8.0, db_connect_timeout=5.0)
+    settings = private_stack.settings(
+        db_pool_timeout=8.0, db_connect_timeout=5.0, db_fail_fast=True
+    )
     await Wis2l(settings).migrate()
     private_stack.kill("database", signal.SIGINT)
     started = time.perf_counter()

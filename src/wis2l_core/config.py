@@ -338,6 +338,11 @@ class Settings:
         default=10.0, metadata=_env("WIS2L_DB_POOL_TIMEOUT", _SECONDS)
     )
     """Seconds a call waits for a free connection (``WIS2L_DB_POOL_TIMEOUT``)."""
+    db_fail_fast: bool = attrs.field(default=False, metadata=_env("WIS2L_DB_FAIL_FAST", _BOOL))
+    """Fail a call at once with ``ServiceUnavailable`` while the database is known to be
+    unreachable, instead of waiting ``db_pool_timeout`` for a connection
+    (``WIS2L_DB_FAIL_FAST``). Off by default, so calls ride through a failover; the studio
+    turns it on, since a person waits for its pages."""
     db_connect_timeout: float = attrs.field(
         default=5.0, metadata=_env("WIS2L_DB_CONNECT_TIMEOUT", _SECONDS)
     )

@@ -14,6 +14,8 @@ import asyncio
 import sys
 import webbrowser
 
+import attrs
+
 from wis2l_core.config import Settings
 
 __all__ = ["add_parser"]
@@ -66,7 +68,9 @@ async def _serve(args: argparse.Namespace) -> int:
     from wis2l_core.runtime import Wis2l
     from wis2l_core.studio.server import StudioServer
 
-    async with Wis2l(Settings.from_env()) as wis:
+    # A person waits for the pages: with the database out of reach they say so at once.
+    settings = attrs.evolve(Settings.from_env(), db_fail_fast=True)
+    async with Wis2l(settings) as wis:
         server = StudioServer(wis, host=args.host, port=args.port, write=args.write)
         try:
             url = await server.start()

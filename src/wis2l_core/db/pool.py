@@ -150,6 +150,8 @@ class Pool(PoolInternals):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage("database", log)
+        self.fail_fast = False
+        """Whether :meth:`refuse_if_down` refuses (``Settings.db_fail_fast``)."""
         self.connected_once = False
         """True once a connection was made."""
         _quiet_attempt_warnings()
@@ -175,10 +177,12 @@ class Pool(PoolInternals):
             if not self.closed:
                 self.outage.failed(
                     exc,
-                    "database unreachable%s: %s; calls fail at once with ServiceUnavailable "
-                    "while the pool reconnects every %g s",
+                    "database unreachable%s: %s; %s while the pool reconnects every %g s",
                     "" if self.connected_once else " at start",
                     self.reason(exc),
+                    "calls fail at once with ServiceUnavailable"
+                    if self.fail_fast
+                    else "calls wait for a connection",
                     RECONNECT_DELAY,
                 )
             raise
@@ -194,16 +198,17 @@ class Pool(PoolInternals):
     def refuse_if_down(self) -> None:
         """Fail at once while the database is known to be unreachable.
 
-        That is while the pool's last attempt to connect failed and no connection is
-        idle: waiting ``timeout`` for a connection that cannot come would only delay the
-        answer. The pool keeps reconnecting in the background; the first connection it
+        That is, with :attr:`fail_fast`, while the pool's last attempt to connect failed
+        and no connection is idle: waiting ``timeout`` for a connection that cannot come
+        would only delay the answer. Without it a call waits, so it rides through a
+        failover. The pool keeps reconnecting in the background; the first connection it
         makes ends this.
 
         Raises:
             ServiceUnavailable: ``service="database"``, with the last attempt's reason.
         """
         outage = self.outage
-        if outage.started is None or self.has_idle() or self.closed:
+        if not self.fail_fast or outage.started is None or self.has_idle() or self.closed:
             return
         error = outage.error
         reason = "no connection" if error is None else self.reason(error)
@@ -370,11 +375,11 @@ class Database(QueryMethods):
             timeout=self.settings.db_pool_timeout,
             configure=configure_connection,
             name="wis2l-core",
-            # Never give up reconnecting: a borrow fails at once during an outage
-            # (Pool.refuse_if_down), so only the background attempts can end it.
+            # Never give up reconnecting: the background attempts end an outage.
             reconnect_timeout=float("inf"),
             open=False,
         )
+        pool.fail_fast = self.settings.db_fail_fast
         timeout = self.settings.db_connect_timeout + 1
         try:
             with map_errors():
