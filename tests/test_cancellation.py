@@ -53,11 +53,13 @@ async def cancel_at_every_await(call: Call, length: int) -> tuple[int, int]:
 
     A call can finish early (its server answered fast) and still be cancelled later on a
     slower run, so an early finish does not end the sweep. Returns how many points were
-    tried and the last one; fails if the call is still cancelled at ``4 * length`` turns.
+    tried and the last one. Past ``length`` the steps grow by a quarter each (a run can be
+    several times slower than the measured one when the server is busy); fails if the
+    call is still cancelled at ``20 * length + 10 * DENSE`` turns.
     """
     stride = max(1, (length - DENSE) // SPARSE)
     turns = tried = 0
-    while turns <= 4 * length + DENSE:
+    while turns <= 20 * length + 10 * DENSE:
         task = asyncio.ensure_future(call(turns))
         for _ in range(turns):
             await asyncio.sleep(0)
@@ -69,7 +71,12 @@ async def cancel_at_every_await(call: Call, length: int) -> tuple[int, int]:
         else:
             task.cancel()
             await settle(task)
-        turns += 1 if turns < DENSE else stride
+        if turns < DENSE:
+            turns += 1
+        elif turns < length:
+            turns += stride
+        else:
+            turns += max(stride, turns // 4)
     raise AssertionError(f"the call was still running after {turns} turns")
 
 
