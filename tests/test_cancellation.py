@@ -42,6 +42,9 @@ async def turns_taken(call: Call, i: int) -> int:
 DENSE = 100
 """Turns swept one by one; past them, the sweep steps so as to try about SPARSE more."""
 SPARSE = 150
+HANG = 100_000
+"""Turns after which a call that never finishes is a hang (the steps past the measured
+length grow, so reaching it takes a few dozen tries, not a hundred thousand)."""
 
 
 async def cancel_at_every_await(call: Call, length: int) -> tuple[int, int]:
@@ -53,13 +56,14 @@ async def cancel_at_every_await(call: Call, length: int) -> tuple[int, int]:
 
     A call can finish early (its server answered fast) and still be cancelled later on a
     slower run, so an early finish does not end the sweep. Returns how many points were
-    tried and the last one. Past ``length`` the steps grow by a quarter each (a run can be
-    several times slower than the measured one when the server is busy); fails if the
-    call is still cancelled at ``20 * length + 10 * DENSE`` turns.
+    tried and the last one. Past ``length`` the steps grow by a quarter each: a run can
+    take far longer than the measured one (a cancellation before it may have cost the pool
+    a connection, and making one takes hundreds of turns); fails if the call is still
+    cancelled at ``HANG`` turns.
     """
     stride = max(1, (length - DENSE) // SPARSE)
     turns = tried = 0
-    while turns <= 20 * length + 10 * DENSE:
+    while turns <= max(HANG, 20 * length):
         task = asyncio.ensure_future(call(turns))
         for _ in range(turns):
             await asyncio.sleep(0)
