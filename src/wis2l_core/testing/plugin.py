@@ -13,6 +13,8 @@ Fixtures (all names start with ``wis2l_`` except ``wis``):
 - ``wis2l_oidc_settings``: ``wis2l_settings`` pointed at ``oidc_issuer`` (its role claim
   too, so ``mint(role="admin")`` makes an admin).
 - ``wis_oidc``: a started ``Wis2l`` on those settings: ``wis_oidc.identity`` works.
+- ``wis2l_telemetry``: the library's spans and metrics of the test, in memory (needs
+  ``opentelemetry-sdk``): see :mod:`wis2l_core.testing.telemetry`.
 """
 
 from __future__ import annotations
@@ -124,6 +126,14 @@ if pytest_asyncio is not None:
             if runtime._identity is not None:
                 await runtime._identity.aclose()
         await drop_stream(wis2l_oidc_settings)
+
+
+@pytest.fixture
+def wis2l_telemetry() -> Iterator[object]:
+    """The spans and metrics the library records during the test (``Captured``)."""
+    from wis2l_core.testing.telemetry import capture
+
+    yield from capture()
 
 
 async def drop_stream(settings: Settings) -> None:
