@@ -26,9 +26,12 @@ if TYPE_CHECKING:
 try:
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
+
+    _API = True
 except ImportError:  # pragma: no cover - the telemetry extra is not installed
     _metrics = None  # type: ignore[assignment]
     _trace = None  # type: ignore[assignment]
+    _API = False
 
 from wis2l_core._version import package_version
 
@@ -94,9 +97,9 @@ class _Cache:
 
 def tracer() -> Tracer | None:
     """The library's tracer, or ``None`` when nothing would record a span."""
-    if _trace is None:
+    if not _API:
         return None
-    provider: Any = _Overrides.tracer_provider or _trace._TRACER_PROVIDER  # noqa: SLF001
+    provider: Any = _Overrides.tracer_provider or _trace._TRACER_PROVIDER
     if provider is not _Cache.tracer_provider:
         _Cache.tracer_provider = provider
         _Cache.tracer = (
@@ -109,10 +112,10 @@ def tracer() -> Tracer | None:
 
 def meter() -> Meter | None:
     """The library's meter, or ``None`` when nothing would record a measurement."""
-    if _metrics is None:
+    if not _API:
         return None
-    internal: Any = _metrics._internal  # noqa: SLF001
-    provider: Any = _Overrides.meter_provider or internal._METER_PROVIDER  # noqa: SLF001
+    internal: Any = _metrics._internal
+    provider: Any = _Overrides.meter_provider or internal._METER_PROVIDER
     if provider is not _Cache.meter_provider:
         _Cache.meter_provider = provider
         _Cache.meter = (

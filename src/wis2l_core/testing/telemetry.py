@@ -50,7 +50,8 @@ class Captured:
             AssertionError: there is none, or more than one (the names of all are shown).
         """
         found = [s for s in self.spans if s.name == name]
-        assert len(found) == 1, f"{len(found)} spans named {name!r} in {[s.name for s in self.spans]}"
+        names = [s.name for s in self.spans]
+        assert len(found) == 1, f"{len(found)} spans named {name!r} in {names}"
         return found[0]
 
     def named(self, name: str) -> list[ReadableSpan]:
