@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Meter, MeterProvider
+    from opentelemetry.metrics import Histogram, Meter, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
 try:
@@ -36,6 +36,8 @@ except ImportError:  # pragma: no cover - the telemetry extra is not installed
 from wis2l_core._version import package_version
 
 __all__ = [
+    "DB_DURATION",
+    "DURATION_BUCKETS",
     "SCHEMA_URL",
     "SCOPE",
     "Instruments",
@@ -162,3 +164,21 @@ def record_error(span: Span, exc: BaseException) -> None:
     assert _trace is not None  # a span exists only when the API does
     span.set_attribute("error.type", type(exc).__qualname__)
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, str(exc)[:200]))
+
+
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+"""The semantic conventions' buckets for ``*.operation.duration`` histograms (seconds)."""
+
+
+def _db_duration(m: Meter) -> Histogram:
+    return m.create_histogram(
+        "db.client.operation.duration",
+        unit="s",
+        description="Duration of database client operations.",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+
+
+DB_DURATION: Instruments[Histogram] = Instruments(_db_duration)
+"""``db.client.operation.duration``, shared by PostgreSQL and Redis (``db.system.name``
+tells them apart): one instrument, made once per meter."""
