@@ -144,7 +144,7 @@ def build(
             **options,
         )
         return Built(cluster, mode)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         _hosts(parts.netloc),
         sentinel_kwargs={
             **{k: v for k, v in options.items() if k.startswith("socket_")},
