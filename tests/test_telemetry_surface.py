@@ -1,12 +1,27 @@
-"""The telemetry surface: Prometheus ``/metrics``, ``health_app(metrics=)``, log correlation."""
+"""The telemetry surface: Prometheus ``/metrics``, ``health_app(metrics=)``, log correlation,
+and export to an OTLP/HTTP endpoint named only by the standard ``OTEL_*`` variables."""
 
 from __future__ import annotations
 
+import gzip
 import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 from tests.test_asgi import Runtime, call
 
@@ -185,3 +200,121 @@ def test_log_records_carry_the_active_span_ids(records: Records) -> None:
 def test_the_filter_never_drops_a_record() -> None:
     record = logging.LogRecord("wis2l_core.x", logging.INFO, __file__, 1, "m", None, None)
     assert TraceContextFilter().filter(record) is True
+
+
+class Receiver(ThreadingHTTPServer):
+    """A tiny OTLP/HTTP collector on loopback: it decodes each protobuf request it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], Any]] = []
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        kinds: dict[str, type[Any]] = {
+            "/v1/traces": ExportTraceServiceRequest,
+            "/v1/metrics": ExportMetricsServiceRequest,
+        }
+        message = kinds[self.path]()
+        message.ParseFromString(body)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.requests.append((self.path, headers, message))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_spans_and_metrics_reach_an_otlp_http_endpoint(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The standard variables, as the docs tell an app to set them: no code names the URL.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=games")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "wis2l-otlp-test")
+    resource = Resource.create()
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=60_000)
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    _core.configure(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        tracer = _core.tracer()
+        assert tracer is not None
+        with tracer.start_as_current_span("users.find_by_id") as parent:
+            parent.set_attribute("db.system.name", "postgresql")
+            with tracer.start_as_current_span("child"):
+                pass
+        record_query(0.004)
+        assert tracer_provider.force_flush(10_000)
+        assert meter_provider.force_flush(10_000)
+    finally:
+        _core.configure()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    traces = [m for path, _, m in receiver.requests if path == "/v1/traces"]
+    spans = {
+        span.name: (span, resource_spans.resource, scope_spans.scope)
+        for request in traces
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+    assert set(spans) == {"users.find_by_id", "child"}
+    parent_span, resource_pb, scope = spans["users.find_by_id"]
+    assert scope.name == "wis2l_core"
+    assert scope.version  # the installed wis2l-core
+    attrs = {a.key: a.value.string_value for a in parent_span.attributes}
+    assert attrs["db.system.name"] == "postgresql"
+    assert spans["child"][0].parent_span_id == parent_span.span_id
+    assert spans["child"][0].trace_id == parent_span.trace_id
+    service = {a.key: a.value.string_value for a in resource_pb.attributes}["service.name"]
+    assert service == "wis2l-otlp-test"
+    headers = [h for path, h, _ in receiver.requests if path == "/v1/traces"][0]
+    assert headers["x-tenant"] == "games"
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["content-encoding"] == "gzip"
+
+    metrics = [m for path, _, m in receiver.requests if path == "/v1/metrics"]
+    points = [
+        point
+        for request in metrics
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        if scope_metrics.scope.name == "wis2l_core"
+        for metric in scope_metrics.metrics
+        if metric.name == "db.client.operation.duration" and metric.unit == "s"
+        for point in metric.histogram.data_points
+    ]
+    assert points, metrics
+    assert points[0].count == 1
+    assert points[0].sum == pytest.approx(0.004)
+    assert list(points[0].explicit_bounds) == list(_core.DURATION_BUCKETS)
