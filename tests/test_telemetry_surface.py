@@ -298,7 +298,7 @@ def test_spans_and_metrics_reach_an_otlp_http_endpoint(
     assert spans["child"][0].trace_id == parent_span.trace_id
     service = {a.key: a.value.string_value for a in resource_pb.attributes}["service.name"]
     assert service == "wis2l-otlp-test"
-    headers = [h for path, h, _ in receiver.requests if path == "/v1/traces"][0]
+    headers = next(h for path, h, _ in receiver.requests if path == "/v1/traces")
     assert headers["x-tenant"] == "games"
     assert headers["content-type"] == "application/x-protobuf"
     assert headers["content-encoding"] == "gzip"
