@@ -4,10 +4,13 @@ and export to an OTLP/HTTP endpoint named only by the standard ``OTEL_*`` variab
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -318,3 +321,148 @@ def test_spans_and_metrics_reach_an_otlp_http_endpoint(
     assert points[0].count == 1
     assert points[0].sum == pytest.approx(0.004)
     assert list(points[0].explicit_bounds) == list(_core.DURATION_BUCKETS)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "le", "inf", "nan",
+}  # fmt: skip
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def metric_table() -> list[dict[str, str]]:
+    """The rows of docs/observability.md's metric table, by column name."""
+    text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    section = text.split("\n## Metrics\n", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in lines[2:]]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (labels, functions and keywords left out)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)  # grouping labels
+    names = set()
+    for found in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        followed = expr[found.end() :].lstrip()
+        if followed.startswith("(") or found[0].lower() in PROMQL_WORDS:
+            continue  # a function or aggregation, or a keyword
+        names.add(found[0])
+    return names
+
+
+def test_the_metric_table_lists_every_metric_the_issue_names() -> None:
+    listed = {row["metric"] for row in metric_table()}
+    assert listed == {
+        "db.client.operation.duration",
+        "db.client.connection.count",
+        "db.client.connection.max",
+        "db.client.connection.pending_requests",
+        "db.client.connection.wait_time",
+        "db.client.connection.timeouts",
+        "messaging.client.operation.duration",
+        "messaging.client.sent.messages",
+        "messaging.client.consumed.messages",
+        "messaging.process.duration",
+        "wis2l.outbox.backlog",
+        "wis2l.outbox.lag",
+        "wis2l.outbox.publish_latency",
+        "wis2l.outbox.published",
+        "wis2l.events.dead_lettered",
+        "wis2l.cache.operations",
+        "wis2l.ratelimit.decisions",
+        "wis2l.auth.verifications",
+        "wis2l.health.check.duration",
+        "wis2l.health.status",
+    }
+
+
+def test_the_table_gives_the_names_the_prometheus_exporter_makes(prom: PrometheusMetrics) -> None:
+    """Each row's instrument and unit, recorded for real, is scraped under its Prometheus
+    column's name (so the table cannot drift from the exporter's naming rules)."""
+    meter = _core.meter()
+    assert meter is not None
+    expected = {}
+    for row in metric_table():
+        name, unit, kind = row["metric"], row["unit"], row["instrument"]
+        if kind == "histogram":
+            meter.create_histogram(name, unit=unit).record(0.5)
+        elif kind == "counter":
+            meter.create_counter(name, unit=unit).add(1)
+        elif kind == "up-down counter":
+            meter.create_up_down_counter(name, unit=unit).add(1)
+        else:
+            assert kind == "gauge", row
+            meter.create_gauge(name, unit=unit).set(1)
+        expected[row["Prometheus"]] = kind
+    scraped = {
+        sample.name for family in text_string_to_metric_families(prom.exposition())
+        for sample in family.samples  # type: ignore[attr-defined]
+    }  # fmt: skip
+    for name, kind in expected.items():
+        series = {name + s for s in HISTOGRAM_SERIES} if kind == "histogram" else {name}
+        assert series <= scraped, (name, sorted(scraped))
+
+
+def test_the_dashboard_reads_only_documented_metrics() -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "wis2l-core.json").read_text())
+    documented = {row["Prometheus"]: row["instrument"] for row in metric_table()}
+    allowed = {"target_info"}
+    for name, kind in documented.items():
+        allowed |= {name + s for s in HISTOGRAM_SERIES} if kind == "histogram" else {name}
+    exprs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                exprs.append(node["expr"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dashboard["panels"])
+    assert len(exprs) >= 20
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert {v["name"] for v in variables} == {"job", "instance"}
+    used = set()
+    for expr in exprs + [v["query"]["query"] for v in variables]:
+        names = metric_names(expr)
+        if expr.startswith("label_values("):
+            names -= {"job", "instance"}  # the label asked for, not a metric
+        assert names, expr
+        used |= names
+        assert names <= allowed, (expr, sorted(names - allowed))
+    # the dashboard covers the outbox, the pool, queries, caches, identity and health
+    for needed in (
+        "wis2l_outbox_backlog",
+        "wis2l_outbox_lag_seconds",
+        "wis2l_outbox_publish_latency_seconds_bucket",
+        "db_client_connection_count",
+        "db_client_connection_wait_time_seconds_bucket",
+        "db_client_operation_duration_seconds_bucket",
+        "wis2l_cache_operations_total",
+        "wis2l_ratelimit_decisions_total",
+        "wis2l_auth_verifications_total",
+        "wis2l_health_status",
+    ):
+        assert needed in used, needed
+    assert any("db_query_summary" in e and "histogram_quantile(0.95" in e for e in exprs)
+
+
+def test_promql_names_are_found() -> None:
+    expr = (
+        "histogram_quantile(0.95, sum by (le, db_query_summary) "
+        '(rate(db_client_operation_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))'
+        " / on(instance) group_left max without (x) (wis2l_outbox_backlog)"
+    )
+    assert metric_names(expr) == {
+        "db_client_operation_duration_seconds_bucket",
+        "wis2l_outbox_backlog",
+    }
