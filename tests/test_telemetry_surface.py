@@ -466,3 +466,23 @@ def test_promql_names_are_found() -> None:
         "db_client_operation_duration_seconds_bucket",
         "wis2l_outbox_backlog",
     }
+
+
+def test_the_dashboard_imports_cleanly() -> None:
+    """Unique panel ids, no panels on top of each other, every query on the data source
+    variable (so importing it asks only for the Prometheus to use)."""
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "wis2l-core.json").read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not mine & cells, panel["title"]
+        cells |= mine
+        for target in panel.get("targets", []):
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert dashboard["uid"] == "wis2l-core"
