@@ -8,7 +8,9 @@ point's ``root_path``):
 - ``/health/live``: 200 ``{"status": "alive"}`` as long as the process answers;
 - ``/health/ready``: 200 when the critical checks pass and the runtime is not stopping,
   else 503. Only the critical checks run, so a hung optional service cannot fail the
-  readiness probe by making it slow.
+  readiness probe by making it slow;
+- ``/metrics`` (only with ``health_app(wis, metrics=...)``): every metric of the library in
+  the Prometheus text format (:mod:`wis2l_core.telemetry.prometheus`).
 
 Other paths get 404, other methods 405. The ``lifespan`` scope is completed, so the app can
 also be served on its own (``uvicorn module:app``).
@@ -17,12 +19,15 @@ also be served on its own (``uvicorn module:app``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from wis2l_core.asgi._http import Receive, Scope, Send, send_response
 from wis2l_core.health import HealthReport, HealthStatus, describe_error
+
+if TYPE_CHECKING:
+    from wis2l_core.telemetry.prometheus import PrometheusMetrics
 
 __all__ = ["HealthApp", "HealthSource", "health_app"]
 
@@ -47,10 +52,12 @@ class HealthApp:
 
     Args:
         source: the runtime whose health is served.
+        metrics: the Prometheus metrics served on ``/metrics`` (``None``: a 404 there).
     """
 
-    def __init__(self, source: HealthSource) -> None:
+    def __init__(self, source: HealthSource, metrics: PrometheusMetrics | None = None) -> None:
         self.source = source
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection (``http`` or ``lifespan``)."""
@@ -65,7 +72,7 @@ class HealthApp:
     async def _http(self, scope: Scope, send: Send) -> None:
         route = _route(scope.get("path", "/"), scope.get("root_path", ""))
         head = scope.get("method") == "HEAD"
-        if route is None:
+        if route is None or (route == "metrics" and self.metrics is None):
             await _respond(send, 404, {"error": "not found"}, head=head)
         elif scope.get("method") not in ("GET", "HEAD"):
             await _respond(send, 405, {"error": "method not allowed"}, allow=True)
@@ -73,6 +80,8 @@ class HealthApp:
             await _respond(send, 200, {"status": "alive"}, head=head)
         elif route == "ready":
             await self._ready(send, head=head)
+        elif route == "metrics":
+            await self._metrics(send, head=head)
         else:
             await self._report(send, head=head)
 
@@ -99,8 +108,15 @@ class HealthApp:
         body = {"status": "ready" if ready else "not ready", "checks": report.to_dict()["checks"]}
         await _respond(send, 200 if ready else 503, body, head=head)
 
+    async def _metrics(self, send: Send, *, head: bool) -> None:
+        from wis2l_core.telemetry.prometheus import CONTENT_TYPE
 
-def health_app(wis: HealthSource) -> HealthApp:
+        assert self.metrics is not None
+        body = self.metrics.exposition().encode()
+        await send_response(send, 200, body, CONTENT_TYPE.encode(), [], head=head)
+
+
+def health_app(wis: HealthSource, *, metrics: bool | PrometheusMetrics = False) -> HealthApp:
     """An ASGI app answering ``/health``, ``/health/live`` and ``/health/ready`` for ``wis``.
 
     Mount it in any ASGI framework or server, e.g. Starlette's
@@ -108,8 +124,16 @@ def health_app(wis: HealthSource) -> HealthApp:
 
     Args:
         wis: the runtime (a started :class:`~wis2l_core.Wis2l`).
+        metrics: also serve ``/metrics`` for Prometheus. ``True`` makes the library record
+            into a new :func:`~wis2l_core.telemetry.prometheus.prometheus_metrics` (kept
+            as the app's ``metrics``; needs the ``prometheus`` extra); or pass the
+            ``PrometheusMetrics`` you made yourself.
     """
-    return HealthApp(wis)
+    if metrics is True:
+        from wis2l_core.telemetry.prometheus import prometheus_metrics
+
+        return HealthApp(wis, prometheus_metrics())
+    return HealthApp(wis, metrics or None)
 
 
 def _route(path: str, root_path: str) -> str | None:
@@ -121,6 +145,8 @@ def _route(path: str, root_path: str) -> str | None:
         return "report" if root_path else None
     if parts[-1] == "health":
         return "report"
+    if parts[-1] == "metrics":
+        return "metrics"
     if parts[-1] in ("live", "ready") and (len(parts) == 1 or parts[-2] == "health"):
         return parts[-1]
     return None
