@@ -23,6 +23,7 @@ __all__ = [
     "Migration",
     "Query",
     "QueryFile",
+    "QueryText",
     "load_queries",
     "migrations",
     "parse_queries",
@@ -38,6 +39,26 @@ _PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
+class QueryText(str):
+    """A named query's SQL: a ``str`` that also knows the query's name.
+
+    ``Query.text`` is one, so whatever runs it (a repository, ``fetch_one``, a generated
+    function, or psycopg called by hand with ``query.text``) hands the name to the
+    connection's cursor along with the text: the cursor names its span and its SQL
+    comment ``users.find_by_id`` without parsing anything at call time.
+    """
+
+    summary: str
+    """``<file stem>.<query name>``: the span's name and ``db.query.summary``."""
+
+    @classmethod
+    def named(cls, text: str, summary: str) -> QueryText:
+        """``text`` carrying ``summary``."""
+        made = cls(text)
+        made.summary = summary
+        return made
+
+
 @attrs.frozen
 class Query:
     """One named statement of a query file."""
@@ -48,6 +69,11 @@ class Query:
     line: int
     shape: str | None = None
     """``one``, ``many``, ``exec`` or ``page`` from the name line, ``None`` when not given."""
+
+    def __attrs_post_init__(self) -> None:
+        summary = f"{self.file.removesuffix('.sql')}.{self.name}"
+        if getattr(self.text, "summary", None) != summary:
+            object.__setattr__(self, "text", QueryText.named(self.text, summary))
 
     @functools.cached_property
     def params(self) -> tuple[str, ...]:
