@@ -2,9 +2,9 @@
 
 All in one interleaved run:
 
-- ``library (no SDK)``: the runtime as shipped, no SDK set (the traced cursor takes its
-  plain path) against ``library (plain cursor)``: the same ``Database`` whose connections
-  use psycopg's own cursor, i.e. the library before telemetry. Judged: within 2 %.
+- ``library (no SDK)``: a ``Database`` as shipped, no SDK set (the traced cursor takes its
+  plain path) against ``library (plain cursor)``: a ``Database`` whose connections use
+  psycopg's own cursor, i.e. the library before telemetry. Judged: within 2 %.
 - ``library (SDK spans)`` and ``library (SDK spans+metrics)``: an SDK tracer provider
   recording every span (a ``SimpleSpanProcessor`` into memory) and, for the second, a
   meter provider too, against ``raw (pool) + otel-psycopg``: the same SELECT on a raw
@@ -16,7 +16,7 @@ All in one interleaved run:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any
 from unittest import mock
 
@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from benchmarks.db_cases import FIND_USER
 from benchmarks.env import Env
-from benchmarks.harness import Config, Result, Target, measure
+from benchmarks.harness import Config, Op, Result, Target, measure
 from wis2l_core.db import pool as pool_module
 from wis2l_core.db.connect import connect_kwargs
 from wis2l_core.db.pool import Database, configure_connection
@@ -44,10 +44,13 @@ def _plain_kwargs(settings: Any, **more: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def plain_database(env: Env) -> AsyncIterator[Database]:
-    """The library's ``Database`` as before telemetry: psycopg's plain cursor."""
+async def database(env: Env, *, plain: bool = False) -> AsyncIterator[Database]:
+    """A ``Database`` of its own, as shipped, or as before telemetry (``plain``: psycopg's
+    own cursor)."""
     db = Database(env.settings)
-    with mock.patch.object(pool_module, "connect_kwargs", _plain_kwargs):
+    with (
+        mock.patch.object(pool_module, "connect_kwargs", _plain_kwargs) if plain else nullcontext()
+    ):
         await db.open()
     try:
         yield db
@@ -67,7 +70,8 @@ async def raw_pool(
         if tracer_provider is not None:
             from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
-            PsycopgInstrumentor.instrument_connection(conn, tracer_provider=tracer_provider)
+            instrument: Any = PsycopgInstrumentor.instrument_connection  # typed for sync only
+            instrument(conn, tracer_provider=tracer_provider)
 
     pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
         env.settings.database_url,
@@ -117,12 +121,13 @@ async def find_by_id(env: Env, config: Config) -> Result:
         return res
     with sdk() as (tracer_provider, meter_provider, exporter):
         async with (
-            plain_database(env) as plain_db,
+            database(env) as db,
+            database(env, plain=True) as plain_db,
             raw_pool(env) as pool,
             raw_pool(env, tracer_provider) as traced_pool,
         ):
             plain_users = UserRepository(plain_db)
-            users = env.wis.users
+            users = UserRepository(db)  # not the runtime's: its relay shares that pool
 
             async def library() -> object:
                 return await users.find_by_id(user_id)
@@ -154,7 +159,7 @@ async def find_by_id(env: Env, config: Config) -> Result:
                     cur = await c.execute(FIND_USER, (user_id,), prepare=True)
                     return await cur.fetchone()
 
-            ops = {
+            ops: dict[str, Op] = {
                 "library (no SDK)": library,
                 "library (plain cursor)": library_plain,
                 "library (SDK spans)": library_spans,

@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from wis2l_core.errors import ValidationError
+from wis2l_core.telemetry._sql import QueryText
 
 __all__ = [
     "SHAPES",
@@ -37,26 +38,6 @@ SHAPES = ("one", "many", "exec", "page")
 """The result shapes a ``-- name: <name> :<shape>`` line may end with (sqlc's words)."""
 _PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-class QueryText(str):
-    """A named query's SQL: a ``str`` that also knows the query's name.
-
-    ``Query.text`` is one, so whatever runs it (a repository, ``fetch_one``, a generated
-    function, or psycopg called by hand with ``query.text``) hands the name to the
-    connection's cursor along with the text: the cursor names its span and its SQL
-    comment ``users.find_by_id`` without parsing anything at call time.
-    """
-
-    summary: str
-    """``<file stem>.<query name>``: the span's name and ``db.query.summary``."""
-
-    @classmethod
-    def named(cls, text: str, summary: str) -> QueryText:
-        """``text`` carrying ``summary``."""
-        made = cls(text)
-        made.summary = summary
-        return made
 
 
 @attrs.frozen

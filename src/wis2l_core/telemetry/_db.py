@@ -9,10 +9,11 @@ by hand, passes its ``execute``:
   it hands the call to psycopg's own ``execute`` and returns its coroutine: no extra
   await, no allocation (a named query gets its SQL comment first, when asked).
 - Otherwise the statement is a span named by its ``db.query.summary``: a named query's
-  ``<file stem>.<query name>``, known from its text (a :class:`~wis2l_core.db.sql.QueryText`)
-  without parsing; other SQL is summarised once as ``<operation> <table>`` (``SELECT
-  users``). Its duration goes to ``db.client.operation.duration``. Parameter values are
-  never recorded; the SQL only when asked (``WIS2L_OTEL_DB_QUERY_TEXT``).
+  ``<file stem>.<query name>``, known from its text (a
+  :class:`~wis2l_core.telemetry._sql.QueryText`) without parsing; other SQL is
+  summarised once as ``<operation> <table>`` (``SELECT users``). Its duration goes to
+  ``db.client.operation.duration``. Parameter values are never recorded; the SQL only
+  when asked (``WIS2L_OTEL_DB_QUERY_TEXT``).
 
 In a pipeline (the repositories' writes) ``execute`` only queues the statement: its span
 ends when psycopg hands the cursor its results (``_check_results``, psycopg's one hook
@@ -38,9 +39,8 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 
 from wis2l_core.config import SqlComments
-from wis2l_core.db.sql import QueryText
 from wis2l_core.telemetry._core import DB_DURATION, Instruments, meter, record_error, tracer
-from wis2l_core.telemetry._sql import describe
+from wis2l_core.telemetry._sql import QueryText, describe
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation

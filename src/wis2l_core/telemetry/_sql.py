@@ -1,7 +1,9 @@
-"""What a SQL statement is, for its span: its operation and its one table. No I/O.
+"""What a SQL statement is, for its span: its name, its operation and its one table. No I/O.
 
-:func:`describe` reads a statement once (the answers are cached per text): enough of
-PostgreSQL's grammar to find the verb and the tables a statement names, never its values.
+A named query's text is a :class:`QueryText` (``Query.text``, made by
+:mod:`wis2l_core.db.sql`), which carries its name. :func:`describe` reads any statement
+once (the answers are cached per text): enough of PostgreSQL's grammar to find the verb
+and the tables a statement names, never its values.
 """
 
 from __future__ import annotations
@@ -9,7 +11,28 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["describe"]
+__all__ = ["QueryText", "describe"]
+
+
+class QueryText(str):
+    """A named query's SQL: a ``str`` that also knows the query's name.
+
+    ``Query.text`` is one, so whatever runs it (a repository, ``fetch_one``, a generated
+    function, or psycopg called by hand with ``query.text``) hands the name to the
+    connection's cursor along with the text: the cursor names its span and its SQL
+    comment ``users.find_by_id`` without parsing anything at call time.
+    """
+
+    summary: str
+    """``<file stem>.<query name>``: the span's name and ``db.query.summary``."""
+
+    @classmethod
+    def named(cls, text: str, summary: str) -> QueryText:
+        """``text`` carrying ``summary``."""
+        made = cls(text)
+        made.summary = summary
+        return made
+
 
 _TOKEN = re.compile(
     r"""
