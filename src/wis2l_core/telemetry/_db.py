@@ -193,14 +193,17 @@ class TracedCursor(psycopg.AsyncCursor[Any]):
             query, prepare = _commented(query, span, self.comments, prepare)
         _POOL.get()  # the pool gauges start reporting once a meter is set
         start = time.perf_counter()
+        pipelined = conn._pipeline is not None
+        if pipelined:  # queued: the span ends with the results (maybe before we resume)
+            self._wis2l_pending = (span, start, attributes)
         try:
             await psycopg.AsyncCursor.execute(self, query, params, prepare=prepare, binary=binary)
         except BaseException as exc:
-            _finish(span, start, attributes, exc)
+            if not pipelined or self._wis2l_pending is not None:
+                self._wis2l_pending = None
+                _finish(span, start, attributes, exc)
             raise
-        if conn._pipeline is not None:  # queued: the span ends with the results
-            self._wis2l_pending = (span, start, attributes)
-        else:
+        if not pipelined:
             _finish(span, start, attributes, None)
         return self
 
@@ -393,8 +396,18 @@ _POOL: Instruments[_PoolInstruments] = Instruments(_pool_instruments)
 
 
 def watch(pool: AsyncConnectionPool[Any]) -> None:
-    """Report ``pool`` in the ``db.client.connection.*`` metrics while it is open."""
-    _POOLS[pool] = pool_name(pool)
+    """Report ``pool`` in the ``db.client.connection.*`` metrics while it is open.
+
+    Its ``db.client.connection.pool.name`` is ``<host>:<port>/<database>``, with ``#2``,
+    ``#3`` ... after it for a second or third open pool of the same database.
+    """
+    base = name = pool_name(pool)
+    taken = {v for p, v in list(_POOLS.items()) if not p.closed}
+    count = 1
+    while name in taken:
+        count += 1
+        name = f"{base}#{count}"
+    _POOLS[pool] = name
     _POOL.get()
 
 
