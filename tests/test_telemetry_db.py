@@ -17,6 +17,7 @@ from tests.helpers import make_project
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.config import SqlComments
+from wis2l_core.db import typed
 from wis2l_core.db.pool import Database
 from wis2l_core.db.sql import load_queries
 from wis2l_core.errors import Conflict, ServiceUnavailable, Wis2lError
@@ -25,6 +26,11 @@ from wis2l_core.telemetry._sql import describe
 from wis2l_core.testing.telemetry import Captured
 
 SECRET = "tiramisu-7f3a"  # a parameter value no attribute may carry
+
+
+@attrs.frozen
+class Count:
+    n: int
 
 
 def database_name(settings: Settings) -> str:
@@ -120,6 +126,9 @@ async def test_an_app_query_is_named_by_its_file_and_name(
     assert span.attributes is not None
     assert span.attributes["db.query.summary"] == "reports.users_named"
     assert span.attributes["db.collection.name"] == "users"
+    # the functions `wis2l db generate` writes run through the same cursor
+    assert await typed.one(wis.database, queries["users_named"], {"name": SECRET}, Count)
+    assert len(wis2l_telemetry.named("reports.users_named")) == 2
     # SQL of the app's own, unnamed: summarised as operation and table
     await wis.database.fetch_all("SELECT id FROM projects WHERE name = %s", [SECRET])
     adhoc = wis2l_telemetry.span("SELECT projects")
