@@ -56,7 +56,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
-from wis2l_core.telemetry._db import waiting, watch
+from wis2l_core.telemetry._pool import waiting, watch
 
 __all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool"]
 

@@ -19,10 +19,9 @@ In a pipeline (the repositories' writes) ``execute`` only queues the statement: 
 ends when psycopg hands the cursor its results (``_check_results``, psycopg's one hook
 for it), so the duration and a failure belong to the statement that caused them.
 
-The pool adds a span while a borrow waits for a connection (:func:`waiting`),
-``db.client.connection.*`` gauges read from psycopg_pool's ``get_stats()`` at collection
-time (:func:`watch`), and ``wis.transaction()`` a ``transaction`` span around its
-statements (:func:`transaction_span`).
+``wis.transaction()`` (and a repository write that opens a transaction of its own) is a
+``transaction`` span around its statements (:func:`transaction_span`). The pool's own
+telemetry (waiting for a connection, the gauges) is in :mod:`wis2l_core.telemetry._pool`.
 """
 
 from __future__ import annotations
@@ -31,33 +30,21 @@ import contextlib
 import functools
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import psycopg
-from psycopg import conninfo as pg_conninfo
 
 from wis2l_core.config import SqlComments
-from wis2l_core.telemetry._core import DB_DURATION, Instruments, meter, record_error, tracer
+from wis2l_core.telemetry._core import DB_DURATION, meter, record_error, tracer
+from wis2l_core.telemetry._pool import POOL_INSTRUMENTS, POSTGRESQL
 from wis2l_core.telemetry._sql import QueryText, describe
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
     from opentelemetry.trace import Span, Tracer
-    from psycopg_pool import AsyncConnectionPool
 
-__all__ = [
-    "POSTGRESQL",
-    "TracedCursor",
-    "cursor_class",
-    "transaction_span",
-    "waiting",
-    "watch",
-]
-
-POSTGRESQL = "postgresql"
-"""``db.system.name`` of every span and measurement here."""
+__all__ = ["TracedCursor", "cursor_class", "transaction_span"]
 
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()
 
@@ -191,7 +178,7 @@ class TracedCursor(psycopg.AsyncCursor[Any]):
             )
         if self.comments is not SqlComments.OFF and type(query) is QueryText:
             query, prepare = _commented(query, span, self.comments, prepare)
-        _POOL.get()  # the pool gauges start reporting once a meter is set
+        POOL_INSTRUMENTS.get()  # the pool gauges start reporting once a meter is set
         start = time.perf_counter()
         pipelined = conn._pipeline is not None
         if pipelined:  # queued: the span ends with the results (maybe before we resume)
@@ -271,7 +258,7 @@ def cursor_class(query_text: bool, comments: SqlComments) -> type[TracedCursor]:
 
 
 # ---------------------------------------------------------------------------------------
-# Transactions and waiting for a connection
+# Transactions
 
 
 def transaction_span() -> contextlib.AbstractContextManager[object]:
@@ -298,153 +285,3 @@ def _transaction(spans: Tracer) -> Iterator[Span]:
         except BaseException as exc:
             record_error(span, exc)
             raise
-
-
-@attrs.frozen
-class _PoolInstruments:
-    wait_time: Histogram
-    observables: tuple[object, ...]
-
-
-_POOLS: weakref.WeakKeyDictionary[AsyncConnectionPool[Any], str] = weakref.WeakKeyDictionary()
-
-
-def pool_name(pool: AsyncConnectionPool[Any]) -> str:
-    """``db.client.connection.pool.name``: ``<host>:<port>/<database>`` of the pool's URL."""
-    name = _POOLS.get(pool)
-    if name is not None:
-        return name
-    try:
-        info = pg_conninfo.conninfo_to_dict(pool.conninfo if isinstance(pool.conninfo, str) else "")
-    except psycopg.ProgrammingError:
-        return pool.name
-    host = info.get("host") or "localhost"
-    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
-
-
-def _stats(attribute: str) -> Iterable[tuple[AsyncConnectionPool[Any], str, dict[str, int]]]:
-    for pool, name in list(_POOLS.items()):
-        if not pool.closed:
-            yield pool, name, pool.get_stats()
-
-
-def _count(options: CallbackOptions) -> Iterable[Observation]:
-    from opentelemetry.metrics import Observation
-
-    for _pool, name, stats in _stats("count"):
-        idle = stats.get("pool_available", 0)
-        used = max(stats.get("pool_size", 0) - idle, 0)
-        yield Observation(idle, _pool_attributes(name, "idle"))
-        yield Observation(used, _pool_attributes(name, "used"))
-
-
-def _gauge(key: str) -> Any:
-    def observe(options: CallbackOptions) -> Iterable[Observation]:
-        from opentelemetry.metrics import Observation
-
-        for _pool, name, stats in _stats(key):
-            yield Observation(stats.get(key, 0), _pool_attributes(name))
-
-    return observe
-
-
-def _pool_attributes(name: str, state: str | None = None) -> dict[str, str]:
-    found = {"db.system.name": POSTGRESQL, "db.client.connection.pool.name": name}
-    if state is not None:
-        found["db.client.connection.state"] = state
-    return found
-
-
-def _pool_instruments(m: Meter) -> _PoolInstruments:
-    return _PoolInstruments(
-        wait_time=m.create_histogram(
-            "db.client.connection.wait_time",
-            unit="s",
-            description="The time it took to obtain a connection from the pool.",
-            explicit_bucket_boundaries_advisory=(0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
-        ),
-        observables=(
-            m.create_observable_up_down_counter(
-                "db.client.connection.count",
-                [_count],
-                unit="{connection}",
-                description="The number of connections in the pool, by state (idle, used).",
-            ),
-            m.create_observable_up_down_counter(
-                "db.client.connection.max",
-                [_gauge("pool_max")],
-                unit="{connection}",
-                description="The maximum number of open connections allowed.",
-            ),
-            m.create_observable_up_down_counter(
-                "db.client.connection.pending_requests",
-                [_gauge("requests_waiting")],
-                unit="{request}",
-                description="The number of borrows waiting for a connection.",
-            ),
-            m.create_observable_counter(
-                "db.client.connection.timeouts",
-                [_gauge("requests_errors")],
-                unit="{timeout}",
-                description="Borrows that timed out waiting for a connection.",
-            ),
-        ),
-    )
-
-
-_POOL: Instruments[_PoolInstruments] = Instruments(_pool_instruments)
-
-
-def watch(pool: AsyncConnectionPool[Any]) -> None:
-    """Report ``pool`` in the ``db.client.connection.*`` metrics while it is open.
-
-    Its ``db.client.connection.pool.name`` is ``<host>:<port>/<database>``, with ``#2``,
-    ``#3`` ... after it for a second or third open pool of the same database.
-    """
-    base = name = pool_name(pool)
-    taken = {v for p, v in list(_POOLS.items()) if not p.closed}
-    count = 1
-    while name in taken:
-        count += 1
-        name = f"{base}#{count}"
-    _POOLS[pool] = name
-    _POOL.get()
-
-
-def waiting(pool: AsyncConnectionPool[Any]) -> contextlib.AbstractContextManager[object]:
-    """Around a borrow that waits on psycopg_pool (no idle connection at hand): a
-    ``db.client.connection.wait`` span and a ``db.client.connection.wait_time`` value.
-
-    Nothing at all when no SDK records.
-    """
-    spans = tracer()
-    instruments = _POOL.get()
-    if spans is None and instruments is None:
-        return _NULL
-    return _waiting(spans, instruments, pool)
-
-
-@contextlib.contextmanager
-def _waiting(
-    spans: Tracer | None, instruments: _PoolInstruments | None, pool: AsyncConnectionPool[Any]
-) -> Iterator[None]:
-    attributes = _pool_attributes(_POOLS.get(pool) or pool_name(pool))
-    span = None
-    if spans is not None:
-        from opentelemetry.trace import SpanKind
-
-        span = spans.start_span(
-            "db.client.connection.wait", kind=SpanKind.INTERNAL, attributes=attributes
-        )
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException as exc:
-        if span is not None:
-            record_error(span, exc)
-        raise
-    finally:
-        if instruments is not None:
-            instruments.wait_time.record(time.perf_counter() - start, attributes)
-        if span is not None:
-            span.end()
