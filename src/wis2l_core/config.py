@@ -27,6 +27,7 @@ __all__ = [
     "FirstSignIn",
     "MigrationSource",
     "Settings",
+    "SqlComments",
     "parse_duration",
     "redact_url",
 ]
@@ -46,6 +47,19 @@ class FirstSignIn(enum.StrEnum):
     """Create the user from the token's ``email`` and ``name`` claims."""
     REFUSE = "refuse"
     """Refuse the token: users are provisioned some other way."""
+
+
+class SqlComments(enum.StrEnum):
+    """What the library writes in a comment before a named query (``WIS2L_SQL_COMMENTS``)."""
+
+    OFF = "off"
+    """No comment: the SQL is sent as written."""
+    NAME = "name"
+    """``/* users.find_by_id */``: the same text every time, so prepared statements,
+    PgBouncer and ``pg_stat_statements`` work as without it."""
+    TRACEPARENT = "traceparent"
+    """The name and the W3C ``traceparent`` of the statement's span: the text differs on
+    every call, so such a statement is not prepared (statement caches cannot reuse it)."""
 
 
 SERVICES = ("database", "redis", "nats")
@@ -358,6 +372,20 @@ class Settings:
     """Use server-side prepared statements (``WIS2L_DB_PREPARED_STATEMENTS``). Turn off
     behind a transaction-mode pooler without prepared-statement support (PgBouncer older
     than 1.21, or ``max_prepared_statements = 0``)."""
+    otel_db_query_text: bool = attrs.field(
+        default=False, metadata=_env("WIS2L_OTEL_DB_QUERY_TEXT", _BOOL)
+    )
+    """Put each statement's SQL in its span as ``db.query.text``
+    (``WIS2L_OTEL_DB_QUERY_TEXT``). Off by default. The text has placeholders, never the
+    values; SQL of yours that splices literals into the text would show them."""
+    sql_comments: SqlComments = attrs.field(
+        default=SqlComments.OFF,
+        converter=SqlComments,
+        metadata=_env("WIS2L_SQL_COMMENTS", _choice(SqlComments)),
+    )
+    """Name each named query in a SQL comment the server sees (``WIS2L_SQL_COMMENTS``):
+    ``off``, ``name`` (``/* users.find_by_id */``, stable text) or ``traceparent`` (adds
+    the span's ``traceparent``; such statements are not prepared)."""
     database_direct_url: str | None = attrs.field(
         default=None,
         repr=_redact_optional,

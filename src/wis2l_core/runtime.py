@@ -37,6 +37,7 @@ from wis2l_core.events.bus import EventBus
 from wis2l_core.events.handlers import register_seed_subscribers
 from wis2l_core.events.outbox import OutboxRelay
 from wis2l_core.health import HealthChecker, HealthReport, describe_error, secrets_of
+from wis2l_core.telemetry._db import transaction_span
 
 if TYPE_CHECKING:
     from wis2l_core.auth.access import Access
@@ -458,21 +459,23 @@ class Wis2l(Repositories):
                 by an ``asyncio.timeout`` the block caught): the transaction is rolled
                 back rather than committed half done.
         """
-        async with self._db.connection() as conn:
-            tx = Transaction(self._db, conn)
-            try:
-                with map_errors():
-                    async with conn.transaction():
-                        yield tx
-                        if self._db.interrupted(conn):
-                            # A cancellation inside the block (e.g. an asyncio.timeout the
-                            # block caught) cut a statement short: never commit half of it.
-                            raise Wis2lError(
-                                "the transaction was rolled back: a statement in it was "
-                                "cancelled (e.g. by a timeout) before it finished"
-                            )
-            finally:
-                tx._end()
+        with transaction_span():  # the block's statements are its children
+            async with self._db.connection() as conn:
+                tx = Transaction(self._db, conn)
+                try:
+                    with map_errors():
+                        async with conn.transaction():
+                            yield tx
+                            if self._db.interrupted(conn):
+                                # A cancellation inside the block (e.g. an asyncio.timeout
+                                # the block caught) cut a statement short: never commit
+                                # half of it.
+                                raise Wis2lError(
+                                    "the transaction was rolled back: a statement in it was "
+                                    "cancelled (e.g. by a timeout) before it finished"
+                                )
+                finally:
+                    tx._end()
 
     @classmethod
     @asynccontextmanager

@@ -20,6 +20,7 @@ from psycopg.rows import AsyncRowFactory, DictRow, dict_row
 from wis2l_core._net import whole_seconds
 from wis2l_core.config import Settings
 from wis2l_core.db.errors import map_errors
+from wis2l_core.telemetry._db import cursor_class
 
 __all__ = ["APPLICATION_NAME", "behind_pooler", "connect", "connect_kwargs", "connect_to"]
 
@@ -59,6 +60,8 @@ def connect_kwargs(settings: Settings, *, direct: bool = False) -> dict[str, Any
         "autocommit": True,
         "connect_timeout": whole_seconds(settings.db_connect_timeout),
         "application_name": APPLICATION_NAME,
+        # Every statement in a span when an SDK records (wis2l_core.telemetry._db).
+        "cursor_factory": cursor_class(settings.otel_db_query_text, settings.sql_comments),
     }
     if settings.db_statement_timeout > 0 and (direct or not behind_pooler(settings)):
         timeout_ms = int(settings.db_statement_timeout * 1000)

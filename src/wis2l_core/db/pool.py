@@ -56,6 +56,7 @@ from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods, Statement, label
 from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
+from wis2l_core.telemetry._pool import waiting, watch
 
 __all__ = ["RECONNECT_DELAY", "Connection", "Database", "Pool"]
 
@@ -164,6 +165,12 @@ class Pool(PoolInternals):
             yield
         finally:
             _ATTEMPTING.reset(token)
+
+    async def getconn(self, timeout: float | None = None) -> Connection:
+        """psycopg_pool's borrow (no idle connection at hand: it may wait), in a
+        ``db.client.connection.wait`` span when an SDK records."""
+        with waiting(self):
+            return await super().getconn(timeout)
 
     def retry_delay(self, delay: float) -> float:
         """Reconnect attempts at most ``RECONNECT_DELAY`` apart."""
@@ -395,6 +402,7 @@ class Database(QueryMethods):
                 ) from exc.__cause__
             raise
         self._pool = pool
+        watch(pool)
 
     @property
     def down(self) -> bool:

@@ -21,7 +21,12 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+)
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
@@ -38,6 +43,7 @@ from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
+from wis2l_core.telemetry._db import transaction_span
 
 __all__ = [
     "DeleteById",
@@ -141,6 +147,10 @@ class Repository(Generic[ModelT]):
         rows = await self._all(name, after=start, limit=limit + 1, **params)
         return keyset_page(scope, rows, limit, self._row)
 
+    def _transaction_span(self) -> AbstractContextManager[object]:
+        # A ``transaction`` span when this call opens a transaction of its own.
+        return transaction_span() if self._conn is None else nullcontext()
+
     def _transaction(self, conn: Connection) -> AbstractAsyncContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
         return nullcontext() if self._conn is not None else conn.transaction()
@@ -152,10 +162,11 @@ class Repository(Generic[ModelT]):
         For writes that need several statements decided one after another; each statement
         runs with :meth:`_exec` and the event is recorded with :meth:`_record`.
         """
-        async with self._db.connection(self._conn) as conn:
-            with map_errors():
-                async with self._transaction(conn):
-                    yield conn
+        with self._transaction_span():
+            async with self._db.connection(self._conn) as conn:
+                with map_errors():
+                    async with self._transaction(conn):
+                        yield conn
 
     async def _exec(self, conn: Connection, name: str, params: dict[str, Any]) -> DictRow | None:
         """Run query ``name`` on ``conn`` (inside :meth:`_unit`); return its first row."""
@@ -211,22 +222,25 @@ class Repository(Generic[ModelT]):
         query = self._q(name)
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
-        async with self._db.connection(self._conn) as conn:
-            with map_errors():
-                async with conn.pipeline():
-                    async with self._transaction(conn):
-                        cursors = [
-                            await conn.execute(query.text, p, prepare=True) for p in params_seq
-                        ]
-                        if isinstance(event, DomainEvent):
-                            await conn.execute(record.text, event_params(event), prepare=True)
-                        elif event is not None:
+        with self._transaction_span():
+            async with self._db.connection(self._conn) as conn:
+                with map_errors():
+                    async with conn.pipeline():
+                        async with self._transaction(conn):
+                            cursors = [
+                                await conn.execute(query.text, p, prepare=True) for p in params_seq
+                            ]
+                            if isinstance(event, DomainEvent):
+                                await conn.execute(record.text, event_params(event), prepare=True)
+                            elif event is not None:
+                                rows = await _fetch(cursors)
+                                made = event(rows[0]) if rows else None
+                                if made is not None:
+                                    await conn.execute(
+                                        record.text, event_params(made), prepare=True
+                                    )
+                        if event is None or isinstance(event, DomainEvent):
                             rows = await _fetch(cursors)
-                            made = event(rows[0]) if rows else None
-                            if made is not None:
-                                await conn.execute(record.text, event_params(made), prepare=True)
-                    if event is None or isinstance(event, DomainEvent):
-                        rows = await _fetch(cursors)
         self._db.log_query(query, start, count=len(params_seq))
         return rows
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import attrs
 
 from wis2l_core.errors import ValidationError
+from wis2l_core.telemetry._sql import QueryText
 
 __all__ = [
     "SHAPES",
     "Migration",
     "Query",
     "QueryFile",
+    "QueryText",
     "load_queries",
     "migrations",
     "parse_queries",
@@ -48,6 +50,11 @@ class Query:
     line: int
     shape: str | None = None
     """``one``, ``many``, ``exec`` or ``page`` from the name line, ``None`` when not given."""
+
+    def __attrs_post_init__(self) -> None:
+        summary = f"{self.file.removesuffix('.sql')}.{self.name}"
+        if getattr(self.text, "summary", None) != summary:
+            object.__setattr__(self, "text", QueryText.named(self.text, summary))
 
     @functools.cached_property
     def params(self) -> tuple[str, ...]:

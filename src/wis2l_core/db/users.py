@@ -227,7 +227,7 @@ class UserRepository(Repository[User], FindAll, DeleteById):
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
         async with self._db.connection(self._conn) as conn:
-            with map_errors():
+            with map_errors(), self._transaction_span():
                 async with conn.pipeline(), self._transaction(conn):
                     cur = await conn.execute(query.text, params, prepare=True)
                     row = await cur.fetchone()
