@@ -389,24 +389,15 @@ class RedisClient:
         Returns:
             The command's result, or ``default``.
         """
-        if telemetry.observing():  # an SDK records: a span and metrics around the guard
+        if telemetry.observing() and type(command) is not telemetry.Probe:
+            # An SDK records: the same guard runs again, inside a span, with the command
+            # wrapped in a probe (which this test lets through).
             return cast(
                 "T | D",
                 await telemetry.observed_call(
-                    self, self._call, op, default, command, *args, **kwargs
+                    self, self.call, op, default, command, *args, **kwargs
                 ),
             )
-        return await self._call(op, default, command, *args, **kwargs)
-
-    async def _call(
-        self,
-        op: str,
-        default: D,
-        command: Callable[Concatenate[Redis, P], Awaitable[T]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T | D:
-        """:meth:`call` without telemetry: the breaker, the command, the report."""
         redis = self.guard()
         if redis is None:
             if default is _STRICT:

@@ -36,7 +36,7 @@ import attrs
 from redis.exceptions import ResponseError
 
 from wis2l_core.errors import ServiceUnavailable
-from wis2l_core.telemetry._core import DB_DURATION, Instruments, record_error, tracer
+from wis2l_core.telemetry._core import DB_DURATION, Instruments, meter, record_error, tracer
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Meter
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_NAMES",
     "OUTCOMES",
+    "Probe",
     "observed_call",
     "observing",
     "record_decision",
@@ -139,7 +140,7 @@ _INSTRUMENTS: Instruments[_CacheInstruments] = Instruments(_CacheInstruments.mak
 
 def observing() -> bool:
     """True when a span or a measurement of a Redis call would be recorded."""
-    return tracer() is not None or _INSTRUMENTS.get() is not None
+    return tracer() is not None or meter() is not None
 
 
 @functools.lru_cache(maxsize=32)
@@ -206,8 +207,11 @@ def _cache_of(namespace: str, args: tuple[Any, ...]) -> tuple[str, str | None]:
     return CACHE_NAMES.get(service, "store"), service
 
 
-class _Probe:
-    """The command, run by the guard: records whether it ran, how long, what it raised."""
+class Probe:
+    """The command, run by the guard: records whether it ran, how long, what it raised.
+
+    The guard sees a probe and does not observe it again.
+    """
 
     __slots__ = ("command", "error", "ran", "seconds")
 
@@ -247,7 +251,7 @@ class _Call:
     cache: str
     service: str | None
     base: dict[str, Any]
-    probe: _Probe
+    probe: Probe
 
     def failed(self, span: Span | None, exc: BaseException) -> None:
         """The guard raised: ``ServiceUnavailable`` of a strict call, or a cancellation."""
@@ -305,12 +309,12 @@ async def observed_call(
     *args: Any,
     **kwargs: Any,
 ) -> Any:
-    """Run ``guard(op, default, command, *args, **kwargs)`` (the client's plain guard)
-    with a span around it and the metrics after it.
+    """Run ``guard(op, default, Probe(command), *args, **kwargs)`` (the client's guard,
+    which runs a probe plainly) with a span around it and the metrics after it.
 
     Args:
         client: the Redis client (its namespace, mode, settings and outage state).
-        guard: the client's guard without telemetry.
+        guard: the client's guard.
         op: what the call does, for the logs.
         default: what the guard returns when it fails open.
         command: the redis-py method or Lua script.
@@ -319,7 +323,7 @@ async def observed_call(
     """
     operation, summary, lookup = _describe(command)
     cache, service = _cache_of(client.namespace, args)
-    probe = _Probe(command)
+    probe = Probe(command)
     call = _Call(client, operation, lookup, cache, service, _base(client), probe)
     t = tracer()
     scope: contextlib.AbstractContextManager[Span | None]
