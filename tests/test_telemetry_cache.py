@@ -280,3 +280,57 @@ async def test_without_an_sdk_the_plain_path_runs(
     assert await cache.get("k") == 1
     await RateLimiter(client).hit("k", limit=5, per=1)
     assert (await RateLimiter(RedisClient(client.settings)).hit("k", limit=5, per=1)).allowed
+
+
+@attrs.frozen
+class _Runtime:
+    redis: RedisClient
+
+
+async def _request(app: Any) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [],
+        "client": ("203.0.113.9", 5000),
+    }
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_the_middleware_counts_under_its_policy(
+    client: RedisClient, down: RedisClient, wis2l_telemetry: Captured
+) -> None:
+    from wis2l_core import RateLimitMiddleware
+
+    async def hello(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    up = RateLimitMiddleware(hello, _Runtime(client), limit=1, per=60, policy="api")
+    assert [await _request(up), await _request(up)] == [200, 429]
+    closed = RateLimitMiddleware(
+        hello, _Runtime(down), limit=1, per=60, policy="api", fail_mode="closed"
+    )
+    assert await _request(closed) == 503
+    assert counts(wis2l_telemetry, "wis2l.ratelimit.decisions") == {
+        (("wis2l.ratelimit.decision", "allowed"), ("wis2l.ratelimit.policy", "api")): 1,
+        (("wis2l.ratelimit.decision", "denied"), ("wis2l.ratelimit.policy", "api")): 1,
+        (
+            ("wis2l.ratelimit.decision", "denied"),
+            ("wis2l.ratelimit.fail_mode", "closed"),
+            ("wis2l.ratelimit.policy", "api"),
+        ): 1,
+    }
+    assert ops(wis2l_telemetry, "ratelimit") == {"write": 2, "error": 1}
