@@ -148,11 +148,19 @@ class Unauthenticated(Wis2lError):
     Attributes:
         code: the RFC 6750 error code for ``WWW-Authenticate``: ``"invalid_token"``,
             ``"invalid_request"``, or ``None`` when no credentials were sent at all.
+        reason: why a token was refused, in one stable word (the ``wis2l.auth.outcome``
+            of telemetry): ``"malformed"``, ``"algorithm_refused"``, ``"wrong_issuer"``,
+            ``"unknown_key"``, ``"bad_signature"``, ``"expired"``, ``"not_yet_valid"``,
+            ``"wrong_audience"``, ``"missing_claim"`` or ``"invalid_claim"``; ``None``
+            when no token was checked.
     """
 
-    def __init__(self, message: str, *, code: str | None = "invalid_token") -> None:
+    def __init__(
+        self, message: str, *, code: str | None = "invalid_token", reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 class Forbidden(Wis2lError):

@@ -33,6 +33,7 @@ from wis2l_core.auth.principal import Principal
 from wis2l_core.cache.client import RedisClient
 from wis2l_core.cache.ratelimit import RateLimiter
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
+from wis2l_core.telemetry._cache import record_decision
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -123,7 +124,7 @@ class RateLimitMiddleware:
         self.per = seconds
         self.policy = policy
         self.fail_mode = fail_mode
-        self._limiter = RateLimiter(wis.redis, fail_mode="raise")
+        self._limiter = RateLimiter(wis.redis, fail_mode="raise", policy=policy)
         self._exempt = path_matcher(exempt_paths)
         self._policy_header = (
             b"ratelimit-policy",
@@ -146,6 +147,7 @@ class RateLimitMiddleware:
                 self._down_logged = True
                 verb = "letting requests through" if self.fail_mode == "open" else "503"
                 log.warning("rate limit unavailable (%s): %s", verb, exc)
+            record_decision(self.policy, allowed=self.fail_mode == "open", fail_mode=self.fail_mode)
             if self.fail_mode == "closed":
                 detail = "rate limit cannot be checked right now"
                 headers = [self._policy_header, (b"retry-after", b"1")]

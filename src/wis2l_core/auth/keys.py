@@ -177,7 +177,9 @@ class IssuerKeys:
             held = await self._refresh(required=False)
             key = _pick(held, kid, alg)
         if key is None:
-            raise Unauthenticated(f"no signing key of the issuer fits kid={kid!r}, alg={alg}")
+            raise Unauthenticated(
+                f"no signing key of the issuer fits kid={kid!r}, alg={alg}", reason="unknown_key"
+            )
         return key
 
     async def refresh(self) -> None:

@@ -29,11 +29,21 @@ from typing import Any
 
 import orjson
 from joserfc import jwt
-from joserfc.errors import ExpiredTokenError, JoseError, MissingClaimError, SecurityWarning
+from joserfc.errors import (
+    DecodeError,
+    ExpiredTokenError,
+    InvalidPayloadError,
+    JoseError,
+    MissingAlgorithmError,
+    MissingClaimError,
+    SecurityWarning,
+    UnsupportedAlgorithmError,
+)
 from joserfc.jwt import JWTClaimsRegistry
 
 from wis2l_core.auth.keys import IssuerKeys
 from wis2l_core.errors import Unauthenticated
+from wis2l_core.telemetry import _identity as telemetry
 
 __all__ = ["MAX_TOKEN_BYTES", "TokenVerifier"]
 
@@ -43,6 +53,27 @@ MAX_TOKEN_BYTES = 16 * 1024
 _HEADER_MEMO = 64
 """Distinct token headers remembered (then the memo starts again)."""
 _NEVER = frozenset({"none", "HS256", "HS384", "HS512"})
+MALFORMED = "malformed"
+
+
+def _signature_reason(exc: JoseError) -> str:
+    """``Unauthenticated.reason`` of a token joserfc would not decode or verify."""
+    if isinstance(exc, DecodeError | InvalidPayloadError):
+        return MALFORMED
+    if isinstance(exc, UnsupportedAlgorithmError | MissingAlgorithmError):
+        return "algorithm_refused"
+    return "bad_signature"
+
+
+def _claim_reason(exc: JoseError) -> str:
+    """``Unauthenticated.reason`` of a claim the registry refused."""
+    claim = getattr(exc, "claim", None)
+    return {
+        "aud": "wrong_audience",
+        "iss": "wrong_issuer",
+        "nbf": "not_yet_valid",
+        "iat": "not_yet_valid",
+    }.get(claim if isinstance(claim, str) else "", "invalid_claim")
 
 
 def _b64json(part: str, what: str) -> Any:
@@ -50,7 +81,9 @@ def _b64json(part: str, what: str) -> Any:
         raw = urlsafe_b64decode(part + "=" * (-len(part) % 4))
         return orjson.loads(raw)
     except (binascii.Error, ValueError) as exc:
-        raise Unauthenticated(f"malformed token: the {what} is not base64url JSON") from exc
+        raise Unauthenticated(
+            f"malformed token: the {what} is not base64url JSON", reason=MALFORMED
+        ) from exc
 
 
 def read_header(token: object) -> dict[str, Any]:
@@ -61,17 +94,21 @@ def read_header(token: object) -> dict[str, Any]:
         Unauthenticated: not a compact JWS of acceptable size and shape.
     """
     if not isinstance(token, str) or not token:
-        raise Unauthenticated("malformed token: not a string")
+        raise Unauthenticated("malformed token: not a string", reason=MALFORMED)
     if len(token) > MAX_TOKEN_BYTES:
-        raise Unauthenticated(f"token larger than {MAX_TOKEN_BYTES} bytes")
+        raise Unauthenticated(f"token larger than {MAX_TOKEN_BYTES} bytes", reason=MALFORMED)
     parts = token.split(".")
     if len(parts) != 3:
-        raise Unauthenticated("malformed token: not a signed JWT (header.payload.signature)")
+        raise Unauthenticated(
+            "malformed token: not a signed JWT (header.payload.signature)", reason=MALFORMED
+        )
     header = _b64json(parts[0], "header")
     if not isinstance(header, dict):
-        raise Unauthenticated("malformed token: the header is not a JSON object")
+        raise Unauthenticated("malformed token: the header is not a JSON object", reason=MALFORMED)
     if "crit" in header:
-        raise Unauthenticated(f"token header marks {header['crit']!r} critical: not understood")
+        raise Unauthenticated(
+            f"token header marks {header['crit']!r} critical: not understood", reason=MALFORMED
+        )
     return header
 
 
@@ -114,6 +151,12 @@ class TokenVerifier:
             Unauthenticated: the token is refused (the message says why).
             ServiceUnavailable: the issuer's keys cannot be had.
         """
+        if telemetry.observing():  # an SDK records: the auth.verify span and the count
+            return await telemetry.observed_verify(self.issuer, self._verify, token)
+        return await self._verify(token)
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        """:meth:`verify` without telemetry."""
         head = token.partition(".")[0] if isinstance(token, str) else ""
         seen = self._headers.get(head)
         if seen is None or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
@@ -132,7 +175,8 @@ class TokenVerifier:
         if issuer != self.issuer:
             shown = repr(issuer)[:200]
             raise Unauthenticated(
-                f"token issuer {shown} is not the expected issuer {self.issuer!r}"
+                f"token issuer {shown} is not the expected issuer {self.issuer!r}",
+                reason="wrong_issuer",
             )
 
     def _header(self, token: str) -> tuple[str, str | None]:
@@ -141,10 +185,12 @@ class TokenVerifier:
         header = read_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
-            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+            raise Unauthenticated(
+                f"token algorithm {alg!r} is not accepted", reason="algorithm_refused"
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise Unauthenticated("malformed token: kid is not a string")
+            raise Unauthenticated("malformed token: kid is not a string", reason=MALFORMED)
         if len(self._headers) >= _HEADER_MEMO:
             self._headers.clear()
         self._headers[token.partition(".")[0]] = (alg, kid)
@@ -160,16 +206,22 @@ class TokenVerifier:
             else:
                 claims = jwt.decode(token, key, algorithms=[alg]).claims
         except JoseError as exc:
-            raise Unauthenticated(f"token refused: {exc.error}: {exc.description}") from exc
+            raise Unauthenticated(
+                f"token refused: {exc.error}: {exc.description}", reason=_signature_reason(exc)
+            ) from exc
         self._check_issuer(claims.get("iss"))
         try:
             self._registry.validate(claims)
         except ExpiredTokenError as exc:
-            raise Unauthenticated("token expired") from exc
+            raise Unauthenticated("token expired", reason="expired") from exc
         except MissingClaimError as exc:
-            raise Unauthenticated(f"token lacks a required claim: {exc.description}") from exc
+            raise Unauthenticated(
+                f"token lacks a required claim: {exc.description}", reason="missing_claim"
+            ) from exc
         except JoseError as exc:
-            raise Unauthenticated(f"token refused: {exc.description}") from exc
+            raise Unauthenticated(
+                f"token refused: {exc.description}", reason=_claim_reason(exc)
+            ) from exc
         if not claims["sub"]:
-            raise Unauthenticated("token has an empty sub")
+            raise Unauthenticated("token has an empty sub", reason="invalid_claim")
         return claims

@@ -49,23 +49,37 @@ logger = logging.getLogger("wis2l_core.cache")
 SERVICE = "tokens"
 _MISS: Any = object()
 
-_ACQUIRE = LuaScript("""
+
+def _acquired_hit(reply: Any) -> bool:
+    """The lock script found the value cached (its telemetry's ``wis2l.cache.hit``)."""
+    return bool(reply) and reply[0] == b"hit"
+
+
+_ACQUIRE = LuaScript(
+    """
 local v = redis.call('GET', KEYS[1])
 if v then return {'hit', v} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'lock', redis.call('GET', KEYS[3]) or ''}
 end
 return {'wait'}
-""")
+""",
+    name="tokens.acquire",
+    hit=_acquired_hit,
+)
 """KEYS: value, lock, generation. ARGV: owner token, lock ttl ms."""
 
-_RENEW = LuaScript("""
+_RENEW = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
-""")
+""",
+    name="tokens.renew",
+)
 """KEYS: lock. ARGV: owner token, lock ttl ms."""
 
-_STORE = LuaScript("""
+_STORE = LuaScript(
+    """
 local stored = 0
 if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -73,22 +87,30 @@ if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
 end
 if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return stored
-""")
+""",
+    name="tokens.store",
+)
 """KEYS: value, generation, lock. ARGV: payload, ttl ms, generation read at lock time,
 owner token. Stores only if no invalidation happened since; always releases the lock."""
 
-_RELEASE = LuaScript("""
+_RELEASE = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-""")
+""",
+    name="tokens.release",
+)
 """KEYS: lock. ARGV: owner token."""
 
-_INVALIDATE = LuaScript("""
+_INVALIDATE = LuaScript(
+    """
 redis.call('DEL', KEYS[1])
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
-""")
+""",
+    name="tokens.invalidate",
+)
 """KEYS: value, generation. ARGV: generation ttl ms."""
 
 

@@ -30,6 +30,7 @@ from wis2l_core.health._checks import (
     ping_check,
 )
 from wis2l_core.health._report import CheckResult, HealthReport, classify
+from wis2l_core.telemetry import _health as telemetry
 
 if TYPE_CHECKING:
     from wis2l_core.config import Settings
@@ -150,6 +151,14 @@ class HealthChecker:
         Never raises for a failing check and never waits longer than the largest timeout
         (plus a few milliseconds) for a hung one.
         """
+        if telemetry.observing():  # an SDK records: spans, durations and status gauges
+            return await telemetry.observed_run(
+                functools.partial(self._run, critical_only=critical_only),
+                critical_only=critical_only,
+            )
+        return await self._run(critical_only=critical_only)
+
+    async def _run(self, *, critical_only: bool) -> HealthReport:
         specs = {n: s for n, s in self._checks.items() if s.critical or not critical_only}
         tasks = {
             name: asyncio.create_task(self._run_one(name, spec), name=f"wis2l-health-{name}")
@@ -183,9 +192,12 @@ class HealthChecker:
         error: str | None = None
         details: Mapping[str, Any] | None = None
         deadline = asyncio.timeout(limit)
+        check = spec.check
+        if telemetry.observing():
+            check = telemetry.observed_check(name, spec.critical, check)
         try:
             async with deadline:
-                details = await spec.check()
+                details = await check()
         except TimeoutError as exc:
             error = _timed_out(limit) if deadline.expired() else describe_error(exc, self.secrets)
         except CheckFailed as exc:
