@@ -38,6 +38,7 @@ from wis2l_core.db.sql import Query, QueryFile, query_file
 from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
+from wis2l_core.telemetry._messaging import current_context
 
 __all__ = [
     "DeleteById",
@@ -70,7 +71,8 @@ def set_field(
 
 
 def event_params(event: DomainEvent) -> dict[str, Any]:
-    """The ``events`` row for ``event``: its type, subsystem, subject and JSON payload."""
+    """The ``events`` row for ``event``: its type, subsystem, subject, JSON payload and the
+    trace context active now (see :mod:`wis2l_core.telemetry._messaging`)."""
     return {
         "id": event.id,
         "type": event.type,
@@ -78,6 +80,7 @@ def event_params(event: DomainEvent) -> dict[str, Any]:
         "project_id": event.project_id,
         "subject": event.type,
         "payload": Jsonb(event_payload(event)),
+        "trace_context": current_context(),  # the writer's span, or None (no SDK)
     }
 
 
