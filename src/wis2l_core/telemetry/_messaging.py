@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from wis2l_core.telemetry._core import DURATION_BUCKETS, Instruments, meter, tracer
+from wis2l_core.telemetry._core import DURATION_BUCKETS, Instruments, tracer
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
@@ -142,6 +142,7 @@ class _Messaging:
 
     @classmethod
     def make(cls, m: Meter) -> _Messaging:
+        _register(m)  # the outbox gauges, with the first messaging instrument of a meter
         return cls(
             duration=m.create_histogram(
                 "messaging.client.operation.duration",
@@ -644,18 +645,19 @@ def _register(m: Meter) -> None:
     )
 
 
-def watch_outbox(relay: _Relay, database: _Database) -> Callable[[], Awaitable[None]] | None:
-    """Report ``relay``'s backlog as ``wis2l.outbox.backlog``/``.lag`` while it runs (the
-    gauges read a cache that a scrape refreshes in the background, at most every 5 s).
-    Returns the refresh (a coroutine function), or ``None`` without an SDK."""
-    m = meter()
-    if m is None:
-        return None
-    _register(m)
+def watch_outbox(relay: _Relay, database: _Database) -> Callable[[], Awaitable[None]]:
+    """Report ``relay``'s backlog as ``wis2l.outbox.backlog``/``.lag`` while it runs.
+
+    The gauges read a cache that a collection refreshes in the background (one bounded
+    query, at most every 5 s); they are registered with a meter together with the
+    messaging instruments. Without an SDK this only notes the relay (no query is made).
+    Returns the refresh (a coroutine function).
+    """
     loop = asyncio.get_running_loop()
     watched = _WATCHED.get(relay)
     if watched is None:
         watched = _WATCHED[relay] = _Watched(relay, database, loop)
     watched.loop = loop
-    watched.due()
+    if _INST.get() is not None:  # registers the gauges with the current meter
+        watched.due()
     return watched.refresh
