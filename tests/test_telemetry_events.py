@@ -361,3 +361,12 @@ async def test_the_messaging_and_outbox_metrics(
 
     # Drained: the backlog goes back to 0 at the next refresh.
     await eventually(lambda: sum(gauge("wis2l.outbox.backlog").values()) == 0, timeout=10)
+
+
+def test_the_asyncapi_document_names_the_trace_headers() -> None:
+    from wis2l_core.events import asyncapi_document
+
+    schemas = asyncapi_document("ns")["components"]["schemas"]
+    for name in ("EventHeaders", "DeadLetterHeaders"):
+        assert set(_messaging.TRACE_HEADERS) <= set(schemas[name]["properties"]), name
+        assert not set(_messaging.TRACE_HEADERS) & set(schemas[name]["required"]), name

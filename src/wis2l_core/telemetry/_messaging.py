@@ -119,11 +119,23 @@ def _inject(span: Span, headers: dict[str, str]) -> None:
 
 
 def _link(stored: str) -> Any:
-    """A span link to a stored context, or ``None`` when it does not parse."""
-    assert _W3C is not None
-    parent, _, state = stored.partition(",")
-    carrier = {"traceparent": parent, "tracestate": state} if state else {"traceparent": parent}
-    ctx = _trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    """A span link to a stored context, or ``None`` when it does not parse.
+
+    Parsed here rather than by the propagator (which builds a whole context): the relay
+    makes one link per message.
+    """
+    fields = stored.partition(",")[0].split("-")
+    if len(fields) != 4 or len(fields[1]) != 32 or len(fields[2]) != 16:
+        return None
+    try:
+        ctx = _trace.SpanContext(
+            trace_id=int(fields[1], 16),
+            span_id=int(fields[2], 16),
+            is_remote=True,
+            trace_flags=_trace.TraceFlags(int(fields[3], 16) & 1),
+        )  # no tracestate: a link identifies the span, the message carries the state
+    except ValueError:
+        return None
     return _trace.Link(ctx) if ctx.is_valid else None
 
 
@@ -284,6 +296,7 @@ class Sending:
         self._tracer = tr
         self._inst = inst
         self._attrs: dict[str, dict[str, Any]] = {}
+        self._sent: dict[int, tuple[dict[str, Any], int]] = {}  # added once, at the end
         self._open = 0
         self._closed = False
         self._batch: Span | None = None
@@ -359,10 +372,17 @@ class Sending:
             span.end()
         if self._inst is not None:
             self._inst.duration.record(time.perf_counter() - start, attributes)
-            self._inst.sent.add(1, attributes)
+            key = id(attributes)  # one dict per subject (and per failure)
+            self._sent[key] = (attributes, self._sent.get(key, (attributes, 0))[1] + 1)
 
     def _finish(self) -> None:
-        if self._closed and self._open == 0 and self._batch is not None:
+        if not self._closed or self._open:
+            return
+        if self._inst is not None:
+            for attributes, count in self._sent.values():
+                self._inst.sent.add(count, attributes)
+            self._sent.clear()
+        if self._batch is not None:
             self._batch.end()
             self._batch = None
 
