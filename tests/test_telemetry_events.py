@@ -416,3 +416,29 @@ def test_the_asyncapi_document_names_the_trace_headers() -> None:
     for name in ("EventHeaders", "DeadLetterHeaders"):
         assert set(_messaging.TRACE_HEADERS) <= set(schemas[name]["properties"]), name
         assert not set(_messaging.TRACE_HEADERS) & set(schemas[name]["required"]), name
+
+
+def test_the_kept_context_fits_its_column(wis2l_telemetry: Captured) -> None:
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    def context_with(state: TraceState) -> str | None:
+        remote = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(1), trace_state=state)
+        with trace.use_span(NonRecordingSpan(remote)):
+            return _messaging.current_context()
+
+    short = context_with(TraceState([("a", "1")]))
+    assert short == "00-00000000000000000000000000000001-0000000000000002-01,a=1"
+    members = [(f"k{i}", "v" * 200) for i in range(3)]  # 614 characters of tracestate
+    assert context_with(TraceState(members)) == short.split(",")[0]  # dropped, not cut
+    assert context_with(TraceState()) == short.split(",")[0]
+
+
+def test_a_message_context_is_read_in_any_header_case(wis2l_telemetry: Captured) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for headers in ({"Traceparent": parent}, {"ce-traceparent": parent}):
+        ctx = trace.get_current_span(_messaging._extract(headers)).get_span_context()
+        assert ctx.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    garbage = _messaging._extract({"traceparent": "garbage"})
+    assert not trace.get_current_span(garbage).get_span_context().is_valid
+    assert _messaging._link("garbage") is None
+    assert _messaging._link(parent + ",a=1").context.span_id == 0xB7AD6B7169203331

@@ -62,6 +62,9 @@ __all__ = [
 SYSTEM = "nats"
 TRACE_HEADERS = ("traceparent", "tracestate", "ce-traceparent", "ce-tracestate")
 """The trace headers a message carries; a dead-lettered copy keeps them."""
+MAX_TRACESTATE = 512
+"""The longest ``tracestate`` kept with an event (the W3C minimum a hop must pass on);
+``events.trace_context`` holds at most 600 characters."""
 GAUGE_REFRESH = 5.0
 """Seconds between two reads of the outbox backlog by the gauges (at most)."""
 GAUGE_CAP = 100_000
@@ -84,7 +87,8 @@ def current_context() -> str | None:
         return None
     parent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
     state = ctx.trace_state.to_header() if ctx.trace_state else ""
-    return f"{parent},{state}" if state else parent
+    # A tracestate longer than the column keeps is dropped whole (W3C lets a hop drop it).
+    return f"{parent},{state}" if state and len(state) <= MAX_TRACESTATE else parent
 
 
 def trace_headers(stored: str, headers: dict[str, str]) -> None:
@@ -96,15 +100,25 @@ def trace_headers(stored: str, headers: dict[str, str]) -> None:
         headers["tracestate"] = headers["ce-tracestate"] = state
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Header ``name`` (lower case), as sent or in any other case (NATS keeps the case)."""
+    value = headers.get(name)
+    if value is None:
+        for key, found in headers.items():
+            if key.lower() == name:
+                return found
+    return value
+
+
 def _extract(headers: Mapping[str, str] | None) -> Any:
     """The context a message's headers carry (W3C first, then CloudEvents'), or ``None``."""
     if not headers or _W3C is None:
         return None
-    parent = headers.get("traceparent") or headers.get("ce-traceparent")
+    parent = _header(headers, "traceparent") or _header(headers, "ce-traceparent")
     if not parent:
         return None
     carrier = {"traceparent": parent}
-    state = headers.get("tracestate") or headers.get("ce-tracestate")
+    state = _header(headers, "tracestate") or _header(headers, "ce-tracestate")
     if state:
         carrier["tracestate"] = state
     return _W3C.extract(carrier)
@@ -251,8 +265,7 @@ def _publish_scope(
         _inject(span, headers)
     start = time.perf_counter()
     try:
-        with _trace.use_span(span) if span is not None else contextlib.nullcontext():
-            yield
+        yield
     except BaseException as exc:
         _fail(span, exc)
         if inst is not None:
