@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 from opentelemetry import trace
@@ -23,8 +24,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from tests.helpers import eventually, make_project
 from tests.test_events_bus import read_all
+from tests.test_events_outbox import PrivateNats, _env, _free_port
 
-from wis2l_core import Wis2l
+from wis2l_core import Settings, Wis2l
 from wis2l_core.db.locks import OUTBOX
 from wis2l_core.events import BuildProgress, BuildStarted, ComponentCreated, EventBus
 from wis2l_core.models import Language
@@ -249,6 +251,40 @@ async def test_a_relay_in_another_process_without_an_sdk_sends_the_writers_conte
             proc.terminate()
             proc.wait(10)
     assert seen == [request.get_span_context().trace_id]
+
+
+@pytest.mark.disruptive
+@pytest.mark.slow
+async def test_nats_down_the_event_waits_with_its_context_then_continues_the_trace(
+    wis2l_telemetry: Captured, wis2l_settings: Settings, tmp_path: Path
+) -> None:
+    server = PrivateNats(_free_port(), tmp_path / "js")
+    server.start()
+    settings = attrs.evolve(wis2l_settings, nats_urls=(server.url,))
+    try:
+        async with _env(settings) as env:
+            seen: list[int] = []
+
+            @env.bus.subscribe(ComponentCreated, durable="outage", backoff=FAST)
+            async def handle(event: ComponentCreated) -> None:
+                seen.append(trace.get_current_span().get_span_context().trace_id)
+
+            await env.bus.start_subscribers()
+            await env.relay().start()
+            project = await env.project()
+            server.stop()
+            await eventually(lambda: not env.bus.connected)
+            with wis2l_telemetry.tracer().start_as_current_span("request") as request:
+                await env.repos.components.create(
+                    project_id=project, name="P", language=Language.GDSCRIPT, code=""
+                )
+            await asyncio.sleep(0.5)
+            assert seen == []
+            server.start()
+            await eventually(lambda: len(seen) == 1, timeout=30)
+            assert seen == [request.get_span_context().trace_id]
+    finally:
+        server.stop()
 
 
 # -- bus.publish and dead letters ------------------------------------------------------
