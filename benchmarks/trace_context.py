@@ -15,7 +15,9 @@ written, and a fresh :class:`OutboxRelay` drains them with ``relay_once()`` pass
 - *with context and tracestate*: a two-member ``tracestate`` too (four headers);
 - *with context and an SDK*: ``traceparent`` rows, with an OpenTelemetry SDK recording every
   span (a ``send`` span per batch, a ``send <subject>`` span per message linked to the
-  writer's context, the messaging metrics) into a batch processor whose exporter drops them.
+  writer's context, the messaging metrics) into a batch processor whose exporter drops
+  them; and the same SDK sampling 1% of traces (``ParentBased(TraceIdRatioBased(0.01))``:
+  an unsampled batch's message spans are not recorded; the metrics still are).
 
 Bytes: the on-disk size of the column (``pg_column_size``) of a row with a context, and
 the header bytes the context adds to a NATS message (``traceparent``, ``ce-traceparent``
@@ -39,6 +41,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from benchmarks.env import Env, run_env, servers_and_database
 from benchmarks.harness import Config, Result, Target
@@ -85,8 +88,9 @@ async def _drain(env: Env, count: int, context: str | None) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def _with_sdk(env: Env, count: int) -> float:
-    tracer_provider = TracerProvider()
+async def _with_sdk(env: Env, count: int, *, ratio: float = 1.0) -> float:
+    sampler = ParentBased(TraceIdRatioBased(ratio))
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(BatchSpanProcessor(_Drop(), max_queue_size=20_000))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     configure(tracer_provider=tracer_provider, meter_provider=meter_provider)
@@ -105,27 +109,31 @@ async def throughput(env: Env, config: Config) -> Result:
     repeats = 1 if config.quick else 7
     await env.wis.relay.stop(5)
     contexts = {"without": None, "with": PARENT, "state": CONTEXT}
-    kinds = ["without", "with", "state", "sdk"]
+    kinds = ["without", "with", "state", "sdk", "sampled"]
     runs: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         for i in range(repeats):
-            for kind in kinds[i % 4 :] + kinds[: i % 4]:  # rotate which kind goes first
+            for kind in kinds[i % 5 :] + kinds[: i % 5]:  # rotate which kind goes first
                 if kind == "sdk":
                     runs[kind].append(await _with_sdk(env, count))
+                elif kind == "sampled":
+                    runs[kind].append(await _with_sdk(env, count, ratio=0.01))
                 else:
                     runs[kind].append(await _drain(env, count, contexts[kind]))
     finally:
         await env.wis.relay.start()
-    without, with_, state, sdk = (statistics.median(runs[k]) for k in kinds)
+    without, with_, state, sdk, sampled = (statistics.median(runs[k]) for k in kinds)
     res.values |= {
         "events/s without context": without,
         "events/s with context (no SDK)": with_,
         "events/s with context and tracestate (no SDK)": state,
         "events/s with context, SDK recording every span": sdk,
+        "events/s with context, SDK sampling 1% of batches": sampled,
     }
     res.ratios["with context / without (throughput)"] = with_ / without
     res.ratios["with context and tracestate / without (throughput)"] = state / without
     res.ratios["SDK recording / without (throughput)"] = sdk / without
+    res.ratios["SDK sampling 1% / without (throughput)"] = sampled / without
     res.targets.append(
         Target(
             "relay with context, share of without",
