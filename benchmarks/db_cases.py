@@ -140,6 +140,7 @@ async def components_create(env: Env, config: Config) -> Result:
                 "project_id": pid,
                 "subject": "component.created",
                 "payload": Jsonb(payload),
+                "trace_context": None,
             }
             async with c.pipeline(), c.transaction():
                 cur = await c.execute(

@@ -18,6 +18,7 @@ from benchmarks import (
     peer_cases,
     studio_cases,
     telemetry_cases,
+    trace_context,
     typed_cases,
 )
 from benchmarks.env import Env, run_env, servers_and_database
@@ -41,6 +42,7 @@ GROUPS: dict[str, Group] = {
     "peer": peer_cases.run,
     "typed": typed_cases.run,
     "telemetry": telemetry_cases.run,
+    "trace": trace_context.run,
 }
 """The case groups, in the order they run."""
 

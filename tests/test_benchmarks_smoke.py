@@ -44,6 +44,8 @@ def test_quick_run_writes_every_case(
         "token verification (warm keys)",
         "auth middleware per request",
         "rate limit redis round trips",
+        "outbox relay throughput, trace context",
+        "trace context bytes",
     } <= cases
     assert any(case.startswith("studio table page") for case in cases)
     ran = [r for r in results if r.skipped is None]

@@ -46,7 +46,8 @@ def fetch(url: str, query: str, params: Any = None) -> list[dict[str, Any]]:
         return conn.execute(query, params).fetchall()
 
 
-ALL_ROWS = "SELECT to_jsonb(e) AS row FROM events e ORDER BY seq"
+# Without trace_context: 0006 adds that column (NULL in every old row) after 0004.
+ALL_ROWS = "SELECT to_jsonb(e) - 'trace_context' AS row FROM events e ORDER BY seq"
 PENDING = "SELECT id FROM events WHERE published_at IS NULL AND subject IS NOT NULL ORDER BY seq"
 
 

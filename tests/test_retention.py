@@ -65,6 +65,7 @@ COLUMNS = [
     "published_at",
     "created_at",
     "updated_at",
+    "trace_context",  # 0006
 ]
 
 

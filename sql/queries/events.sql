@@ -1,10 +1,11 @@
 -- Events: the audit log, and the outbox the relay publishes from.
 
 -- name: insert_outbox
--- Written by every repository write, in the write's own transaction.
-INSERT INTO events (id, type, subsystem, project_id, subject, payload)
+-- Written by every repository write, in the write's own transaction, with the trace
+-- context active then (NULL without a span; sql/migrations/0006).
+INSERT INTO events (id, type, subsystem, project_id, subject, payload, trace_context)
 VALUES (%(id)s::uuid, %(type)s::text, %(subsystem)s::text, %(project_id)s::uuid,
-        %(subject)s::text, %(payload)s::jsonb);
+        %(subject)s::text, %(payload)s::jsonb, %(trace_context)s::text);
 
 -- name: create
 -- An audit-only record: subject NULL, so the outbox relay never publishes it.

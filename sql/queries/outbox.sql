@@ -31,9 +31,10 @@ SELECT set_config('idle_in_transaction_session_timeout', %(lease_ms)s::text, tru
 -- transaction has ended before the partition lock could be taken), and skipping a locked
 -- row would publish its successors first; if something does hold one (a cascading
 -- project delete), the pass fails and is retried. The id comes as text and occurred_at
--- is read here: the relay sends both as headers, so it parses neither.
+-- is read here: the relay sends both as headers, so it parses neither; so is the
+-- writer's trace context (traceparent and tracestate headers).
 SELECT seq, id::text AS id, subject, payload, payload ->> 'occurred_at' AS occurred_at,
-       created_at
+       created_at, trace_context
 FROM events
 WHERE published_at IS NULL AND subject IS NOT NULL
   AND seq <> ALL(%(in_flight)s::bigint[])
@@ -83,3 +84,20 @@ SELECT count(*)::bigint AS size,
        extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS oldest_age_s
 FROM events
 WHERE published_at IS NULL AND subject IS NOT NULL;
+
+-- name: backlog_by_partition
+-- The wis2l.outbox.backlog and wis2l.outbox.lag gauges: per partition, the unpublished
+-- events and the age of the oldest, among the oldest %(cap)s unpublished rows only (read
+-- through the partial index of unpublished rows, so the cost is bounded whatever the size
+-- of events; a backlog beyond the cap is reported as at least the cap).
+SELECT part, count(*)::bigint AS size,
+       extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS oldest_age_s
+FROM (SELECT (CASE WHEN project_id IS NULL THEN 0
+                   ELSE mod(uuid_hash_extended(project_id, 0) & 9223372036854775807,
+                            %(partitions)s::bigint) END)::int AS part,
+             created_at
+      FROM events
+      WHERE published_at IS NULL AND subject IS NOT NULL
+      ORDER BY seq
+      LIMIT %(cap)s::int) AS oldest
+GROUP BY part;

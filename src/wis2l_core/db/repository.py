@@ -44,6 +44,7 @@ from wis2l_core.errors import NotFound
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 from wis2l_core.telemetry._db import transaction_span
+from wis2l_core.telemetry._messaging import current_context
 
 __all__ = [
     "DeleteById",
@@ -76,7 +77,8 @@ def set_field(
 
 
 def event_params(event: DomainEvent) -> dict[str, Any]:
-    """The ``events`` row for ``event``: its type, subsystem, subject and JSON payload."""
+    """The ``events`` row for ``event``: its type, subsystem, subject, JSON payload and the
+    trace context active now (see :mod:`wis2l_core.telemetry._messaging`)."""
     return {
         "id": event.id,
         "type": event.type,
@@ -84,6 +86,7 @@ def event_params(event: DomainEvent) -> dict[str, Any]:
         "project_id": event.project_id,
         "subject": event.type,
         "payload": Jsonb(event_payload(event)),
+        "trace_context": current_context(),  # the writer's span, or None (no SDK)
     }
 
 

@@ -61,6 +61,22 @@ _CE_HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
+_TRACE_HEADERS: dict[str, dict[str, Any]] = {
+    "traceparent": {
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C Trace Context: the span the event was written in (a "
+        "repository write, kept with the outbox row) or published from (`bus.publish`); "
+        "present when the producer recorded a trace. A consumer's span continues it.",
+    },
+    "tracestate": {"description": "W3C Trace Context `tracestate`, when there is one."},
+    "ce-traceparent": {
+        "description": "The CloudEvents distributed-tracing extension: the same value "
+        "as `traceparent`."
+    },
+    "ce-tracestate": {"description": "The same value as `tracestate`, when there is one."},
+}
+
+
 def _markdown(text: str) -> str:
     return text.replace("``", "`")
 
@@ -160,6 +176,7 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
                     "stream's duplicate window; consumers can de-duplicate on it.",
                 },
                 **{h: {"type": "string", **spec} for h, spec in _CE_HEADERS.items()},
+                **{h: {"type": "string", **spec} for h, spec in _TRACE_HEADERS.items()},
             },
         }
     }
@@ -212,7 +229,11 @@ def asyncapi_document(settings: Settings | str = "wis2l") -> dict[str, Any]:
         "type": "object",
         "required": [h for h in DLQ_HEADERS if h != "Wis2l-Event-Id"],
         "properties": {
-            h: {"type": "string", "description": _DLQ_HEADER_DOCS[h]} for h in DLQ_HEADERS
+            **{h: {"type": "string", "description": _DLQ_HEADER_DOCS[h]} for h in DLQ_HEADERS},
+            **{
+                h: {"type": "string", "description": "Kept from the original message."}
+                for h in _TRACE_HEADERS
+            },
         },
     }
     return {

@@ -34,6 +34,7 @@ from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.streams import API_TIMEOUT, ELECTION_PROBE, Stream
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
 from wis2l_core.subjects import checked_subject, dlq_subject
+from wis2l_core.telemetry import _messaging
 
 __all__ = ["EncodedEvent", "EventBus", "Handler", "PendingAcks"]
 
@@ -55,12 +56,15 @@ class EncodedEvent(NamedTuple):
         payload: the JSON body.
         id: the event id, sent as ``Nats-Msg-Id`` and ``ce-id``.
         time: ``occurred_at`` in RFC 3339 form, sent as ``ce-time`` (when known).
+        trace: the trace context the event was written in (``events.trace_context``),
+            sent as ``traceparent``/``tracestate`` and ``ce-traceparent`` headers.
     """
 
     type: str
     payload: bytes
     id: str
     time: str | None = None
+    trace: str | None = None
 
 
 class PendingAcks:
@@ -367,7 +371,10 @@ class EventBus:
         """
         subject, data, headers = self._message(event)
         # unexpected: nats-py raises ValueError and others of its own from a publish
-        with map_nats_errors(f"publish to {subject}", unexpected=True):
+        with (
+            _messaging.publishing(subject, headers["Nats-Msg-Id"], headers),
+            map_nats_errors(f"publish to {subject}", unexpected=True),
+        ):
             js = self.jetstream
             try:
                 try:
@@ -410,7 +417,9 @@ class EventBus:
         futures: list[asyncio.Future[PubAck]] = []
         failed: BaseException | None = None
         subjects: dict[str, str] = {}
+        traced = _messaging.sending(len(messages))  # None without an SDK
         for n, msg in enumerate(messages):
+            started = None
             try:
                 subject = subjects.get(msg.type) or subjects.setdefault(
                     msg.type, self.subject(msg.type)
@@ -418,17 +427,25 @@ class EventBus:
                 # No wait_stall: with one, every call goes through wait_for, which yields
                 # to the loop, so each message would be flushed in its own write.
                 headers = cloudevent_headers(
-                    msg.type, msg.id, namespace=self.namespace, time=msg.time
+                    msg.type, msg.id, namespace=self.namespace, time=msg.time, trace=msg.trace
                 )
+                if traced is not None:
+                    started = traced.message(subject, msg.id, msg.trace, headers)
                 fut = await js.publish_async(subject, msg.payload, headers=headers)
             except PUBLISH_ERRORS as exc:
                 failed = exc
+                if traced is not None and started is not None:
+                    traced.failed(started, exc)
                 break
+            if traced is not None and started is not None:
+                traced.sent(started, fut)
             futures.append(fut)
             if n % _SEND_CHUNK == _SEND_CHUNK - 1:
                 # Let the client write what is queued, and other tasks (the relay's
                 # database work) run, while the rest is encoded.
                 await asyncio.sleep(0)
+        if traced is not None:
+            traced.close(failed)
         return PendingAcks(futures, len(messages), failed)
 
     # -- subscribing ---------------------------------------------------------------------

@@ -13,6 +13,8 @@ headers::
     ce-datacontenttype: application/json
     content-type: application/json
     Nats-Msg-Id: <event id>
+    traceparent: <W3C trace context>       (when the event was written inside a span;
+    ce-traceparent: <the same>              also tracestate/ce-tracestate when it has one)
 
 ``ce-type`` carries a reverse-DNS-style prefix, as the CloudEvents spec recommends, that
 does not change with ``WIS2L_NAMESPACE``: the namespace routes (it is part of the subject
@@ -36,6 +38,7 @@ import orjson
 
 from wis2l_core.catalogue import CATALOGUE, DomainEvent, decode_event
 from wis2l_core.errors import ValidationError
+from wis2l_core.telemetry._messaging import trace_headers
 
 __all__ = [
     "CE_TYPE_PREFIX",
@@ -112,7 +115,12 @@ def _constant_headers(event_type: str, namespace: str) -> dict[str, str]:
 
 
 def cloudevent_headers(
-    event_type: str, event_id: str, *, namespace: str, time: str | None = None
+    event_type: str,
+    event_id: str,
+    *,
+    namespace: str,
+    time: str | None = None,
+    trace: str | None = None,
 ) -> dict[str, str]:
     """The NATS headers that make a message a binary-mode CloudEvent.
 
@@ -121,6 +129,9 @@ def cloudevent_headers(
         event_id: the event id (``ce-id`` and ``Nats-Msg-Id``).
         namespace: the subject namespace (part of ``ce-source``).
         time: ``occurred_at`` in RFC 3339 form (``ce-time``), when known.
+        trace: the trace context the event was written in, as the outbox keeps it
+            (``<traceparent>[,<tracestate>]``): sent as W3C ``traceparent``/``tracestate``
+            and as the distributed-tracing extension's ``ce-traceparent``/``ce-tracestate``.
 
     Returns:
         Header name -> value, percent-encoded as the binding requires (a new dict).
@@ -130,6 +141,8 @@ def cloudevent_headers(
     headers["Nats-Msg-Id"] = event_id
     if time:
         headers["ce-time"] = _encode(time)
+    if trace:
+        trace_headers(trace, headers)
     return headers
 
 

@@ -57,6 +57,7 @@ from wis2l_core.errors import SchemaMissing, ServiceUnavailable, ValidationError
 from wis2l_core.events._errors import translate
 from wis2l_core.events.bus import EncodedEvent, EventBus, PendingAcks
 from wis2l_core.events.streams import API_TIMEOUT
+from wis2l_core.telemetry import _messaging
 
 __all__ = ["CHANNEL", "OutboxBacklog", "OutboxRelay", "home_partitions"]
 
@@ -69,7 +70,8 @@ APPLICATION_PREFIX = "wis2l-outbox "
 _BATCHES_PER_TX = 8
 _MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
 _Row = tuple[Any, ...]
-"""A claimed row: seq, id (text), subject, payload, occurred_at (text), created_at."""
+"""A claimed row: seq, id (text), subject, payload, occurred_at (text), created_at,
+trace_context (the writer's, or None)."""
 
 
 async def _fetch(conn: Connection, query: Query, **params: Any) -> list[DictRow]:
@@ -188,6 +190,7 @@ class OutboxRelay:
         self._wake.set()  # first pass at once: rows may be waiting from before
         self._listener = asyncio.create_task(self._listen(), name="wis2l-outbox-listen")
         self._task = asyncio.create_task(self._run(), name="wis2l-outbox-relay")
+        _messaging.watch_outbox(self, self._db)  # the backlog and lag gauges (with an SDK)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Finish the batch in hand (up to ``timeout``, default ``shutdown_timeout``), stop.
@@ -456,6 +459,7 @@ class OutboxRelay:
             self._fence(started)
             params = {"seqs": [r[0] for r in acked], "oldest": min(r[5] for r in acked)}
             await conn.execute(self._queries["mark_published"].text, params, prepare=True)
+            _messaging.relayed(acked, created=5)  # wis2l.outbox.published, publish_latency
         failures = [res for res in results if res is not None]
         return len(acked), (await self._failed(failures, len(rows)) if failures else None)
 
@@ -465,8 +469,8 @@ class OutboxRelay:
         self._fence(started)
         dumps = orjson.dumps
         batch = [
-            EncodedEvent(subject, dumps(payload), id_, occurred_at)
-            for _, id_, subject, payload, occurred_at, _ in rows
+            EncodedEvent(subject, dumps(payload), id_, occurred_at, trace)
+            for _, id_, subject, payload, occurred_at, _, trace in rows
         ]
         return await self._bus.send_encoded(batch)
 

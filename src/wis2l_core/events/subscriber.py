@@ -28,6 +28,7 @@ from wis2l_core.config import Settings
 from wis2l_core.errors import ServiceUnavailable, ValidationError
 from wis2l_core.events._errors import ELECTING, LEADERLESS, map_nats_errors, stream_missing
 from wis2l_core.events.cloudevents import decode_message
+from wis2l_core.telemetry import _messaging
 
 __all__ = ["DLQ_HEADERS", "Handler", "Subscriber", "SubscriberBus", "SubscriptionOptions"]
 
@@ -239,6 +240,7 @@ class Subscriber(Generic[E]):
                     continue
                 leaderless.served()
                 backoff.reset()
+                _messaging.consumed(self.subject, self.options, len(msgs))
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._running[task] = msg
@@ -351,6 +353,11 @@ class Subscriber(Generic[E]):
         except Exception as exc:  # not a JetStream message: cannot happen on a consumer
             log.error("unexpected message on %s: %s", msg.subject, exc)
             return
+        # The process span: a child of the context the message carries (the writer's).
+        with _messaging.processing(self.subject, self.options, msg.headers, attempt):
+            await self._process(msg, attempt)
+
+    async def _process(self, msg: Msg, attempt: int) -> None:
         try:
             event = decode_message(msg.data, msg.headers, cls=self.event_type)
         except ValidationError as exc:
@@ -371,6 +378,7 @@ class Subscriber(Generic[E]):
             log.warning("ack of %s failed (it will be redelivered): %s", event.id, exc)
 
     async def _failed(self, msg: Msg, event: E, exc: Exception, attempt: int) -> None:
+        _messaging.process_failed(exc)
         extra = {"event_id": str(event.id), "consumer": self.options.consumer}
         if attempt >= self.options.max_deliver:
             log.error(
@@ -413,6 +421,7 @@ class Subscriber(Generic[E]):
         original_id = (msg.headers or {}).get("Nats-Msg-Id")
         if original_id:
             headers["Wis2l-Event-Id"] = original_id
+        _messaging.dead_letter_headers(msg.headers, headers)  # the copy stays in the trace
         subject = self.bus.dlq_subject(msg.subject)
         try:
             with map_nats_errors(f"dead-letter to {subject}"):
@@ -426,6 +435,7 @@ class Subscriber(Generic[E]):
             except Exception as nak_exc:
                 log.debug("nak failed: %s", nak_exc)
             return
+        _messaging.dead_lettered(msg.subject, subject, self.options, reason, exc)
         log.error(
             "dead-lettered %s message seq %d to %s (%s): %s",
             msg.subject,
