@@ -157,8 +157,9 @@ async def throughput(env: Env, config: Config) -> Result:
     )
     res.notes = (
         f"{count} committed rows drained by relay_once() passes (batches of 1,000, 8 per"
-        f" transaction), median of {repeats}; raw: publish_async in windows of {WINDOW},"
-        " with the Nats-Msg-Id header only, and with the relay's eight headers"
+        f" transaction; HPUB written by events/_publish.py), median of {repeats}; raw:"
+        f" publish_async in windows of {WINDOW}, with the Nats-Msg-Id header only, and with"
+        " the relay's eight headers"
     )
     return res
 

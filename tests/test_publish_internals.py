@@ -202,3 +202,18 @@ async def test_a_batch_reaches_the_stream_in_order(bus: EventBus) -> None:
     assert got[0].headers["ce-type"] == "wis2l.build.progress"
     await sub.unsubscribe()
     await asyncio.sleep(0)
+
+
+async def test_a_cancelled_send_forgets_its_slots(nc: NatsClient) -> None:
+    publisher = Publisher(nc, HeaderEncoder(), chunk=10)
+    await publisher.start()
+    listener = await nc.subscribe("wis2l-test-silent.>")  # takes them, never replies
+    batch = [("wis2l-test-silent.y", b"{}", {})] * 100
+    task = asyncio.create_task(publisher.send(batch, 100))
+    await asyncio.sleep(0)  # the send runs to its first yield, after 10 messages
+    assert publisher._waiting
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not publisher._waiting
+    await listener.unsubscribe()

@@ -253,6 +253,9 @@ class Publisher:
             await self._write(messages, pending)
         except (nats.errors.Error, OSError, TimeoutError, ValueError) as exc:
             pending._failed = exc
+        except BaseException:  # cancelled: nobody will wait for these acks
+            pending._give_up()
+            raise
         pending._results.extend([_UNSENT] * (total - len(pending._tokens)))
         return pending
 
