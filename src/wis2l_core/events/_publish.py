@@ -76,21 +76,29 @@ class HeaderEncoder:
             ValueError: a header name NATS does not accept.
         """
         parts = [_HEAD]
-        lines, constant = self._lines, self._constant
+        add = parts.append
+        lines, names, constant = self._lines, self._names, self._constant
         for key, value in headers.items():
             if key in constant:
                 line = lines.get((key, value))
                 if line is None:
-                    line = self._line(key, value)
+                    name = self._name(key)
+                    line = name + self._value(value) + _CRLF if name else b""
                     if len(lines) < _CACHE_LIMIT:
                         lines[(key, value)] = line
-            else:
-                line = self._line(key, value)
-            parts.append(line)
-        parts.append(_CRLF)
+                add(line)
+                continue
+            known = names.get(key)
+            name = self._name(key) if known is None else known
+            if name:
+                add(name)
+                add(self._value(value))
+                add(_CRLF)
+        add(_CRLF)
         return b"".join(parts)
 
-    def _line(self, key: str, value: str) -> bytes:
+    def _name(self, key: str) -> bytes:
+        """``b"<name>: "`` for a header name (``b""`` for an empty one, which is skipped)."""
         name = self._names.get(key)
         if name is None:
             stripped = key.strip()
@@ -99,9 +107,14 @@ class HeaderEncoder:
             name = stripped.encode() + b": " if stripped else b""
             if len(self._names) < _CACHE_LIMIT:
                 self._names[key] = name
-        if not name:
-            return b""
-        return name + value.strip().translate(_NEWLINES).encode() + _CRLF
+        return name
+
+    @staticmethod
+    def _value(value: str) -> bytes:
+        value = value.strip()
+        if "\r" in value or "\n" in value:
+            value = value.translate(_NEWLINES)
+        return value.encode()
 
 
 def check(nc: Any) -> str | None:
