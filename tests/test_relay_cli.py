@@ -195,3 +195,18 @@ def test_the_metrics_hook_serves_nothing_yet() -> None:
     from wis2l_core.cli.relay import metrics_app
 
     assert metrics_app() is None
+
+
+def test_production_with_nats_down_fails_in_one_line(
+    wis2l_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [k for k in os.environ if k.startswith(("DATABASE_", "NATS_", "REDIS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", wis2l_database_url)
+    monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("WIS2L_ENV", "production")
+    monkeypatch.setenv("WIS2L_NATS_CONNECT_TIMEOUT", "1")
+    assert main(["relay"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("wis2l relay: ServiceUnavailable: nats: cannot reach")
