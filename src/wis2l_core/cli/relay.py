@@ -160,8 +160,17 @@ def run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         lease=args.lease,
     )
+
+    def started() -> None:
+        # Once up, a relay's outages (NATS or PostgreSQL lost, a batch not acknowledged)
+        # belong in the service's log; before, a failure is the one line printed below.
+        if not getattr(args, "verbose", False):
+            logging.getLogger("wis2l_core").setLevel(logging.WARNING)
+
     try:
-        return asyncio.run(process.run_until_signal(args.health_host, args.health_port))
+        return asyncio.run(
+            process.run_until_signal(args.health_host, args.health_port, on_started=started)
+        )
     except Wis2lError as exc:
         print(f"wis2l relay: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -242,8 +251,16 @@ class RelayProcess:
         await self.bus.close(1.0)
         await self.database.close()
 
-    async def run_until_signal(self, host: str = "127.0.0.1", port: int | None = None) -> int:
-        """Start, serve health on ``port`` if given, wait for SIGTERM/SIGINT, stop; 0."""
+    async def run_until_signal(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        on_started: Callable[[], None] | None = None,
+    ) -> int:
+        """Start, serve health on ``port`` if given, wait for SIGTERM/SIGINT, stop; 0.
+
+        ``on_started`` is called once everything is up."""
         received = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -261,6 +278,8 @@ class RelayProcess:
                 file=sys.stderr,
                 flush=True,
             )
+            if on_started is not None:
+                on_started()
             await received.wait()
             log.info("signal received; stopping")
         finally:
