@@ -26,9 +26,6 @@ from tests.helpers import eventually, make_project
 from wis2l_core import Settings, Wis2l
 from wis2l_core.cli import main
 
-pytestmark = pytest.mark.slow
-
-
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     return env | {
@@ -99,6 +96,7 @@ async def _unpublished(wis: Wis2l) -> int:
     return int(count)
 
 
+@pytest.mark.slow
 async def test_the_relay_process_publishes_commits_and_stops_on_sigterm(
     wis: Wis2l, tmp_path: Path
 ) -> None:
@@ -157,6 +155,7 @@ async def _none_left(wis: Wis2l) -> bool:
     return await _unpublished(wis) == 0
 
 
+@pytest.mark.slow
 async def test_sigint_also_stops_it_cleanly(wis: Wis2l, tmp_path: Path) -> None:
     await wis.relay.stop()
     with _relay(wis.settings, tmp_path, "--relay-id", "cli-test-1") as proc:
