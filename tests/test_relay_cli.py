@@ -26,6 +26,7 @@ from tests.helpers import eventually, make_project
 from wis2l_core import Settings, Wis2l
 from wis2l_core.cli import main
 
+
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     return env | {
