@@ -36,6 +36,8 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from wis2l_core.events.streams import API_TIMEOUT
+
 __all__ = ["HeaderEncoder", "PendingAcks", "Publisher", "check"]
 
 log = logging.getLogger("wis2l_core.events")
@@ -174,7 +176,7 @@ class PendingAcks:
         if self._outstanding == 0 and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    async def wait(self, timeout: float) -> list[BaseException | None]:
+    async def wait(self, timeout: float = API_TIMEOUT) -> list[BaseException | None]:
         """Wait up to ``timeout`` seconds for every ack.
 
         Returns:
