@@ -217,3 +217,13 @@ async def test_a_cancelled_send_forgets_its_slots(nc: NatsClient) -> None:
         await task
     assert not publisher._waiting
     await listener.unsubscribe()
+
+
+async def test_a_subject_that_would_break_the_protocol_is_refused(nc: NatsClient) -> None:
+    publisher = Publisher(nc, HeaderEncoder())
+    await publisher.start()
+    acks = await publisher.send([("a b", b"{}", {}), ("ok.subject", b"{}", {})], 2)
+    bad, rest = await acks.wait(1)
+    assert isinstance(bad, nats.errors.BadSubjectError)
+    assert rest is bad
+    assert nc.is_connected  # nothing malformed reached the server

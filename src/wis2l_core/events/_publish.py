@@ -232,6 +232,7 @@ class Publisher:
         self._waiting: dict[bytes, tuple[PendingAcks, int]] = {}
         self._prefix = b""
         self._next = 0
+        self._subjects: set[str] = set()  # checked already
         self.lean = False
         """True when messages are written as ``HPUB`` commands (see :func:`check`)."""
 
@@ -278,6 +279,7 @@ class Publisher:
         nc, prefix = self._nc, self._prefix
         max_payload, stats = nc.max_payload, nc.stats
         lean, encode, chunk = self.lean, self._encoder.encode, self._chunk
+        subjects = self._subjects
         writing: bytes | None = None
         try:
             for n, (subject, payload, headers) in enumerate(messages):
@@ -288,6 +290,10 @@ class Publisher:
                 token = b"%d" % self._next
                 self._next += 1
                 if lean:
+                    if subject not in subjects:  # HPUB takes it as is: no space, no CR/LF
+                        _check_subject(subject)
+                        if len(subjects) < _CACHE_LIMIT:
+                            subjects.add(subject)
                     hdr = encode(headers)
                     size = len(hdr)
                     line = b"HPUB %b %b%b %d %d\r\n" % (
@@ -318,6 +324,11 @@ class Publisher:
         finally:
             if lean and pending._tokens:
                 await nc._flush_pending()
+
+
+def _check_subject(subject: str) -> None:
+    if not subject or any(c in subject for c in " \t\r\n"):
+        raise nats.errors.BadSubjectError
 
 
 def _ack_error(msg: Msg) -> BaseException | None:
