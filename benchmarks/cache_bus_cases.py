@@ -117,8 +117,9 @@ async def bus_publish(env: Env, config: Config) -> Result:
     res.targets.append(Target("ratio vs raw", ratio, 1.1, "<=", ratio="library / raw"))
     res.notes = (
         "library: builds the typed event (id, occurred_at; checked as it is built), encodes"
-        " it and its CloudEvents headers; raw: the same body and headers built by hand as a"
-        " dict and orjson-encoded; both wait for the JetStream ack"
+        " it and its CloudEvents headers, writes HPUB through events/_publish.py; raw: the"
+        " same body and headers built by hand as a dict and orjson-encoded, js.publish;"
+        " both wait for the JetStream ack"
     )
     return res
 

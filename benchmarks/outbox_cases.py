@@ -19,9 +19,10 @@ partitions, batches of 1,000) with the runtime's relay stopped. Once every proce
 the others, a backlog spread over 64 projects is committed at once and timed until the
 last row is marked; each process reports what it published and the CPU it used, and the
 CPU of the machine's postgres and nats-server processes is read from /proc over the same
-interval, which shows where the time goes. Then the latency case again, with 1 and then
-4 relay processes publishing and the writes spread over the 64 projects (each
-notification wakes only the relay that publishes its partition: sql/migrations/0005).
+interval, which shows where the time goes. Then the latency case again, with 1 and
+4 relay processes publishing in alternating rounds (samples pooled per count) and the
+writes spread over the 64 projects (each notification wakes only the relay that
+publishes its partition: sql/migrations/0005).
 
 Writer cost of that trigger: single-event write transactions (``insert_outbox`` and
 commit, as a repository write makes) and 1,000-row batches, timed with the 0005 row
@@ -157,18 +158,19 @@ async def throughput(env: Env, config: Config) -> Result:
     )
     res.notes = (
         f"{count} committed rows drained by relay_once() passes (batches of 1,000, 8 per"
-        f" transaction), median of {repeats}; raw: publish_async in windows of {WINDOW},"
-        " with the Nats-Msg-Id header only, and with the relay's eight headers"
+        f" transaction; HPUB written by events/_publish.py), median of {repeats}; raw:"
+        f" publish_async in windows of {WINDOW}, with the Nats-Msg-Id header only, and with"
+        " the relay's eight headers"
     )
     return res
 
 
-async def latency(
-    env: Env, config: Config, projects: list[UUID] | None = None, name: str = ""
-) -> Result:
-    """Commit-to-delivery latency at 200 events/s (over ``projects`` in turn if given)."""
-    res = Result(f"outbox commit-to-delivery @200/s{name}")
-    rate, seconds = 200, (0.5 if config.quick else 5.0)
+async def _latency_samples(
+    env: Env, config: Config, projects: list[UUID] | None, seconds: float
+) -> tuple[list[float], float, int]:
+    """Commit-to-delivery samples (ms) at 200 events/s for ``seconds``; the rate
+    achieved; how many were sent."""
+    rate = 200
     total = int(rate * seconds)
     committed: dict[UUID, float] = {}
     arrived: dict[UUID, float] = {}
@@ -200,6 +202,11 @@ async def latency(
         await sub.unsubscribe()
         await nc.close()
     samples = [(arrived[k] - committed[k]) * 1000 for k in committed if k in arrived]
+    return samples, achieved, total
+
+
+def _latency_result(name: str, samples: list[float], achieved: float, total: int) -> Result:
+    res = Result(f"outbox commit-to-delivery @200/s{name}")
     stats = stats_of(samples, unit_ns=False)
     res.ops["commit -> delivery"] = stats
     res.values |= {
@@ -210,10 +217,18 @@ async def latency(
     res.targets.append(Target("latency p50", stats.median_ms, 20.0, "<=", "ms"))
     res.targets.append(Target("latency p99", stats.p99_ms, 100.0, "<=", "ms"))
     res.notes = (
-        f"{total} components.create at {rate}/s (achieved {achieved:.0f}/s); a core NATS"
+        f"{total} components.create at 200/s (achieved {achieved:.0f}/s); a core NATS"
         " subscription on the subject timestamps arrival; relay woken by LISTEN/NOTIFY"
     )
     return res
+
+
+async def latency(
+    env: Env, config: Config, projects: list[UUID] | None = None, name: str = ""
+) -> Result:
+    """Commit-to-delivery latency at 200 events/s (over ``projects`` in turn if given)."""
+    seconds = 0.5 if config.quick else 5.0
+    return _latency_result(name, *await _latency_samples(env, config, projects, seconds))
 
 
 WORKER = Path(__file__).resolve().parents[1] / "tests" / "outbox_relay_worker.py"
@@ -354,10 +369,28 @@ async def relays(env: Env, config: Config) -> list[Result]:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (1, 2, 4):
                 out.append(await _drain_with(env, n, projects, count, Path(tmp)))
-            lat: dict[int, Result] = {}
-            for n in (1, 4):
-                async with _RelayProcesses(env, n, Path(tmp)):
-                    lat[n] = await latency(env, config, projects, name=f", {n} relay processes")
+            # Alternating rounds (1, 4, 4, 1, ...), samples pooled per count: a shared
+            # machine's load drifts, and one window each would compare two loads.
+            rounds = 1 if config.quick else 4
+            seconds = 0.5 if config.quick else 2.5
+            pooled: dict[int, tuple[list[float], list[float], int]] = {
+                1: ([], [], 0),
+                4: ([], [], 0),
+            }
+            for r in range(rounds):
+                for n in (1, 4) if r % 2 == 0 else (4, 1):
+                    async with _RelayProcesses(env, n, Path(tmp)):
+                        samples, achieved, total = await _latency_samples(
+                            env, config, projects, seconds
+                        )
+                    got, rates, sent = pooled[n]
+                    pooled[n] = (got + samples, [*rates, achieved], sent + total)
+            lat = {
+                n: _latency_result(f", {n} relay processes", got, statistics.median(rates), sent)
+                for n, (got, rates, sent) in pooled.items()
+            }
+            for res in lat.values():
+                res.notes += f"; {rounds} alternating rounds of {seconds:g} s, pooled"
     finally:
         await env.wis.relay.start()
     one, four = (lat[n].ops["commit -> delivery"].median_ms for n in (1, 4))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, NamedTuple, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.js.api import PubAck, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
 from wis2l_core._aio import cancel_and_wait
@@ -29,7 +29,8 @@ from wis2l_core._urls import nats_credentials
 from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.config import Settings, redact_url
 from wis2l_core.errors import ConfigError, ServiceUnavailable, ValidationError
-from wis2l_core.events._errors import PUBLISH_ERRORS, map_nats_errors
+from wis2l_core.events._errors import map_nats_errors
+from wis2l_core.events._publish import HeaderEncoder, PendingAcks, Publisher
 from wis2l_core.events.cloudevents import cloudevent_headers
 from wis2l_core.events.streams import API_TIMEOUT, ELECTION_PROBE, Stream
 from wis2l_core.events.subscriber import Handler, Subscriber, SubscriptionOptions
@@ -44,8 +45,10 @@ E = TypeVar("E", bound=DomainEvent)
 
 _RECONNECT_WAIT = 1.0
 _CLOSE_TIMEOUT = 5.0
-_SEND_CHUNK = 250
-"""Messages :meth:`EventBus.send_encoded` encodes before it yields to the event loop."""
+_CONSTANT_HEADERS = frozenset(
+    {"ce-specversion", "ce-type", "ce-source", "ce-datacontenttype", "content-type"}
+)
+"""Headers whose values repeat (per event type and namespace): encoded once."""
 
 
 class EncodedEvent(NamedTuple):
@@ -65,41 +68,6 @@ class EncodedEvent(NamedTuple):
     id: str
     time: str | None = None
     trace: str | None = None
-
-
-class PendingAcks:
-    """The JetStream acks of messages sent by :meth:`EventBus.send_encoded`.
-
-    Made by the bus, not by callers; await :meth:`wait` for the outcome of each message.
-    """
-
-    def __init__(
-        self, futures: list[asyncio.Future[PubAck]], total: int, failed: BaseException | None
-    ) -> None:
-        self._futures = futures
-        self._total = total
-        self._failed = failed
-
-    async def wait(self, timeout: float = API_TIMEOUT) -> list[BaseException | None]:
-        """Wait up to ``timeout`` seconds for every ack.
-
-        Returns:
-            One entry per message, in order: ``None`` if acknowledged, else the error (a
-            ``TimeoutError`` when no ack came in time).
-        """
-        waiting = [f for f in self._futures if not f.done()]  # most have come already
-        if waiting:
-            _, pending = await asyncio.wait(waiting, timeout=timeout)
-            for late in pending:
-                late.cancel()
-        results: list[BaseException | None] = []
-        for done in self._futures:
-            if done.cancelled():
-                results.append(TimeoutError("no JetStream ack in time"))
-            else:
-                results.append(done.exception())
-        results.extend([self._failed] * (self._total - len(results)))
-        return results
 
 
 class EventBus:
@@ -131,6 +99,8 @@ class EventBus:
         self._outage = Outage("nats", log, name="NATS", keep_error=False)
         self._stream = Stream(settings, lambda: self.connected)
         self._refusal: ConfigError | None = None  # why the stream cannot be ensured
+        self._encoder = HeaderEncoder(_CONSTANT_HEADERS)
+        self._publisher: Publisher | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -160,6 +130,16 @@ class EventBus:
         if self._js is None or not self.connected:
             raise ServiceUnavailable("nats: not connected", service="nats")
         return self._js
+
+    def _live_publisher(self) -> Publisher:
+        """The connection's publisher (see :mod:`wis2l_core.events._publish`).
+
+        Raises:
+            ServiceUnavailable: not connected to NATS.
+        """
+        if self._publisher is None or not self.connected:
+            raise ServiceUnavailable("nats: not connected", service="nats")
+        return self._publisher
 
     def subject(self, event_type: str | type[DomainEvent] | DomainEvent) -> str:
         """The subject of an event type, class or event: ``<namespace>.<type>``.
@@ -252,6 +232,7 @@ class EventBus:
         await asyncio.gather(*(s.stop(limit) for s in self._subscribers))
         await cancel_and_wait(*(t for t in (self._connect_task, self._setup_task) if t))
         nc, self._nc, self._js, self._probe = self._nc, None, None, None
+        self._publisher = None
         if nc is not None:
             try:
                 if nc.is_connected:
@@ -287,6 +268,9 @@ class EventBus:
         )
         self._js = nc.jetstream(timeout=API_TIMEOUT)
         self._probe = nc.jetstream(timeout=ELECTION_PROBE)
+        publisher = Publisher(nc, self._encoder)
+        await publisher.start()  # checks the nats-py internals it writes through
+        self._publisher = publisher
         log.info("connected to NATS", extra={"service": "nats"})
         self._outage.recovered()
         await self._bring_up()
@@ -375,18 +359,20 @@ class EventBus:
             _messaging.publishing(subject, headers["Nats-Msg-Id"], headers),
             map_nats_errors(f"publish to {subject}", unexpected=True),
         ):
-            js = self.jetstream
-            try:
-                try:
-                    await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
-                except nats.js.errors.NoStreamResponseError:
+            for attempt in (1, 2):
+                acks = await self._live_publisher().send([(subject, data, headers)], 1)
+                (error,) = await acks.wait(API_TIMEOUT)
+                if error is None:
+                    return
+                if isinstance(error, nats.js.errors.NoStreamResponseError) and attempt == 1:
                     await self.ensure_stream()  # NATS restarted empty; set-up still pending
-                    await js.publish(subject, data, timeout=API_TIMEOUT, headers=headers)
-            except nats.errors.MaxPayloadError as exc:
-                raise ValidationError(
-                    f"{event.type!r} event of {len(data)} bytes is larger than NATS accepts",
-                    field="event",
-                ) from exc
+                    continue
+                if isinstance(error, nats.errors.MaxPayloadError):
+                    raise ValidationError(
+                        f"{event.type!r} event of {len(data)} bytes is larger than NATS accepts",
+                        field="event",
+                    ) from error
+                raise error
 
     def _message(self, event: DomainEvent) -> tuple[str, bytes, dict[str, str]]:
         """Subject, body and headers of ``event`` (checked when it was built)."""
@@ -407,46 +393,58 @@ class EventBus:
         """Write encoded events to JetStream without waiting for their acks.
 
         The messages go out in order on the one connection, so JetStream stores them in
-        that order (and after any sent before). Keep at most a few thousand in flight: the
-        client's window is 4,000.
+        that order (and after any sent before). Keep at most a few thousand in flight.
+        Each message's headers are a dict until the publisher encodes them.
 
         Raises:
             ServiceUnavailable: not connected (nothing was sent).
         """
-        js = self.jetstream
-        futures: list[asyncio.Future[PubAck]] = []
-        failed: BaseException | None = None
+        publisher = self._live_publisher()
+        namespace = self.namespace
         subjects: dict[str, str] = {}
+
+        def subject(type_: str) -> str:
+            found = subjects.get(type_)
+            if found is None:
+                found = subjects[type_] = self.subject(type_)
+            return found
+
         traced = _messaging.sending(len(messages))  # None without an SDK
-        for n, msg in enumerate(messages):
-            started = None
-            try:
-                subject = subjects.get(msg.type) or subjects.setdefault(
-                    msg.type, self.subject(msg.type)
-                )
-                # No wait_stall: with one, every call goes through wait_for, which yields
-                # to the loop, so each message would be flushed in its own write.
+        if traced is None:
+            return await publisher.send(
+                (
+                    (
+                        subject(msg.type),
+                        msg.payload,
+                        cloudevent_headers(
+                            msg.type, msg.id, namespace=namespace, time=msg.time, trace=msg.trace
+                        ),
+                    )
+                    for msg in messages
+                ),
+                len(messages),
+            )
+        started: list[Any] = []
+
+        def traced_messages() -> Iterator[tuple[str, bytes, dict[str, str]]]:
+            for msg in messages:
+                to = subject(msg.type)
                 headers = cloudevent_headers(
-                    msg.type, msg.id, namespace=self.namespace, time=msg.time, trace=msg.trace
+                    msg.type, msg.id, namespace=namespace, time=msg.time, trace=msg.trace
                 )
-                if traced is not None:
-                    started = traced.message(subject, msg.id, msg.trace, headers)
-                fut = await js.publish_async(subject, msg.payload, headers=headers)
-            except PUBLISH_ERRORS as exc:
-                failed = exc
-                if traced is not None and started is not None:
-                    traced.failed(started, exc)
-                break
-            if traced is not None and started is not None:
-                traced.sent(started, fut)
-            futures.append(fut)
-            if n % _SEND_CHUNK == _SEND_CHUNK - 1:
-                # Let the client write what is queued, and other tasks (the relay's
-                # database work) run, while the rest is encoded.
-                await asyncio.sleep(0)
-        if traced is not None:
-            traced.close(failed)
-        return PendingAcks(futures, len(messages), failed)
+                started.append(traced.message(to, msg.id, msg.trace, headers))
+                traced.written()
+                yield to, msg.payload, headers
+
+        pending = await publisher.send(
+            traced_messages(),
+            len(messages),
+            on_ack=lambda index, error: traced.acked(started[index], error),
+        )
+        for unacked in started[pending.written :]:  # the write that failed stopped the batch
+            traced.unwritten(unacked, pending.failed)
+        traced.close(pending.failed)
+        return pending
 
     # -- subscribing ---------------------------------------------------------------------
 

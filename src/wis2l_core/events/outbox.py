@@ -68,7 +68,7 @@ CHANNEL = "wis2l_outbox"
 APPLICATION_PREFIX = "wis2l-outbox "
 """``application_name`` of a relay's ``LISTEN`` session, followed by the relay's id."""
 _BATCHES_PER_TX = 8
-_MAX_BATCH = 2000  # two batches in flight must fit nats-py's 4,000-message window
+_MAX_BATCH = 2000  # two batches in flight: at most 4,000 acks outstanding per relay
 _Row = tuple[Any, ...]
 """A claimed row: seq, id (text), subject, payload, occurred_at (text), created_at,
 trace_context (the writer's, or None)."""

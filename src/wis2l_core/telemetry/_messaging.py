@@ -353,6 +353,21 @@ class Sending:
         self._open += 1
         ack.add_done_callback(lambda fut: self._acked(started, fut))
 
+    def written(self) -> None:
+        """A message is being written; :meth:`acked` or :meth:`unwritten` ends it."""
+        self._open += 1
+
+    def acked(self, started: _Started, exc: BaseException | None) -> None:
+        """The message's ack came (``exc`` None) or it failed."""
+        span, attributes, start = started
+        self._end(span, attributes, start, exc)
+        self._open -= 1
+        self._finish()
+
+    def unwritten(self, started: _Started, exc: BaseException | None) -> None:
+        """The message counted by :meth:`written` was never sent."""
+        self.acked(started, exc or RuntimeError("not sent"))
+
     def failed(self, started: _Started, exc: BaseException) -> None:
         """The message could not be written (nothing after it is)."""
         span, attributes, start = started
