@@ -1,4 +1,5 @@
-"""The ``wis2l`` command line: ``db``, ``dev``, ``events``, ``health`` and ``studio``.
+"""The ``wis2l`` command line: ``db``, ``dev``, ``events``, ``export``, ``health`` and
+``studio``.
 
 Each area registers its commands from its own module; a handler returns the exit code.
 Configuration and connection problems print one clear line, never a driver traceback.
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from wis2l_core._version import package_version
-from wis2l_core.cli import db, dev, events, health, studio
+from wis2l_core.cli import db, dev, events, export, health, studio
 from wis2l_core.errors import Wis2lError
 
 __all__ = ["main"]
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log at DEBUG to stderr (default: errors only)"
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for area in (db, dev, events, health, studio):
+    for area in (db, dev, events, export, health, studio):
         area.add_parser(sub)
     return parser
 

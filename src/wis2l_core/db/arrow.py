@@ -51,7 +51,16 @@ from psycopg.waiting import Wait
 
 from wis2l_core.errors import ValidationError, Wis2lError
 
-__all__ = ["BATCH_ROWS", "ArrowColumn", "describe", "read_batches", "read_table"]
+__all__ = [
+    "BATCH_ROWS",
+    "ArrowColumn",
+    "decode_batch",
+    "describe",
+    "read_batches",
+    "read_table",
+    "schema_of",
+    "table_of",
+]
 
 BATCH_ROWS = 16_384
 """Rows decoded at a time (a batch of the table)."""
@@ -134,9 +143,7 @@ def _strip(text: str) -> str:
     return text.rstrip().rstrip(";").rstrip()
 
 
-async def describe(
-    conn: psycopg.AsyncConnection[Any], text: str, params: Any
-) -> list[ArrowColumn]:
+async def describe(conn: psycopg.AsyncConnection[Any], text: str, params: Any) -> list[ArrowColumn]:
     """The columns ``text`` returns, from PostgreSQL itself (the query runs with
     ``LIMIT 0``: planned, never executed for rows).
 
@@ -149,9 +156,7 @@ async def describe(
     result = cur.pgresult
     if cur.description is None or result is None:  # pragma: no cover - SELECT * has rows
         raise ValidationError("to_arrow needs a query that returns rows", field="query")
-    described = [
-        (col.name, col.type_code, result.fmod(i)) for i, col in enumerate(cur.description)
-    ]
+    described = [(col.name, col.type_code, result.fmod(i)) for i, col in enumerate(cur.description)]
     columns = [ArrowColumn(name, oid, mod) for name, oid, mod in described]
     unknown = sorted({c.oid for c in columns if not c.supported})
     if not unknown:
@@ -262,7 +267,7 @@ def _numeric_int(column: ArrowColumn, value: bytes) -> int:
     if sign not in (0, 0x4000):
         raise _numeric_special(column, sign)
     shift = exponent + column.scale
-    unscaled = number * 10**shift if shift >= 0 else number // 10**-shift
+    unscaled: int = number * 10**shift if shift >= 0 else number // 10**-shift
     return -unscaled if sign == 0x4000 else unscaled
 
 
@@ -296,9 +301,7 @@ def _decimal_buffer(low: Ints, high: Ints) -> Any:
     return pa.py_buffer(pair)
 
 
-def _decode(
-    column: ArrowColumn, views: _Views, start: Ints, length: Ints, n: int
-) -> Any:
+def _decode(column: ArrowColumn, views: _Views, start: Ints, length: Ints, n: int) -> Any:
     """One column of a batch as an Arrow array."""
     valid = length >= 0
     bitmap, nulls = _validity(valid)
@@ -392,13 +395,29 @@ def _header(first: bytes | memoryview) -> int:
     head = bytes(first[:19])
     if not head.startswith(_SIGNATURE):
         raise Wis2lError("to_arrow: COPY data does not start with the binary signature")
-    (extension,) = struct.unpack_from(">I", head, 15)
+    extension: int = struct.unpack_from(">I", head, 15)[0]
     return 19 + extension
 
 
-def _take(
-    pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bool
-) -> PQGen[bool]:
+def _failure(pgconn: PGconn, encoding: str) -> PQGen[None]:
+    """After a COPY that ended early: take its results and raise the server's error."""
+    failed: PGresult | None = None
+    while True:
+        while pgconn.is_busy():
+            while not (yield Wait.R):
+                pass
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if failed is None and result.status != pq.ExecStatus.COMMAND_OK:
+            failed = result
+    if failed is not None:
+        raise psycopg.errors.error_from_result(failed, encoding=encoding)
+    raise Wis2lError("to_arrow: the COPY ended without its trailer")
+
+
+def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bool) -> PQGen[bool]:
     """Append COPY messages to ``rows`` until it holds ``limit``; ``True`` once the trailer
     came (the COPY's end is then left for psycopg's ``Copy.read`` to take). With
     ``header``, the first message starts with the COPY header, which is dropped.
@@ -426,21 +445,8 @@ def _take(
             while not (yield Wait.R):
                 pass
             pgconn.consume_input()
-        else:  # the end with no trailer: the error the server sent instead of rows
-            failed: PGresult | None = None
-            while True:
-                while pgconn.is_busy():
-                    while not (yield Wait.R):
-                        pass
-                    pgconn.consume_input()
-                result = pgconn.get_result()
-                if result is None:
-                    break
-                if failed is None and result.status != pq.ExecStatus.COMMAND_OK:
-                    failed = result
-            if failed is not None:
-                raise psycopg.errors.error_from_result(failed, encoding=encoding)
-            raise Wis2lError("to_arrow: the COPY ended without its trailer")
+        else:  # the end with no trailer: the server sent an error instead of rows
+            yield from _failure(pgconn, encoding)
     return False
 
 
@@ -481,6 +487,13 @@ async def read_batches(
                 yield decode_batch(columns, schema, rows)
             first = False
         await copy.read()  # the COPY's end (its result), after the trailer
+
+
+def table_of(batches: Sequence[Any]) -> Any:
+    """One ``pyarrow.Table`` of ``batches`` (at least one, which gives the schema)."""
+    return pa.Table.from_batches(batches, schema=batches[0].schema)
+
+
 async def read_table(
     conn: psycopg.AsyncConnection[Any],
     query: str | pgsql.Composable,
@@ -489,5 +502,4 @@ async def read_table(
     batch_rows: int = BATCH_ROWS,
 ) -> Any:
     """The whole result of ``query`` as one ``pyarrow.Table`` (see :func:`read_batches`)."""
-    batches = [b async for b in read_batches(conn, query, params, batch_rows=batch_rows)]
-    return pa.Table.from_batches(batches, schema=batches[0].schema)
+    return table_of([b async for b in read_batches(conn, query, params, batch_rows=batch_rows)])
