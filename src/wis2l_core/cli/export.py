@@ -187,6 +187,11 @@ async def export(
     return meter.rows
 
 
+def _line(exc: BaseException) -> str:
+    """The first line of the error (PostgreSQL adds CONTEXT and DETAIL lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Export; print ``wrote N rows to FILE`` or one line on stderr; return the exit code."""
     try:
@@ -198,13 +203,13 @@ def run(args: argparse.Namespace) -> int:
         compression = None if args.compression == "none" else args.compression
         rows = asyncio.run(export(settings, query, params, args.parquet, compression=compression))
     except ConfigError as exc:
-        print(f"wis2l export: {exc}", file=sys.stderr)
+        print(f"wis2l export: {_line(exc)}", file=sys.stderr)
         return USAGE
     except ServiceUnavailable as exc:
-        print(f"wis2l export: {exc}", file=sys.stderr)
+        print(f"wis2l export: {_line(exc)}", file=sys.stderr)
         return UNAVAILABLE
     except (Wis2lError, OSError) as exc:
-        print(f"wis2l export: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"wis2l export: {type(exc).__name__}: {_line(exc)}", file=sys.stderr)
         return PROBLEM
     print(f"wrote {rows:,} rows to {args.parquet}")
     return OK

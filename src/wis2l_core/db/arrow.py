@@ -47,6 +47,7 @@ from psycopg import pq
 from psycopg import sql as pgsql
 from psycopg.abc import PQGen
 from psycopg.pq.abc import PGconn, PGresult
+from psycopg.rows import tuple_row
 from psycopg.waiting import Wait
 
 from wis2l_core.errors import ValidationError, Wis2lError
@@ -151,7 +152,7 @@ async def describe(conn: psycopg.AsyncConnection[Any], text: str, params: Any) -
         ValidationError: the statement returns no rows, or a column's type has no Arrow
             decoding here (the message names the columns and their types).
     """
-    cur = conn.cursor()
+    cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(f"SELECT * FROM ({text}\n) AS _wis2l_arrow LIMIT 0", params)
     result = cur.pgresult
     if cur.description is None or result is None:  # pragma: no cover - SELECT * has rows
