@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    arrow_cases,
     auth_cases,
     cache_bus_cases,
     db_cases,
@@ -39,6 +40,7 @@ GROUPS: dict[str, Group] = {
     "studio": studio_cases.run,
     "peer": peer_cases.run,
     "typed": typed_cases.run,
+    "arrow": arrow_cases.run,
 }
 """The case groups, in the order they run."""
 
