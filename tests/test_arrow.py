@@ -67,6 +67,7 @@ ROWS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 COLUMNS = [c for c in ROWS[0] if c != "k"]
+UNREACHABLE = "postgresql://u@127.0.0.1:1/x"
 
 
 async def _kinds(wis: Wis2l) -> None:
@@ -117,11 +118,13 @@ async def test_every_type_round_trips_exact_values(wis: Wis2l) -> None:
         for column in COLUMNS:
             value, want = mine[column], theirs[column]
             if column == "n" and want is not None:
-                assert Decimal(value) == want and value == str(want), column
+                assert Decimal(value) == want, column
+                assert value == str(want), column
             elif column in ("js", "jb") and want is not None:
                 assert json.loads(value) == want == written[column]
             elif column == "tz" and want is not None:
-                assert value == want and value.utcoffset() == timedelta(0)
+                assert value == want
+                assert value.utcoffset() == timedelta(0)
             else:
                 assert value == want, (column, value, want)
                 if column in written:
@@ -163,13 +166,18 @@ async def test_batches_keep_order_and_values(wis: Wis2l) -> None:
 
 async def test_a_transaction_reads_its_own_writes(wis: Wis2l) -> None:
     user = await wis.users.create(email="arrow@example.com", name="Ar", subject="nocturna|ar")
-    with pytest.raises(RuntimeError):
+    seen: list[Any] = []
+
+    async def write_read_fail() -> None:
         async with wis.transaction() as tx:
             await tx.projects.create(owner_id=user.id, name="A", slug="arrow-a", engine="godot")
-            inside = await tx.to_arrow("SELECT slug, engine FROM projects")
-            assert inside.to_pylist() == [{"slug": "arrow-a", "engine": "godot"}]
-            assert (await tx.projects.to_arrow()).num_rows == 1
+            seen.append((await tx.to_arrow("SELECT slug, engine FROM projects")).to_pylist())
+            seen.append((await tx.projects.to_arrow()).num_rows)
             raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        await write_read_fail()
+    assert seen == [[{"slug": "arrow-a", "engine": "godot"}], 1]
     assert (await wis.database.to_arrow("SELECT slug FROM projects")).num_rows == 0
 
 
@@ -268,6 +276,7 @@ async def test_export_writes_parquet_that_reads_back(
         "WHERE created_at >= %(since)s::timestamptz ORDER BY id;\n"
     )
     monkeypatch.setenv("DATABASE_URL", wis.settings.database_url)
+    monkeypatch.setenv("WIS2L_DB_CONNECT_TIMEOUT", "1")
     monkeypatch.setenv("WIS2L_QUERIES", str(queries))
     out = tmp_path / "builds.parquet"
 
@@ -288,11 +297,12 @@ async def test_export_writes_parquet_that_reads_back(
         (["report"], 2, "expected <file>.<name>"),
         (["report.since", "-p", "since"], 2, "expected NAME=VALUE"),
         (["report.since", "-p", "since=yesterday-ish"], 1, "ValidationError"),
-        (["report.since", "-p", "since=x", "--database-url", "postgresql://u@127.0.0.1:1/x"], 3, "unavailable"),  # fmt: skip
+        (["report.since", "-p", "since=x", "--database-url", UNREACHABLE], 3, "unavailable"),
     ]:
         bad = ["export", *argv, "--parquet", str(tmp_path / "bad.parquet")]
         assert await asyncio.to_thread(main, bad) == code, argv
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1, err
+        assert message in err
+        assert err.count("\n") == 1, err
     assert not (tmp_path / "bad.parquet").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["builds.parquet", "queries"]
