@@ -16,7 +16,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.helpers import field_is
+from tests.strategies import optional_texts
 
 from wis2l_core import ConfigError, Engine, SchemaMissing, ValidationError, Wis2l, Wis2lError
 from wis2l_core.cli import main
@@ -134,6 +137,35 @@ async def test_every_type_round_trips_exact_values(wis: Wis2l) -> None:
     assert table.column("m").chunk(0).dictionary.to_pylist() == ["épique", "calm"]
 
 
+_rows = st.lists(
+    st.tuples(
+        st.none() | st.integers(-(2**63), 2**63 - 1),
+        optional_texts(max_size=40),
+        st.none() | st.decimals(-(10**14) + 1, 10**14 - 1, places=4),
+        st.none() | st.floats(allow_nan=False),
+        st.none() | st.datetimes(timezones=st.just(UTC)),
+        st.none() | st.uuids(),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=25)
+@given(rows=_rows, batch_rows=st.integers(1, 7))
+async def test_random_rows_round_trip_in_any_batching(
+    wis: Wis2l, rows: list[tuple[Any, ...]], batch_rows: int
+) -> None:
+    columns = list(zip(*rows, strict=True)) if rows else [[]] * 6
+    query = """SELECT i, t, n::numeric(18, 4) AS n, f, ts, u  -- unnest drops the typmod
+               FROM unnest(%s::int8[], %s::text[], %s::numeric[], %s::float8[],
+                           %s::timestamptz[], %s::uuid[]) AS t(i, t, n, f, ts, u)"""
+    params = [list(column) for column in columns]
+    table = await wis.database.to_arrow(query, params, batch_rows=batch_rows)
+    assert table.num_rows == len(rows)
+    got = [tuple(row.values()) for row in table.to_pylist()]
+    assert got == [tuple(row) for row in rows]
+
+
 async def test_an_empty_result_keeps_its_schema(wis: Wis2l) -> None:
     await _kinds(wis)
     table = await wis.database.to_arrow("SELECT u, tz, n12, m FROM kinds WHERE false")
@@ -234,8 +266,10 @@ async def test_errors_are_ours_and_the_pool_survives(wis: Wis2l) -> None:
         with pytest.raises(ValidationError, match="division by zero"):
             await tx.to_arrow("SELECT 1 / (5000 - g) FROM generate_series(1, 9000) g")
     assert await wis.database.fetch_val("SELECT 41 + 1") == 42
-    numbers = await wis.database.to_arrow("SELECT 'NaN'::numeric AS n, 'Infinity'::numeric AS i")
-    assert numbers.to_pylist() == [{"n": "NaN", "i": "Infinity"}]
+    numbers = await wis.database.to_arrow(
+        "SELECT 'NaN'::numeric AS n, 'Infinity'::numeric AS i, 1.5::numeric(50, 2) AS wide"
+    )
+    assert numbers.to_pylist() == [{"n": "NaN", "i": "Infinity", "wide": "1.50"}]
 
 
 async def test_the_missing_extra_is_a_config_error(

@@ -13,8 +13,8 @@ Types (PostgreSQL -> Arrow):
 ``bool``                    ``bool``
 ``int2``/``int4``/``int8``  ``int16``/``int32``/``int64``; ``oid`` -> ``uint32``
 ``float4``/``float8``       ``float32``/``float64``
-``numeric(p, s)``           ``decimal128(p, s)``; ``numeric`` without a precision:
-                            ``string`` (exact text; cast to ``numeric(p, s)`` for speed)
+``numeric(p, s)``           ``decimal128(p, s)``; ``numeric`` without a precision (or
+                            beyond 38 digits): ``string`` (the exact value as text)
 ``text``, ``varchar``,      ``string``
 ``bpchar``, ``name``
 ``bytea``                   ``binary``
@@ -106,6 +106,14 @@ _TEXT = {19, 25, 114, 1042, 1043}  # name, text, json, bpchar, varchar
 _BYTEA, _JSONB, _NUMERIC = 17, 3802, 1700
 
 
+def _decimal(typmod: int) -> bool:
+    """Whether a ``numeric`` typmod fits ``decimal128``: precision 1..38, scale 0..p."""
+    if typmod < 4:
+        return False
+    precision, scale = (typmod - 4) >> 16, (typmod - 4) & 0xFFFF
+    return 1 <= precision <= 38 and scale <= precision
+
+
 class ArrowColumn:
     """One result column: its name, PostgreSQL type and how it is decoded."""
 
@@ -122,11 +130,11 @@ class ArrowColumn:
             self.kind, self.arrow_type = "jsonb", pa.string()
         elif oid == _BYTEA:
             self.kind, self.arrow_type = "bytea", pa.binary()
-        elif oid == _NUMERIC and typmod >= 4:
+        elif oid == _NUMERIC and _decimal(typmod):
             self.precision, self.scale = (typmod - 4) >> 16, (typmod - 4) & 0xFFFF
             self.kind = "numeric" if self.precision <= 18 else "numeric38"
             self.arrow_type = pa.decimal128(self.precision, self.scale)
-        elif oid == _NUMERIC:
+        elif oid == _NUMERIC:  # no precision, or more digits than a decimal128 holds
             self.kind, self.arrow_type = "numeric_text", pa.string()
         elif enum:
             self.kind, self.arrow_type = "enum", pa.dictionary(pa.int32(), pa.string())
@@ -207,7 +215,7 @@ class _Views:
         return self.get(dtype)[pos].astype(dtype.replace(">", "="))
 
 
-def _validity(valid: npt.NDArray[np.bool_]) -> tuple[Any, int]:
+def _validity(valid: Flags) -> tuple[Any, int]:
     nulls = int(valid.size - np.count_nonzero(valid))
     if not nulls:
         return None, 0
@@ -215,7 +223,7 @@ def _validity(valid: npt.NDArray[np.bool_]) -> tuple[Any, int]:
 
 
 def _variable(
-    arr: Bytes, start: Ints, length: Ints, valid: npt.NDArray[np.bool_], skip: int = 0
+    arr: Bytes, start: Ints, length: Ints, valid: Flags, skip: int = 0
 ) -> tuple[Any, Any]:
     """(offsets, data) buffers of a variable-width column; ``skip`` bytes of each value
     are dropped (jsonb's version byte)."""
@@ -272,9 +280,7 @@ def _numeric_int(column: ArrowColumn, value: bytes) -> int:
     return -unscaled if sign == 0x4000 else unscaled
 
 
-def _numeric18(
-    column: ArrowColumn, views: _Views, start: Ints, valid: npt.NDArray[np.bool_]
-) -> Any:
+def _numeric18(column: ArrowColumn, views: _Views, start: Ints, valid: Flags) -> Any:
     """``numeric(p <= 18, s)``: the unscaled value fits an int64; decoded for all rows at
     once, one base-10000 digit position at a time."""
     ndigits = views.read(start, ">i2").astype(np.int64)
