@@ -438,6 +438,7 @@ def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bo
     get = pgconn.get_copy_data
     append = rows.append
     need = limit - len(rows)
+    read_ahead = True
     while need > 0:
         nbytes, data = get(1)
         if nbytes > 0:
@@ -448,6 +449,11 @@ def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bo
                 return True
             append(data)
             need -= 1
+            read_ahead = True
+        elif nbytes == 0 and read_ahead:
+            # What arrived while decoding is read without a trip through the event loop.
+            pgconn.consume_input()
+            read_ahead = False
         elif nbytes == 0:
             while not (yield Wait.R):
                 pass
