@@ -1,4 +1,5 @@
-"""Your own SQL: ``fetch_one``, ``fetch_all``, ``fetch_val`` and ``execute``.
+"""Your own SQL: ``fetch_one``, ``fetch_all``, ``fetch_val`` and ``execute``; and
+``to_arrow``/``arrow_batches`` for whole tables (the ``arrow`` extra, imported on first use).
 
 :class:`QueryMethods` is shared by :class:`~wis2l_core.db.pool.Database` (each call on a
 pooled connection, in autocommit) and :class:`~wis2l_core.db.repositories.Transaction`
