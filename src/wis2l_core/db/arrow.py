@@ -35,6 +35,7 @@ of ``infinity`` keep PostgreSQL's sentinel (the smallest/largest int64 microseco
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -55,6 +56,7 @@ from wis2l_core.errors import ValidationError, Wis2lError
 __all__ = [
     "BATCH_ROWS",
     "ArrowColumn",
+    "RawBatch",
     "decode_batch",
     "describe",
     "read_batches",
@@ -197,7 +199,7 @@ class _Views:
 
     __slots__ = ("buf", "cache")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes | bytearray) -> None:
         self.buf = buf
         self.cache: dict[str, npt.NDArray[Any]] = {}
 
@@ -244,7 +246,7 @@ def _variable(
     return pa.py_buffer(offsets), pa.py_buffer(data)
 
 
-def _numeric_parts(value: bytes) -> tuple[int, int, int, int]:
+def _numeric_parts(value: bytes | bytearray) -> tuple[int, int, int, int]:
     """(sign, integer of all digits, power of ten of its last digit, dscale)."""
     ndigits, weight, sign, dscale = struct.unpack_from(">hhHh", value)
     digits = struct.unpack_from(f">{ndigits}h", value, 8)
@@ -262,7 +264,7 @@ def _numeric_special(column: ArrowColumn, sign: int) -> Wis2lError:
     )
 
 
-def _numeric_text(column: ArrowColumn, value: bytes) -> str:
+def _numeric_text(column: ArrowColumn, value: bytes | bytearray) -> str:
     sign, number, exponent, dscale = _numeric_parts(value)
     if sign in (0xC000, 0xD000, 0xF000):
         return {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}[sign]
@@ -270,7 +272,7 @@ def _numeric_text(column: ArrowColumn, value: bytes) -> str:
     return format(decimal, f".{dscale}f")
 
 
-def _numeric_int(column: ArrowColumn, value: bytes) -> int:
+def _numeric_int(column: ArrowColumn, value: bytes | bytearray) -> int:
     """The unscaled integer of a ``numeric(p, s)`` value (``value * 10**s``)."""
     sign, number, exponent, _ = _numeric_parts(value)
     if sign not in (0, 0x4000):
@@ -365,17 +367,36 @@ def _decode(column: ArrowColumn, views: _Views, start: Ints, length: Ints, n: in
     return pa.Array.from_buffers(kind_type, n, [bitmap, pa.py_buffer(blob)], nulls)
 
 
-def decode_batch(columns: Sequence[ArrowColumn], schema: Any, rows: list[Any]) -> Any:
-    """A ``RecordBatch`` of binary COPY tuples (one tuple per element of ``rows``).
+class RawBatch:
+    """A batch of binary COPY tuples as they came: their bytes end to end and each one's
+    size. Plain bytes and an int array, not an object per row: a notebook's large heap
+    makes the garbage collector walk every container object a loop leaves alive."""
+
+    __slots__ = ("data", "sizes")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.sizes = array("q")
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def add(self, row: bytes | memoryview) -> None:
+        """Append one tuple."""
+        self.data += row
+        self.sizes.append(len(row))
+
+
+def decode_batch(columns: Sequence[ArrowColumn], schema: Any, rows: RawBatch) -> Any:
+    """A ``RecordBatch`` of the binary COPY tuples in ``rows``.
 
     Raises:
         Wis2lError: the data is not one tuple per message of ``len(columns)`` fields.
     """
     n = len(rows)
-    sizes = np.fromiter(map(len, rows), dtype=np.int64, count=n)
-    rows.append(_PAD)
-    buf = b"".join(rows)
-    views = _Views(buf)
+    sizes = np.frombuffer(rows.sizes, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+    rows.data += _PAD
+    views = _Views(rows.data)
     ends = np.cumsum(sizes)
     starts = ends - sizes
     if n and not (views.read(starts, ">i2") == len(columns)).all():
@@ -424,7 +445,7 @@ def _failure(pgconn: PGconn, encoding: str) -> PQGen[None]:
     raise Wis2lError("to_arrow: the COPY ended without its trailer")
 
 
-def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bool) -> PQGen[bool]:
+def _take(pgconn: PGconn, rows: RawBatch, limit: int, encoding: str, header: bool) -> PQGen[bool]:
     """Append COPY messages to ``rows`` until it holds ``limit``; ``True`` once the trailer
     came (the COPY's end is then left for psycopg's ``Copy.read`` to take). With
     ``header``, the first message starts with the COPY header, which is dropped.
@@ -436,7 +457,7 @@ def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bo
         psycopg.Error: the COPY ended without its trailer: the query failed mid-way.
     """
     get = pgconn.get_copy_data
-    append = rows.append
+    data_add, size_add = rows.data.__iadd__, rows.sizes.append
     need = limit - len(rows)
     read_ahead = True
     while need > 0:
@@ -447,7 +468,8 @@ def _take(pgconn: PGconn, rows: list[Any], limit: int, encoding: str, header: bo
                 nbytes = len(data)
             if nbytes == 2 and data == _TRAILER:
                 return True
-            append(data)
+            data_add(data)
+            size_add(nbytes)
             need -= 1
             read_ahead = True
         elif nbytes == 0 and read_ahead:
@@ -491,12 +513,11 @@ async def read_batches(
     first, done = True, False
     async with conn.cursor().copy(f"COPY ({body}\n) TO STDOUT (FORMAT binary)", params) as copy:
         while not done:
-            rows: list[Any] = []
+            rows = RawBatch()
             done = await conn.wait(_take(conn.pgconn, rows, limit, encoding, first))
             if rows or first:
-                raw = sum(map(len, rows))
-                if raw:
-                    limit = max(1, min(batch_rows, BATCH_BYTES * len(rows) // raw))
+                if rows.data:
+                    limit = max(1, min(batch_rows, BATCH_BYTES * len(rows) // len(rows.data)))
                 yield decode_batch(columns, schema, rows)
             first = False
         await copy.read()  # the COPY's end (its result), after the trailer
