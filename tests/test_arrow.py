@@ -266,6 +266,11 @@ async def test_errors_are_ours_and_the_pool_survives(wis: Wis2l) -> None:
         with pytest.raises(ValidationError, match="division by zero"):
             await tx.to_arrow("SELECT 1 / (5000 - g) FROM generate_series(1, 9000) g")
     assert await wis.database.fetch_val("SELECT 41 + 1") == 42
+    async with wis.transaction() as tx:  # text is read as UTF-8 only
+        await tx.execute("SET LOCAL client_encoding TO 'LATIN1'")
+        with pytest.raises(ValidationError, match="client_encoding"):
+            await tx.to_arrow("SELECT 'é' AS e")
+        assert (await tx.to_arrow("SELECT 1 AS one")).column("one").to_pylist() == [1]
     numbers = await wis.database.to_arrow(
         "SELECT 'NaN'::numeric AS n, 'Infinity'::numeric AS i, 1.5::numeric(50, 2) AS wide"
     )

@@ -106,6 +106,7 @@ _FIXED: dict[int, tuple[str, Any]] = {
 }
 _TEXT = {19, 25, 114, 1042, 1043}  # name, text, json, bpchar, varchar
 _BYTEA, _JSONB, _NUMERIC = 17, 3802, 1700
+_TEXT_KINDS = frozenset({"text", "jsonb", "enum"})
 
 
 def _decimal(typmod: int) -> bool:
@@ -509,6 +510,11 @@ async def read_batches(
     columns = await describe(conn, body, params)
     schema = schema_of(columns)
     encoding = conn.info.encoding
+    if encoding != "utf-8" and any(c.kind in _TEXT_KINDS for c in columns):
+        raise ValidationError(
+            f"to_arrow reads text as UTF-8, but the connection's client_encoding is {encoding}",
+            field="query",
+        )
     limit = min(batch_rows, _FIRST_BATCH)
     first, done = True, False
     async with conn.cursor().copy(f"COPY ({body}\n) TO STDOUT (FORMAT binary)", params) as copy:
