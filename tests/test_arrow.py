@@ -166,6 +166,36 @@ async def test_random_rows_round_trip_in_any_batching(
     assert got == [tuple(row) for row in rows]
 
 
+async def test_one_dimensional_arrays_become_lists(wis: Wis2l) -> None:
+    await wis.database.execute(
+        "CREATE TABLE arrays (k int, tags text[], scores int4[], prices numeric(6, 2)[],"
+        " keys uuid[], days date[])"
+    )
+    key = uuid.uuid4()
+    rows = [
+        (1, ["a", None, "ünï"], [1, -2, 3], [Decimal("1.50"), None], [key], [date(2024, 1, 2)]),
+        (2, [], None, [], [], None),
+        (3, None, [None, 7], [Decimal("-9999.99")], None, []),
+    ]
+    for row in rows:
+        await wis.database.execute("INSERT INTO arrays VALUES (%s, %s, %s, %s, %s, %s)", row)
+    table = await wis.database.to_arrow("SELECT * FROM arrays ORDER BY k", batch_rows=2)
+    assert table.schema.field("prices").type == pa.list_(pa.decimal128(6, 2))
+    assert table.schema.field("keys").type == pa.list_(pa.uuid())
+    assert [tuple(r.values()) for r in table.to_pylist()] == rows
+    with pytest.raises(ValidationError, match="multi-dimensional"):
+        await wis.database.to_arrow("SELECT ARRAY[[1, 2], [3, 4]] AS grid")
+
+    user = await wis.users.create(email="arr@example.com", name="Ar", subject="nocturna|arr")
+    project = await wis.projects.create(owner_id=user.id, name="A", slug="arr-p", engine="web")
+    await wis.components.create(
+        project_id=project.id, name="Jump", language="gdscript", code="pass",
+        prompt="a jump", model="m", experts=["physics", "feel"],
+    )  # fmt: skip
+    components = await wis.components.to_arrow()
+    assert components.column("experts").to_pylist() == [["physics", "feel"]]
+
+
 async def test_an_empty_result_keeps_its_schema(wis: Wis2l) -> None:
     await _kinds(wis)
     table = await wis.database.to_arrow("SELECT u, tz, n12, m FROM kinds WHERE false")
@@ -253,8 +283,8 @@ async def test_errors_are_ours_and_the_pool_survives(wis: Wis2l) -> None:
         await wis.database.to_arrow("SELEC 1")
     with pytest.raises(SchemaMissing):
         await wis.database.to_arrow("SELECT * FROM no_such_table")
-    with pytest.raises(ValidationError, match=r"tags \(integer\[\]\).*::text"):
-        await wis.database.to_arrow("SELECT 1 AS ok, ARRAY[1, 2] AS tags")
+    with pytest.raises(ValidationError, match=r"spans \(interval\[\]\).*::text"):
+        await wis.database.to_arrow("SELECT 1 AS ok, ARRAY[interval '1 day'] AS spans")
     with pytest.raises(ValidationError, match="span"):
         await wis.database.to_arrow("SELECT interval '1 day' AS span")
     with pytest.raises(ValidationError, match="NaN"):

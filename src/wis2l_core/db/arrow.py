@@ -25,10 +25,11 @@ Types (PostgreSQL -> Arrow):
 ``timestamptz``             ``timestamp('us', tz='UTC')``
 ``json``/``jsonb``          ``string`` (the JSON text; parse it where you need it)
 an enum                     ``dictionary<int32, string>`` (its labels)
+a 1-D array of the above    ``list<...>`` of the element's type (enums excepted)
 =========================== ==========================================================
 
-Anything else (arrays, intervals, ranges, composite types ...) is refused with a
-``ValidationError`` naming the column: cast it in the query (``tags::text``). Timestamps
+Anything else (multi-dimensional arrays, intervals, ranges, composite types ...) is
+refused with a ``ValidationError`` naming the column: cast it in the query (``::text``). Timestamps
 of ``infinity`` keep PostgreSQL's sentinel (the smallest/largest int64 microsecond).
 """
 
@@ -106,7 +107,13 @@ _FIXED: dict[int, tuple[str, Any]] = {
 }
 _TEXT = {19, 25, 114, 1042, 1043}  # name, text, json, bpchar, varchar
 _BYTEA, _JSONB, _NUMERIC = 17, 3802, 1700
-_TEXT_KINDS = frozenset({"text", "jsonb", "enum"})
+_TEXT_KINDS = frozenset({"text", "jsonb", "enum", "list"})
+# array type oid -> element type oid (one-dimensional arrays of the types above)
+_ARRAYS = {
+    1000: 16, 1001: 17, 1003: 19, 1005: 21, 1007: 23, 1009: 25, 1014: 1042, 1015: 1043,
+    1016: 20, 1021: 700, 1022: 701, 1115: 1114, 1182: 1082, 1183: 1083, 1185: 1184,
+    1231: 1700, 199: 114, 2951: 2950, 3807: 3802,
+}  # fmt: skip
 
 
 def _decimal(typmod: int) -> bool:
@@ -120,12 +127,19 @@ def _decimal(typmod: int) -> bool:
 class ArrowColumn:
     """One result column: its name, PostgreSQL type and how it is decoded."""
 
-    __slots__ = ("arrow_type", "kind", "name", "oid", "precision", "scale")
+    __slots__ = ("arrow_type", "element", "kind", "name", "oid", "precision", "scale")
+
+    arrow_type: Any
+    kind: str
 
     def __init__(self, name: str, oid: int, typmod: int, enum: bool = False) -> None:
         self.name, self.oid = name, oid
         self.precision = self.scale = 0
-        if oid in _FIXED:
+        self.element: ArrowColumn | None = None
+        if oid in _ARRAYS:
+            self.element = ArrowColumn(name, _ARRAYS[oid], typmod)
+            self.kind, self.arrow_type = "list", pa.list_(self.element.arrow_type)
+        elif oid in _FIXED:
             self.kind, self.arrow_type = _FIXED[oid]
         elif oid in _TEXT:
             self.kind, self.arrow_type = "text", pa.string()
@@ -311,12 +325,58 @@ def _decimal_buffer(low: Ints, high: Ints) -> Any:
     return pa.py_buffer(pair)
 
 
+def _list(column: ArrowColumn, views: _Views, start: Ints, valid: Flags) -> Any:
+    """A one-dimensional array column as an Arrow list: each row's elements are found
+    one element position at a time across the rows that have that many, then decoded
+    together as one child column."""
+    n = start.size
+    bitmap, nulls = _validity(valid)
+    ndim = np.where(valid, views.read(start, ">i4"), 0)
+    if (ndim > 1).any():
+        raise ValidationError(
+            f"to_arrow: column {column.name} holds a multi-dimensional array; "
+            "unnest it or cast it (::text)",
+            field="query",
+        )
+    count = np.where(ndim == 1, views.read(np.where(ndim == 1, start + 12, start), ">i4"), 0)
+    count = count.astype(np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(count, out=offsets[1:])
+    total = int(offsets[-1])
+    if total > np.iinfo(np.int32).max:  # pragma: no cover - a batch is at most 64 MB
+        raise ValidationError(f"to_arrow: column {column.name}: too many elements", field="query")
+    elem_start = np.zeros(total, dtype=np.int64)
+    elem_length = np.zeros(total, dtype=np.int64)
+    rows = np.flatnonzero(count)
+    pos = start[rows] + 20  # past ndim, flags, element type, size and lower bound
+    k = 0
+    while rows.size:
+        length = views.read(pos, ">i4").astype(np.int64)
+        slot = offsets[rows] + k
+        elem_start[slot], elem_length[slot] = pos + 4, length
+        pos = pos + 4 + np.maximum(length, 0)
+        k += 1
+        more = count[rows] > k
+        rows, pos = rows[more], pos[more]
+    assert column.element is not None
+    child = _decode(column.element, views, elem_start, elem_length, total)
+    return pa.Array.from_buffers(
+        column.arrow_type,
+        n,
+        [bitmap, pa.py_buffer(offsets.astype(np.int32))],
+        nulls,
+        children=[child],
+    )
+
+
 def _decode(column: ArrowColumn, views: _Views, start: Ints, length: Ints, n: int) -> Any:
     """One column of a batch as an Arrow array."""
     valid = length >= 0
     bitmap, nulls = _validity(valid)
     kind, kind_type = column.kind, column.arrow_type
     safe = np.where(valid, start, 0)
+    if kind == "list":
+        return _list(column, views, safe, valid)
     if kind.startswith(">"):
         values = views.read(safe, kind)
         return pa.Array.from_buffers(kind_type, n, [bitmap, pa.py_buffer(values)], nulls)
