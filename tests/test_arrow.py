@@ -307,6 +307,23 @@ async def test_errors_are_ours_and_the_pool_survives(wis: Wis2l) -> None:
     assert numbers.to_pylist() == [{"n": "NaN", "i": "Infinity", "wide": "1.50"}]
 
 
+async def test_a_cancelled_read_leaves_the_pool_usable(wis: Wis2l) -> None:
+    big = "SELECT g, md5(g::text) AS h FROM generate_series(1, 5000000) AS g"
+    for delay in (0.0, 0.05, 0.3):  # before the COPY, in it, deep in it
+        task = asyncio.create_task(wis.database.to_arrow(big))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wis.database.fetch_val("SELECT 'still here'") == "still here"
+        table = await wis.database.to_arrow("SELECT 1 AS one")
+        assert table.column("one").to_pylist() == [1]
+    # every connection came back: as many reads at once as the pool holds all get one
+    size = wis.settings.db_pool_max_size
+    many = await asyncio.gather(*(wis.database.to_arrow("SELECT 2 AS two") for _ in range(size)))
+    assert [t.num_rows for t in many] == [1] * size
+
+
 async def test_the_missing_extra_is_a_config_error(
     wis: Wis2l, monkeypatch: pytest.MonkeyPatch
 ) -> None:
