@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    arrow_cases,
     auth_cases,
     cache_bus_cases,
     db_cases,
@@ -43,6 +44,7 @@ GROUPS: dict[str, Group] = {
     "typed": typed_cases.run,
     "telemetry": telemetry_cases.run,
     "trace": trace_context.run,
+    "arrow": arrow_cases.run,
 }
 """The case groups, in the order they run."""
 

@@ -199,7 +199,10 @@ def test_explore_notebook_charts_durations_and_deployments_per_day(
         f"production: {production} deployments, {deployments.get('production/failed', 0)} failed",
     ]
 
-    for tag in ("chart-builds", "chart-deployments"):
+    frames = re.search(r"^frames: ([\d,]+) rows, \d+ MB in", text, re.M)
+    assert frames, text
+    assert int(frames[1].replace(",", "")) >= 1_000_000
+    for tag in ("chart-builds", "chart-deployments", "chart-frames"):
         chart = next(cell for cell in code if tag in cell.metadata.get("tags", []))
         images = [o for o in chart.outputs if "image/png" in o.get("data", {})]
         assert len(images) == 1, tag

@@ -1,4 +1,4 @@
-"""The ``wis2l`` command line: ``db``, ``dev``, ``events``, ``health``, ``relay`` and
+"""The ``wis2l`` command line: ``db``, ``dev``, ``events``, ``export``, ``health``, ``relay`` and
 ``studio``.
 
 Each area registers its commands from its own module; a handler returns the exit code.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from wis2l_core._version import package_version
-from wis2l_core.cli import db, dev, events, health, relay, studio
+from wis2l_core.cli import db, dev, events, export, health, relay, studio
 from wis2l_core.errors import Wis2lError
 
 __all__ = ["main"]
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log at DEBUG to stderr (default: errors only)"
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for area in (db, dev, events, health, relay, studio):
+    for area in (db, dev, events, export, health, relay, studio):
         area.add_parser(sub)
     return parser
 

@@ -347,7 +347,8 @@ class Database(QueryMethods):
     """An :class:`~psycopg_pool.AsyncConnectionPool` and query execution over it.
 
     Besides what the repositories use, it runs an app's own SQL on a pooled connection:
-    :meth:`fetch_one`, :meth:`fetch_all`, :meth:`fetch_val` and :meth:`execute` (see
+    :meth:`fetch_one`, :meth:`fetch_all`, :meth:`fetch_val` and :meth:`execute`, and
+    :meth:`to_arrow` for a whole result as a ``pyarrow.Table`` (see
     :class:`~wis2l_core.db.queries.QueryMethods`). No I/O happens until :meth:`open`.
     """
 

@@ -1,4 +1,5 @@
-"""Your own SQL: ``fetch_one``, ``fetch_all``, ``fetch_val`` and ``execute``.
+"""Your own SQL: ``fetch_one``, ``fetch_all``, ``fetch_val`` and ``execute``; and
+``to_arrow``/``arrow_batches`` for whole tables (the ``arrow`` extra, imported on first use).
 
 :class:`QueryMethods` is shared by :class:`~wis2l_core.db.pool.Database` (each call on a
 pooled connection, in autocommit) and :class:`~wis2l_core.db.repositories.Transaction`
@@ -24,9 +25,10 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeAlias, TypeVar, overload
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
 import psycopg
 from psycopg import sql as pgsql
@@ -36,10 +38,18 @@ from wis2l_core._validate import check_limit
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Query
-from wis2l_core.errors import ValidationError
+from wis2l_core.errors import ConfigError, ValidationError
 from wis2l_core.models import Page
 
-__all__ = ["Params", "QueryMethods", "Statement", "label"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["ARROW_BATCH_ROWS", "Params", "QueryMethods", "Statement", "arrow_batches", "label"]
+
+ARROW_BATCH_ROWS = 16_384
+"""Rows per Arrow batch of :meth:`QueryMethods.to_arrow` (fewer when rows are wide)."""
+
+_ALL_ROWS = 2**31 - 1  # a listing's %(limit)s::int when it is read whole
 
 T = TypeVar("T")
 
@@ -89,6 +99,63 @@ def _params(params: object) -> Any:
     raise ValidationError(
         f"params must be a mapping or a sequence, not {type(params).__name__}", field="params"
     )
+
+
+def _arrow() -> ModuleType:
+    """:mod:`wis2l_core.db.arrow`, imported on first use (pyarrow loads only then)."""
+    try:
+        from wis2l_core.db import arrow
+    except ImportError as exc:
+        raise ConfigError(
+            f"to_arrow needs the arrow extra: pip install 'wis2l-core[arrow]' ({exc})"
+        ) from exc
+    return arrow
+
+
+def _listing(statement: Statement, params: Any) -> Any:
+    """A keyset listing (a named query taking ``after`` and ``limit``) is read whole:
+    from the first row, with no limit, unless ``params`` set them."""
+    if not isinstance(statement, Query) or not {"after", "limit"} <= set(statement.params):
+        return params
+    if params is not None and not isinstance(params, Mapping):
+        raise ValidationError("a named query takes a mapping of params", field="params")
+    return {"after": uuid.UUID(int=0), "limit": _ALL_ROWS, **(params or {})}
+
+
+async def arrow_batches(
+    borrow: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[DictRow]]],
+    log: Callable[[Statement, float, int], None],
+    sql: Statement,
+    params: Params = None,
+    *,
+    batch_rows: int = ARROW_BATCH_ROWS,
+) -> AsyncGenerator[pa.RecordBatch, None]:
+    """``sql``'s rows as Arrow record batches, on a connection from ``borrow`` (see
+    :meth:`QueryMethods.arrow_batches`); ``log`` gets the statement, start and row count."""
+    arrow = _arrow()
+    text, _ = _statement(sql)
+    values = _params(_listing(sql, params))
+    start = time.perf_counter()
+    rows = 0
+    async with borrow() as conn:
+        with map_errors():
+            async for batch in arrow.read_batches(conn, text, values, batch_rows=batch_rows):
+                rows += batch.num_rows
+                yield batch
+    log(sql, start, rows)
+
+
+async def arrow_table(
+    borrow: Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[DictRow]]],
+    log: Callable[[Statement, float, int], None],
+    sql: Statement,
+    params: Params = None,
+    *,
+    batch_rows: int = ARROW_BATCH_ROWS,
+) -> pa.Table:
+    """``sql``'s rows as one Arrow table (see :meth:`QueryMethods.to_arrow`)."""
+    batches = [b async for b in arrow_batches(borrow, log, sql, params, batch_rows=batch_rows)]
+    return _arrow().table_of(batches)
 
 
 def _build(row_type: Callable[..., T], row: DictRow) -> T:
@@ -289,3 +356,53 @@ class QueryMethods:
                 count = cur.rowcount
         self.log_query(sql, start)
         return count
+
+    async def to_arrow(
+        self, sql: Statement, params: Params = None, *, batch_rows: int = ARROW_BATCH_ROWS
+    ) -> pa.Table:
+        """Run ``sql`` and return its rows as a ``pyarrow.Table`` (the ``arrow`` extra).
+
+        The rows come through PostgreSQL's binary ``COPY (sql) TO STDOUT`` and are
+        decoded straight into Arrow columns, a batch at a time, with no Python object
+        per value; the types are exact (see :mod:`wis2l_core.db.arrow` for the table:
+        ``uuid`` is ``arrow.uuid``, ``timestamptz`` a UTC timestamp, ``numeric(p, s)`` a
+        decimal, ``jsonb`` its JSON text, an enum a dictionary of its labels). The
+        schema comes from PostgreSQL, so an empty result still has its columns.
+
+        pandas, polars and DuckDB take the table as it is: ``table.to_pandas()``,
+        ``polars.from_arrow(table)``, ``duckdb.sql("SELECT ... FROM table")``.
+
+        Args:
+            sql: a ``SELECT`` (or ``VALUES``/``WITH``) as for :meth:`fetch_all`. A
+                named listing query (one taking ``%(after)s`` and ``%(limit)s``) is read
+                whole unless ``params`` sets them.
+            params: the placeholders' values (bound client-side: ``COPY`` takes no
+                server-side parameters; still sent as literals, never as raw text).
+            batch_rows: rows decoded at a time (fewer when rows are wide).
+
+        Returns:
+            A ``pyarrow.Table`` of one chunk per batch.
+
+        Raises:
+            ConfigError: the ``arrow`` extra (pyarrow, numpy) is not installed.
+            ValidationError: a column whose type has no Arrow decoding here (the message
+                names it; cast it in the query, e.g. ``tags::text``), a numeric ``NaN``
+                in a ``numeric(p, s)`` column, or a bad ``params``/``batch_rows``.
+            Wis2lError: a bad query, as :meth:`fetch_one`.
+        """
+        return await arrow_table(self._borrow, self.log_query, sql, params, batch_rows=batch_rows)
+
+    def arrow_batches(
+        self, sql: Statement, params: Params = None, *, batch_rows: int = ARROW_BATCH_ROWS
+    ) -> AsyncGenerator[pa.RecordBatch, None]:
+        """Like :meth:`to_arrow`, as ``pyarrow.RecordBatch``es one at a time, so memory
+        stays bounded by one batch (e.g. to write Parquet as the rows come). There is at
+        least one batch (an empty result gives one empty batch with the schema).
+
+        The connection is held until the iteration ends; close an iteration you leave
+        early (``async with contextlib.aclosing(db.arrow_batches(...)) as batches:``).
+
+        Raises:
+            Wis2lError: as :meth:`to_arrow`.
+        """
+        return arrow_batches(self._borrow, self.log_query, sql, params, batch_rows=batch_rows)

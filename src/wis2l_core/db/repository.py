@@ -19,6 +19,7 @@ statements and the transaction go to the server as one pipelined round trip.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import (
@@ -27,7 +28,7 @@ from contextlib import (
     asynccontextmanager,
     nullcontext,
 )
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -39,8 +40,9 @@ from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.pool import Connection, Database
+from wis2l_core.db.queries import arrow_table
 from wis2l_core.db.sql import Query, QueryFile, query_file
-from wis2l_core.errors import NotFound
+from wis2l_core.errors import NotFound, ValidationError
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 from wis2l_core.telemetry._db import transaction_span
@@ -56,6 +58,9 @@ __all__ = [
     "event_params",
     "set_field",
 ]
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ModelT = TypeVar("ModelT")
 E = TypeVar("E", bound=enum.Enum)
@@ -125,6 +130,31 @@ class Repository(Generic[ModelT]):
             ValidationError: ``id`` is not a UUID.
         """
         return await self._find("find_by_id", id=check_uuid("id", id))
+
+    async def to_arrow(self, query: str = "find_all", /, **params: Any) -> pa.Table:
+        """Every row of one of this table's listings as a ``pyarrow.Table`` (the ``arrow``
+        extra), read through binary ``COPY`` like :meth:`Database.to_arrow
+        <wis2l_core.db.queries.QueryMethods.to_arrow>`: no pages, no models::
+
+            builds = await wis.builds.to_arrow()  # the whole table, oldest first
+            failed = await wis.builds.to_arrow("find_all_by_status", status="failed")
+
+        Inside ``wis.transaction()`` (``tx.builds.to_arrow()``) it reads in that
+        transaction.
+
+        Args:
+            query: a query of the repository's file (``sql/queries/<table>.sql``);
+                a listing's ``after``/``limit`` are set to read it whole.
+            params: the query's other parameters.
+
+        Raises:
+            ValidationError: no such query in the file, or a bad parameter.
+            ConfigError: the ``arrow`` extra is not installed.
+        """
+        if query not in self._queries:
+            raise ValidationError(f"{self.table} has no query {query!r}", field="query")
+        borrow = functools.partial(self._db.connection, self._conn)
+        return await arrow_table(borrow, self._db.log_query, self._q(query), params)
 
     def _q(self, name: str) -> Query:
         return self._queries[name]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from attrs import field, frozen
 from attrs.converters import optional
@@ -32,7 +32,11 @@ from wis2l_core.db.cursor import decode_cursor, encode_cursor
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.queries import QueryMethods
 from wis2l_core.db.sql import Query
+from wis2l_core.errors import ValidationError
 from wis2l_core.models import JSON, Page
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "JSON",
@@ -47,6 +51,7 @@ __all__ = [
     "one",
     "optional",
     "page",
+    "to_arrow",
 ]
 
 T = TypeVar("T")
@@ -139,3 +144,42 @@ async def page(
     rows = await many(db, query, {**params, "after": start, "limit": size + 1}, row)
     cursor = encode_cursor(scope, rows[size - 1].id) if len(rows) > size else None
     return Page(items=tuple(rows[:size]), next_cursor=cursor)
+
+
+def query_of(fn: Callable[..., Any] | Query) -> Query:
+    """The named query a generated function runs (``_<NAME>`` of its module).
+
+    Raises:
+        ValidationError: ``fn`` is neither a :class:`Query` nor a generated function.
+    """
+    if isinstance(fn, Query):
+        return fn
+    found = getattr(fn, "__globals__", {}).get("_" + getattr(fn, "__name__", "").upper())
+    if not isinstance(found, Query):
+        raise ValidationError(
+            f"{fn!r} is not a function written by `wis2l db generate`", field="fn"
+        )
+    return found
+
+
+async def to_arrow(db: QueryMethods, fn: Callable[..., Any] | Query, /, **params: Any) -> pa.Table:
+    """The rows of a generated query function as a ``pyarrow.Table`` (the ``arrow`` extra),
+    read through binary ``COPY`` like :meth:`QueryMethods.to_arrow
+    <wis2l_core.db.queries.QueryMethods.to_arrow>` instead of building a row object per
+    row::
+
+        from generated import playtest
+        table = await typed.to_arrow(wis.database, playtest.sessions_since, day=day)
+
+    Args:
+        db: ``wis.database`` or a transaction.
+        fn: a function of a generated module (or its :class:`Query`).
+        params: the query's parameters, by name (a ``:page`` query is read whole
+            unless ``after``/``limit`` are given).
+
+    Raises:
+        ValidationError: ``fn`` is not a generated function, or a bad parameter.
+        ConfigError: the ``arrow`` extra is not installed.
+        Wis2lError: as :meth:`~wis2l_core.db.queries.QueryMethods.to_arrow`.
+    """
+    return await db.to_arrow(query_of(fn), params)
