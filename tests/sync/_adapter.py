@@ -35,7 +35,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 
-_PASSIVE = (str, bytes, int, float, bool, type(None), list, tuple, dict, set, frozenset, enum.Enum, type, BaseException)
+_PASSIVE = (str, bytes, int, float, bool, type(None), list, tuple, dict, set, frozenset)
+_PASSIVE += (enum.Enum, type, BaseException)
 _ACTIVE_MODULES = ("wis2l_core.sync", "psycopg", "psycopg_pool", "redis", "contextlib")
 
 
@@ -187,6 +188,7 @@ def recollect(
     *,
     replace: dict[str, Any] | None = None,
     skip: dict[str, str] | None = None,
+    only: tuple[str, ...] = (),
 ) -> None:
     """Run ``tests/<module>.py`` into ``namespace`` (the calling test module's globals).
 
@@ -196,6 +198,8 @@ def recollect(
         replace: globals of that module to replace after it ran (its cache classes by
             their synchronous twins).
         skip: test name -> why it does not apply to the synchronous API.
+        only: keep only these tests (the module's other tests are about the
+            asynchronous machinery itself).
     """
     path = TESTS / f"{module}.py"
     source = path.read_text()
@@ -203,6 +207,12 @@ def recollect(
     exec(compile(source, str(path), "exec"), namespace)
     namespace.update(keep)
     namespace.update(replace or {})
+    if only:
+        for name in [n for n in namespace if n.startswith("test_") and n not in only]:
+            del namespace[name]
+        missing = set(only) - set(namespace)
+        if missing:
+            raise AssertionError(f"{module}: no such tests {sorted(missing)} (renamed?)")
     for name, reason in (skip or {}).items():
         if name not in namespace:
             raise AssertionError(f"{module}.{name}: no such test to skip (renamed?)")

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-
 from tests.sync._adapter import Async
+
 from wis2l_core import Settings
 from wis2l_core.sync import RedisClient, Wis2l
 from wis2l_core.testing.plugin import drop_stream
