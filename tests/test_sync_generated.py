@@ -38,7 +38,8 @@ def test_check_names_a_stale_file(
 ) -> None:
     """--check writes nothing and exits 1 naming each file that would change."""
     spec = importlib.util.spec_from_file_location("async_to_sync", TOOL)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     stale, fresh = tmp_path / "stale.py", tmp_path / "fresh.py"

@@ -75,10 +75,15 @@ def test_context_manager_starts_and_closes(wis2l_settings: Settings) -> None:
 def test_a_transaction_commits_or_rolls_back_as_a_whole(sync_wis: Wis2l) -> None:
     wis = sync_wis
     user = wis.users.create(email="ada@example.com", name="Ada", subject="s-ada")
-    with pytest.raises(ValidationError), wis.transaction() as tx:
-        tx.projects.create(owner_id=user.id, name="Gone", slug="gone", engine="godot")
-        tx.users.update(user.id, name="Ada L")
-        tx.projects.create(owner_id=user.id, name="Bad", slug="Not A Slug", engine="godot")
+
+    def fails_halfway() -> None:
+        with wis.transaction() as tx:
+            tx.projects.create(owner_id=user.id, name="Gone", slug="gone", engine="godot")
+            tx.users.update(user.id, name="Ada L")
+            tx.projects.create(owner_id=user.id, name="Bad", slug="Not A Slug", engine="godot")
+
+    with pytest.raises(ValidationError):
+        fails_halfway()
     assert wis.projects.find_by_slug("gone") is None
     assert wis.users.find_by_id(user.id) == user
     with wis.transaction() as tx:
