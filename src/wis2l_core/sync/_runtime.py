@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -41,6 +41,8 @@ from wis2l_core.sync.cache.store import Cache
 from wis2l_core.sync.db.repositories import Repositories, Transaction
 
 __all__ = ["SyncBus", "Wis2l"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("wis2l_core.sync")
 
@@ -224,6 +226,34 @@ class Wis2l(Repositories):
     ) -> None:
         self.close()
 
+    def migrate(self) -> list[str]:
+        """Apply pending migrations (as ``wis2l db migrate``); return the names applied.
+
+        Works before :meth:`start` too, so a script can migrate, then start.
+        """
+        from wis2l_core.db.migrate import apply_migrations
+
+        s = self.settings
+        return self._run_async(
+            apply_migrations(
+                s.direct_database_url,
+                sources=s.migrations,
+                lock_timeout=s.migrate_lock_timeout,
+                connect_timeout=s.db_connect_timeout,
+            )
+        )
+
+    def _run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the private loop, or on a loop of its own before :meth:`start`."""
+        if self._loop.running:
+            return self._loop.run(coro)
+        once = BackgroundLoop("wis2l-sync-once")
+        once.start()
+        try:
+            return once.run(coro)
+        finally:
+            once.stop()
+
     # -- transactions ----------------------------------------------------------------------
 
     @contextmanager
@@ -279,14 +309,7 @@ class Wis2l(Repositories):
             from wis2l_core.health._checks import outbox_check
 
             checker.add("outbox", lambda: outbox_check(relay))
-        if self._loop.running:
-            return self._loop.run(checker.run(critical_only=critical_only))
-        once = BackgroundLoop("wis2l-sync-health")  # before start: a loop for this report
-        once.start()
-        try:
-            return once.run(checker.run(critical_only=critical_only))
-        finally:
-            once.stop()
+        return self._run_async(checker.run(critical_only=critical_only))
 
     def _database_check(self) -> Mapping[str, Any]:
         """The schema check of ``wis2l_core.db.migrate.check_schema``, on the sync pool."""
