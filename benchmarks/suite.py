@@ -17,6 +17,7 @@ from benchmarks import (
     outbox_cases,
     peer_cases,
     studio_cases,
+    sync_cases,
     typed_cases,
 )
 from benchmarks.env import Env, run_env, servers_and_database
@@ -39,6 +40,7 @@ GROUPS: dict[str, Group] = {
     "studio": studio_cases.run,
     "peer": peer_cases.run,
     "typed": typed_cases.run,
+    "sync": sync_cases.run,
 }
 """The case groups, in the order they run."""
 
