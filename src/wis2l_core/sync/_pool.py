@@ -141,13 +141,20 @@ class Database(QueryMethods):
             Wis2lError: the driver's error, translated (see ``map_errors``).
         """
         start = time.perf_counter()
-        with self.connection(conn) as c:
-            cur = c.execute(query.text, params, prepare=True)
-            if many:
-                rows = cur.fetchall()
-            else:
-                row = cur.fetchone()
-                rows = [] if row is None else [row]
+        # The repositories' hot path: getconn/putconn without a context manager's cost.
+        pool = self.pool if conn is None else None
+        with map_errors():
+            c: Connection = conn if conn is not None else self.pool.getconn()
+            try:
+                cur = c.execute(query.text, params, prepare=True)
+                if many:
+                    rows = cur.fetchall()
+                else:
+                    row = cur.fetchone()
+                    rows = [] if row is None else [row]
+            finally:
+                if pool is not None:
+                    pool.putconn(c)
         if self._debug:
             self.log_query(query, start)
         return rows
