@@ -16,7 +16,14 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from wis2l_core import BuildProgress, HealthStatus, NotFound, Settings, ValidationError
+from wis2l_core import (
+    BuildProgress,
+    HealthStatus,
+    NotFound,
+    ServiceUnavailable,
+    Settings,
+    ValidationError,
+)
 from wis2l_core.sync import Wis2l
 from wis2l_core.testing.plugin import drop_stream
 
@@ -58,6 +65,10 @@ def make_project(wis: Wis2l) -> uuid.UUID:
 def test_context_manager_starts_and_closes(wis2l_settings: Settings) -> None:
     wis = Wis2l(wis2l_settings)
     assert not wis.started
+    with pytest.raises(ServiceUnavailable):  # no I/O before start, and no loop either
+        wis.users.find_by_id(uuid.uuid4())
+    with pytest.raises(ServiceUnavailable):
+        wis.bus.publish(BuildProgress(project_id=uuid.uuid4(), build_id=uuid.uuid4(), progress=1))
     with wis as same:
         assert same is wis
         assert wis.started

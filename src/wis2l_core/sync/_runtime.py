@@ -74,8 +74,11 @@ class SyncBus:
 
         Raises:
             ValidationError: ``event`` is not a well-formed event; nothing was sent.
-            ServiceUnavailable: NATS is down, or did not acknowledge in time.
+            ServiceUnavailable: NATS is down, did not acknowledge in time, or the runtime
+                is not started.
         """
+        if not self._loop.running:
+            raise ServiceUnavailable("nats: the runtime is not started", service="nats")
         self._loop.run(self._bus.publish(event))
 
 
