@@ -20,6 +20,7 @@ from benchmarks import (
     studio_cases,
     telemetry_cases,
     trace_context,
+    sync_cases,
     typed_cases,
 )
 from benchmarks.env import Env, run_env, servers_and_database
@@ -45,6 +46,7 @@ GROUPS: dict[str, Group] = {
     "telemetry": telemetry_cases.run,
     "trace": trace_context.run,
     "arrow": arrow_cases.run,
+    "sync": sync_cases.run,
 }
 """The case groups, in the order they run."""
 

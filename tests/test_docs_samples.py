@@ -375,9 +375,11 @@ def test_testing_page_samples_pass_under_pytest(tmp_path: Path, wis2l_servers: S
 
 
 # Leaving the REPL does not stop what a page started; the test does (as run_page does).
+# (wis2l_core.sync.Wis2l's stop() is a plain method: nothing to await, and a `with` block
+# already closed it.)
 REPL_EPILOGUE = (
     "for _value in list(globals().values()):\n"
-    "    if type(_value).__name__ == 'Wis2l':\n"
+    "    if type(_value).__name__ == 'Wis2l' and type(_value).__module__ == 'wis2l_core.runtime':\n"
     "        await _value.stop()\n"
     "\n"
 )

@@ -233,3 +233,45 @@ def check_health_server(proc: subprocess.Popen[str]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sync_script_serves_requests_in_flask_shape(
+    wis2l_servers: Servers, wis2l_database_url: str
+) -> None:
+    out = run_example(
+        "sync_script.py", wis2l_servers, wis2l_database_url, "ss" + os.urandom(4).hex()
+    )
+    lines = out.splitlines()
+    assert "migrations applied: 0" in lines  # the test database is migrated already
+    assert "signup     201 session ok" in lines
+    assert lines.count("build      201 pending") == 3
+    assert any(line.startswith("build      429 {'retry_after'") for line in lines), out
+    assert "bad build  422" in lines
+    assert "health     200 ok" in lines
+
+
+def test_sync_command_fails_stale_builds_in_django_shape(
+    wis2l_servers: Servers, wis2l_database_url: str
+) -> None:
+    namespace = "sc" + os.urandom(4).hex()
+    out = run_example(
+        "sync_command.py",
+        wis2l_servers,
+        wis2l_database_url,
+        namespace,
+        "--older-than",
+        "0",
+        "--seed",
+        "3",
+        "--dry-run",
+    )
+    assert out.startswith("3 build(s) pending since before ")
+    assert "failed" not in out
+    out = run_example(
+        "sync_command.py", wis2l_servers, wis2l_database_url, namespace, "--older-than", "0"
+    )
+    assert out.splitlines()[1:] == ["failed 3 stale build(s)", "health ok"], out
+    out = run_example(
+        "sync_command.py", wis2l_servers, wis2l_database_url, namespace, "--older-than", "0"
+    )
+    assert out.startswith("0 build(s) pending")
