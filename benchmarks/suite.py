@@ -18,9 +18,9 @@ from benchmarks import (
     outbox_cases,
     peer_cases,
     studio_cases,
+    sync_cases,
     telemetry_cases,
     trace_context,
-    sync_cases,
     typed_cases,
 )
 from benchmarks.env import Env, run_env, servers_and_database

@@ -35,6 +35,7 @@ SRC = ROOT / "src" / "wis2l_core"
 OUT = SRC / "sync"
 
 DB_MODULES = (
+    "arrow",
     "repository",
     "users",
     "projects",
@@ -163,6 +164,11 @@ class AsyncToSync(cst.CSTTransformer):
             updated = updated.with_changes(module=_module_expr(MODULES[dotted]))
         if isinstance(updated.names, cst.ImportStar):
             return updated
+        if dotted not in MODULES and all(  # from wis2l_core.db import arrow
+            f"{dotted}.{_dotted(alias.name)}" in MODULES for alias in updated.names
+        ):
+            first = f"{dotted}.{_dotted(updated.names[0].name)}"
+            updated = updated.with_changes(module=_module_expr(MODULES[first].rpartition(".")[0]))
         seen: set[str] = set()
         aliases = []
         for alias in updated.names:  # a rename may import a name twice

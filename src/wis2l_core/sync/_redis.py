@@ -61,6 +61,10 @@ class LuaScript:
     """A Lua script run with ``EVALSHA``, falling back to ``EVAL`` after a server restart."""
 
     text: str
+    name: str = attrs.field(default="script", kw_only=True)
+    """What the script does (the asynchronous client names its span with it)."""
+    hit: Callable[[Any], bool] | None = attrs.field(default=None, kw_only=True, eq=False)
+    """Tells a cache hit from a miss by the reply (used by the asynchronous client)."""
     sha: str = attrs.field(init=False)
 
     @sha.default

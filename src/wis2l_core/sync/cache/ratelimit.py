@@ -22,6 +22,7 @@ from wis2l_core.cache._input import key_text
 from wis2l_core.cache.ratelimit import RateLimit
 from wis2l_core.errors import ValidationError
 from wis2l_core.sync._redis import LuaScript, RedisClient
+from wis2l_core.telemetry._cache import record_decision
 
 __all__ = ["FailMode", "RateLimit", "RateLimiter"]
 
@@ -32,7 +33,8 @@ FailMode = Literal["open", "closed", "raise"]
 """What :meth:`RateLimiter.hit` does when Redis cannot be asked: ``"open"`` allows the
 hit, ``"closed"`` refuses it, ``"raise"`` raises ``ServiceUnavailable``."""
 
-_GCRA = LuaScript("""
+_GCRA = LuaScript(
+    """
 local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -52,7 +54,9 @@ local ttl = math.max(1, math.ceil(new_tat - now))
 redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
 local remaining = math.floor((period - (new_tat - now)) / interval + 1e-9)
 return {1, remaining, '0', tostring(new_tat - now)}
-""")
+""",
+    name="ratelimit.gcra",
+)
 """KEYS: the limit's key. ARGV: limit, period ms, cost. Returns allowed, remaining,
 retry-after ms, reset-after ms (times as strings: Redis would truncate numbers)."""
 
@@ -65,10 +69,14 @@ class RateLimiter:
         client: the shared :class:`RedisClient`.
         fail_mode: what to do when Redis is unavailable: ``"open"`` (default) allows
             the hit, ``"closed"`` refuses it, ``"raise"`` raises ``ServiceUnavailable``.
+        policy: the name its decisions are counted under in telemetry
+            (``wis2l.ratelimit.policy`` of ``wis2l.ratelimit.decisions``); a
+            :meth:`hit` may name its own.
     """
 
     _client: RedisClient
     fail_mode: FailMode = attrs.field(default="open", kw_only=True)
+    policy: str = attrs.field(default="default", kw_only=True)
 
     @fail_mode.validator
     def _check_fail_mode(self, _: object, value: str) -> None:
@@ -98,7 +106,15 @@ class RateLimiter:
             raise ValidationError("per must be a positive number of seconds", field="per")
         return seconds
 
-    def hit(self, key: str, *, limit: int, per: float | timedelta, cost: int = 1) -> RateLimit:
+    def hit(
+        self,
+        key: str,
+        *,
+        limit: int,
+        per: float | timedelta,
+        cost: int = 1,
+        policy: str | None = None,
+    ) -> RateLimit:
         """Count one hit (or ``cost`` hits) on ``key``: at most ``limit`` per ``per``.
 
         Args:
@@ -108,6 +124,9 @@ class RateLimiter:
             limit: hits allowed in a burst, and per ``per`` on average.
             per: the period, in seconds or as a ``timedelta``.
             cost: how many hits this one counts as.
+            policy: the policy its decision is counted under in telemetry (default: the
+                limiter's ``policy``); name a few fixed policies (``"login"``), never
+                one per key.
 
         Returns:
             Whether it is allowed, what remains and when to retry.
@@ -127,8 +146,13 @@ class RateLimiter:
         else:
             reply = client.call("ratelimit", None, _GCRA, (full,), args)
             if reply is None:
-                return self._unavailable(limit)
+                decided = self._unavailable(limit)
+                record_decision(
+                    policy or self.policy, allowed=decided.allowed, fail_mode=self.fail_mode
+                )
+                return decided
         allowed, remaining, wait, reset = reply
+        record_decision(policy or self.policy, allowed=bool(allowed))
         return RateLimit(
             allowed=bool(allowed),
             remaining=max(0, int(remaining)),

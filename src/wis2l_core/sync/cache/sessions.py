@@ -60,7 +60,14 @@ _TOKEN = re.compile(r"([A-Za-z0-9_-]{16})\.[A-Za-z0-9_-]{43}")
 
 _REVOKE_ALL_TRIES = 5
 
-_CREATE = LuaScript("""
+
+def _found(reply: Any) -> bool:
+    """A refresh found the session (its telemetry's ``wis2l.cache.hit``)."""
+    return reply is not None
+
+
+_CREATE = LuaScript(
+    """
 redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'data', ARGV[2], 'expires_at', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
@@ -69,27 +76,37 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 return 1
-""")
+""",
+    name="session.create",
+)
 """KEYS: session, index. ARGV: user_id, data, expires_at ms, ttl ms, digest, now ms.
 Also drops expired sessions from the index, so it stays small."""
 
-_REFRESH = LuaScript("""
+_REFRESH = LuaScript(
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return redis.call('HMGET', KEYS[1], 'user_id', 'data', 'expires_at')
-""")
+""",
+    name="session.refresh",
+    hit=_found,
+)
 """KEYS: session, index. ARGV: expires_at ms, ttl ms, digest."""
 
-_REVOKE = LuaScript("""
+_REVOKE = LuaScript(
+    """
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
-""")
+""",
+    name="session.revoke",
+)
 """KEYS: session, index. ARGV: digest."""
 
-_REVOKE_ALL = LuaScript("""
+_REVOKE_ALL = LuaScript(
+    """
 local n = 0
 for i = 2, #KEYS do
   if redis.call('HGET', KEYS[i], 'user_id') == ARGV[1] then
@@ -103,7 +120,9 @@ for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
   if not known then return {-1, n} end
 end
 return {0, n}
-""")
+""",
+    name="session.revoke_all",
+)
 """KEYS: index, then the sessions listed. ARGV: user_id, now ms, then their digests.
 Deletes those of the user; returns ``{-1, n}`` when the index gained a session since it
 was listed (the caller lists again), else ``{0, n}``. ``ARGV[i + 1]`` is ``KEYS[i]``'s digest."""

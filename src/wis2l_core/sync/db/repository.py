@@ -20,10 +20,11 @@ statements and the transaction go to the server as one pipelined round trip.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -35,10 +36,13 @@ from wis2l_core.catalogue import DomainEvent, event_payload
 from wis2l_core.db.cursor import decode_cursor, keyset_page
 from wis2l_core.db.errors import map_errors
 from wis2l_core.db.sql import Query, QueryFile, query_file
-from wis2l_core.errors import NotFound
+from wis2l_core.errors import NotFound, ValidationError
 from wis2l_core.models import Page
 from wis2l_core.sentinel import Unset
 from wis2l_core.sync._pool import Connection, Database
+from wis2l_core.sync.db.queries import arrow_table
+from wis2l_core.telemetry._db import transaction_span
+from wis2l_core.telemetry._messaging import current_context
 
 __all__ = [
     "DeleteById",
@@ -50,6 +54,9 @@ __all__ = [
     "event_params",
     "set_field",
 ]
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 ModelT = TypeVar("ModelT")
 E = TypeVar("E", bound=enum.Enum)
@@ -71,7 +78,8 @@ def set_field(
 
 
 def event_params(event: DomainEvent) -> dict[str, Any]:
-    """The ``events`` row for ``event``: its type, subsystem, subject and JSON payload."""
+    """The ``events`` row for ``event``: its type, subsystem, subject, JSON payload and the
+    trace context active now (see :mod:`wis2l_core.telemetry._messaging`)."""
     return {
         "id": event.id,
         "type": event.type,
@@ -79,6 +87,7 @@ def event_params(event: DomainEvent) -> dict[str, Any]:
         "project_id": event.project_id,
         "subject": event.type,
         "payload": Jsonb(event_payload(event)),
+        "trace_context": current_context(),  # the writer's span, or None (no SDK)
     }
 
 
@@ -118,6 +127,31 @@ class Repository(Generic[ModelT]):
         """
         return self._find("find_by_id", id=check_uuid("id", id))
 
+    def to_arrow(self, query: str = "find_all", /, **params: Any) -> pa.Table:
+        """Every row of one of this table's listings as a ``pyarrow.Table`` (the ``arrow``
+        extra), read through binary ``COPY`` like :meth:`Database.to_arrow
+        <wis2l_core.db.queries.QueryMethods.to_arrow>`: no pages, no models::
+
+            builds = await wis.builds.to_arrow()  # the whole table, oldest first
+            failed = await wis.builds.to_arrow("find_all_by_status", status="failed")
+
+        Inside ``wis.transaction()`` (``tx.builds.to_arrow()``) it reads in that
+        transaction.
+
+        Args:
+            query: a query of the repository's file (``sql/queries/<table>.sql``);
+                a listing's ``after``/``limit`` are set to read it whole.
+            params: the query's other parameters.
+
+        Raises:
+            ValidationError: no such query in the file, or a bad parameter.
+            ConfigError: the ``arrow`` extra is not installed.
+        """
+        if query not in self._queries:
+            raise ValidationError(f"{self.table} has no query {query!r}", field="query")
+        borrow = functools.partial(self._db.connection, self._conn)
+        return arrow_table(borrow, self._db.log_query, self._q(query), params)
+
     def _q(self, name: str) -> Query:
         return self._queries[name]
 
@@ -140,6 +174,10 @@ class Repository(Generic[ModelT]):
         rows = self._all(name, after=start, limit=limit + 1, **params)
         return keyset_page(scope, rows, limit, self._row)
 
+    def _transaction_span(self) -> AbstractContextManager[object]:
+        # A ``transaction`` span when this call opens a transaction of its own.
+        return transaction_span() if self._conn is None else nullcontext()
+
     def _transaction(self, conn: Connection) -> AbstractContextManager[Any]:
         # Inside wis.transaction() the caller's transaction is the unit of work.
         return nullcontext() if self._conn is not None else conn.transaction()
@@ -151,10 +189,11 @@ class Repository(Generic[ModelT]):
         For writes that need several statements decided one after another; each statement
         runs with :meth:`_exec` and the event is recorded with :meth:`_record`.
         """
-        with self._db.connection(self._conn) as conn:
-            with map_errors():
-                with self._transaction(conn):
-                    yield conn
+        with self._transaction_span():
+            with self._db.connection(self._conn) as conn:
+                with map_errors():
+                    with self._transaction(conn):
+                        yield conn
 
     def _exec(self, conn: Connection, name: str, params: dict[str, Any]) -> DictRow | None:
         """Run query ``name`` on ``conn`` (inside :meth:`_unit`); return its first row."""
@@ -206,20 +245,23 @@ class Repository(Generic[ModelT]):
         query = self._q(name)
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
-        with self._db.connection(self._conn) as conn:
-            with map_errors():
-                with conn.pipeline():
-                    with self._transaction(conn):
-                        cursors = [conn.execute(query.text, p, prepare=True) for p in params_seq]
-                        if isinstance(event, DomainEvent):
-                            conn.execute(record.text, event_params(event), prepare=True)
-                        elif event is not None:
+        with self._transaction_span():
+            with self._db.connection(self._conn) as conn:
+                with map_errors():
+                    with conn.pipeline():
+                        with self._transaction(conn):
+                            cursors = [
+                                conn.execute(query.text, p, prepare=True) for p in params_seq
+                            ]
+                            if isinstance(event, DomainEvent):
+                                conn.execute(record.text, event_params(event), prepare=True)
+                            elif event is not None:
+                                rows = _fetch(cursors)
+                                made = event(rows[0]) if rows else None
+                                if made is not None:
+                                    conn.execute(record.text, event_params(made), prepare=True)
+                        if event is None or isinstance(event, DomainEvent):
                             rows = _fetch(cursors)
-                            made = event(rows[0]) if rows else None
-                            if made is not None:
-                                conn.execute(record.text, event_params(made), prepare=True)
-                    if event is None or isinstance(event, DomainEvent):
-                        rows = _fetch(cursors)
         self._db.log_query(query, start, count=len(params_seq))
         return rows
 

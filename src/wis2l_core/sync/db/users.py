@@ -224,7 +224,7 @@ class UserRepository(Repository[User], FindAll, DeleteById):
         record = query_file("events")["insert_outbox"]
         start = time.perf_counter()
         with self._db.connection(self._conn) as conn:
-            with map_errors():
+            with map_errors(), self._transaction_span():
                 with conn.pipeline(), self._transaction(conn):
                     cur = conn.execute(query.text, params, prepare=True)
                     row = cur.fetchone()
