@@ -52,6 +52,19 @@ def _process_spans(cap: Captured, durable: str) -> list[ReadableSpan]:
     ]
 
 
+def _writer(cap: Captured, stored: str | None, parent: trace.Span | ReadableSpan) -> ReadableSpan:
+    """The span ``stored`` (an event row's context) names: the write's ``transaction``
+    span, a child of ``parent`` (the span that was current when the repository wrote)."""
+    assert stored is not None
+    span_id = int(stored.split(",")[0].split("-")[2], 16)
+    (found,) = [s for s in cap.spans if s.context.span_id == span_id]
+    assert found.name == "transaction"
+    assert found.parent is not None
+    assert found.parent.span_id == parent.get_span_context().span_id
+    assert stored.split(",")[0] == _traceparent(found)
+    return found
+
+
 async def _contexts(wis: Wis2l, type_: str) -> list[str | None]:
     async with wis.database.connection() as conn:
         cur = await conn.execute(
@@ -87,15 +100,18 @@ async def test_a_write_its_relay_its_handler_and_their_writes_are_one_trace(
     await eventually(lambda: len(started) == 1, timeout=15)
     trace_id = request.get_span_context().trace_id
 
-    # The row kept the request's context; the handler's write kept the process span's.
-    assert await _contexts(wis, "component.created") == [_traceparent(request)]
+    # The row kept the context of its write (the transaction span inside the request);
+    # the handler's write kept one inside the process span.
+    (stored,) = await _contexts(wis, "component.created")
+    writer = _writer(wis2l_telemetry, stored, request)
     (builder,) = _process_spans(wis2l_telemetry, "builder")
-    assert await _contexts(wis, "build.started") == [_traceparent(builder)]
+    (second,) = await _contexts(wis, "build.started")
+    second_writer = _writer(wis2l_telemetry, second, builder)
 
     # The subscriber continued the request's trace: its parent is the writer's span.
     assert builder.context.trace_id == trace_id
     assert builder.parent is not None
-    assert builder.parent.span_id == request.context.span_id
+    assert builder.parent.span_id == writer.context.span_id
     assert builder.kind is SpanKind.CONSUMER
     attrs = dict(builder.attributes or {})
     subject = wis.bus.subject(ComponentCreated)
@@ -110,12 +126,12 @@ async def test_a_write_its_relay_its_handler_and_their_writes_are_one_trace(
     ids = {str(e.id) for e in component_event if e.type == "component.created"}
     assert attrs["messaging.message.id"] in ids
 
-    # ... and the second hop too: the watcher's span is the child of the builder's.
+    # ... and the second hop too: the watcher's span is the child of the builder's write.
     await eventually(lambda: len(_process_spans(wis2l_telemetry, "watcher")) == 1)
     (watcher,) = _process_spans(wis2l_telemetry, "watcher")
     assert watcher.context.trace_id == trace_id
     assert watcher.parent is not None
-    assert watcher.parent.span_id == builder.context.span_id
+    assert watcher.parent.span_id == second_writer.context.span_id
 
     # The relay's send span is a trace of its own, linked to the writer's span.
     send = [
@@ -126,7 +142,7 @@ async def test_a_write_its_relay_its_handler_and_their_writes_are_one_trace(
     assert len(send) == 1
     assert send[0].kind is SpanKind.PRODUCER
     assert send[0].context.trace_id != trace_id
-    assert [link.context.span_id for link in send[0].links] == [request.context.span_id]
+    assert [link.context.span_id for link in send[0].links] == [writer.context.span_id]
     assert (send[0].attributes or {})["messaging.operation.type"] == "send"
     assert send[0].parent is not None  # the batch's "send" span
     batch = [
@@ -140,8 +156,8 @@ async def test_a_write_its_relay_its_handler_and_their_writes_are_one_trace(
         m for m in await read_all(wis.bus, subject) if (m.headers or {}).get("Nats-Msg-Id") in ids
     ]
     headers = msg.headers or {}
-    assert headers["traceparent"] == _traceparent(request)
-    assert headers["ce-traceparent"] == _traceparent(request)
+    assert headers["traceparent"] == _traceparent(writer)
+    assert headers["ce-traceparent"] == _traceparent(writer)
     assert "tracestate" not in headers
 
 
@@ -159,8 +175,9 @@ async def test_tracestate_is_kept_and_sent(wis2l_telemetry: Captured, wis: Wis2l
     ctx = trace.set_span_in_context(NonRecordingSpan(remote))
     with wis2l_telemetry.tracer().start_as_current_span("handler", context=ctx) as span:
         await _component(wis, project)
-    stored = await _contexts(wis, "component.created")
-    assert stored == [f"{_traceparent(span)},vendor=opaque1,other=b"]
+    (stored,) = await _contexts(wis, "component.created")
+    writer = _writer(wis2l_telemetry, stored, span)
+    assert stored == f"{_traceparent(writer)},vendor=opaque1,other=b"
     subject = wis.bus.subject(ComponentCreated)
 
     async def sent() -> bool:

@@ -334,7 +334,7 @@ HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 def metric_table() -> list[dict[str, str]]:
     """The rows of docs/observability.md's metric table, by column name."""
     text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
-    section = text.split("\n## Metrics\n", 1)[1]
+    section = text.split("\n## All metrics\n", 1)[1]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in lines[2:]]

@@ -49,6 +49,17 @@ def configure_connection(conn: Connection) -> None:
     set_json_loads(orjson.loads, conn)
 
 
+def _sync_kwargs(settings: Settings) -> dict[str, Any]:
+    """:func:`connect_kwargs` without its ``cursor_factory``, an asyncio cursor.
+
+    The synchronous API records no spans yet (docs/guides/sync.md); its connections use
+    psycopg's own cursor, and named queries run as they do without telemetry.
+    """
+    kwargs = connect_kwargs(settings)
+    del kwargs["cursor_factory"]
+    return kwargs
+
+
 class Database(QueryMethods):
     """A :class:`psycopg_pool.ConnectionPool` and query execution over it.
 
@@ -81,7 +92,7 @@ class Database(QueryMethods):
         pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
             s.database_url,
             connection_class=psycopg.Connection[DictRow],
-            kwargs=connect_kwargs(s),
+            kwargs=_sync_kwargs(s),
             min_size=s.db_pool_min_size,
             max_size=s.db_pool_max_size,
             timeout=s.db_pool_timeout,
