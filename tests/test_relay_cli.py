@@ -168,6 +168,28 @@ async def test_sigint_also_stops_it_cleanly(wis: Wis2l, tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
 
 
+async def test_an_app_with_its_relay_off_writes_and_leaves_publishing_to_others(
+    wis: Wis2l,
+) -> None:
+    """``WIS2L_OUTBOX_RELAY=false``: the runtime writes events and measures the backlog,
+    and publishes nothing itself."""
+    import attrs
+
+    await wis.relay.stop()  # the fixture's runtime: the other relay, started below
+    off = Settings.from_env({"WIS2L_OUTBOX_RELAY": "false"})
+    assert off.outbox_relay is False
+    async with Wis2l(attrs.evolve(wis.settings, outbox_relay=False)) as app:
+        assert not app.relay.running
+        project = await make_project(app)
+        await app.components.create(project_id=project, name="c", language="lua", code="x")
+        await asyncio.sleep(0.5)
+        assert await _unpublished(app) >= 1
+        report = await app.health()
+        assert report.checks["outbox"].details["size"] >= 1
+    await wis.relay.start()
+    await eventually(lambda: _none_left(wis), timeout=20)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -177,6 +199,7 @@ async def test_sigint_also_stops_it_cleanly(wis: Wis2l, tmp_path: Path) -> None:
         (["--relay-id", "two words"], "--relay-id"),
         (["--lease", "0.1"], "--lease must be at least 0.5"),
         (["--health-port", "70000"], "--health-port must be 0..65535"),
+        (["--metrics"], "--metrics needs --health-port"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(
@@ -191,10 +214,43 @@ def test_bad_options_are_one_line_usage_errors(
     assert message in err
 
 
-def test_the_metrics_hook_serves_nothing_yet() -> None:
-    from wis2l_core.cli.relay import metrics_app
+@pytest.mark.slow
+async def test_metrics_serves_the_relays_metrics_to_prometheus(wis: Wis2l, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
 
-    assert metrics_app() is None
+    await wis.relay.stop()  # the process is the only relay
+    project = await make_project(wis)
+    for n in range(5):
+        await wis.components.create(project_id=project, name=f"m{n}", language="lua", code="x")
+    port = _free_port()
+    args = ("--health-port", str(port), "--metrics")
+    with _relay(wis.settings, tmp_path, *args) as proc:
+        banner = await _ready(proc, tmp_path)
+        assert f"metrics on http://127.0.0.1:{port}/metrics" in banner
+        await eventually(lambda: _none_left(wis), timeout=20)
+
+        def scrape() -> dict[str, float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert r.headers["content-type"].startswith("text/plain")
+                text = r.read().decode()
+            return {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+
+        async def published() -> bool:
+            samples = await asyncio.to_thread(scrape)
+            return samples.get("wis2l_outbox_published_total", 0) >= 5
+
+        await eventually(published, timeout=20)
+        samples = await asyncio.to_thread(scrape)
+        assert samples["messaging_client_sent_messages_total"] >= 5
+        assert samples["wis2l_outbox_publish_latency_seconds_count"] >= 5
+        assert "db_client_connection_max" in samples  # the relay's pool
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
 
 
 def test_production_with_nats_down_fails_in_one_line(

@@ -463,6 +463,10 @@ class Settings:
     """Partitions the outbox is split into by project, 1-1024: relays in several processes
     share them out (``WIS2L_OUTBOX_PARTITIONS``). Every process of a deployment must use
     the same number."""
+    outbox_relay: bool = attrs.field(default=True, metadata=_env("WIS2L_OUTBOX_RELAY", _BOOL))
+    """Run the outbox relay inside this runtime (``WIS2L_OUTBOX_RELAY``). ``false`` when
+    ``wis2l relay`` processes publish the outbox instead: the runtime still writes events
+    and runs subscribers, and its ``outbox`` health check still measures the backlog."""
     events_retention: timedelta | None = attrs.field(
         default=None, metadata=_env("WIS2L_EVENTS_RETENTION", _DURATION)
     )

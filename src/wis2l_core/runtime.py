@@ -186,7 +186,8 @@ class Wis2l(Repositories):
                 )
             if database_up:
                 await self._ensure_partitions()
-            await self.relay.start()
+            if self.settings.outbox_relay:  # else `wis2l relay` processes publish
+                await self.relay.start()
             await self.bus.start_subscribers()
         except BaseException:
             await self._shutdown()

@@ -9,7 +9,8 @@ Nothing is lost when it is killed instead: unmarked rows are published again by 
 relay, and JetStream drops the copies it already has.
 
 ``--health-port`` serves ``/health``, ``/health/live`` and ``/health/ready``
-(:func:`wis2l_core.asgi.health.health_app`, with uvicorn) for the orchestrator's probes.
+(:func:`wis2l_core.asgi.health.health_app`, with uvicorn) for the orchestrator's probes;
+with ``--metrics`` also ``/metrics`` for Prometheus (the ``prometheus`` extra).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import attrs
@@ -33,25 +34,12 @@ from wis2l_core.events.bus import EventBus
 from wis2l_core.events.outbox import _MAX_BATCH, OutboxRelay
 from wis2l_core.health import HealthChecker, HealthReport
 
-__all__ = ["RelayProcess", "add_parser", "metrics_app", "run"]
+__all__ = ["RelayProcess", "add_parser", "run"]
 
 log = logging.getLogger("wis2l_core.cli.relay")
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,48}")
 """A relay id: it ends up in the LISTEN session's application_name (63 bytes at most)."""
-
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
-def metrics_app() -> ASGIApp | None:
-    """The ASGI app ``--health-port`` serves at ``/metrics``, or ``None`` for none.
-
-    The hook where Prometheus exposition is plugged in; ``None`` until then.
-    """
-    return None
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,6 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="serve /health, /health/live and /health/ready on this port (needs uvicorn)",
     )
     parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also serve /metrics for Prometheus on the health port (the prometheus extra)",
+    )
+    parser.add_argument(
         "--health-host",
         default="127.0.0.1",
         metavar="HOST",
@@ -143,6 +136,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ConfigError("--lease must be at least 0.5 seconds", variable="lease")
     if args.health_port is not None and not 0 <= args.health_port <= 65535:
         raise ConfigError("--health-port must be 0..65535", variable="health_port")
+    if getattr(args, "metrics", False) and args.health_port is None:
+        raise ConfigError("--metrics needs --health-port", variable="metrics")
     return settings
 
 
@@ -169,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(
-            process.run_until_signal(args.health_host, args.health_port, on_started=started)
+            process.run_until_signal(
+                args.health_host, args.health_port, metrics=args.metrics, on_started=started
+            )
         )
     except Wis2lError as exc:
         print(f"wis2l relay: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -256,11 +253,18 @@ class RelayProcess:
         host: str = "127.0.0.1",
         port: int | None = None,
         *,
+        metrics: bool = False,
         on_started: Callable[[], None] | None = None,
     ) -> int:
         """Start, serve health on ``port`` if given, wait for SIGTERM/SIGINT, stop; 0.
 
-        ``on_started`` is called once everything is up."""
+        With ``metrics`` the port also serves ``/metrics`` (Prometheus: every metric the
+        library records, the outbox's included). ``on_started`` is called once
+        everything is up.
+
+        Raises:
+            ConfigError: ``metrics`` without the ``prometheus`` extra.
+        """
         received = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,10 +272,12 @@ class RelayProcess:
         server: _HealthServer | None = None
         try:
             if port is not None:
-                server = _HealthServer(self, host, port)
+                server = _HealthServer(self, host, port, metrics=metrics)
                 await server.start()
             await self.start()
             where = f"; health on http://{host}:{server.port}/health" if server else ""
+            if server is not None and metrics:
+                where += f", metrics on http://{host}:{server.port}/metrics"
             print(
                 f"wis2l relay: relay {self.relay.relay_id} publishing"
                 f" ({self.settings.outbox_partitions} partitions){where}",
@@ -297,20 +303,22 @@ class RelayProcess:
 
 
 class _HealthServer:
-    """uvicorn serving the health app (and :func:`metrics_app`'s at ``/metrics``)."""
+    """uvicorn serving the health app (and ``/metrics`` when asked)."""
 
-    def __init__(self, source: RelayProcess, host: str, port: int) -> None:
+    def __init__(self, source: RelayProcess, host: str, port: int, *, metrics: bool) -> None:
         from wis2l_core.asgi.health import health_app
 
-        health = health_app(source)
-        metrics = metrics_app()
-
-        async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-            if metrics is not None and scope.get("path", "").startswith("/metrics"):
-                await metrics(scope, receive, send)
-            else:
-                await health(scope, receive, send)
-
+        if metrics:
+            try:
+                app = health_app(source, metrics=True)
+            except ImportError as exc:
+                raise ConfigError(
+                    "--metrics needs the prometheus extra: pip install 'wis2l-core[prometheus]'",
+                    variable="metrics",
+                ) from exc
+        else:
+            app = health_app(source)
+        self.metrics = app.metrics
         self._app = app
         self._host, self._port = host, port
         self._server: Any = None
@@ -360,3 +368,5 @@ class _HealthServer:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
+        if self.metrics is not None:
+            self.metrics.close()  # the library stops recording into it
