@@ -22,9 +22,8 @@ from benchmarks.cache_bus_cases import VALUE
 from benchmarks.db_cases import FIND_USER
 from benchmarks.env import Env
 from benchmarks.harness import Config, Op, Result, Target, measure
-from wis2l_core.db.connect import connect_kwargs
 from wis2l_core.sync import Wis2l
-from wis2l_core.sync._pool import configure_connection
+from wis2l_core.sync._pool import configure_connection, sync_connect_kwargs
 
 __all__ = ["run"]
 
@@ -42,7 +41,7 @@ async def find_by_id(env: Env, wis: Wis2l, config: Config) -> Result:
     """``sync users.find_by_id`` vs the SELECT on a raw sync connection and pool."""
     res = Result("sync users.find_by_id")
     user_id = env.user_id
-    kwargs = connect_kwargs(env.settings)
+    kwargs = sync_connect_kwargs(env.settings)  # psycopg's own sync cursor
     conn: Conn = psycopg.Connection.connect(env.settings.database_url, **kwargs)
     configure_connection(conn)
     pool: ConnectionPool[Conn] = ConnectionPool(

@@ -246,7 +246,12 @@ SETTINGS_FORMS = [
 ]
 """(variable, URL with ``{q}`` where the percent-encoded secret goes)."""
 
-secret_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=3, max_size=24)
+secret_text = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
+    min_size=3,
+    max_size=24,
+)
+"""Secrets a server can compare (a NUL is refused: see the tests of it below)."""
 
 
 def _libpq_quoted(secret: str) -> str:
@@ -297,6 +302,35 @@ def test_password_parts_never_show(password: str) -> None:
     for text in (repr(s), str(s)):
         assert password not in text
         assert quote(password, safe="") not in text
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_PASSWORD", "REDIS_PASSWORD"])
+def test_a_password_part_holding_a_nul_is_refused_unseen(variable: str) -> None:
+    env = {"DATABASE_USER": "ada", variable: "s3cr\x00t"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value) == f"{variable} holds a NUL character"
+    assert refused.value.variable == variable
+
+
+@pytest.mark.parametrize("encoded", ["%00", "%90", "ab%C3", "%FF%FE"])
+@pytest.mark.parametrize(
+    ("variable", "template"),
+    [
+        ("DATABASE_URL", "postgresql://ada:{p}@db:5432/wis2l"),
+        ("REDIS_URL", "redis://default:{p}@cache:6379/0"),
+        ("NATS_URL", "nats://ada:{p}@n1:4222"),
+    ],
+)
+def test_a_password_that_decodes_to_a_nul_or_not_utf8_is_refused(
+    variable: str, template: str, encoded: str
+) -> None:
+    url = template.format(p="pw" + encoded)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({variable: url})
+    assert refused.value.variable == variable
+    assert "percent-decodes to a NUL or to bytes that are not UTF-8" in str(refused.value)
+    assert encoded not in str(refused.value)
 
 
 def test_redact_url_keeps_what_is_not_secret() -> None:

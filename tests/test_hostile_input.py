@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from html import unescape
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
 import orjson
@@ -94,6 +94,26 @@ def test_a_mutated_event_decodes_or_is_refused(body: dict[str, Any], named: bool
         }
     decoded_or_refused(orjson.dumps(body), cls)  # the bytes path agrees
     assert (decoded_or_refused(orjson.dumps(body), cls) is None) is (event is None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("version", None), ("version", 5), ("environment", None), ("environment", 1)],
+)
+def test_a_field_of_the_wrong_kind_is_refused_not_converted(field: str, value: Any) -> None:
+    """``null`` for a text field was read as ``"None"`` (cattrs calls ``str(value)``)."""
+    body = {
+        "type": "deployment.started",
+        "project_id": str(uuid.uuid4()),
+        "id": str(uuid.uuid4()),
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "deployment_id": str(uuid.uuid4()),
+        "environment": "staging",
+        "version": "1.0.0",
+    }
+    assert decode_event(body).version == "1.0.0"  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, check=field_is(field)):
+        decode_event(body | {field: value})
 
 
 @given(domain_events())
@@ -270,6 +290,8 @@ async def test_a_garbled_real_cursor_never_fails_the_page(
 async def test_any_query_string_gets_a_page_or_a_clear_error(
     studio: httpx.AsyncClient, params: list[tuple[str, str]], table: str
 ) -> None:
+    while len(urlencode(params)) > 60_000:  # httpx refuses to send a query over 64 KiB
+        params = params[:-1]
     r = await studio.get(f"/t/{quote(table, safe='')}", params=params)
     assert r.status_code in (200, 307, 400, 404), (table[:100], params, r.status_code)
     assert "Traceback" not in r.text

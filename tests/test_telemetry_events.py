@@ -28,9 +28,12 @@ from tests.test_events_outbox import PrivateNats, _env, _free_port
 
 from wis2l_core import Settings, Wis2l
 from wis2l_core.db.locks import OUTBOX
+from wis2l_core.errors import ServiceUnavailable
 from wis2l_core.events import BuildProgress, BuildStarted, ComponentCreated, EventBus
 from wis2l_core.models import Language
 from wis2l_core.telemetry import _messaging
+from wis2l_core.testing.plugin import drop_stream
+from wis2l_core.testing.servers import Servers
 from wis2l_core.testing.telemetry import Captured
 
 FAST = (0.05,)
@@ -302,6 +305,65 @@ async def test_nats_down_the_event_waits_with_its_context_then_continues_the_tra
             assert seen == [request.get_span_context().trace_id]
     finally:
         server.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_postgresql_killed_the_kept_context_survives_its_crash_recovery(
+    wis2l_telemetry: Captured, wis2l_servers: Servers
+) -> None:
+    """The primary SIGKILLed with the event unpublished: after crash recovery the relay
+    sends the context the row kept, and the handler continues the request's trace."""
+    from tests.clusters.postgres import PgCluster
+
+    with PgCluster() as cluster:
+        primary = cluster.start_primary()
+        tag = uuid.uuid4().hex[:10]
+        settings = Settings(
+            database_url=primary.url("wis2l"),
+            redis_url=wis2l_servers.redis_url,
+            nats_urls=(wis2l_servers.nats_url,),
+            namespace=f"t{tag}",
+            stream_name=f"T{tag.upper()}",
+            db_connect_timeout=2.0,
+        )
+        assert await Wis2l(settings).migrate()
+        try:
+            async with Wis2l(settings) as wis:
+                seen: list[trace.SpanContext] = []
+
+                @wis.bus.subscribe(ComponentCreated, durable="crash", backoff=FAST)
+                async def handle(event: ComponentCreated) -> None:
+                    seen.append(trace.get_current_span().get_span_context())
+
+                await wis.relay.stop()  # the event waits in the outbox through the crash
+                project = await make_project(wis)
+                with wis2l_telemetry.tracer().start_as_current_span("request") as request:
+                    await _component(wis, project)
+                (stored,) = await _contexts(wis, "component.created")
+                writer = _writer(wis2l_telemetry, stored, request)
+                await asyncio.to_thread(cluster.kill, primary)
+                await asyncio.to_thread(cluster.restart, primary)
+                assert await _contexts_after_restart(wis, "component.created") == [stored]
+                await wis.relay.start()
+                await eventually(lambda: len(seen) == 1, timeout=30)
+        finally:
+            await drop_stream(settings)
+    assert seen[0].trace_id == request.get_span_context().trace_id
+    (process,) = _process_spans(wis2l_telemetry, "crash")
+    assert process.parent is not None
+    assert process.parent.span_id == writer.context.span_id
+
+
+async def _contexts_after_restart(wis: Wis2l, type_: str) -> list[str | None]:
+    """:func:`_contexts`, once the pool has found the restarted server again."""
+    for _ in range(100):
+        try:
+            return await _contexts(wis, type_)
+        except ServiceUnavailable:
+            await asyncio.sleep(0.1)
+    return await _contexts(wis, type_)
 
 
 # -- bus.publish and dead letters ------------------------------------------------------

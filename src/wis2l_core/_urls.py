@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 from wis2l_core._secrets import redact_url
 from wis2l_core.errors import ConfigError
@@ -166,6 +166,7 @@ def database_url_from_parts(env: Mapping[str, str]) -> str:
         raise ConfigError(
             "DATABASE_PASSWORD is set but DATABASE_USER is not", variable="DATABASE_USER"
         )
+    _no_nul(env, "DATABASE_USER", "DATABASE_PASSWORD")
     auth = ""
     if user is not None:
         auth = quote(user, safe="")
@@ -173,6 +174,13 @@ def database_url_from_parts(env: Mapping[str, str]) -> str:
             auth += ":" + quote(password, safe="")
         auth += "@"
     return f"postgresql://{auth}{host}:{port}/{quote(name, safe='')}"
+
+
+def _no_nul(env: Mapping[str, str], *variables: str) -> None:
+    """Refuse a credential holding a NUL, which no server can compare (never echoed)."""
+    for variable in variables:
+        if "\x00" in env.get(variable, ""):
+            raise ConfigError(f"{variable} holds a NUL character", variable=variable)
 
 
 def redis_url_from_parts(env: Mapping[str, str]) -> str:
@@ -183,6 +191,7 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str:
     if not db.isdigit():
         raise ConfigError(f"REDIS_DB must be an integer >= 0, not {db!r}", variable="REDIS_DB")
     password = env.get("REDIS_PASSWORD")
+    _no_nul(env, "REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password is not None else ""
     return f"redis://{auth}{host}:{port}/{int(db)}"
 
@@ -245,6 +254,21 @@ def _check_userinfo(url: str, variable: str) -> None:
     userinfo, at, after = rest.partition("@")
     if at and ("@" in after or _USERINFO.fullmatch(userinfo) is None):
         raise ConfigError(_reserved(variable), variable=variable)
+    if at and "%" in userinfo:
+        # libpq refuses %00 and passes other bytes on as they are; PostgreSQL, Redis and
+        # NATS compare text: a NUL or bytes that are not UTF-8 can match no password.
+        decoded = unquote_to_bytes(userinfo)
+        try:
+            bad = "\x00" in decoded.decode()
+        except UnicodeDecodeError:
+            bad = True
+        if bad:
+            raise ConfigError(
+                f"{variable}: the user name or password percent-decodes to a NUL or to "
+                "bytes that are not UTF-8; percent-encode the password's UTF-8 text, e.g. "
+                "with urllib.parse.quote(password, safe='')",
+                variable=variable,
+            )
 
 
 def check_url(url: str, variable: str, schemes: tuple[str, ...], what: str) -> None:

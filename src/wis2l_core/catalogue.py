@@ -10,14 +10,12 @@ fields plus ``type``; UUIDs and times are strings (RFC 9562 / ISO 8601).
 from __future__ import annotations
 
 import inspect
-import operator
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, ClassVar, TypeVar, overload
 from uuid import UUID
 
@@ -528,9 +526,9 @@ def decode_event(
 
 
 def _exactly(kind: type) -> Callable[[Any, Any], Any]:
-    def check(value: Any, _: Any) -> Any:
+    def check(value: Any, cl: Any) -> Any:
         if type(value) is kind:
-            return value
+            return value if cl is kind else cl(value)  # cl: a subclass, e.g. a StrEnum
         if kind is float and type(value) is int:
             return float(value)
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
@@ -541,9 +539,9 @@ def _exactly(kind: type) -> Callable[[Any, Any], Any]:
 def _wire_converter() -> Converter:
     conv = converter.copy()
     for kind in (str, int, float, bool):
-        # By predicate, not by class: a class hook would also take str's subclasses, the
-        # enums, away from their own hook.
-        conv.register_structure_hook_func(partial(operator.is_, kind), _exactly(kind))
+        # cattrs structures these (and their subclasses: the enums) with ``cl(value)``,
+        # which turns ``null`` into ``"None"``; this hook takes only a value of the kind.
+        conv.register_structure_hook(kind, _exactly(kind))
     return conv
 
 

@@ -205,6 +205,10 @@ class PgCluster:
             os.killpg(server.pid, signal.SIGKILL)
         self._procs[server.name].wait(timeout=10)
 
+    def restart(self, server: PgServer) -> None:
+        """Start ``server`` again (after :meth:`kill`: crash recovery replays its WAL)."""
+        self._start(server)
+
     def promote(self, server: PgServer) -> None:
         """``pg_ctl promote -w``: returns once ``server`` accepts writes."""
         self.run(

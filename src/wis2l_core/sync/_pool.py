@@ -31,7 +31,7 @@ from wis2l_core.db.sql import Query
 from wis2l_core.errors import ServiceUnavailable
 from wis2l_core.sync.db.queries import QueryMethods, Statement, label
 
-__all__ = ["Connection", "Database"]
+__all__ = ["Connection", "Database", "sync_connect_kwargs"]
 
 Connection = psycopg.Connection[DictRow]
 """A synchronous psycopg connection whose rows are dicts."""
@@ -49,7 +49,7 @@ def configure_connection(conn: Connection) -> None:
     set_json_loads(orjson.loads, conn)
 
 
-def _sync_kwargs(settings: Settings) -> dict[str, Any]:
+def sync_connect_kwargs(settings: Settings) -> dict[str, Any]:
     """:func:`connect_kwargs` without its ``cursor_factory``, an asyncio cursor.
 
     The synchronous API records no spans yet (docs/guides/sync.md); its connections use
@@ -92,7 +92,7 @@ class Database(QueryMethods):
         pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
             s.database_url,
             connection_class=psycopg.Connection[DictRow],
-            kwargs=_sync_kwargs(s),
+            kwargs=sync_connect_kwargs(s),
             min_size=s.db_pool_min_size,
             max_size=s.db_pool_max_size,
             timeout=s.db_pool_timeout,
