@@ -447,9 +447,11 @@ async def test_timestamps_never_predate_created_at(wis: Wis2l) -> None:
 
 async def test_logs_keep_their_last_lines(wis: Wis2l, monkeypatch: pytest.MonkeyPatch) -> None:
     from wis2l_core.db import builds as module
+    from wis2l_core.sync.db import builds as generated
 
     build = await build_in(wis, await make_project(wis), S.BUILDING)
     monkeypatch.setattr(module, "MAX_LOGS", 20)
+    monkeypatch.setattr(generated, "MAX_LOGS", 20)  # when re-collected by tests/sync
     kept = await wis.builds.update(build.id, log="line one\nline two\n")
     assert kept.logs == "line one\nline two\n"  # 18 characters: all kept
     trimmed = await wis.builds.update(build.id, log="three\n")

@@ -138,9 +138,11 @@ async def test_master_killed_writes_resume_on_the_promoted_replica(
         assert new.command("ROLE")[0] == b"master"
 
         # The old master comes back; the Sentinels turn it into a replica of the new one.
+        # They notice on their INFO round (every 10 s for an instance not in a failover),
+        # then wait for its config to look stale: 30 s was once too short on a loaded CI.
         valkey_sentinel.start(old)
         await asyncio.to_thread(
-            wait_for, lambda: old.command("ROLE")[0] == b"slave", 30, "old master demoted"
+            wait_for, lambda: old.command("ROLE")[0] == b"slave", 60, "old master demoted"
         )
         demoted = time.monotonic()
         wait_for(lambda: _synced(new, old), 10, "old master synced as a replica")

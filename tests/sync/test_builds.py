@@ -2,11 +2,4 @@
 
 from tests.sync._adapter import recollect
 
-recollect(
-    globals(),
-    "test_builds",
-    skip={
-        "test_logs_keep_their_last_lines": "it patches wis2l_core.db.builds.MAX_LOGS; the"
-        " generated module has its own copy of the constant",
-    },
-)
+recollect(globals(), "test_builds")
