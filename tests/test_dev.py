@@ -26,7 +26,7 @@ import redis.asyncio
 
 from wis2l_core import Settings, StartupError, ValidationError
 from wis2l_core.dev import EmbeddedStack, _binaries, _process, _stack
-from wis2l_core.testing.servers import TemplateDatabase, with_database
+from wis2l_core.testing.servers import Servers, TemplateDatabase, with_database
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -709,3 +709,35 @@ def test_template_drops_only_its_own_clones(wis2l_template: TemplateDatabase) ->
         names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
     assert "postgres" in names
     assert clone.rsplit("/", 1)[1] not in names
+
+
+def test_a_template_keeps_spares_and_drops_the_unused_ones(wis2l_servers: Servers) -> None:
+    """Clones are made ahead in a thread; each is empty and migrated, none is handed out
+    twice, and dropping the template drops the spares it still holds."""
+    template = TemplateDatabase(wis2l_servers.database_url, spares=2)
+    admin = with_database(wis2l_servers.database_url, "postgres")
+
+    def databases() -> set[str]:
+        with psycopg.connect(admin) as conn:
+            return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+    before = {d for d in databases() if d.startswith("wis2l_t_")}  # other tests' clones
+    template.create()
+    try:
+        deadline = time.monotonic() + 30
+        while len({d for d in databases() if d.startswith("wis2l_t_")} - before) < 2:
+            assert time.monotonic() < deadline, "no spares made"
+            time.sleep(0.05)
+        urls = [template.clone() for _ in range(4)]  # two spares, then made on the spot
+        assert len(set(urls)) == 4
+        for url in urls:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("SELECT count(*) FROM wis2l_migrations").fetchone()
+                assert row is not None
+                assert row[0] >= 6
+                assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+            template.drop(url)
+    finally:
+        template.drop()
+    left = {d for d in databases() if d.startswith(("wis2l_t_", template.name))} - before
+    assert left == set()
