@@ -90,6 +90,7 @@ class TemplateDatabase:
     name: str = attrs.field(factory=lambda: f"wis2l_tpl_{secrets.token_hex(4)}")
     spares: int = 2
     """Clones made ahead in the background (0: each made when asked)."""
+    _tag: str = attrs.field(factory=lambda: secrets.token_hex(2), init=False)
     _ready: queue.SimpleQueue[str] = attrs.field(factory=queue.SimpleQueue, init=False)
     _wanted: threading.Semaphore = attrs.field(init=False)
     _closing: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -122,8 +123,13 @@ class TemplateDatabase:
             except psycopg.Error:  # the server went away: clone() makes its own
                 return
 
+    @property
+    def clone_prefix(self) -> str:
+        """How the names of this template's clones begin (``wis2l_t_`` and 4 hex digits)."""
+        return f"wis2l_t_{self._tag}"
+
     def _make(self) -> str:
-        name = f"wis2l_t_{secrets.token_hex(6)}"  # matches _CLONE
+        name = f"{self.clone_prefix}{secrets.token_hex(4)}"  # matches _CLONE
         with self._admin() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
