@@ -266,3 +266,44 @@ def test_production_with_nats_down_fails_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith("wis2l relay: ServiceUnavailable: nats: cannot reach")
+
+
+async def test_run_until_signal_in_process_publishes_serves_and_stops(
+    wis: Wis2l, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay process's whole run in this process: started, health and /metrics on a
+    port, a SIGTERM (sent once it is up), stopped; what it printed."""
+    import httpx
+
+    from wis2l_core.cli.relay import RelayProcess
+
+    await wis.relay.stop()  # the in-process relay below is the only one
+    project = await make_project(wis)
+    await wis.components.create(project_id=project, name="c", language="lua", code="x")
+    process = RelayProcess(wis.settings, relay_id="inproc", batch_size=10, poll_interval=0.1)
+    seen: dict[str, object] = {}
+
+    def started() -> None:
+        async def look_then_stop() -> None:
+            await eventually(lambda: _none_left(wis), timeout=20)
+            banner = capsys.readouterr().err
+            port = int(banner.split("health on http://127.0.0.1:")[1].split("/")[0])
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                seen["health"] = (await http.get("/health")).json()
+                seen["metrics"] = (await http.get("/metrics")).text
+            seen["banner"] = banner
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        seen["task"] = asyncio.get_running_loop().create_task(look_then_stop())
+
+    code = await process.run_until_signal("127.0.0.1", 0, metrics=True, on_started=started)
+    assert code == 0
+    assert "relay inproc publishing (16 partitions)" in str(seen["banner"])
+    assert "metrics on http://127.0.0.1:" in str(seen["banner"])
+    health = seen["health"]
+    assert isinstance(health, dict)
+    assert set(health["checks"]) >= {"database", "nats", "outbox"}
+    assert "wis2l_outbox_published_total" in str(seen["metrics"])
+    assert process.stopping
+    assert process.relay.published >= 1
+    assert "stopped; published" in capsys.readouterr().err
