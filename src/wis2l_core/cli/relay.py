@@ -136,7 +136,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ConfigError("--lease must be at least 0.5 seconds", variable="lease")
     if args.health_port is not None and not 0 <= args.health_port <= 65535:
         raise ConfigError("--health-port must be 0..65535", variable="health_port")
-    if getattr(args, "metrics", False) and args.health_port is None:
+    if args.metrics and args.health_port is None:
         raise ConfigError("--metrics needs --health-port", variable="metrics")
     return settings
 
